@@ -1,0 +1,624 @@
+//! The configuration file: TOML → a typed, validated [`Config`]. Every error names the file,
+//! the line and the key. This module reads the file and nothing else.
+
+mod units;
+
+pub use units::{Size, Span, parse_duration, parse_size};
+
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A configuration error, ready to show to a user.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the configuration file: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {key}{message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Whole { path: String, message: String },
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub hostname: String,
+    pub state_dir: PathBuf,
+    pub log: LogConfig,
+    pub smtp: SmtpConfig,
+    pub queue: QueueConfig,
+    pub probe: ProbeConfig,
+    pub delivery: DeliveryConfig,
+    pub domains: Vec<DomainConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `mx2=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub listen: Vec<std::net::SocketAddr>,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_line_length: usize,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub lifetime: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub max_connections_per_primary: usize,
+    pub messages_per_connection: usize,
+    pub connect_timeout: Duration,
+    pub greeting_timeout: Duration,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+}
+
+/// One domain mx2 backs up.
+#[derive(Debug, Clone)]
+pub struct DomainConfig {
+    /// Lower-case, no trailing dot.
+    pub name: String,
+    /// Tried in order.
+    pub primary: Vec<HostPort>,
+}
+
+/// A primary host: a name or an IP address, and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl HostPort {
+    /// Parses `host:port`, `[v6]:port`, or a bare host (port 25).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let bad = |why: &str| {
+            format!(
+                "invalid primary `{text}`: {why} (expected host:port, e.g. \"mail.example.com:25\" or \"[2001:db8::1]:25\")"
+            )
+        };
+        if let Some(rest) = t.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(|| bad("missing `]`"))?;
+            host.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| bad("not an IPv6 address inside [ ]"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+                None if after.is_empty() => 25,
+                None => return Err(bad("junk after `]`")),
+            };
+            return Ok(Self {
+                host: host.to_string(),
+                port,
+            });
+        }
+        let (host, port) = match t.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
+            None => (t, 25),
+        };
+        if port == 0 {
+            return Err(bad("port 0"));
+        }
+        if host.parse::<std::net::IpAddr>().is_err() && !is_domain_name(host) {
+            return Err(bad("not a host name or IP address"));
+        }
+        Ok(Self {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+/// True for an LDH domain name (letters, digits, hyphens, dots), 1–253 characters.
+pub fn is_domain_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+// ---- raw file shape ------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    hostname: Option<Spanned<String>>,
+    state_dir: Option<String>,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    smtp: RawSmtp,
+    #[serde(default)]
+    queue: RawQueue,
+    #[serde(default)]
+    probe: RawProbe,
+    #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
+    domain: Vec<RawDomain>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    listen: Option<Vec<Spanned<String>>>,
+    max_message_size: Option<Spanned<Size>>,
+    max_recipients: Option<Spanned<usize>>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    max_line_length: Option<Spanned<usize>>,
+    command_timeout: Option<Span>,
+    data_timeout: Option<Span>,
+    shutdown_grace: Option<Span>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    retry_min: Option<Spanned<Span>>,
+    retry_max: Option<Spanned<Span>>,
+    lifetime: Option<Span>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    interval: Option<Spanned<Span>>,
+    timeout: Option<Span>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    max_connections_per_primary: Option<Spanned<usize>>,
+    messages_per_connection: Option<Spanned<usize>>,
+    connect_timeout: Option<Span>,
+    greeting_timeout: Option<Span>,
+    command_timeout: Option<Span>,
+    data_timeout: Option<Span>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDomain {
+    name: Spanned<String>,
+    primary: Spanned<Vec<Spanned<String>>>,
+}
+
+// ---- loading --------------------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates a configuration file. Relative paths inside it are taken relative
+    /// to the directory that holds the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// Parses configuration text; `name` is used in error messages, `base` resolves relative paths.
+    pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError> {
+        let cx = Ctx { text, name };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            cx.at(span, e.message().trim_end())
+        })?;
+        cx.build(raw, base)
+    }
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    name: &'a str,
+}
+
+impl Ctx<'_> {
+    /// An error pointing at a byte span of the file, naming the key found there.
+    fn at(&self, span: std::ops::Range<usize>, message: &str) -> ConfigError {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = self.text[line_start..start].chars().count() + 1;
+        let key = key_at(self.text, line_start)
+            .map(|k| format!("key `{k}`: "))
+            .unwrap_or_default();
+        ConfigError::Invalid {
+            path: self.name.to_string(),
+            line,
+            column,
+            key,
+            message: message.to_string(),
+        }
+    }
+
+    fn whole(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::Whole {
+            path: self.name.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn build(&self, raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
+        let hostname = match raw.hostname {
+            Some(h) => {
+                let name = h
+                    .get_ref()
+                    .trim()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
+                if !is_domain_name(&name) {
+                    return Err(self.at(h.span(), "not a valid host name; use the fully qualified name senders see in the MX record"));
+                }
+                name
+            }
+            None => system_hostname(),
+        };
+        let state_dir = {
+            let p = PathBuf::from(raw.state_dir.unwrap_or_else(|| "/var/lib/mx2".into()));
+            if p.is_relative() { base.join(p) } else { p }
+        };
+
+        let s = raw.smtp;
+        let listen = match s.listen {
+            None => vec!["127.0.0.1:25".parse().expect("literal address")],
+            Some(list) => {
+                let mut out = Vec::new();
+                for item in list {
+                    let addr = item.get_ref().parse().map_err(|_| {
+                        self.at(item.span(), &format!("`{}` is not an IP:port address, e.g. \"0.0.0.0:25\" or \"[::]:25\"", item.get_ref()))
+                    })?;
+                    out.push(addr);
+                }
+                if out.is_empty() {
+                    return Err(self.whole("[smtp] listen is empty: give at least one address"));
+                }
+                out
+            }
+        };
+        let max_message_size = match s.max_message_size {
+            Some(v) if v.get_ref().0 < 1024 => {
+                return Err(self.at(v.span(), "max_message_size must be at least 1KiB"));
+            }
+            Some(v) => v.into_inner().0,
+            None => 50_000_000,
+        };
+        let max_recipients = positive(self, s.max_recipients, 100)?;
+        let max_line_length = match s.max_line_length {
+            Some(v) if *v.get_ref() < 512 => {
+                return Err(self.at(
+                    v.span(),
+                    "max_line_length must be at least 512 (RFC 5321 §4.5.3.1.4)",
+                ));
+            }
+            Some(v) => v.into_inner(),
+            None => 4096,
+        };
+        let smtp = SmtpConfig {
+            listen,
+            max_message_size,
+            max_recipients,
+            max_connections: s.max_connections.unwrap_or(1000).max(1),
+            max_connections_per_ip: s.max_connections_per_ip.unwrap_or(20).max(1),
+            max_line_length,
+            command_timeout: s.command_timeout.map_or(Duration::from_secs(300), |v| v.0),
+            data_timeout: s.data_timeout.map_or(Duration::from_secs(180), |v| v.0),
+            shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |v| v.0),
+        };
+
+        let q = raw.queue;
+        let retry_min = q
+            .retry_min
+            .as_ref()
+            .map_or(Duration::from_secs(60), |v| v.get_ref().0);
+        let retry_max = q
+            .retry_max
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |v| v.get_ref().0);
+        if retry_min.is_zero() {
+            let span = q.retry_min.as_ref().map_or(0..0, |v| v.span());
+            return Err(self.at(span, "retry_min must be greater than zero"));
+        }
+        if retry_max < retry_min {
+            let span = q
+                .retry_max
+                .as_ref()
+                .or(q.retry_min.as_ref())
+                .map_or(0..0, |v| v.span());
+            return Err(self.at(span, "retry_max must not be less than retry_min"));
+        }
+        let queue = QueueConfig {
+            retry_min,
+            retry_max,
+            lifetime: q.lifetime.map_or(Duration::from_secs(30 * 86_400), |v| v.0),
+        };
+
+        let interval = match raw.probe.interval {
+            Some(v) if v.get_ref().0 < Duration::from_millis(100) => {
+                return Err(self.at(v.span(), "probe interval must be at least 100ms"));
+            }
+            Some(v) => v.into_inner().0,
+            None => Duration::from_secs(1),
+        };
+        let probe = ProbeConfig {
+            interval,
+            timeout: raw.probe.timeout.map_or(Duration::from_secs(10), |v| v.0),
+        };
+
+        let d = raw.delivery;
+        let delivery = DeliveryConfig {
+            max_connections_per_primary: positive(self, d.max_connections_per_primary, 4)?,
+            messages_per_connection: positive(self, d.messages_per_connection, 100)?,
+            connect_timeout: d.connect_timeout.map_or(Duration::from_secs(30), |v| v.0),
+            greeting_timeout: d.greeting_timeout.map_or(Duration::from_secs(300), |v| v.0),
+            command_timeout: d.command_timeout.map_or(Duration::from_secs(300), |v| v.0),
+            data_timeout: d.data_timeout.map_or(Duration::from_secs(600), |v| v.0),
+        };
+
+        let mut seen = HashSet::new();
+        let mut domains = Vec::new();
+        for d in raw.domain {
+            let name = d
+                .name
+                .get_ref()
+                .trim()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            if !is_domain_name(&name) {
+                return Err(self.at(
+                    d.name.span(),
+                    &format!("`{}` is not a valid domain name", d.name.get_ref()),
+                ));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(self.at(
+                    d.name.span(),
+                    &format!("domain `{name}` is configured twice"),
+                ));
+            }
+            let mut primary = Vec::new();
+            for p in d.primary.get_ref() {
+                primary.push(HostPort::parse(p.get_ref()).map_err(|e| self.at(p.span(), &e))?);
+            }
+            if primary.is_empty() {
+                return Err(self.at(
+                    d.primary.span(),
+                    &format!("domain `{name}` has no primary: list at least one host:port"),
+                ));
+            }
+            domains.push(DomainConfig { name, primary });
+        }
+        if domains.is_empty() {
+            return Err(self.whole("no [[domain]] configured: add at least one, e.g.\n[[domain]]\nname = \"example.com\"\nprimary = [\"mail.example.com:25\"]"));
+        }
+
+        Ok(Config {
+            hostname,
+            state_dir,
+            log: raw.log,
+            smtp,
+            queue,
+            probe,
+            delivery,
+            domains,
+        })
+    }
+}
+
+fn positive(cx: &Ctx<'_>, v: Option<Spanned<usize>>, default: usize) -> Result<usize, ConfigError> {
+    match v {
+        Some(v) if *v.get_ref() == 0 => Err(cx.at(v.span(), "must be at least 1")),
+        Some(v) => Ok(v.into_inner()),
+        None => Ok(default),
+    }
+}
+
+/// The dotted key (`queue.retry_min`) defined on the line starting at `line_start`, using the
+/// nearest `[table]` header above it.
+fn key_at(text: &str, line_start: usize) -> Option<String> {
+    let line = text[line_start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('#') {
+        return None;
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| is_domain_name(s))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Config {
+    /// The configured domain for a recipient domain (already lower-cased, no trailing dot).
+    pub fn domain(&self, name: &str) -> Option<&DomainConfig> {
+        self.domains.iter().find(|d| d.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", Path::new("/etc/mx2"))
+    }
+
+    const MINIMAL: &str = "[[domain]]\nname = \"Example.TEST.\"\nprimary = [\"127.0.0.1:2526\"]\n";
+
+    #[test]
+    fn the_issue_example_parses() {
+        let c = parse(
+            r#"hostname = "mx2.example.net"
+state_dir = "/var/lib/mx2"
+[smtp]
+listen = ["127.0.0.1:2525"]
+max_message_size = "50MB"
+[queue]
+retry_min = "1m"
+retry_max = "1h"
+lifetime = "30d"
+[probe]
+interval = "5s"
+[[domain]]
+name = "example.test"
+primary = ["127.0.0.1:2526"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.hostname, "mx2.example.net");
+        assert_eq!(c.smtp.max_message_size, 50_000_000);
+        assert_eq!(c.queue.retry_min, Duration::from_secs(60));
+        assert_eq!(c.queue.lifetime, Duration::from_secs(30 * 86400));
+        assert_eq!(c.probe.interval, Duration::from_secs(5));
+        assert_eq!(c.domains[0].primary[0].to_string(), "127.0.0.1:2526");
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.domains[0].name, "example.test");
+        assert_eq!(c.queue.lifetime, Duration::from_secs(30 * 86400));
+        assert_eq!(c.smtp.max_recipients, 100);
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/mx2"));
+    }
+
+    #[test]
+    fn relative_state_dir_is_beside_the_file() {
+        let c = parse(&format!("state_dir = \"spool\"\n{MINIMAL}")).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/etc/mx2/spool"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse(&format!("{MINIMAL}[queue]\nretry_mni = \"1m\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("test.toml:5:1: key `queue.retry_mni`"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let e = parse(&format!("[queue]\nlifetime = \"30 days\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+        assert!(e.contains("key `queue.lifetime`"), "{e}");
+        assert!(e.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn bad_primary_and_duplicates_are_reported() {
+        let e = parse("[[domain]]\nname = \"a.test\"\nprimary = [\"host:99999\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:3:") && e.contains("bad port"), "{e}");
+        let e = parse(&format!("{MINIMAL}{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("configured twice") && e.contains(":5:"), "{e}");
+        let e = parse("hostname = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("no [[domain]]"), "{e}");
+        let e = parse(&format!("[queue]\nretry_min = \"2h\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retry_max must not be less"), "{e}");
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(HostPort::parse("[::1]:26").unwrap().port, 26);
+        assert_eq!(HostPort::parse("mail.example.com").unwrap().port, 25);
+        assert!(HostPort::parse("bad host:25").is_err());
+        assert!(HostPort::parse("h:0").is_err());
+    }
+}

@@ -1,0 +1,575 @@
+//! The embedded store: one SQLite file in `state_dir` (WAL, `synchronous=FULL`).
+//! One writer thread does group commit: callers hand it operations and await their
+//! durability; it gathers whatever is waiting, runs it in one transaction, syncs once, and
+//! answers them all. Reads use a separate connection.
+
+use super::{Job, NewMessage, Recipient, Stats, Status, Store, StoreError, StoreFuture, Update};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use tokio::sync::oneshot;
+
+/// Most operations, and most content bytes, gathered into one commit.
+const MAX_BATCH_OPS: usize = 512;
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    received_at INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    mail_params TEXT NOT NULL,
+    client TEXT NOT NULL,
+    helo TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    address TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    params TEXT NOT NULL,
+    status INTEGER NOT NULL DEFAULT 0,
+    claimed INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt INTEGER NOT NULL,
+    last_reply TEXT
+);
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients(status, claimed, next_attempt);
+CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
+CREATE INDEX IF NOT EXISTS recipients_domain ON recipients(domain, status);
+";
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Op {
+    Insert(Box<NewMessage>, Reply<()>),
+    Claim(i64, usize, Reply<Vec<Job>>),
+    Record(String, Vec<Update>, Reply<bool>),
+    MakeDue(Vec<String>, i64, Reply<u64>),
+}
+
+impl Op {
+    fn weight(&self) -> usize {
+        match self {
+            Op::Insert(m, _) => m.body.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// The SQLite-backed queue.
+pub struct Embedded {
+    writer: mpsc::Sender<Op>,
+    reader: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::Full,
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(backend)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(backend)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(backend)?;
+    Ok(conn)
+}
+
+impl Embedded {
+    /// Opens (creating if needed) the queue in `state_dir`. Claims left by a previous run are
+    /// released: this process is the only one using the file.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot create state_dir {}: {e}",
+                state_dir.display()
+            ))
+        })?;
+        let path = state_dir.join("queue.sqlite");
+        let conn = open_connection(&path)?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        conn.execute("UPDATE recipients SET claimed = 0 WHERE claimed = 1", [])
+            .map_err(backend)?;
+        let reader = open_connection(&path)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("mx2-store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Backend(format!("cannot start the store writer: {e}")))?;
+        Ok(Self {
+            writer: tx,
+            reader: Arc::new(Mutex::new(reader)),
+            path,
+        })
+    }
+
+    /// Opens the queue read-only for inspection while the server may be stopped.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn send<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Op) -> StoreFuture<'_, T> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writer.send(make(tx));
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        let reader = self.reader.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = reader
+                    .lock()
+                    .map_err(|_| StoreError::Backend("reader lock poisoned".into()))?;
+                f(&conn)
+            })
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+        })
+    }
+}
+
+impl Store for Embedded {
+    fn insert(&self, msg: NewMessage) -> StoreFuture<'_, ()> {
+        self.send(|r| Op::Insert(Box::new(msg), r))
+    }
+
+    fn claim_due(&self, now_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Job>> {
+        self.send(|r| Op::Claim(now_ms, limit, r))
+    }
+
+    fn body(&self, id: &str) -> StoreFuture<'_, Vec<u8>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT body FROM messages WHERE id = ?1", [&id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound(id))
+        })
+    }
+
+    fn record(&self, id: &str, updates: Vec<Update>) -> StoreFuture<'_, bool> {
+        let id = id.to_string();
+        self.send(|r| Op::Record(id, updates, r))
+    }
+
+    fn make_due(&self, domains: Vec<String>, now_ms: i64) -> StoreFuture<'_, u64> {
+        self.send(|r| Op::MakeDue(domains, now_ms, r))
+    }
+
+    fn next_due(&self) -> StoreFuture<'_, Option<i64>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT MIN(next_attempt) FROM recipients WHERE status = 0 AND claimed = 0",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+        })
+    }
+
+    fn stats(&self) -> StoreFuture<'_, Stats> {
+        self.read(|c| {
+            let (messages, bytes): (i64, i64) = c
+                .query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(backend)?;
+            let pending: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM recipients WHERE status = 0",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            Ok(Stats {
+                messages: messages as u64,
+                pending_recipients: pending as u64,
+                bytes: bytes as u64,
+            })
+        })
+    }
+}
+
+// ---- the writer thread -------------------------------------------------------------------
+
+/// An operation's result, held until the batch's commit decides whether it stands.
+enum Done {
+    Unit(Reply<()>, Result<(), StoreError>),
+    Jobs(Reply<Vec<Job>>, Result<Vec<Job>, StoreError>),
+    Bool(Reply<bool>, Result<bool, StoreError>),
+    Count(Reply<u64>, Result<u64, StoreError>),
+}
+
+impl Done {
+    fn answer(self, commit: &Result<(), StoreError>) {
+        fn pick<T>(
+            r: Result<T, StoreError>,
+            commit: &Result<(), StoreError>,
+        ) -> Result<T, StoreError> {
+            match commit {
+                Ok(()) => r,
+                Err(StoreError::Full) => Err(StoreError::Full),
+                Err(e) => Err(StoreError::Backend(e.to_string())),
+            }
+        }
+        // A caller that went away (connection dropped) is no error here.
+        match self {
+            Done::Unit(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Jobs(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Bool(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Count(tx, r) => drop(tx.send(pick(r, commit))),
+        }
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let mut bytes = batch[0].weight();
+        while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(op) => {
+                    bytes += op.weight();
+                    batch.push(op);
+                }
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, batch);
+    }
+}
+
+fn run_batch(conn: &mut Connection, batch: Vec<Op>) {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(t) => t,
+        Err(e) => {
+            let err = Err(backend(e));
+            for op in batch {
+                let done = execute_failed(op);
+                done.answer(&err);
+            }
+            return;
+        }
+    };
+    let mut done = Vec::with_capacity(batch.len());
+    for op in batch {
+        // Each operation in its own savepoint: one failure does not spoil the others.
+        let result = match tx.execute_batch("SAVEPOINT op") {
+            Ok(()) => {
+                let d = execute(&tx, op);
+                let ok = d.is_ok();
+                let end = if ok {
+                    "RELEASE op"
+                } else {
+                    "ROLLBACK TO op; RELEASE op"
+                };
+                if let Err(e) = tx.execute_batch(end) {
+                    tracing::error!(error = %e, "queue savepoint failed");
+                }
+                d
+            }
+            Err(e) => {
+                let d = execute_failed(op);
+                tracing::error!(error = %e, "queue savepoint failed");
+                d
+            }
+        };
+        done.push(result);
+    }
+    let commit = tx.commit().map_err(backend);
+    if let Err(e) = &commit {
+        tracing::error!(error = %e, "queue commit failed");
+    }
+    for d in done {
+        d.answer(&commit);
+    }
+}
+
+impl Done {
+    fn is_ok(&self) -> bool {
+        match self {
+            Done::Unit(_, r) => r.is_ok(),
+            Done::Jobs(_, r) => r.is_ok(),
+            Done::Bool(_, r) => r.is_ok(),
+            Done::Count(_, r) => r.is_ok(),
+        }
+    }
+}
+
+fn execute_failed(op: Op) -> Done {
+    let e = || StoreError::Backend("transaction could not start".into());
+    match op {
+        Op::Insert(_, r) => Done::Unit(r, Err(e())),
+        Op::Claim(_, _, r) => Done::Jobs(r, Err(e())),
+        Op::Record(_, _, r) => Done::Bool(r, Err(e())),
+        Op::MakeDue(_, _, r) => Done::Count(r, Err(e())),
+    }
+}
+
+fn execute(c: &Connection, op: Op) -> Done {
+    match op {
+        Op::Insert(m, r) => Done::Unit(r, insert(c, &m).map_err(backend)),
+        Op::Claim(now, limit, r) => Done::Jobs(r, claim(c, now, limit).map_err(backend)),
+        Op::Record(id, updates, r) => Done::Bool(r, record(c, &id, &updates).map_err(backend)),
+        Op::MakeDue(domains, now, r) => Done::Count(r, make_due(c, &domains, now).map_err(backend)),
+    }
+}
+
+fn insert(c: &Connection, m: &NewMessage) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO messages (id, received_at, sender, mail_params, client, helo, size, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        m.id,
+        m.received_at_ms,
+        m.sender,
+        m.mail_params,
+        m.client,
+        m.helo,
+        m.body.len() as i64,
+        m.body
+    ])?;
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO recipients (message_id, address, domain, params, next_attempt) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for r in &m.recipients {
+        stmt.execute(params![
+            m.id,
+            r.address,
+            r.domain,
+            r.params,
+            m.received_at_ms
+        ])?;
+    }
+    Ok(())
+}
+
+fn claim(c: &Connection, now: i64, limit: usize) -> rusqlite::Result<Vec<Job>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT r.id, r.message_id, r.address, r.domain, r.params, r.attempts,
+                m.sender, m.mail_params, m.received_at, m.size
+         FROM recipients r JOIN messages m ON m.id = r.message_id
+         WHERE r.status = 0 AND r.claimed = 0 AND r.next_attempt <= ?1
+         ORDER BY r.next_attempt LIMIT ?2",
+    )?;
+    let mut jobs: BTreeMap<(String, String), Job> = BTreeMap::new();
+    let mut rows = stmt.query(params![now, limit as i64])?;
+    let mut claimed = Vec::new();
+    while let Some(row) = rows.next()? {
+        let rid: i64 = row.get(0)?;
+        let qid: String = row.get(1)?;
+        let domain: String = row.get(3)?;
+        claimed.push(rid);
+        let job = jobs
+            .entry((qid.clone(), domain.clone()))
+            .or_insert_with(|| Job {
+                queue_id: qid,
+                domain,
+                sender: row.get(6).unwrap_or_default(),
+                mail_params: row.get(7).unwrap_or_default(),
+                received_at_ms: row.get(8).unwrap_or_default(),
+                size: row.get::<_, i64>(9).unwrap_or_default() as u64,
+                recipients: Vec::new(),
+            });
+        job.recipients.push(Recipient {
+            row: rid,
+            address: row.get(2)?,
+            params: row.get(4)?,
+            attempts: row.get::<_, i64>(5)? as u32,
+        });
+    }
+    drop(rows);
+    let mut mark = c.prepare_cached("UPDATE recipients SET claimed = 1 WHERE id = ?1")?;
+    for id in claimed {
+        mark.execute([id])?;
+    }
+    let mut out: Vec<Job> = jobs.into_values().collect();
+    out.sort_by(|a, b| a.queue_id.cmp(&b.queue_id));
+    Ok(out)
+}
+
+fn record(c: &Connection, id: &str, updates: &[Update]) -> rusqlite::Result<bool> {
+    let mut stmt = c.prepare_cached(
+        "UPDATE recipients SET status = ?1, claimed = 0, attempts = attempts + ?2,
+                next_attempt = ?3, last_reply = COALESCE(?4, last_reply)
+         WHERE id = ?5 AND message_id = ?6",
+    )?;
+    for u in updates {
+        stmt.execute(params![
+            u.status as i64,
+            i64::from(u.attempted),
+            u.next_attempt_ms,
+            u.last_reply,
+            u.row,
+            id
+        ])?;
+    }
+    let pending: i64 = c
+        .prepare_cached("SELECT COUNT(*) FROM recipients WHERE message_id = ?1 AND status = ?2")?
+        .query_row(params![id, Status::Pending as i64], |r| r.get(0))?;
+    if pending > 0 {
+        return Ok(false);
+    }
+    c.prepare_cached("DELETE FROM recipients WHERE message_id = ?1")?
+        .execute([id])?;
+    let n = c
+        .prepare_cached("DELETE FROM messages WHERE id = ?1")?
+        .execute([id])?;
+    Ok(n > 0)
+}
+
+fn make_due(c: &Connection, domains: &[String], now: i64) -> rusqlite::Result<u64> {
+    let mut stmt = c.prepare_cached(
+        "UPDATE recipients SET next_attempt = ?1
+         WHERE domain = ?2 AND status = 0 AND claimed = 0 AND next_attempt > ?1",
+    )?;
+    let mut n = 0;
+    for d in domains {
+        n += stmt.execute(params![now, d])? as u64;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::NewRecipient;
+
+    fn message(id: &str, rcpts: &[(&str, &str)]) -> NewMessage {
+        NewMessage {
+            id: id.into(),
+            received_at_ms: 1000,
+            sender: "s@sender.test".into(),
+            mail_params: "BODY=8BITMIME".into(),
+            client: "192.0.2.1".into(),
+            helo: "c.test".into(),
+            recipients: rcpts
+                .iter()
+                .map(|(a, d)| NewRecipient {
+                    address: a.to_string(),
+                    domain: d.to_string(),
+                    params: String::new(),
+                })
+                .collect(),
+            body: b"Subject: t\r\n\r\nhello\r\n".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn insert_claim_record_lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Embedded::open(dir.path()).unwrap();
+        s.insert(message(
+            "m1",
+            &[
+                ("a@x.test", "x.test"),
+                ("b@x.test", "x.test"),
+                ("c@y.test", "y.test"),
+            ],
+        ))
+        .await
+        .unwrap();
+        assert_eq!(s.stats().await.unwrap().pending_recipients, 3);
+        let jobs = s.claim_due(2000, 100).await.unwrap();
+        assert_eq!(jobs.len(), 2, "one job per domain");
+        assert!(
+            s.claim_due(2000, 100).await.unwrap().is_empty(),
+            "claimed jobs are not handed out twice"
+        );
+        assert_eq!(s.body("m1").await.unwrap(), b"Subject: t\r\n\r\nhello\r\n");
+        let x = jobs.iter().find(|j| j.domain == "x.test").unwrap();
+        let y = jobs.iter().find(|j| j.domain == "y.test").unwrap();
+        let done = |row, status, next| Update {
+            row,
+            status,
+            attempted: true,
+            next_attempt_ms: next,
+            last_reply: Some("250 ok".into()),
+        };
+        let removed = s
+            .record(
+                "m1",
+                vec![
+                    done(x.recipients[0].row, Status::Delivered, 0),
+                    done(x.recipients[1].row, Status::Failed, 0),
+                ],
+            )
+            .await
+            .unwrap();
+        assert!(!removed);
+        assert!(
+            s.record("m1", vec![done(y.recipients[0].row, Status::Pending, 9000)])
+                .await
+                .is_ok()
+        );
+        assert_eq!(s.next_due().await.unwrap(), Some(9000));
+        assert!(s.claim_due(5000, 100).await.unwrap().is_empty());
+        assert_eq!(s.make_due(vec!["y.test".into()], 5000).await.unwrap(), 1);
+        let again = s.claim_due(5000, 100).await.unwrap();
+        assert_eq!(again[0].recipients[0].attempts, 1);
+        assert!(
+            s.record(
+                "m1",
+                vec![done(again[0].recipients[0].row, Status::Delivered, 0)]
+            )
+            .await
+            .unwrap()
+        );
+        assert_eq!(s.stats().await.unwrap(), Stats::default());
+    }
+
+    #[tokio::test]
+    async fn claims_are_released_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Embedded::open(dir.path()).unwrap();
+            s.insert(message("m1", &[("a@x.test", "x.test")]))
+                .await
+                .unwrap();
+            assert_eq!(s.claim_due(2000, 10).await.unwrap().len(), 1);
+        }
+        let s = Embedded::open(dir.path()).unwrap();
+        assert_eq!(s.claim_due(2000, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_inserts_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Embedded::open(dir.path()).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.insert(message(&format!("m{i}"), &[("a@x.test", "x.test")]))
+                    .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(s.stats().await.unwrap().messages, 200);
+    }
+}

@@ -1,0 +1,135 @@
+//! The message model and the [`Store`] trait. A message is an envelope, a body, and one
+//! [`Recipient`] row each with its own status, attempts and next try. Backends: `embedded`
+//! (SQLite, the default). This module touches the disk through its backends and nothing else.
+
+pub mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A queue id: time-ordered (UUID v7), 32 hex digits.
+pub type QueueId = String;
+
+pub fn new_queue_id() -> QueueId {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Milliseconds since the Unix epoch: the store's clock.
+pub fn now_ms() -> i64 {
+    to_ms(SystemTime::now())
+}
+
+pub fn to_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A message accepted by a session, about to be committed.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: QueueId,
+    pub received_at_ms: i64,
+    /// The reverse path without brackets; empty for the null sender.
+    pub sender: String,
+    /// MAIL FROM parameters as received (SIZE left out: it is recomputed), space-separated.
+    pub mail_params: String,
+    pub client: String,
+    pub helo: String,
+    pub recipients: Vec<NewRecipient>,
+    /// The content as it will be relayed, trace header included, CRLF line endings.
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecipient {
+    pub address: String,
+    /// Lower case, no trailing dot: the key to the domain's route.
+    pub domain: String,
+    /// RCPT TO parameters as received, space-separated.
+    pub params: String,
+}
+
+/// A recipient's state in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending = 0,
+    Delivered = 1,
+    Failed = 2,
+    Expired = 3,
+}
+
+/// Work for one delivery: a message's pending recipients in one domain, claimed by the
+/// scheduler so that nobody else works on them at the same time.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub queue_id: QueueId,
+    pub domain: String,
+    pub sender: String,
+    pub mail_params: String,
+    pub received_at_ms: i64,
+    pub size: u64,
+    pub recipients: Vec<Recipient>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// The store's handle for this recipient row.
+    pub row: i64,
+    pub address: String,
+    pub params: String,
+    pub attempts: u32,
+}
+
+/// What happened to one claimed recipient; also releases the claim.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub row: i64,
+    pub status: Status,
+    /// Counts as a delivery attempt (false when the job was only put back).
+    pub attempted: bool,
+    /// For pending recipients: when to try next.
+    pub next_attempt_ms: i64,
+    pub last_reply: Option<String>,
+}
+
+/// Counts for status output and logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub messages: u64,
+    pub pending_recipients: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the queue's disk is full")]
+    Full,
+    #[error("queue storage error: {0}")]
+    Backend(String),
+    #[error("the queue store is shut down")]
+    Closed,
+    #[error("message {0} not found in the queue")]
+    NotFound(String),
+}
+
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A durable queue. Every method that changes state returns only once the change is durable.
+pub trait Store: Send + Sync + 'static {
+    /// Commits a new message; all its recipients pending and due now.
+    fn insert(&self, msg: NewMessage) -> StoreFuture<'_, ()>;
+    /// Claims up to `limit` pending, unclaimed recipients due at `now_ms`, grouped into jobs.
+    fn claim_due(&self, now_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Job>>;
+    /// The stored content of a message.
+    fn body(&self, id: &str) -> StoreFuture<'_, Vec<u8>>;
+    /// Records outcomes and releases claims. Returns true when the message left the queue
+    /// because every recipient is final.
+    fn record(&self, id: &str, updates: Vec<Update>) -> StoreFuture<'_, bool>;
+    /// Makes every pending, unclaimed recipient in these domains due at `now_ms`.
+    fn make_due(&self, domains: Vec<String>, now_ms: i64) -> StoreFuture<'_, u64>;
+    /// The earliest next-attempt time among pending, unclaimed recipients.
+    fn next_due(&self) -> StoreFuture<'_, Option<i64>>;
+    fn stats(&self) -> StoreFuture<'_, Stats>;
+}
