@@ -1,8 +1,14 @@
 //! mx2: a secondary MX. Accepts mail for the domains it backs up, keeps it durably, and hands it
 //! to each domain's primary the moment the primary can take it. See `design.md` for the map.
 
+pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod inbound;
 pub mod policy;
 pub mod queue;
+pub mod scheduler;
+pub mod server;
+pub mod shutdown;
 pub mod smtp;
+pub mod tasks;

@@ -2,5 +2,7 @@
 //! the DATA/BDAT content reader. Asks `policy` for decisions and commits to `queue`.
 
 pub mod data;
+pub mod limits;
+pub mod listener;
 pub mod received;
 pub mod session;

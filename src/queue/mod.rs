@@ -62,7 +62,7 @@ pub enum Status {
 
 /// Work for one delivery: a message's pending recipients in one domain, claimed by the
 /// scheduler so that nobody else works on them at the same time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     pub queue_id: QueueId,
     pub domain: String,
@@ -73,7 +73,7 @@ pub struct Job {
     pub recipients: Vec<Recipient>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
     /// The store's handle for this recipient row.
     pub row: i64,

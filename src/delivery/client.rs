@@ -1,0 +1,323 @@
+//! The outbound SMTP client: connects to a primary, reads its capabilities, and runs mail
+//! transactions (with PIPELINING when offered), each step under an RFC 5321 §4.5.3.2 timeout.
+
+use crate::config::HostPort;
+use crate::smtp::Reply;
+use crate::smtp::reply::ReplyParser;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Client timeouts (RFC 5321 §4.5.3.2 gives the defaults).
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub greeting: Duration,
+    pub command: Duration,
+    /// For sending the content and awaiting the reply to the final dot.
+    pub data: Duration,
+}
+
+/// What the primary said it supports in its EHLO reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub esmtp: bool,
+    pub pipelining: bool,
+    pub size: Option<u64>,
+    pub eightbit: bool,
+    pub smtputf8: bool,
+    pub dsn: bool,
+    pub chunking: bool,
+}
+
+impl Capabilities {
+    pub fn from_ehlo(reply: &Reply) -> Self {
+        let mut c = Capabilities {
+            esmtp: true,
+            ..Default::default()
+        };
+        for line in reply.lines.iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let Some(kw) = words.next() else { continue };
+            match kw.to_ascii_uppercase().as_str() {
+                "PIPELINING" => c.pipelining = true,
+                "SIZE" => c.size = words.next().and_then(|w| w.parse().ok()).filter(|&n| n > 0),
+                "8BITMIME" => c.eightbit = true,
+                "SMTPUTF8" => c.smtputf8 = true,
+                "DSN" => c.dsn = true,
+                "CHUNKING" => c.chunking = true,
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
+/// A connection-level failure: the session cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{host}: connection failed: {reason}")]
+    Connect { host: String, reason: String },
+    #[error("{host}: timed out waiting for {what}")]
+    Timeout { host: String, what: &'static str },
+    #[error("{host}: connection lost during {what}")]
+    Lost { host: String, what: &'static str },
+    #[error("{host}: {what} refused: {reply}")]
+    Refused {
+        host: String,
+        what: &'static str,
+        reply: Reply,
+    },
+    #[error("{host}: protocol error: {detail}")]
+    Protocol { host: String, detail: String },
+}
+
+impl ClientError {
+    fn protocol(host: &str, detail: String) -> Self {
+        ClientError::Protocol {
+            host: host.to_string(),
+            detail,
+        }
+    }
+}
+
+/// One SMTP connection to a primary.
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    pub host: HostPort,
+    pub caps: Capabilities,
+    t: Timeouts,
+}
+
+const MAX_REPLY_LINE: usize = 4096;
+
+impl Client {
+    /// Connects to the first host of `hosts` that answers with a 220 greeting and accepts EHLO
+    /// (or HELO). The error is the last host's.
+    pub async fn connect(
+        hosts: &[HostPort],
+        helo: &str,
+        t: &Timeouts,
+    ) -> Result<Client, ClientError> {
+        let mut last = ClientError::Connect {
+            host: "(none)".into(),
+            reason: "no primary host configured".into(),
+        };
+        for host in hosts {
+            match Self::connect_one(host, helo, t).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn connect_one(host: &HostPort, helo: &str, t: &Timeouts) -> Result<Client, ClientError> {
+        let name = host.to_string();
+        let target = (host.host.as_str(), host.port);
+        let stream = match timeout(t.connect, TcpStream::connect(target)).await {
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    host: name,
+                    what: "the TCP connection",
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(ClientError::Connect {
+                    host: name,
+                    reason: e.to_string(),
+                });
+            }
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let mut c = Client {
+            stream,
+            buf: Vec::new(),
+            host: host.clone(),
+            caps: Capabilities::default(),
+            t: t.clone(),
+        };
+        let greeting = c.read_reply(t.greeting, "the greeting").await?;
+        if greeting.code != 220 {
+            return Err(ClientError::Refused {
+                host: name,
+                what: "the session",
+                reply: greeting,
+            });
+        }
+        c.send(format!("EHLO {helo}\r\n").as_bytes(), "EHLO")
+            .await?;
+        let ehlo = c.read_reply(t.command, "the EHLO reply").await?;
+        if ehlo.code == 250 {
+            c.caps = Capabilities::from_ehlo(&ehlo);
+            return Ok(c);
+        }
+        if ehlo.is_transient() {
+            return Err(ClientError::Refused {
+                host: name,
+                what: "EHLO",
+                reply: ehlo,
+            });
+        }
+        c.send(format!("HELO {helo}\r\n").as_bytes(), "HELO")
+            .await?;
+        let helo_reply = c.read_reply(t.command, "the HELO reply").await?;
+        if helo_reply.code != 250 {
+            return Err(ClientError::Refused {
+                host: name,
+                what: "HELO",
+                reply: helo_reply,
+            });
+        }
+        Ok(c)
+    }
+
+    pub async fn send(&mut self, bytes: &[u8], what: &'static str) -> Result<(), ClientError> {
+        match timeout(self.t.command, self.stream.write_all(bytes)).await {
+            Err(_) => Err(ClientError::Timeout {
+                host: self.host.to_string(),
+                what,
+            }),
+            Ok(Err(_)) => Err(ClientError::Lost {
+                host: self.host.to_string(),
+                what,
+            }),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    pub async fn read_reply(
+        &mut self,
+        limit: Duration,
+        what: &'static str,
+    ) -> Result<Reply, ClientError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut parser = ReplyParser::default();
+        loop {
+            while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                match parser.line(&line) {
+                    Ok(Some(reply)) => return Ok(reply),
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Err(ClientError::protocol(&self.host.to_string(), e.to_string()));
+                    }
+                }
+            }
+            if self.buf.len() > MAX_REPLY_LINE {
+                return Err(ClientError::protocol(
+                    &self.host.to_string(),
+                    "reply line too long".into(),
+                ));
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        host: self.host.to_string(),
+                        what,
+                    });
+                }
+                Ok(Err(_)) | Ok(Ok(0)) => {
+                    return Err(ClientError::Lost {
+                        host: self.host.to_string(),
+                        what,
+                    });
+                }
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.t
+    }
+
+    /// Sends the content dot-stuffed, ending with `<CRLF>.<CRLF>`, within the data timeout.
+    pub async fn send_content(&mut self, body: &[u8]) -> Result<(), ClientError> {
+        let wire = dot_stuff(body);
+        match timeout(self.t.data, self.stream.write_all(&wire)).await {
+            Err(_) => Err(ClientError::Timeout {
+                host: self.host.to_string(),
+                what: "sending the message",
+            }),
+            Ok(Err(_)) => Err(ClientError::Lost {
+                host: self.host.to_string(),
+                what: "sending the message",
+            }),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// Ends the session politely; errors do not matter any more.
+    pub async fn quit(mut self) {
+        if self.send(b"QUIT\r\n", "QUIT").await.is_ok() {
+            let _ = self
+                .read_reply(Duration::from_secs(5).min(self.t.command), "the QUIT reply")
+                .await;
+        }
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// Content on the wire: every line starting with `.` gets another `.`, the content ends with
+/// CRLF, then `.` CRLF.
+pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 5);
+    let mut at_line_start = true;
+    let mut start = 0;
+    for (i, &b) in body.iter().enumerate() {
+        if at_line_start && b == b'.' {
+            out.extend_from_slice(&body[start..i]);
+            out.push(b'.');
+            start = i;
+        }
+        at_line_start = b == b'\n';
+    }
+    out.extend_from_slice(&body[start..]);
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stuffing() {
+        assert_eq!(
+            dot_stuff(b".a\r\nb\r\n..c\r\n.\r\n"),
+            b"..a\r\nb\r\n...c\r\n..\r\n.\r\n"
+        );
+        assert_eq!(dot_stuff(b"no newline"), b"no newline\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b".\r\n");
+    }
+
+    #[test]
+    fn ehlo_capabilities() {
+        let r = Reply::plain(
+            250,
+            vec![
+                "primary".into(),
+                "PIPELINING".into(),
+                "SIZE 1000".into(),
+                "8BITMIME".into(),
+                "dsn".into(),
+            ],
+        );
+        let c = Capabilities::from_ehlo(&r);
+        assert!(c.pipelining && c.eightbit && c.dsn && !c.smtputf8 && !c.chunking);
+        assert_eq!(c.size, Some(1000));
+    }
+}

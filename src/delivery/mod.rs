@@ -1,0 +1,280 @@
+//! Delivery: one mail transaction to a primary for one job (a message's recipients in one
+//! domain), turning the primary's replies into per-recipient outcomes. Routes are the domain's
+//! static `primary` hosts, tried in order; the connection comes from [`client::Client`].
+
+pub mod client;
+
+use crate::queue::Job;
+use crate::smtp::Reply;
+use client::{Client, ClientError};
+
+/// What happened to one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Try again later.
+    Deferred,
+    /// Permanent failure.
+    Failed,
+}
+
+impl Outcome {
+    fn of(reply: &Reply) -> Self {
+        if reply.is_positive() {
+            Outcome::Delivered
+        } else if reply.is_permanent() {
+            Outcome::Failed
+        } else {
+            Outcome::Deferred
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RecipientResult {
+    pub row: i64,
+    pub address: String,
+    pub outcome: Outcome,
+    pub reply: String,
+}
+
+/// The transaction broke off: the connection is unusable. `after_dot` means the content was
+/// sent in full and no reply came: the primary may have the message (RFC 1047).
+#[derive(Debug)]
+pub struct Broken {
+    pub error: ClientError,
+    pub after_dot: bool,
+}
+
+/// The MAIL FROM parameters to send: SIZE is recomputed; others pass when the primary
+/// supports their extension. Err: the message needs an extension the primary lacks.
+fn mail_params(job: &Job, client: &Client, size: usize) -> Result<String, Reply> {
+    let caps = &client.caps;
+    let mut out = Vec::new();
+    if caps.size.is_some() {
+        out.push(format!("SIZE={size}"));
+    }
+    for p in job.mail_params.split(' ').filter(|p| !p.is_empty()) {
+        let kw = p.split('=').next().unwrap_or(p).to_ascii_uppercase();
+        match kw.as_str() {
+            "BODY" if caps.eightbit => out.push(p.to_string()),
+            "SMTPUTF8" if caps.smtputf8 => out.push(p.to_string()),
+            "SMTPUTF8" => {
+                return Err(Reply::new(
+                    553,
+                    "5.6.7",
+                    "the primary does not support SMTPUTF8, which this message needs",
+                ));
+            }
+            "RET" | "ENVID" if caps.dsn => out.push(p.to_string()),
+            _ => {}
+        }
+    }
+    Ok(if out.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", out.join(" "))
+    })
+}
+
+fn rcpt_params(params: &str, client: &Client) -> String {
+    let kept: Vec<&str> = params
+        .split(' ')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let kw = p.split('=').next().unwrap_or(p).to_ascii_uppercase();
+            client.caps.dsn && (kw == "NOTIFY" || kw == "ORCPT")
+        })
+        .collect();
+    if kept.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", kept.join(" "))
+    }
+}
+
+fn all(job: &Job, reply: &Reply) -> Vec<RecipientResult> {
+    job.recipients
+        .iter()
+        .map(|r| RecipientResult {
+            row: r.row,
+            address: r.address.clone(),
+            outcome: Outcome::of(reply),
+            reply: reply.one_line(),
+        })
+        .collect()
+}
+
+/// Runs one mail transaction for `job` on an open connection.
+pub async fn deliver(
+    client: &mut Client,
+    job: &Job,
+    body: &[u8],
+) -> Result<Vec<RecipientResult>, Broken> {
+    let broken = |error| Broken {
+        error,
+        after_dot: false,
+    };
+    if let Some(max) = client.caps.size
+        && body.len() as u64 > max
+    {
+        let r = Reply::new(
+            552,
+            "5.3.4",
+            format!(
+                "message size {} exceeds the primary's limit of {max}",
+                body.len()
+            ),
+        );
+        return Ok(all(job, &r));
+    }
+    let params = match mail_params(job, client, body.len()) {
+        Ok(p) => p,
+        Err(r) => return Ok(all(job, &r)),
+    };
+    let t = client.timeouts().clone();
+    let mail = format!("MAIL FROM:<{}>{params}\r\n", job.sender);
+    let rcpts: Vec<String> = job
+        .recipients
+        .iter()
+        .map(|r| {
+            format!(
+                "RCPT TO:<{}>{}\r\n",
+                r.address,
+                rcpt_params(&r.params, client)
+            )
+        })
+        .collect();
+
+    let (mail_reply, rcpt_replies, data_reply) = if client.caps.pipelining {
+        let mut batch = mail.clone().into_bytes();
+        for r in &rcpts {
+            batch.extend_from_slice(r.as_bytes());
+        }
+        batch.extend_from_slice(b"DATA\r\n");
+        client
+            .send(&batch, "MAIL/RCPT/DATA")
+            .await
+            .map_err(broken)?;
+        let m = client
+            .read_reply(t.command, "the MAIL reply")
+            .await
+            .map_err(broken)?;
+        let mut rr = Vec::new();
+        for _ in &rcpts {
+            rr.push(
+                client
+                    .read_reply(t.command, "a RCPT reply")
+                    .await
+                    .map_err(broken)?,
+            );
+        }
+        let d = client
+            .read_reply(t.command, "the DATA reply")
+            .await
+            .map_err(broken)?;
+        (m, rr, Some(d))
+    } else {
+        client.send(mail.as_bytes(), "MAIL").await.map_err(broken)?;
+        let m = client
+            .read_reply(t.command, "the MAIL reply")
+            .await
+            .map_err(broken)?;
+        let mut rr = Vec::new();
+        if m.is_positive() {
+            for r in &rcpts {
+                client.send(r.as_bytes(), "RCPT").await.map_err(broken)?;
+                rr.push(
+                    client
+                        .read_reply(t.command, "a RCPT reply")
+                        .await
+                        .map_err(broken)?,
+                );
+            }
+        }
+        let d = if rr.iter().any(Reply::is_positive) {
+            client.send(b"DATA\r\n", "DATA").await.map_err(broken)?;
+            Some(
+                client
+                    .read_reply(t.command, "the DATA reply")
+                    .await
+                    .map_err(broken)?,
+            )
+        } else {
+            None
+        };
+        (m, rr, d)
+    };
+
+    let accepted: Vec<usize> = (0..rcpt_replies.len())
+        .filter(|&i| rcpt_replies[i].is_positive())
+        .collect();
+    let usable = mail_reply.is_positive() && !accepted.is_empty();
+    if !usable {
+        // Nothing to send. A server that still said 354 gets an empty message cut short.
+        if data_reply.as_ref().is_some_and(|d| d.code == 354) {
+            client
+                .send(b".\r\n", "the end of data")
+                .await
+                .map_err(broken)?;
+            client
+                .read_reply(t.data, "the final reply")
+                .await
+                .map_err(broken)?;
+        }
+        reset(client).await.map_err(broken)?;
+        if !mail_reply.is_positive() {
+            return Ok(all(job, &mail_reply));
+        }
+        return Ok(per_recipient(job, &rcpt_replies, None));
+    }
+    let data_reply = data_reply.unwrap_or_else(|| Reply::new(451, "4.0.0", "no DATA reply"));
+    if data_reply.code != 354 {
+        reset(client).await.map_err(broken)?;
+        return Ok(per_recipient(job, &rcpt_replies, Some(&data_reply)));
+    }
+    client.send_content(body).await.map_err(broken)?;
+    let final_reply = client
+        .read_reply(t.data, "the reply to the end of data")
+        .await
+        .map_err(|error| Broken {
+            error,
+            after_dot: true,
+        })?;
+    Ok(per_recipient(job, &rcpt_replies, Some(&final_reply)))
+}
+
+/// Each recipient's outcome: its RCPT reply when that was negative, else `after` (the DATA or
+/// final reply), which applies to every accepted recipient.
+fn per_recipient(job: &Job, rcpt_replies: &[Reply], after: Option<&Reply>) -> Vec<RecipientResult> {
+    job.recipients
+        .iter()
+        .zip(rcpt_replies)
+        .map(|(r, rr)| {
+            let reply = if rr.is_positive() {
+                after.unwrap_or(rr)
+            } else {
+                rr
+            };
+            let reply = if rr.is_positive() && after.is_none() {
+                // Accepted, but the transaction was abandoned: try again later.
+                Reply::new(451, "4.0.0", "transaction abandoned")
+            } else {
+                reply.clone()
+            };
+            RecipientResult {
+                row: r.row,
+                address: r.address.clone(),
+                outcome: Outcome::of(&reply),
+                reply: reply.one_line(),
+            }
+        })
+        .collect()
+}
+
+async fn reset(client: &mut Client) -> Result<(), ClientError> {
+    client.send(b"RSET\r\n", "RSET").await?;
+    let t = client.timeouts().command;
+    client.read_reply(t, "the RSET reply").await?;
+    Ok(())
+}

@@ -1,0 +1,377 @@
+//! The inbound listener: accepts connections, applies connection limits and per-phase
+//! timeouts, moves bytes between the socket and the [`Session`], and commits messages to the
+//! store before the session may say 250.
+
+use super::data::Decoder;
+use super::limits::{ConnectionLimits, Refused};
+use super::session::{Action, Content, Session, SessionConfig};
+use crate::policy::Policy;
+use crate::queue::{Store, new_queue_id};
+use crate::shutdown::Shutdown;
+use crate::smtp::Reply;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::timeout;
+use tracing::{info, warn};
+
+/// Everything a connection needs, shared by all of them.
+pub struct Inbound {
+    pub session: Arc<SessionConfig>,
+    pub policy: Arc<Policy>,
+    pub store: Arc<dyn Store>,
+    pub limits: Arc<ConnectionLimits>,
+    pub max_line_length: usize,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    /// Woken after each committed message, so the scheduler looks at it at once.
+    pub new_mail: Arc<Notify>,
+}
+
+/// Accepts connections until shutdown. Each connection runs in its own task, tracked by
+/// `tasks` so the server can wait for in-flight transactions.
+pub async fn run(
+    listener: TcpListener,
+    inbound: Arc<Inbound>,
+    mut shutdown: Shutdown,
+    tasks: crate::tasks::Tracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off a little rather than spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let inbound = inbound.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { connection(stream, peer, inbound, shutdown).await });
+    }
+}
+
+/// What reading the next command line produced.
+enum Input {
+    Line(Vec<u8>),
+    TooLong,
+    Closed,
+    TimedOut,
+    Shutdown,
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    /// Discarding the rest of an over-long line.
+    skipping: bool,
+}
+
+impl Conn {
+    fn queue(&mut self, reply: &Reply) {
+        reply.write_wire(&mut self.out);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads more input; Ok(false) at end of stream.
+    async fn fill(&mut self, limit: Duration) -> Result<bool, Input> {
+        let mut chunk = [0u8; 16 * 1024];
+        match timeout(limit, self.stream.read(&mut chunk)).await {
+            Err(_) => Err(Input::TimedOut),
+            Ok(Err(_)) | Ok(Ok(0)) => Ok(false),
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(true)
+            }
+        }
+    }
+
+    /// True when a complete command line is already buffered.
+    fn has_line(&self) -> bool {
+        self.buf.contains(&b'\n')
+    }
+
+    async fn next_line(&mut self, max: usize, limit: Duration, shutdown: &mut Shutdown) -> Input {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                if std::mem::take(&mut self.skipping) {
+                    return Input::TooLong;
+                }
+                if line.len() > max {
+                    return Input::TooLong;
+                }
+                return Input::Line(line);
+            }
+            if self.buf.len() > max {
+                self.buf.clear();
+                self.skipping = true;
+            }
+            if self.flush().await.is_err() {
+                return Input::Closed;
+            }
+            let filled = tokio::select! {
+                biased;
+                _ = shutdown.wait() => return Input::Shutdown,
+                f = self.fill(limit) => f,
+            };
+            match filled {
+                Ok(true) => {}
+                Ok(false) => return Input::Closed,
+                Err(e) => return e,
+            }
+        }
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    inbound: Arc<Inbound>,
+    mut shutdown: Shutdown,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Conn {
+        stream,
+        buf: Vec::new(),
+        out: Vec::new(),
+        skipping: false,
+    };
+    let _slot = match inbound.limits.acquire(peer.ip()) {
+        Ok(slot) => slot,
+        Err(why) => {
+            let text = match why {
+                Refused::Total => "too many connections, try again later",
+                Refused::PerIp => "too many connections from your address, try again later",
+            };
+            info!(client = %peer.ip(), reason = text, "connection refused");
+            conn.queue(&Reply::new(421, "4.7.0", text));
+            let _ = conn.flush().await;
+            return;
+        }
+    };
+    let mut session = Session::new(inbound.session.clone(), inbound.policy.clone(), peer.ip());
+    conn.queue(&session.greeting());
+    loop {
+        let line = match conn
+            .next_line(
+                inbound.max_line_length,
+                inbound.command_timeout,
+                &mut shutdown,
+            )
+            .await
+        {
+            Input::Line(l) => l,
+            Input::TooLong => {
+                let action = session.line_too_long();
+                if !act_simple(&mut conn, action) {
+                    break;
+                }
+                continue;
+            }
+            Input::Closed => break,
+            Input::TimedOut => {
+                conn.queue(&session.timed_out());
+                break;
+            }
+            Input::Shutdown => {
+                conn.queue(&session.shutting_down());
+                break;
+            }
+        };
+        match session.command(&line) {
+            Action::StartData(reply) => {
+                conn.queue(&reply);
+                if conn.flush().await.is_err() {
+                    break;
+                }
+                let decoder = session.data_decoder();
+                let Some(decoder) = read_data(&mut conn, decoder, &inbound, &mut session).await
+                else {
+                    break;
+                };
+                let id = new_queue_id();
+                let content = session.data_done(decoder, SystemTime::now(), id.clone());
+                if !finish_content(&mut conn, &mut session, content, id, &inbound, peer).await {
+                    break;
+                }
+            }
+            Action::ReadChunk { size, last } => {
+                if !read_chunk(&mut conn, &mut session, size, &inbound).await {
+                    break;
+                }
+                let id = new_queue_id();
+                let content = session.chunk_done(last, size, SystemTime::now(), id.clone());
+                if !finish_content(&mut conn, &mut session, content, id, &inbound, peer).await {
+                    break;
+                }
+            }
+            other => {
+                if !act_simple(&mut conn, other) {
+                    break;
+                }
+            }
+        }
+        if !conn.has_line() && conn.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = conn.flush().await;
+    let _ = conn.stream.shutdown().await;
+}
+
+/// Queues a reply action; false when the connection must close.
+fn act_simple(conn: &mut Conn, action: Action) -> bool {
+    match action {
+        Action::Reply(r) => {
+            conn.queue(&r);
+            true
+        }
+        Action::Close(r) => {
+            conn.queue(&r);
+            false
+        }
+        // Only Session::command produces the content actions; handled by the caller.
+        Action::StartData(r) => {
+            conn.queue(&r);
+            false
+        }
+        Action::ReadChunk { .. } => false,
+    }
+}
+
+/// The most content read past the size limit before the connection is dropped.
+fn hard_cap(inbound: &Inbound) -> u64 {
+    inbound
+        .session
+        .max_message_size
+        .saturating_mul(2)
+        .saturating_add(1 << 20)
+}
+
+/// Reads DATA content up to `<CRLF>.<CRLF>`. None: the connection is finished.
+async fn read_data(
+    conn: &mut Conn,
+    mut decoder: Decoder,
+    inbound: &Inbound,
+    session: &mut Session,
+) -> Option<Decoder> {
+    loop {
+        if let Some(n) = decoder.feed(&conn.buf) {
+            conn.buf.drain(..n);
+            return Some(decoder);
+        }
+        conn.buf.clear();
+        if decoder.total() > hard_cap(inbound) {
+            conn.queue(&Reply::new(
+                552,
+                "5.3.4",
+                "message far exceeds the size limit, closing connection",
+            ));
+            return None;
+        }
+        match conn.fill(inbound.data_timeout).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(_) => {
+                conn.queue(&session.timed_out());
+                return None;
+            }
+        }
+    }
+}
+
+/// Reads one BDAT chunk of `size` bytes into the session's decoder. False: close.
+async fn read_chunk(conn: &mut Conn, session: &mut Session, size: u64, inbound: &Inbound) -> bool {
+    if size > hard_cap(inbound) {
+        conn.queue(&Reply::new(
+            552,
+            "5.3.4",
+            "chunk far exceeds the size limit, closing connection",
+        ));
+        return false;
+    }
+    let mut left = size;
+    loop {
+        let take = (conn.buf.len() as u64).min(left) as usize;
+        if take > 0 {
+            if let Some(d) = session.chunk_decoder() {
+                d.feed(&conn.buf[..take]);
+            }
+            conn.buf.drain(..take);
+            left -= take as u64;
+        }
+        if left == 0 {
+            return true;
+        }
+        match conn.fill(inbound.data_timeout).await {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(_) => {
+                conn.queue(&session.timed_out());
+                return false;
+            }
+        }
+    }
+}
+
+/// Commits a finished message (or sends the error), then queues the reply. False: close.
+async fn finish_content(
+    conn: &mut Conn,
+    session: &mut Session,
+    content: Content,
+    id: String,
+    inbound: &Inbound,
+    peer: SocketAddr,
+) -> bool {
+    let message = match content {
+        Content::Reply(r) => {
+            if r.code >= 500 {
+                info!(client = %peer.ip(), reply = %r, "message refused");
+            }
+            conn.queue(&r);
+            return true;
+        }
+        Content::Commit(m) => m,
+    };
+    let sender = message.sender.clone();
+    let rcpts: Vec<String> = message
+        .recipients
+        .iter()
+        .map(|r| r.address.clone())
+        .collect();
+    let size = message.body.len();
+    let result = inbound.store.insert(*message).await;
+    match &result {
+        Ok(()) => {
+            info!(queue_id = %id, client = %peer.ip(), from = %sender, to = ?rcpts, size, "accepted");
+            inbound.new_mail.notify_one();
+        }
+        Err(e) => {
+            warn!(queue_id = %id, client = %peer.ip(), error = %e, "commit failed, message refused with 4xx")
+        }
+    }
+    let reply = session.committed(&id, result);
+    conn.queue(&reply);
+    true
+}

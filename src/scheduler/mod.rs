@@ -1,0 +1,414 @@
+//! The scheduler: decides what is due, hands jobs to per-route worker pools, keeps each
+//! route's health, probes primaries that are down, and makes everything held for a primary due
+//! the moment it answers again. It changes the queue only through the `Store` trait.
+
+pub mod backoff;
+pub mod route;
+
+use crate::config::Config;
+use crate::delivery::client::{Client, Timeouts};
+use crate::delivery::{Broken, Outcome, RecipientResult, deliver};
+use crate::queue::{Job, Status, Store, Update, now_ms};
+use crate::shutdown::Shutdown;
+use crate::tasks::Tracker;
+use route::{Pushed, Route, Transition};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tracing::{debug, error, info, warn};
+
+/// Recipients claimed per store round trip.
+const CLAIM_BATCH: usize = 256;
+/// Jobs waiting in route queues beyond which the scheduler stops claiming more.
+const MAX_QUEUED: usize = 2048;
+/// The longest the scheduler sleeps without looking at the store.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// Scheduling settings taken from the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub hostname: String,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub lifetime: Duration,
+    pub probe_interval: Duration,
+    pub probe_timeouts: Timeouts,
+    pub timeouts: Timeouts,
+    pub max_connections_per_primary: usize,
+    pub messages_per_connection: usize,
+}
+
+impl Settings {
+    pub fn from_config(c: &Config) -> Self {
+        let d = &c.delivery;
+        let p = c.probe.timeout;
+        Self {
+            hostname: c.hostname.clone(),
+            retry_min: c.queue.retry_min,
+            retry_max: c.queue.retry_max,
+            lifetime: c.queue.lifetime,
+            probe_interval: c.probe.interval,
+            probe_timeouts: Timeouts {
+                connect: p,
+                greeting: p,
+                command: p,
+                data: p,
+            },
+            timeouts: Timeouts {
+                connect: d.connect_timeout,
+                greeting: d.greeting_timeout,
+                command: d.command_timeout,
+                data: d.data_timeout,
+            },
+            max_connections_per_primary: d.max_connections_per_primary,
+            messages_per_connection: d.messages_per_connection,
+        }
+    }
+}
+
+/// What the scheduler, its workers and its probes share.
+pub struct Scheduler {
+    store: Arc<dyn Store>,
+    settings: Settings,
+    /// Domain → route. Domains with the same primaries share one route.
+    routes: HashMap<String, Arc<Route>>,
+    wake: Arc<Notify>,
+    shutdown: Shutdown,
+    tasks: Tracker,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Scheduler {
+    /// `wake` is notified by whoever makes something due (a new message, ETRN, a flush).
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        wake: Arc<Notify>,
+        shutdown: Shutdown,
+        tasks: Tracker,
+    ) -> Arc<Self> {
+        let mut by_hosts: HashMap<String, (Vec<crate::config::HostPort>, Vec<String>)> =
+            HashMap::new();
+        for d in &config.domains {
+            let key = d
+                .primary
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            by_hosts
+                .entry(key)
+                .or_insert_with(|| (d.primary.clone(), Vec::new()))
+                .1
+                .push(d.name.clone());
+        }
+        let mut routes = HashMap::new();
+        for (_, (hosts, domains)) in by_hosts {
+            let route = Arc::new(Route::new(hosts, domains.clone()));
+            for d in domains {
+                routes.insert(d, route.clone());
+            }
+        }
+        Arc::new(Self {
+            store,
+            settings: Settings::from_config(config),
+            routes,
+            wake,
+            shutdown,
+            tasks,
+        })
+    }
+
+    fn queued(&self) -> usize {
+        // Routes are shared between domains; count each once.
+        let mut seen = std::collections::HashSet::new();
+        self.routes
+            .values()
+            .filter(|r| seen.insert(r.key.clone()))
+            .map(|r| r.queued())
+            .sum()
+    }
+
+    /// The scheduler's loop; returns at shutdown.
+    pub async fn run(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            if shutdown.is_shutdown() {
+                break;
+            }
+            let mut more = false;
+            if self.queued() < MAX_QUEUED {
+                match self.store.claim_due(now_ms(), CLAIM_BATCH).await {
+                    Ok(jobs) => {
+                        more =
+                            jobs.iter().map(|j| j.recipients.len()).sum::<usize>() >= CLAIM_BATCH;
+                        for job in jobs {
+                            self.dispatch(job).await;
+                        }
+                    }
+                    Err(e) => error!(error = %e, "cannot read the queue; retrying in 1s"),
+                }
+            }
+            if more && self.queued() < MAX_QUEUED {
+                continue;
+            }
+            let pause = if self.queued() >= MAX_QUEUED {
+                Duration::from_millis(50)
+            } else {
+                match self.store.next_due().await {
+                    Ok(Some(t)) => Duration::from_millis(u64::try_from(t - now_ms()).unwrap_or(0))
+                        .clamp(Duration::from_millis(5), MAX_IDLE),
+                    Ok(None) => MAX_IDLE,
+                    Err(_) => Duration::from_secs(1),
+                }
+            };
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        debug!("scheduler stopped");
+    }
+
+    async fn dispatch(self: &Arc<Self>, job: Job) {
+        let now = now_ms();
+        if job
+            .received_at_ms
+            .saturating_add(ms(self.settings.lifetime))
+            <= now
+        {
+            warn!(queue_id = %job.queue_id, domain = %job.domain, "message expired after the queue lifetime; recipients failed (no DSN yet)");
+            let updates = job
+                .recipients
+                .iter()
+                .map(|r| Update {
+                    row: r.row,
+                    status: Status::Expired,
+                    attempted: false,
+                    next_attempt_ms: now,
+                    last_reply: Some("expired: queue lifetime exceeded".into()),
+                })
+                .collect();
+            self.record(&job.queue_id, updates).await;
+            return;
+        }
+        let Some(route) = self.routes.get(&job.domain).cloned() else {
+            warn!(queue_id = %job.queue_id, domain = %job.domain, "domain is no longer configured; holding its mail");
+            self.put_back(job, now + ms(self.settings.retry_max)).await;
+            return;
+        };
+        match route.push(job, self.settings.max_connections_per_primary) {
+            Pushed::Queued => {}
+            Pushed::StartWorker => {
+                let me = self.clone();
+                self.tasks.spawn(async move { me.worker(route).await });
+            }
+            // Held until the probe finds the primary up again (then made due at once), or
+            // retry_max from now, whichever comes first.
+            Pushed::Down(job) => self.put_back(job, now + ms(self.settings.retry_max)).await,
+        }
+    }
+
+    /// Releases a job's claim without counting an attempt.
+    async fn put_back(&self, job: Job, next_attempt_ms: i64) {
+        let updates = job
+            .recipients
+            .iter()
+            .map(|r| Update {
+                row: r.row,
+                status: Status::Pending,
+                attempted: false,
+                next_attempt_ms,
+                last_reply: None,
+            })
+            .collect();
+        self.record(&job.queue_id, updates).await;
+    }
+
+    async fn record(&self, queue_id: &str, updates: Vec<Update>) {
+        // A recipient that stays pending has a new due time the scheduler must look at.
+        let pending = updates.iter().any(|u| u.status == Status::Pending);
+        let result = self.store.record(queue_id, updates).await;
+        if pending {
+            self.wake.notify_one();
+        }
+        match result {
+            Ok(true) => info!(queue_id, "removed from the queue: every recipient is final"),
+            Ok(false) => {}
+            Err(e) => {
+                error!(queue_id, error = %e, "cannot record delivery results; the recipients stay claimed until restart")
+            }
+        }
+    }
+
+    /// One connection's worth of deliveries on `route`, reconnecting after
+    /// `messages_per_connection` messages; exits when the route's queue is empty.
+    async fn worker(self: Arc<Self>, route: Arc<Route>) {
+        let s = &self.settings;
+        loop {
+            let mut client = match Client::connect(&route.hosts, &s.hostname, &s.timeouts).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.route_failed(&route, &e.to_string()).await;
+                    return;
+                }
+            };
+            let mut sent = 0;
+            loop {
+                if self.shutdown.is_shutdown() {
+                    let now = now_ms();
+                    for job in route.retire() {
+                        self.put_back(job, now).await;
+                    }
+                    client.quit().await;
+                    return;
+                }
+                let Some(job) = route.next_job() else {
+                    client.quit().await;
+                    return;
+                };
+                let body = match self.store.body(&job.queue_id).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        error!(queue_id = %job.queue_id, error = %e, "cannot read the message content");
+                        self.put_back(job, now_ms() + ms(s.retry_min)).await;
+                        continue;
+                    }
+                };
+                match deliver(&mut client, &job, &body).await {
+                    Ok(results) => {
+                        self.record_results(&job, &route, &client.host.to_string(), results)
+                            .await
+                    }
+                    Err(broken) => {
+                        self.record_broken(&job, &client.host.to_string(), &broken)
+                            .await;
+                        self.route_failed(&route, &broken.error.to_string()).await;
+                        return;
+                    }
+                }
+                sent += 1;
+                if sent >= s.messages_per_connection {
+                    client.quit().await;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A connection to the route failed: mark it down, start its probe, put its jobs back.
+    async fn route_failed(self: &Arc<Self>, route: &Arc<Route>, reason: &str) {
+        let (transition, jobs) = route.fail();
+        if transition == Transition::WentDown {
+            warn!(primary = %route.key, reason, "primary is down; holding its mail and probing every {:?}", self.settings.probe_interval);
+            let me = self.clone();
+            let r = route.clone();
+            tokio::spawn(async move { me.probe(r).await });
+        } else {
+            debug!(primary = %route.key, reason, "connection failed");
+        }
+        let later = now_ms() + ms(self.settings.retry_max);
+        for job in jobs {
+            self.put_back(job, later).await;
+        }
+    }
+
+    /// Probes a down route every `probe_interval` until it answers (banner and EHLO), then
+    /// makes everything held for it due at once.
+    async fn probe(self: Arc<Self>, route: Arc<Route>) {
+        let mut shutdown = self.shutdown.clone();
+        let s = &self.settings;
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(s.probe_interval) => {}
+            }
+            match Client::connect(&route.hosts, &s.hostname, &s.probe_timeouts).await {
+                Ok(client) => {
+                    client.quit().await;
+                    let down_for = route.mark_up();
+                    let due = self
+                        .store
+                        .make_due(route.domains.clone(), now_ms())
+                        .await
+                        .unwrap_or_else(|e| {
+                            error!(primary = %route.key, error = %e, "cannot make held mail due");
+                            0
+                        });
+                    info!(primary = %route.key, down_for = ?down_for, recipients_due = due, "primary is up again; delivering what is held");
+                    self.wake.notify_one();
+                    return;
+                }
+                Err(e) => debug!(primary = %route.key, error = %e, "probe failed"),
+            }
+        }
+    }
+
+    fn next_attempt(&self, attempts_done: u32) -> i64 {
+        let s = &self.settings;
+        now_ms()
+            + ms(backoff::retry_delay(
+                attempts_done,
+                s.retry_min,
+                s.retry_max,
+                fastrand::f64(),
+            ))
+    }
+
+    async fn record_results(
+        &self,
+        job: &Job,
+        route: &Route,
+        host: &str,
+        results: Vec<RecipientResult>,
+    ) {
+        let mut updates = Vec::with_capacity(results.len());
+        for (r, rcpt) in results.iter().zip(&job.recipients) {
+            let (status, next) = match r.outcome {
+                Outcome::Delivered => {
+                    info!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %r.reply, "delivered");
+                    (Status::Delivered, now_ms())
+                }
+                Outcome::Failed => {
+                    warn!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %r.reply, "failed permanently (no DSN yet)");
+                    (Status::Failed, now_ms())
+                }
+                Outcome::Deferred => {
+                    let next = self.next_attempt(rcpt.attempts + 1);
+                    info!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %r.reply, retry_in_s = (next - now_ms()) / 1000, "deferred");
+                    (Status::Pending, next)
+                }
+            };
+            updates.push(Update {
+                row: r.row,
+                status,
+                attempted: true,
+                next_attempt_ms: next,
+                last_reply: Some(r.reply.clone()),
+            });
+        }
+        let _ = route;
+        self.record(&job.queue_id, updates).await;
+    }
+
+    async fn record_broken(&self, job: &Job, host: &str, broken: &Broken) {
+        if broken.after_dot {
+            warn!(queue_id = %job.queue_id, primary = host, error = %broken.error, "no reply after the end of data: the primary may have the message; it will be sent again (RFC 1047 duplicate risk)");
+        }
+        let reply = broken.error.to_string();
+        let updates = job
+            .recipients
+            .iter()
+            .map(|r| {
+                info!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %reply, "deferred");
+                Update { row: r.row, status: Status::Pending, attempted: true, next_attempt_ms: self.next_attempt(r.attempts + 1), last_reply: Some(reply.clone()) }
+            })
+            .collect();
+        self.record(&job.queue_id, updates).await;
+    }
+}

@@ -1,0 +1,206 @@
+//! A route: the primary hosts that one or more domains deliver to, its health (up, or down
+//! since when), and the jobs waiting for one of its connections.
+
+use crate::config::HostPort;
+use crate::queue::Job;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+pub struct Route {
+    /// The hosts, as written in the config, joined by commas: the route's name in logs.
+    pub key: String,
+    pub hosts: Vec<HostPort>,
+    /// The domains that use this route.
+    pub domains: Vec<String>,
+    state: Mutex<State>,
+}
+
+struct State {
+    queue: VecDeque<Job>,
+    workers: usize,
+    up: bool,
+    since: SystemTime,
+    probing: bool,
+}
+
+/// What [`Route::push`] asks the caller to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued; a worker will take it.
+    Queued,
+    /// Queued, and a new worker must be started for it.
+    StartWorker,
+    /// The route is down: the job was not queued.
+    Down(Job),
+}
+
+/// What a route's health change asks the caller to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// It was up: now down, and a probe must be started.
+    WentDown,
+    /// No change worth telling.
+    Same,
+}
+
+impl Route {
+    pub fn new(hosts: Vec<HostPort>, domains: Vec<String>) -> Self {
+        Self {
+            key: hosts
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            hosts,
+            domains,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                workers: 0,
+                up: true,
+                since: SystemTime::now(),
+                probing: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a job for delivery, asking for one more worker when the queue outgrows the
+    /// workers and the limit allows.
+    pub fn push(&self, job: Job, max_workers: usize) -> Pushed {
+        let mut s = self.lock();
+        if !s.up {
+            return Pushed::Down(job);
+        }
+        s.queue.push_back(job);
+        if s.workers < max_workers && s.workers < s.queue.len() {
+            s.workers += 1;
+            Pushed::StartWorker
+        } else {
+            Pushed::Queued
+        }
+    }
+
+    /// The next job for a worker; None retires the worker (atomically with the check, so no
+    /// job is left behind without a worker).
+    pub fn next_job(&self) -> Option<Job> {
+        let mut s = self.lock();
+        let job = s.queue.pop_front();
+        if job.is_none() {
+            s.workers -= 1;
+        }
+        job
+    }
+
+    /// A worker gives up (connection failed): retire it, mark the route down, and hand back
+    /// every queued job so the caller can put them back in the store.
+    pub fn fail(&self) -> (Transition, Vec<Job>) {
+        let mut s = self.lock();
+        s.workers -= 1;
+        let jobs: Vec<Job> = s.queue.drain(..).collect();
+        let t = if s.up {
+            s.up = false;
+            s.since = SystemTime::now();
+            if s.probing {
+                Transition::Same
+            } else {
+                s.probing = true;
+                Transition::WentDown
+            }
+        } else {
+            Transition::Same
+        };
+        (t, jobs)
+    }
+
+    /// A worker stops early (shutdown): retire it and hand back the queued jobs.
+    pub fn retire(&self) -> Vec<Job> {
+        let mut s = self.lock();
+        s.workers -= 1;
+        s.queue.drain(..).collect()
+    }
+
+    /// The probe reached the primary. Returns how long it was down.
+    pub fn mark_up(&self) -> std::time::Duration {
+        let mut s = self.lock();
+        s.up = true;
+        s.probing = false;
+        let down_for = s.since.elapsed().unwrap_or_default();
+        s.since = SystemTime::now();
+        down_for
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.lock().up
+    }
+
+    /// Jobs waiting for a connection.
+    pub fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    pub fn workers(&self) -> usize {
+        self.lock().workers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> Job {
+        Job {
+            queue_id: id.into(),
+            domain: "example.test".into(),
+            sender: String::new(),
+            mail_params: String::new(),
+            received_at_ms: 0,
+            size: 0,
+            recipients: vec![],
+        }
+    }
+
+    fn route() -> Route {
+        Route::new(
+            vec![HostPort::parse("127.0.0.1:25").unwrap()],
+            vec!["example.test".into()],
+        )
+    }
+
+    #[test]
+    fn workers_grow_with_the_queue_up_to_the_limit() {
+        let r = route();
+        assert_eq!(r.push(job("a"), 2), Pushed::StartWorker);
+        assert_eq!(r.push(job("b"), 2), Pushed::StartWorker);
+        assert_eq!(r.push(job("c"), 2), Pushed::Queued);
+        assert_eq!(r.workers(), 2);
+        assert!(r.next_job().is_some());
+        assert!(r.next_job().is_some());
+        assert!(r.next_job().is_some());
+        assert!(r.next_job().is_none());
+        assert_eq!(r.workers(), 1);
+    }
+
+    #[test]
+    fn failure_marks_down_once_and_returns_jobs() {
+        let r = route();
+        r.push(job("a"), 2);
+        r.push(job("b"), 2);
+        let (t, jobs) = r.fail();
+        assert_eq!((t, jobs.len()), (Transition::WentDown, 2));
+        assert!(!r.is_up());
+        let (t, _) = r.fail();
+        assert_eq!(
+            t,
+            Transition::Same,
+            "a second failing worker starts no second probe"
+        );
+        assert!(matches!(r.push(job("c"), 2), Pushed::Down(_)));
+        r.mark_up();
+        assert!(r.is_up());
+        assert_eq!(r.push(job("d"), 2), Pushed::StartWorker);
+    }
+}

@@ -1,0 +1,155 @@
+//! `mx2 serve`: opens the store, binds the listeners, starts the scheduler, and on SIGTERM or
+//! SIGINT stops accepting, lets in-flight transactions and deliveries finish (within the grace
+//! period), and exits with the queue intact.
+
+use crate::config::Config;
+use crate::inbound::limits::ConnectionLimits;
+use crate::inbound::listener::{self, Inbound};
+use crate::inbound::session::SessionConfig;
+use crate::policy::Policy;
+use crate::queue::Store;
+use crate::queue::embedded::Embedded;
+use crate::scheduler::Scheduler;
+use crate::shutdown;
+use crate::tasks::Tracker;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the queue in {dir}: {source}")]
+    Store {
+        dir: String,
+        source: crate::queue::StoreError,
+    },
+    #[error(
+        "cannot listen on {addr}: {source} (is another server using the port, or does it need privileges?)"
+    )]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the server until a termination signal.
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let dir = config.state_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Embedded::open(&dir))
+        .await
+        .map_err(|e| StartError::Store {
+            dir: config.state_dir.display().to_string(),
+            source: crate::queue::StoreError::Backend(e.to_string()),
+        })?
+        .map_err(|source| StartError::Store {
+            dir: config.state_dir.display().to_string(),
+            source,
+        })?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    if let Ok(stats) = store.stats().await {
+        info!(
+            messages = stats.messages,
+            recipients = stats.pending_recipients,
+            bytes = stats.bytes,
+            "queue opened"
+        );
+    }
+
+    let mut listeners = Vec::new();
+    for addr in &config.smtp.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: *addr,
+                source,
+            })?;
+        info!(address = %l.local_addr().unwrap_or(*addr), "listening for SMTP");
+        listeners.push(l);
+    }
+
+    let (trigger, shutdown) = shutdown::channel();
+    let wake = Arc::new(Notify::new());
+    let connections = Tracker::default();
+    let deliveries = Tracker::default();
+
+    let scheduler = Scheduler::new(
+        &config,
+        store.clone(),
+        wake.clone(),
+        shutdown.clone(),
+        deliveries.clone(),
+    );
+    let scheduler_task = tokio::spawn(scheduler.run());
+
+    let inbound = Arc::new(Inbound {
+        session: Arc::new(SessionConfig {
+            hostname: config.hostname.clone(),
+            max_message_size: config.smtp.max_message_size,
+            max_recipients: config.smtp.max_recipients,
+            max_errors: 20,
+            max_received: 50,
+        }),
+        policy: Arc::new(Policy::new(config.domains.iter().map(|d| d.name.clone()))),
+        store: store.clone(),
+        limits: ConnectionLimits::new(
+            config.smtp.max_connections,
+            config.smtp.max_connections_per_ip,
+        ),
+        max_line_length: config.smtp.max_line_length,
+        command_timeout: config.smtp.command_timeout,
+        data_timeout: config.smtp.data_timeout,
+        new_mail: wake.clone(),
+    });
+    let mut accept_tasks = Vec::new();
+    for l in listeners {
+        accept_tasks.push(tokio::spawn(listener::run(
+            l,
+            inbound.clone(),
+            shutdown.clone(),
+            connections.clone(),
+        )));
+    }
+    info!(hostname = %config.hostname, domains = config.domains.len(), "mx2 started");
+
+    wait_for_signal().await;
+    info!("shutting down: no new connections; finishing transactions in flight");
+    trigger.fire();
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    let grace = config.smtp.shutdown_grace;
+    let finished = tokio::time::timeout(grace, async {
+        connections.idle().await;
+        let _ = scheduler_task.await;
+        deliveries.idle().await;
+    })
+    .await;
+    if finished.is_err() {
+        warn!(
+            connections = connections.running(),
+            deliveries = deliveries.running(),
+            "grace period over; exiting with work in flight (nothing acknowledged is lost)"
+        );
+    }
+    info!("mx2 stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the only way out is SIGKILL, which is safe for the queue.
+        warn!("cannot install signal handlers");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

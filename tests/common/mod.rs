@@ -1,0 +1,540 @@
+//! Test harness for end-to-end tests: a scriptable test primary (an SMTP server), a plain
+//! SMTP client, and a running `mx2` binary on ephemeral loopback ports. Blocking std I/O and
+//! threads: simple, and independent of mx2's own runtime.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A message as the test primary received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub mail_from: String,
+    pub mail_params: String,
+    pub rcpts: Vec<String>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<String> {
+        let text = String::from_utf8_lossy(&self.body);
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        text.split("\r\n")
+            .take_while(|l| !l.is_empty())
+            .find(|l| l.to_ascii_lowercase().starts_with(&prefix))
+            .map(|l| l[prefix.len()..].trim().to_string())
+    }
+}
+
+/// How the primary answers a RCPT: code and text, per recipient, counting earlier tries.
+pub type RcptScript = dyn Fn(&str, usize) -> (u16, &'static str) + Send + Sync;
+
+#[derive(Default)]
+struct PrimaryState {
+    messages: Vec<Received>,
+    rcpt_tries: HashMap<String, usize>,
+    connections: usize,
+}
+
+/// A scriptable SMTP server standing in for a domain's primary MX. Its end-of-data detection is
+/// deliberately lax (any line that is only "." ends DATA, whatever its line endings, as in the
+/// servers SMTP smuggling exploits), so a test sees a smuggled message if mx2 ever relays one.
+pub struct Primary {
+    pub port: u16,
+    state: Arc<Mutex<PrimaryState>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+pub struct PrimaryOptions {
+    pub rcpt: Arc<RcptScript>,
+    /// Delay before every reply.
+    pub delay: Duration,
+}
+
+impl Default for PrimaryOptions {
+    fn default() -> Self {
+        Self {
+            rcpt: Arc::new(|_, _| (250, "2.1.5 ok")),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+impl Primary {
+    pub fn start(port: u16) -> Primary {
+        Self::start_with(port, PrimaryOptions::default())
+    }
+
+    pub fn start_with(port: u16, opts: PrimaryOptions) -> Primary {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the test primary");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(PrimaryState::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        let opts = Arc::new(opts);
+        let thread = thread::spawn(move || {
+            while !sp.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        st.lock().unwrap().connections += 1;
+                        let (st, opts, sp) = (st.clone(), opts.clone(), sp.clone());
+                        thread::spawn(move || {
+                            let _ = serve_primary(stream, &st, &opts, &sp);
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Primary {
+            port,
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.state.lock().unwrap().messages.clone()
+    }
+
+    pub fn rcpt_tries(&self, rcpt: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .rcpt_tries
+            .get(rcpt)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
+    }
+
+    /// Waits until at least `n` messages have arrived.
+    pub fn wait_for(&self, n: usize, limit: Duration) -> Vec<Received> {
+        let start = Instant::now();
+        loop {
+            let m = self.messages();
+            if m.len() >= n || start.elapsed() > limit {
+                return m;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Primary {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn serve_primary(
+    stream: TcpStream,
+    state: &Mutex<PrimaryState>,
+    opts: &PrimaryOptions,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut w = stream.try_clone()?;
+    let mut r = BufReader::new(stream);
+    let reply = |w: &mut TcpStream, text: &str| -> std::io::Result<()> {
+        if !opts.delay.is_zero() {
+            thread::sleep(opts.delay);
+        }
+        w.write_all(text.as_bytes())
+    };
+    reply(&mut w, "220 primary.test ESMTP test primary\r\n")?;
+    let (mut from, mut params, mut rcpts) = (String::new(), String::new(), Vec::<String>::new());
+    loop {
+        let mut line = Vec::new();
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) => return Ok(()),
+                Ok(_) => break,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        let upper = text.to_ascii_uppercase();
+        if upper.starts_with("EHLO") {
+            reply(
+                &mut w,
+                "250-primary.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000\r\n",
+            )?;
+        } else if upper.starts_with("HELO") {
+            reply(&mut w, "250 primary.test\r\n")?;
+        } else if upper.starts_with("MAIL FROM:") {
+            let rest = &text[10..];
+            let end = rest.find('>').unwrap_or(rest.len());
+            from = rest.trim_start_matches('<')[..end.saturating_sub(1)].to_string();
+            params = rest[(end + 1).min(rest.len())..].trim().to_string();
+            rcpts.clear();
+            reply(&mut w, "250 2.1.0 ok\r\n")?;
+        } else if upper.starts_with("RCPT TO:") {
+            let rest = &text[8..];
+            let addr = rest
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let tries = {
+                let mut s = state.lock().unwrap();
+                let n = s.rcpt_tries.entry(addr.clone()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let (code, msg) = (opts.rcpt)(&addr, tries);
+            if code == 250 {
+                rcpts.push(addr);
+            }
+            reply(&mut w, &format!("{code} {msg}\r\n"))?;
+        } else if upper == "DATA" {
+            if rcpts.is_empty() {
+                reply(&mut w, "554 5.5.1 no valid recipients\r\n")?;
+                continue;
+            }
+            reply(&mut w, "354 go ahead\r\n")?;
+            let body = read_lax_data(&mut r)?;
+            state.lock().unwrap().messages.push(Received {
+                mail_from: from.clone(),
+                mail_params: params.clone(),
+                rcpts: rcpts.clone(),
+                body,
+                at: Instant::now(),
+            });
+            rcpts.clear();
+            reply(&mut w, "250 2.0.0 queued at primary\r\n")?;
+        } else if upper == "RSET" || upper.starts_with("NOOP") {
+            rcpts.clear();
+            reply(&mut w, "250 2.0.0 ok\r\n")?;
+        } else if upper == "QUIT" {
+            reply(&mut w, "221 2.0.0 bye\r\n")?;
+            return Ok(());
+        } else {
+            reply(&mut w, "500 5.5.2 what?\r\n")?;
+        }
+    }
+}
+
+/// Reads DATA content laxly: CR, LF and CRLF all end lines; a line that is only "." ends the
+/// data. Lines are unstuffed and joined with CRLF.
+fn read_lax_data(r: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut prev_cr = false;
+    loop {
+        match r.read(&mut byte) {
+            Ok(0) => return Ok(body),
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        let b = byte[0];
+        if b == b'\n' && prev_cr {
+            prev_cr = false;
+            continue;
+        }
+        prev_cr = b == b'\r';
+        if b == b'\r' || b == b'\n' {
+            if line == b"." {
+                if prev_cr {
+                    // Swallow the LF of a CRLF terminator if it is already there.
+                    let buf = r.fill_buf()?;
+                    if buf.first() == Some(&b'\n') {
+                        r.consume(1);
+                    }
+                }
+                return Ok(body);
+            }
+            let content = if line.first() == Some(&b'.') {
+                &line[1..]
+            } else {
+                &line[..]
+            };
+            body.extend_from_slice(content);
+            body.extend_from_slice(b"\r\n");
+            line.clear();
+        } else {
+            line.push(b);
+        }
+    }
+}
+
+// ---- the client side ------------------------------------------------------------------------
+
+/// A plain SMTP client for tests.
+pub struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to mx2");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let w = s.try_clone().unwrap();
+        let mut c = Client {
+            r: BufReader::new(s),
+            w,
+        };
+        let greeting = c.reply();
+        assert!(greeting.starts_with("220"), "greeting: {greeting}");
+        c
+    }
+
+    /// Reads one reply (all lines joined with '\n').
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.r.read_line(&mut line).unwrap_or(0);
+            if n == 0 {
+                all.push_str("<closed>");
+                return all;
+            }
+            all.push_str(line.trim_end());
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+            all.push('\n');
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.w.write_all(bytes);
+    }
+
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    pub fn code(&mut self, line: &str) -> u16 {
+        code(&self.cmd(line))
+    }
+
+    /// One complete transaction; returns the final reply.
+    pub fn send_mail(&mut self, from: &str, rcpts: &[&str], content: &[u8]) -> String {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>"));
+        if !r.starts_with("250") {
+            return r;
+        }
+        let mut any = false;
+        for rcpt in rcpts {
+            any |= self.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250");
+        }
+        if !any {
+            self.cmd("RSET");
+            return "no recipient accepted".into();
+        }
+        let r = self.cmd("DATA");
+        assert!(r.starts_with("354"), "DATA: {r}");
+        self.send_raw(content);
+        self.send_raw(b".\r\n");
+        self.reply()
+    }
+}
+
+pub fn code(reply: &str) -> u16 {
+    reply.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// A message's content in wire form (CRLF, not yet dot-stuffed) with a Message-ID.
+pub fn message(id: &str, body: &str) -> Vec<u8> {
+    format!("From: <sender@sender.test>\r\nTo: <user@example.test>\r\nSubject: test {id}\r\nMessage-ID: <{id}@test>\r\n\r\n{body}\r\n").into_bytes()
+}
+
+// ---- mx2 itself -------------------------------------------------------------------------------
+
+/// A running mx2 binary with its own config and state directory.
+pub struct Mx2 {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    pub config: PathBuf,
+}
+
+pub fn mx2_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_mx2")
+}
+
+/// Config text for a test instance; `extra` is appended (more [[domain]]s, limits).
+pub fn test_config(port: u16, primary_port: u16, state_dir: &Path, extra: &str) -> String {
+    format!(
+        r#"hostname = "mx2.test"
+state_dir = "{state}"
+[smtp]
+listen = ["127.0.0.1:{port}"]
+max_message_size = "1MB"
+shutdown_grace = "5s"
+[queue]
+retry_min = "1s"
+retry_max = "4s"
+[probe]
+interval = "1s"
+timeout = "2s"
+[delivery]
+connect_timeout = "2s"
+greeting_timeout = "5s"
+command_timeout = "5s"
+data_timeout = "10s"
+{extra}
+[[domain]]
+name = "example.test"
+primary = ["127.0.0.1:{primary_port}"]
+"#,
+        state = state_dir.display()
+    )
+}
+
+impl Mx2 {
+    /// Starts mx2 backing up example.test to a primary on `primary_port`.
+    pub fn start(primary_port: u16) -> Mx2 {
+        Self::start_with(primary_port, "")
+    }
+
+    pub fn start_with(primary_port: u16, extra: &str) -> Mx2 {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let port = free_port();
+        let config = dir.join("mx2.toml");
+        std::fs::write(
+            &config,
+            test_config(port, primary_port, &dir.join("state"), extra),
+        )
+        .unwrap();
+        let mut m = Mx2 {
+            port,
+            dir,
+            child: None,
+            config,
+        };
+        m.spawn();
+        m
+    }
+
+    /// Starts (again) the binary on this instance's config and waits until it accepts.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mx2.log"))
+            .unwrap();
+        let child = Command::new(mx2_binary())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("MX2_LOG", "mx2=debug,info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mx2");
+        self.child = Some(child);
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("mx2 exited at start ({status}); log:\n{}", self.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "mx2 did not start listening; log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mx2.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code and how long the exit took.
+    pub fn terminate(&mut self) -> (Option<i32>, Duration) {
+        let c = self.child.as_mut().expect("running");
+        let start = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let status = c.wait().unwrap();
+        self.child = None;
+        (status.code(), start.elapsed())
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.port)
+    }
+}
+
+impl Drop for Mx2 {
+    fn drop(&mut self) {
+        self.kill9();
+        if !thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("mx2 test directory kept: {}", self.dir.display());
+        }
+    }
+}
