@@ -12,11 +12,14 @@ use crate::smtp::Reply;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::timeout;
 use tracing::{info, warn};
+
+/// Bytes reserved per read.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Everything a connection needs, shared by all of them.
 pub struct Inbound {
@@ -89,16 +92,32 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads more input; Ok(false) at end of stream.
+    /// Reads more input; Ok(false) at end of stream. Waits for readiness before reserving
+    /// buffer space, so an idle connection holds no read buffer.
     async fn fill(&mut self, limit: Duration) -> Result<bool, Input> {
-        let mut chunk = [0u8; 16 * 1024];
-        match timeout(limit, self.stream.read(&mut chunk)).await {
-            Err(_) => Err(Input::TimedOut),
-            Ok(Err(_)) | Ok(Ok(0)) => Ok(false),
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(true)
+        loop {
+            match timeout(limit, self.stream.readable()).await {
+                Err(_) => return Err(Input::TimedOut),
+                Ok(Err(_)) => return Ok(false),
+                Ok(Ok(())) => {}
             }
+            self.buf.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(0) => return Ok(false),
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Ok(false),
+            }
+        }
+    }
+
+    /// Gives back buffer memory once a burst is over.
+    fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+            self.buf = Vec::new();
+        }
+        if self.out.is_empty() && self.out.capacity() > 4 * READ_CHUNK {
+            self.out = Vec::new();
         }
     }
 
@@ -130,6 +149,7 @@ impl Conn {
             if self.flush().await.is_err() {
                 return Input::Closed;
             }
+            self.shrink();
             let filled = tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Input::Shutdown,

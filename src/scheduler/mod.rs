@@ -208,9 +208,7 @@ impl Scheduler {
                 let me = self.clone();
                 self.tasks.spawn(async move { me.worker(route).await });
             }
-            // Held until the probe finds the primary up again (then made due at once), or
-            // retry_max from now, whichever comes first.
-            Pushed::Down(job) => self.put_back(job, now + ms(self.settings.retry_max)).await,
+            Pushed::Down(job) => self.hold(&route, vec![job]).await,
         }
     }
 
@@ -282,7 +280,7 @@ impl Scheduler {
                 };
                 match deliver(&mut client, &job, &body).await {
                     Ok(results) => {
-                        self.record_results(&job, &route, &client.host.to_string(), results)
+                        self.record_results(&job, &client.host.to_string(), results)
                             .await
                     }
                     Err(broken) => {
@@ -312,9 +310,26 @@ impl Scheduler {
         } else {
             debug!(primary = %route.key, reason, "connection failed");
         }
+        self.hold(route, jobs).await;
+    }
+
+    /// Puts jobs for a down route back, due when the probe finds the primary up again (then
+    /// made due at once) or retry_max from now, whichever comes first.
+    async fn hold(&self, route: &Route, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
         let later = now_ms() + ms(self.settings.retry_max);
         for job in jobs {
             self.put_back(job, later).await;
+        }
+        // The probe may have found the primary up while these were still claimed (its
+        // make_due skips claimed recipients): make them due now.
+        if route.is_up() {
+            if let Err(e) = self.store.make_due(route.domains.clone(), now_ms()).await {
+                error!(primary = %route.key, error = %e, "cannot make held mail due");
+            }
+            self.wake.notify_one();
         }
     }
 
@@ -360,13 +375,7 @@ impl Scheduler {
             ))
     }
 
-    async fn record_results(
-        &self,
-        job: &Job,
-        route: &Route,
-        host: &str,
-        results: Vec<RecipientResult>,
-    ) {
+    async fn record_results(&self, job: &Job, host: &str, results: Vec<RecipientResult>) {
         let mut updates = Vec::with_capacity(results.len());
         for (r, rcpt) in results.iter().zip(&job.recipients) {
             let (status, next) = match r.outcome {
@@ -392,7 +401,6 @@ impl Scheduler {
                 last_reply: Some(r.reply.clone()),
             });
         }
-        let _ = route;
         self.record(&job.queue_id, updates).await;
     }
 
