@@ -384,3 +384,30 @@ fn config_errors_name_file_line_and_key_and_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/mx2.toml"));
 }
+
+#[test]
+fn connection_limits_per_ip_and_idle_timeout() {
+    let primary = Primary::start(0);
+    let mx2 = Mx2::start_with(
+        primary.port,
+        "max_connections_per_ip = 2\ncommand_timeout = \"1s\"",
+    );
+    let a = mx2.client();
+    let _b = mx2.client();
+    let mut third = std::net::TcpStream::connect(("127.0.0.1", mx2.port)).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = String::new();
+    std::io::Read::read_to_string(&mut third, &mut buf).unwrap();
+    assert!(buf.starts_with("421 4.7.0"), "{buf}");
+    // A slot frees when its connection ends.
+    drop(a);
+    std::thread::sleep(Duration::from_millis(200));
+    // An idle session is closed after command_timeout with 421 4.4.2.
+    let mut idle = mx2.client();
+    let start = Instant::now();
+    let r = idle.reply();
+    println!("idle session closed after {:?}", start.elapsed());
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+}

@@ -63,6 +63,8 @@ impl Op {
 /// The SQLite-backed queue.
 pub struct Embedded {
     writer: mpsc::Sender<Op>,
+    /// Transactions committed (each one sync), for measuring group commit.
+    commits: Arc<std::sync::atomic::AtomicU64>,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
 }
@@ -103,20 +105,28 @@ impl Embedded {
             .map_err(backend)?;
         let reader = open_connection(&path)?;
         let (tx, rx) = mpsc::channel();
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = commits.clone();
         std::thread::Builder::new()
             .name("mx2-store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, &counter))
             .map_err(|e| StoreError::Backend(format!("cannot start the store writer: {e}")))?;
         Ok(Self {
             writer: tx,
+            commits,
             reader: Arc::new(Mutex::new(reader)),
             path,
         })
     }
 
-    /// Opens the queue read-only for inspection while the server may be stopped.
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Transactions committed so far; each is one sync to disk.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn send<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Op) -> StoreFuture<'_, T> {
@@ -244,7 +254,11 @@ impl Done {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Op>,
+    commits: &std::sync::atomic::AtomicU64,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let mut bytes = batch[0].weight();
@@ -257,7 +271,10 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
+        let ops = batch.len();
         run_batch(&mut conn, batch);
+        commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::trace!(ops, bytes, "queue commit");
     }
 }
 
@@ -571,5 +588,11 @@ mod tests {
             t.await.unwrap().unwrap();
         }
         assert_eq!(s.stats().await.unwrap().messages, 200);
+        let commits = s.commits();
+        println!("200 concurrent inserts took {commits} commits");
+        assert!(
+            commits < 200,
+            "every insert got its own commit: group commit is not working"
+        );
     }
 }

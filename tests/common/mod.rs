@@ -408,8 +408,8 @@ pub fn mx2_binary() -> &'static str {
     env!("CARGO_BIN_EXE_mx2")
 }
 
-/// Config text for a test instance; `extra` is appended (more [[domain]]s, limits).
-pub fn test_config(port: u16, primary_port: u16, state_dir: &Path, extra: &str) -> String {
+/// Config text for a test instance; `smtp_extra` holds more `[smtp]` lines (limits, timeouts).
+pub fn test_config(port: u16, primary_port: u16, state_dir: &Path, smtp_extra: &str) -> String {
     format!(
         r#"hostname = "mx2.test"
 state_dir = "{state}"
@@ -417,6 +417,7 @@ state_dir = "{state}"
 listen = ["127.0.0.1:{port}"]
 max_message_size = "1MB"
 shutdown_grace = "5s"
+{smtp_extra}
 [queue]
 retry_min = "1s"
 retry_max = "4s"
@@ -428,7 +429,6 @@ connect_timeout = "2s"
 greeting_timeout = "5s"
 command_timeout = "5s"
 data_timeout = "10s"
-{extra}
 [[domain]]
 name = "example.test"
 primary = ["127.0.0.1:{primary_port}"]
@@ -443,13 +443,13 @@ impl Mx2 {
         Self::start_with(primary_port, "")
     }
 
-    pub fn start_with(primary_port: u16, extra: &str) -> Mx2 {
+    pub fn start_with(primary_port: u16, smtp_extra: &str) -> Mx2 {
         let dir = tempfile::tempdir().unwrap().keep();
         let port = free_port();
         let config = dir.join("mx2.toml");
         std::fs::write(
             &config,
-            test_config(port, primary_port, &dir.join("state"), extra),
+            test_config(port, primary_port, &dir.join("state"), smtp_extra),
         )
         .unwrap();
         let mut m = Mx2 {
