@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dns;
 pub mod inbound;
 pub mod policy;
 pub mod queue;

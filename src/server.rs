@@ -3,6 +3,7 @@
 //! period), and exits with the queue intact.
 
 use crate::config::Config;
+use crate::dns::Dns;
 use crate::inbound::limits::ConnectionLimits;
 use crate::inbound::listener::{self, Inbound};
 use crate::inbound::session::SessionConfig;
@@ -20,6 +21,8 @@ use tracing::{info, warn};
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("{0}")]
+    Dns(String),
     #[error("cannot open the queue in {dir}: {source}")]
     Store {
         dir: String,
@@ -74,9 +77,11 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let connections = Tracker::default();
     let deliveries = Tracker::default();
 
+    let dns = Dns::new(&config.dns.nameservers, config.dns.timeout).map_err(StartError::Dns)?;
     let scheduler = Scheduler::new(
         &config,
         store.clone(),
+        Arc::new(dns),
         wake.clone(),
         shutdown.clone(),
         deliveries.clone(),

@@ -87,15 +87,17 @@ pub fn main() -> ExitCode {
                     .join(", ")
             );
             for d in &c.domains {
-                println!(
-                    "  domain     {} → {}",
-                    d.name,
-                    d.primary
+                let route = match &d.route {
+                    crate::config::DomainRoute::Primary(hosts) => hosts
                         .iter()
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                        .join(", "),
+                    crate::config::DomainRoute::Mx => {
+                        "MX records (hosts more preferred than this server)".into()
+                    }
+                };
+                println!("  domain     {} → {route}", d.name);
             }
             ExitCode::SUCCESS
         }

@@ -42,7 +42,26 @@ pub struct Config {
     pub queue: QueueConfig,
     pub probe: ProbeConfig,
     pub delivery: DeliveryConfig,
+    pub dns: DnsConfig,
+    pub routing: RoutingConfig,
     pub domains: Vec<DomainConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// Name servers (IP:port); empty: the system's resolv.conf.
+    pub nameservers: Vec<std::net::SocketAddr>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    /// Names under which MX records point at this server (hostname included).
+    pub my_names: Vec<String>,
+    /// Addresses that are this server besides the listen addresses (NAT, load balancer).
+    pub my_addresses: Vec<std::net::IpAddr>,
+    /// The port MX hosts are contacted on (25; other values are for tests).
+    pub mx_port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -112,8 +131,16 @@ pub struct DeliveryConfig {
 pub struct DomainConfig {
     /// Lower-case, no trailing dot.
     pub name: String,
-    /// Tried in order.
-    pub primary: Vec<HostPort>,
+    pub route: DomainRoute,
+}
+
+/// Where a backed-up domain's mail goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainRoute {
+    /// `primary = [...]`: these hosts, tried in order.
+    Primary(Vec<HostPort>),
+    /// `route = "mx"`: the domain's MX hosts more preferred than this server.
+    Mx,
 }
 
 /// A primary host: a name or an IP address, and a port.
@@ -207,7 +234,26 @@ struct RawConfig {
     #[serde(default)]
     delivery: RawDelivery,
     #[serde(default)]
+    dns: RawDns,
+    #[serde(default)]
+    routing: RawRouting,
+    #[serde(default)]
     domain: Vec<RawDomain>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    nameservers: Option<Vec<Spanned<String>>>,
+    timeout: Option<Span>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    my_names: Option<Vec<Spanned<String>>>,
+    my_addresses: Option<Vec<Spanned<String>>>,
+    mx_port: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -254,7 +300,8 @@ struct RawDelivery {
 #[serde(deny_unknown_fields)]
 struct RawDomain {
     name: Spanned<String>,
-    primary: Spanned<Vec<Spanned<String>>>,
+    primary: Option<Spanned<Vec<Spanned<String>>>>,
+    route: Option<Spanned<String>>,
 }
 
 // ---- loading --------------------------------------------------------------------------
@@ -451,21 +498,97 @@ impl Ctx<'_> {
                     &format!("domain `{name}` is configured twice"),
                 ));
             }
-            let mut primary = Vec::new();
-            for p in d.primary.get_ref() {
-                primary.push(HostPort::parse(p.get_ref()).map_err(|e| self.at(p.span(), &e))?);
-            }
-            if primary.is_empty() {
-                return Err(self.at(
-                    d.primary.span(),
-                    &format!("domain `{name}` has no primary: list at least one host:port"),
-                ));
-            }
-            domains.push(DomainConfig { name, primary });
+            let route = match (&d.primary, &d.route) {
+                (Some(_), Some(r)) => {
+                    return Err(self.at(
+                        r.span(),
+                        &format!("domain `{name}` has both `primary` and `route`: keep one"),
+                    ));
+                }
+                (None, None) => {
+                    return Err(self.at(
+                        d.name.span(),
+                        &format!(
+                            "domain `{name}` needs `primary = [\"host:port\"]` or `route = \"mx\"`"
+                        ),
+                    ));
+                }
+                (None, Some(r)) if r.get_ref() == "mx" => DomainRoute::Mx,
+                (None, Some(r)) => {
+                    return Err(self.at(
+                        r.span(),
+                        &format!(
+                            "unknown route `{}`: use \"mx\", or list the hosts in `primary`",
+                            r.get_ref()
+                        ),
+                    ));
+                }
+                (Some(list), None) => {
+                    let mut primary = Vec::new();
+                    for p in list.get_ref() {
+                        primary
+                            .push(HostPort::parse(p.get_ref()).map_err(|e| self.at(p.span(), &e))?);
+                    }
+                    if primary.is_empty() {
+                        return Err(self.at(
+                            list.span(),
+                            &format!("domain `{name}` has no primary: list at least one host:port"),
+                        ));
+                    }
+                    DomainRoute::Primary(primary)
+                }
+            };
+            domains.push(DomainConfig { name, route });
         }
         if domains.is_empty() {
             return Err(self.whole("no [[domain]] configured: add at least one, e.g.\n[[domain]]\nname = \"example.com\"\nprimary = [\"mail.example.com:25\"]"));
         }
+
+        let mut nameservers = Vec::new();
+        for n in raw.dns.nameservers.unwrap_or_default() {
+            let text = n.get_ref();
+            let addr = text
+                .parse::<std::net::SocketAddr>()
+                .or_else(|_| {
+                    text.parse::<std::net::IpAddr>()
+                        .map(|ip| std::net::SocketAddr::new(ip, 53))
+                })
+                .map_err(|_| {
+                    self.at(
+                        n.span(),
+                        &format!("`{text}` is not an IP address or IP:port of a name server"),
+                    )
+                })?;
+            nameservers.push(addr);
+        }
+        let dns = DnsConfig {
+            nameservers,
+            timeout: raw.dns.timeout.map_or(Duration::from_secs(5), |v| v.0),
+        };
+        let mut my_names = vec![hostname.clone()];
+        for n in raw.routing.my_names.unwrap_or_default() {
+            let name = n.get_ref().trim_end_matches('.').to_ascii_lowercase();
+            if !is_domain_name(&name) {
+                return Err(self.at(n.span(), "not a valid host name"));
+            }
+            my_names.push(name);
+        }
+        let mut my_addresses = Vec::new();
+        for a in raw.routing.my_addresses.unwrap_or_default() {
+            my_addresses.push(a.get_ref().parse().map_err(|_| {
+                self.at(a.span(), &format!("`{}` is not an IP address", a.get_ref()))
+            })?);
+        }
+        let mx_port = match raw.routing.mx_port {
+            Some(p) if *p.get_ref() == 0 => return Err(self.at(p.span(), "mx_port must not be 0")),
+            Some(p) => p.into_inner(),
+            None => 25,
+        };
+        let routing = RoutingConfig {
+            my_names,
+            my_addresses,
+            mx_port,
+        };
 
         Ok(Config {
             hostname,
@@ -475,6 +598,8 @@ impl Ctx<'_> {
             queue,
             probe,
             delivery,
+            dns,
+            routing,
             domains,
         })
     }
@@ -559,7 +684,10 @@ primary = ["127.0.0.1:2526"]
         assert_eq!(c.queue.retry_min, Duration::from_secs(60));
         assert_eq!(c.queue.lifetime, Duration::from_secs(30 * 86400));
         assert_eq!(c.probe.interval, Duration::from_secs(5));
-        assert_eq!(c.domains[0].primary[0].to_string(), "127.0.0.1:2526");
+        assert_eq!(
+            c.domains[0].route,
+            DomainRoute::Primary(vec![HostPort::parse("127.0.0.1:2526").unwrap()])
+        );
     }
 
     #[test]
@@ -612,6 +740,22 @@ primary = ["127.0.0.1:2526"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("retry_max must not be less"), "{e}");
+    }
+
+    #[test]
+    fn mx_routes_and_dns() {
+        let c = parse("[dns]\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n[routing]\nmy_names = [\"MX2.Example.net.\"]\n[[domain]]\nname = \"a.test\"\nroute = \"mx\"\n").unwrap();
+        assert_eq!(c.domains[0].route, DomainRoute::Mx);
+        assert_eq!(c.dns.nameservers[1].port(), 53);
+        assert!(c.routing.my_names.contains(&"mx2.example.net".to_string()));
+        let e = parse("[[domain]]\nname = \"a.test\"\nroute = \"dns\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown route") && e.contains(":3:"), "{e}");
+        let e = parse("[[domain]]\nname = \"a.test\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs `primary"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The outbound SMTP client: connects to a primary, reads its capabilities, and runs mail
 //! transactions (with PIPELINING when offered), each step under an RFC 5321 §4.5.3.2 timeout.
 
-use crate::config::HostPort;
+use super::mx::Target;
 use crate::smtp::Reply;
 use crate::smtp::reply::ReplyParser;
 use std::time::Duration;
@@ -86,7 +86,8 @@ impl ClientError {
 pub struct Client {
     stream: TcpStream,
     buf: Vec<u8>,
-    pub host: HostPort,
+    /// The primary in logs: `name (ip:port)`.
+    pub host: String,
     pub caps: Capabilities,
     t: Timeouts,
 }
@@ -94,19 +95,19 @@ pub struct Client {
 const MAX_REPLY_LINE: usize = 4096;
 
 impl Client {
-    /// Connects to the first host of `hosts` that answers with a 220 greeting and accepts EHLO
-    /// (or HELO). The error is the last host's.
+    /// Connects to the first target that answers with a 220 greeting and accepts EHLO (or
+    /// HELO). The error is the last target's.
     pub async fn connect(
-        hosts: &[HostPort],
+        targets: &[Target],
         helo: &str,
         t: &Timeouts,
     ) -> Result<Client, ClientError> {
         let mut last = ClientError::Connect {
             host: "(none)".into(),
-            reason: "no primary host configured".into(),
+            reason: "no address to connect to".into(),
         };
-        for host in hosts {
-            match Self::connect_one(host, helo, t).await {
+        for target in targets {
+            match Self::connect_one(target, helo, t).await {
                 Ok(c) => return Ok(c),
                 Err(e) => last = e,
             }
@@ -114,10 +115,9 @@ impl Client {
         Err(last)
     }
 
-    async fn connect_one(host: &HostPort, helo: &str, t: &Timeouts) -> Result<Client, ClientError> {
-        let name = host.to_string();
-        let target = (host.host.as_str(), host.port);
-        let stream = match timeout(t.connect, TcpStream::connect(target)).await {
+    async fn connect_one(target: &Target, helo: &str, t: &Timeouts) -> Result<Client, ClientError> {
+        let name = target.to_string();
+        let stream = match timeout(t.connect, TcpStream::connect(target.addr)).await {
             Err(_) => {
                 return Err(ClientError::Timeout {
                     host: name,
@@ -136,7 +136,7 @@ impl Client {
         let mut c = Client {
             stream,
             buf: Vec::new(),
-            host: host.clone(),
+            host: name.clone(),
             caps: Capabilities::default(),
             t: t.clone(),
         };
@@ -178,11 +178,11 @@ impl Client {
     pub async fn send(&mut self, bytes: &[u8], what: &'static str) -> Result<(), ClientError> {
         match timeout(self.t.command, self.stream.write_all(bytes)).await {
             Err(_) => Err(ClientError::Timeout {
-                host: self.host.to_string(),
+                host: self.host.clone(),
                 what,
             }),
             Ok(Err(_)) => Err(ClientError::Lost {
-                host: self.host.to_string(),
+                host: self.host.clone(),
                 what,
             }),
             Ok(Ok(())) => Ok(()),
@@ -208,13 +208,13 @@ impl Client {
                     Ok(Some(reply)) => return Ok(reply),
                     Ok(None) => {}
                     Err(e) => {
-                        return Err(ClientError::protocol(&self.host.to_string(), e.to_string()));
+                        return Err(ClientError::protocol(&self.host.clone(), e.to_string()));
                     }
                 }
             }
             if self.buf.len() > MAX_REPLY_LINE {
                 return Err(ClientError::protocol(
-                    &self.host.to_string(),
+                    &self.host.clone(),
                     "reply line too long".into(),
                 ));
             }
@@ -222,13 +222,13 @@ impl Client {
             match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
                 Err(_) => {
                     return Err(ClientError::Timeout {
-                        host: self.host.to_string(),
+                        host: self.host.clone(),
                         what,
                     });
                 }
                 Ok(Err(_)) | Ok(Ok(0)) => {
                     return Err(ClientError::Lost {
-                        host: self.host.to_string(),
+                        host: self.host.clone(),
                         what,
                     });
                 }
@@ -246,11 +246,11 @@ impl Client {
         let wire = dot_stuff(body);
         match timeout(self.t.data, self.stream.write_all(&wire)).await {
             Err(_) => Err(ClientError::Timeout {
-                host: self.host.to_string(),
+                host: self.host.clone(),
                 what: "sending the message",
             }),
             Ok(Err(_)) => Err(ClientError::Lost {
-                host: self.host.to_string(),
+                host: self.host.clone(),
                 what: "sending the message",
             }),
             Ok(Ok(())) => Ok(()),

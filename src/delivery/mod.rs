@@ -3,6 +3,7 @@
 //! static `primary` hosts, tried in order; the connection comes from [`client::Client`].
 
 pub mod client;
+pub mod mx;
 
 use crate::queue::Job;
 use crate::smtp::Reply;

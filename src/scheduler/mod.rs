@@ -5,15 +5,18 @@
 pub mod backoff;
 pub mod route;
 
-use crate::config::Config;
+use crate::config::{Config, DomainRoute};
 use crate::delivery::client::{Client, Timeouts};
+use crate::delivery::mx::{self, Identity, NoRoute, RouteKind, Target};
 use crate::delivery::{Broken, Outcome, RecipientResult, deliver};
+use crate::dns::Dns;
 use crate::queue::{Job, Status, Store, Update, now_ms};
 use crate::shutdown::Shutdown;
+use crate::smtp::Reply;
 use crate::tasks::Tracker;
 use route::{Pushed, Route, Transition};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
@@ -72,7 +75,10 @@ pub struct Scheduler {
     store: Arc<dyn Store>,
     settings: Settings,
     /// Domain → route. Domains with the same primaries share one route.
-    routes: HashMap<String, Arc<Route>>,
+    routes: Mutex<HashMap<String, Arc<Route>>>,
+    dns: Arc<Dns>,
+    identity: Identity,
+    mx_port: u16,
     wake: Arc<Notify>,
     shutdown: Shutdown,
     tasks: Tracker,
@@ -87,50 +93,89 @@ impl Scheduler {
     pub fn new(
         config: &Config,
         store: Arc<dyn Store>,
+        dns: Arc<Dns>,
         wake: Arc<Notify>,
         shutdown: Shutdown,
         tasks: Tracker,
     ) -> Arc<Self> {
-        let mut by_hosts: HashMap<String, (Vec<crate::config::HostPort>, Vec<String>)> =
-            HashMap::new();
+        // Domains with the same static primaries share one route; MX domains have their own.
+        let mut by_kind: HashMap<String, (RouteKind, Vec<String>)> = HashMap::new();
         for d in &config.domains {
-            let key = d
-                .primary
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
-            by_hosts
-                .entry(key)
-                .or_insert_with(|| (d.primary.clone(), Vec::new()))
+            let kind = match &d.route {
+                DomainRoute::Primary(hosts) => RouteKind::Static(hosts.clone()),
+                DomainRoute::Mx => RouteKind::Mx {
+                    domain: d.name.clone(),
+                    backed_up: true,
+                },
+            };
+            by_kind
+                .entry(Route::key_of(&kind))
+                .or_insert_with(|| (kind, Vec::new()))
                 .1
                 .push(d.name.clone());
         }
         let mut routes = HashMap::new();
-        for (_, (hosts, domains)) in by_hosts {
-            let route = Arc::new(Route::new(hosts, domains.clone()));
+        for (_, (kind, domains)) in by_kind {
+            let route = Arc::new(Route::new(kind, domains.clone()));
             for d in domains {
                 routes.insert(d, route.clone());
             }
         }
+        let identity = Identity {
+            names: config.routing.my_names.iter().cloned().collect(),
+            addrs: config.smtp.listen.clone(),
+            extra: config.routing.my_addresses.iter().copied().collect(),
+        };
         Arc::new(Self {
             store,
             settings: Settings::from_config(config),
-            routes,
+            routes: Mutex::new(routes),
+            dns,
+            identity,
+            mx_port: config.routing.mx_port,
             wake,
             shutdown,
             tasks,
         })
     }
 
-    fn queued(&self) -> usize {
-        // Routes are shared between domains; count each once.
+    fn all_routes(&self) -> Vec<Arc<Route>> {
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        // Routes are shared between domains; list each once.
         let mut seen = std::collections::HashSet::new();
-        self.routes
+        routes
             .values()
             .filter(|r| seen.insert(r.key.clone()))
-            .map(|r| r.queued())
-            .sum()
+            .cloned()
+            .collect()
+    }
+
+    fn queued(&self) -> usize {
+        self.all_routes().iter().map(|r| r.queued()).sum()
+    }
+
+    /// The route for a domain. A domain mx2 does not back up gets an MX route of its own: only
+    /// mail mx2 generated itself (delivery status notifications) or mail held for a domain since
+    /// removed from the config is addressed there.
+    fn route_for(&self, domain: &str) -> Arc<Route> {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes
+            .entry(domain.to_string())
+            .or_insert_with(|| {
+                Arc::new(Route::new(
+                    RouteKind::Mx {
+                        domain: domain.to_string(),
+                        backed_up: false,
+                    },
+                    vec![domain.to_string()],
+                ))
+            })
+            .clone()
+    }
+
+    /// Where a route delivers now.
+    async fn targets(&self, route: &Route) -> Result<Vec<Target>, NoRoute> {
+        mx::resolve(&route.kind, &self.dns, &self.identity, self.mx_port).await
     }
 
     /// The scheduler's loop; returns at shutdown.
@@ -197,11 +242,7 @@ impl Scheduler {
             self.record(&job.queue_id, updates).await;
             return;
         }
-        let Some(route) = self.routes.get(&job.domain).cloned() else {
-            warn!(queue_id = %job.queue_id, domain = %job.domain, "domain is no longer configured; holding its mail");
-            self.put_back(job, now + ms(self.settings.retry_max)).await;
-            return;
-        };
+        let route = self.route_for(&job.domain);
         match route.push(job, self.settings.max_connections_per_primary) {
             Pushed::Queued => {}
             Pushed::StartWorker => {
@@ -249,7 +290,18 @@ impl Scheduler {
     async fn worker(self: Arc<Self>, route: Arc<Route>) {
         let s = &self.settings;
         loop {
-            let mut client = match Client::connect(&route.hosts, &s.hostname, &s.timeouts).await {
+            let targets = match self.targets(&route).await {
+                Ok(t) => t,
+                Err(NoRoute::Hold(reason)) => {
+                    self.route_failed(&route, &reason).await;
+                    return;
+                }
+                Err(NoRoute::Fail(reply)) => {
+                    self.route_refuses(&route, &reply).await;
+                    return;
+                }
+            };
+            let mut client = match Client::connect(&targets, &s.hostname, &s.timeouts).await {
                 Ok(c) => c,
                 Err(e) => {
                     self.route_failed(&route, &e.to_string()).await;
@@ -333,6 +385,24 @@ impl Scheduler {
         }
     }
 
+    /// The route's destination refuses all mail (null MX, no such domain): every queued job
+    /// fails permanently.
+    async fn route_refuses(&self, route: &Route, reply: &Reply) {
+        let mut jobs = route.retire();
+        warn!(primary = %route.key, reply = %reply, "destination refuses all mail");
+        for job in jobs.drain(..) {
+            let updates = job
+                .recipients
+                .iter()
+                .map(|r| {
+                    warn!(queue_id = %job.queue_id, rcpt = %r.address, reply = %reply, "failed permanently");
+                    Update { row: r.row, status: Status::Failed, attempted: true, next_attempt_ms: now_ms(), last_reply: Some(reply.one_line()) }
+                })
+                .collect();
+            self.record(&job.queue_id, updates).await;
+        }
+    }
+
     /// Probes a down route every `probe_interval` until it answers (banner and EHLO), then
     /// makes everything held for it due at once.
     async fn probe(self: Arc<Self>, route: Arc<Route>) {
@@ -343,23 +413,39 @@ impl Scheduler {
                 _ = shutdown.wait() => return,
                 _ = tokio::time::sleep(s.probe_interval) => {}
             }
-            match Client::connect(&route.hosts, &s.hostname, &s.probe_timeouts).await {
-                Ok(client) => {
-                    client.quit().await;
-                    let down_for = route.mark_up();
-                    let due = self
-                        .store
-                        .make_due(route.domains.clone(), now_ms())
-                        .await
-                        .unwrap_or_else(|e| {
-                            error!(primary = %route.key, error = %e, "cannot make held mail due");
-                            0
-                        });
-                    info!(primary = %route.key, down_for = ?down_for, recipients_due = due, "primary is up again; delivering what is held");
-                    self.wake.notify_one();
-                    return;
+            let reachable = match self.targets(&route).await {
+                Ok(targets) => {
+                    match Client::connect(&targets, &s.hostname, &s.probe_timeouts).await {
+                        Ok(client) => {
+                            client.quit().await;
+                            true
+                        }
+                        Err(e) => {
+                            debug!(primary = %route.key, error = %e, "probe failed");
+                            false
+                        }
+                    }
                 }
-                Err(e) => debug!(primary = %route.key, error = %e, "probe failed"),
+                // The destination refuses all mail now: let the held jobs fail for real.
+                Err(NoRoute::Fail(_)) => true,
+                Err(NoRoute::Hold(reason)) => {
+                    debug!(primary = %route.key, reason, "probe failed");
+                    false
+                }
+            };
+            if reachable {
+                let down_for = route.mark_up();
+                let due = self
+                    .store
+                    .make_due(route.domains.clone(), now_ms())
+                    .await
+                    .unwrap_or_else(|e| {
+                        error!(primary = %route.key, error = %e, "cannot make held mail due");
+                        0
+                    });
+                info!(primary = %route.key, down_for = ?down_for, recipients_due = due, "primary is up again; delivering what is held");
+                self.wake.notify_one();
+                return;
             }
         }
     }

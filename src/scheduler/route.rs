@@ -1,16 +1,16 @@
 //! A route: the primary hosts that one or more domains deliver to, its health (up, or down
 //! since when), and the jobs waiting for one of its connections.
 
-use crate::config::HostPort;
+use crate::delivery::mx::RouteKind;
 use crate::queue::Job;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 pub struct Route {
-    /// The hosts, as written in the config, joined by commas: the route's name in logs.
+    /// The route's name in logs: the hosts as configured, or `mx:domain`.
     pub key: String,
-    pub hosts: Vec<HostPort>,
+    pub kind: RouteKind,
     /// The domains that use this route.
     pub domains: Vec<String>,
     state: Mutex<State>,
@@ -45,14 +45,22 @@ pub enum Transition {
 }
 
 impl Route {
-    pub fn new(hosts: Vec<HostPort>, domains: Vec<String>) -> Self {
-        Self {
-            key: hosts
+    /// The name under which routes are shared and logged.
+    pub fn key_of(kind: &RouteKind) -> String {
+        match kind {
+            RouteKind::Static(hosts) => hosts
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(","),
-            hosts,
+            RouteKind::Mx { domain, .. } => format!("mx:{domain}"),
+        }
+    }
+
+    pub fn new(kind: RouteKind, domains: Vec<String>) -> Self {
+        Self {
+            key: Self::key_of(&kind),
+            kind,
             domains,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -165,7 +173,9 @@ mod tests {
 
     fn route() -> Route {
         Route::new(
-            vec![HostPort::parse("127.0.0.1:25").unwrap()],
+            RouteKind::Static(vec![
+                crate::config::HostPort::parse("127.0.0.1:25").unwrap(),
+            ]),
             vec!["example.test".into()],
         )
     }

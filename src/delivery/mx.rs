@@ -1,0 +1,288 @@
+//! Where a domain's mail goes: its static primary hosts, or its MX records under the RFC 5321
+//! §5.1 rule (only hosts strictly more preferred than mx2 itself; never mx2 itself). The
+//! selection is pure; [`resolve`] does the lookups.
+
+use crate::config::HostPort;
+use crate::dns::{Dns, MxAnswer};
+use crate::smtp::Reply;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+
+/// One address to connect to, with the host name it came from (for logs and TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.name == self.addr.ip().to_string() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{} ({})", self.name, self.addr)
+        }
+    }
+}
+
+/// How a domain is routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteKind {
+    /// The configured primary hosts, in order.
+    Static(Vec<HostPort>),
+    /// The domain's MX records. `backed_up` is true for domains mx2 backs up (a missing
+    /// domain is then a configuration problem to wait out, not a reason to bounce).
+    Mx { domain: String, backed_up: bool },
+}
+
+/// The names and addresses that are mx2 itself.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub names: HashSet<String>,
+    /// Socket addresses mx2 accepts SMTP on; an unspecified address (0.0.0.0, ::) matches any
+    /// loopback address on its port.
+    pub addrs: Vec<SocketAddr>,
+    /// Extra addresses that are mx2 (NAT, load balancers), on any port.
+    pub extra: HashSet<IpAddr>,
+}
+
+impl Identity {
+    fn is_me(&self, host: &MxHost, port: u16) -> bool {
+        if self.names.contains(&host.name) {
+            return true;
+        }
+        host.addrs.iter().any(|ip| {
+            self.extra.contains(ip)
+                || self.addrs.iter().any(|l| {
+                    l.port() == port
+                        && (l.ip() == *ip || (l.ip().is_unspecified() && ip.is_loopback()))
+                })
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxHost {
+    pub preference: u16,
+    pub name: String,
+    pub addrs: Vec<IpAddr>,
+}
+
+/// Why there is nowhere to deliver now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoRoute {
+    /// Keep the mail and try again later (DNS trouble, misconfiguration).
+    Hold(String),
+    /// The destination can never accept this mail.
+    Fail(Reply),
+}
+
+/// Applies the §5.1 rule: drops mx2 and every host not strictly more preferred than mx2,
+/// orders by preference and shuffles hosts of equal preference. `pick(n)` returns a number
+/// below n (randomness is injected for tests).
+pub fn select(
+    mut hosts: Vec<MxHost>,
+    me: &Identity,
+    port: u16,
+    pick: &mut dyn FnMut(usize) -> usize,
+) -> Result<Vec<MxHost>, NoRoute> {
+    if let Some(mine) = hosts
+        .iter()
+        .filter(|h| me.is_me(h, port))
+        .map(|h| h.preference)
+        .min()
+    {
+        hosts.retain(|h| h.preference < mine);
+        if hosts.is_empty() {
+            return Err(NoRoute::Hold(format!(
+                "misconfigured: this server is the best MX (preference {mine}); holding the mail rather than delivering to itself"
+            )));
+        }
+    }
+    hosts.sort_by_key(|h| h.preference);
+    let mut start = 0;
+    while start < hosts.len() {
+        let end = start
+            + hosts[start..]
+                .iter()
+                .take_while(|h| h.preference == hosts[start].preference)
+                .count();
+        for i in (start + 1..end).rev() {
+            let j = start + pick(i - start + 1);
+            hosts.swap(i, j);
+        }
+        start = end;
+    }
+    Ok(hosts)
+}
+
+/// Most addresses tried per delivery attempt.
+const MAX_TARGETS: usize = 10;
+
+/// Looks up where `route` delivers now.
+pub async fn resolve(
+    route: &RouteKind,
+    dns: &Dns,
+    me: &Identity,
+    mx_port: u16,
+) -> Result<Vec<Target>, NoRoute> {
+    let hold = |e: crate::dns::DnsFailure| NoRoute::Hold(e.to_string());
+    let mut targets = Vec::new();
+    match route {
+        RouteKind::Static(hosts) => {
+            for h in hosts {
+                for ip in dns.addresses(&h.host).await.map_err(hold)? {
+                    targets.push(Target {
+                        name: h.host.clone(),
+                        addr: SocketAddr::new(ip, h.port),
+                    });
+                }
+            }
+            if targets.is_empty() {
+                return Err(NoRoute::Hold(
+                    "no primary host name resolves to an address".into(),
+                ));
+            }
+        }
+        RouteKind::Mx { domain, backed_up } => {
+            let records = match dns.mx(domain).await.map_err(hold)? {
+                MxAnswer::Records(r) => r,
+                MxAnswer::NoMx => vec![(0, domain.clone())],
+                MxAnswer::NullMx => {
+                    return Err(NoRoute::Fail(Reply::new(
+                        556,
+                        "5.1.10",
+                        format!("{domain} accepts no mail (null MX, RFC 7505)"),
+                    )));
+                }
+                MxAnswer::NoDomain if *backed_up => {
+                    return Err(NoRoute::Hold(format!(
+                        "{domain} does not exist in DNS (NXDOMAIN)"
+                    )));
+                }
+                MxAnswer::NoDomain => {
+                    return Err(NoRoute::Fail(Reply::new(
+                        550,
+                        "5.1.2",
+                        format!("{domain} does not exist (NXDOMAIN)"),
+                    )));
+                }
+            };
+            let mut hosts = Vec::new();
+            for (preference, name) in records {
+                let addrs = dns.addresses(&name).await.map_err(hold)?;
+                hosts.push(MxHost {
+                    preference,
+                    name,
+                    addrs,
+                });
+            }
+            let hosts = select(hosts, me, mx_port, &mut |n| fastrand::usize(..n))?;
+            for h in hosts {
+                for ip in &h.addrs {
+                    targets.push(Target {
+                        name: h.name.clone(),
+                        addr: SocketAddr::new(*ip, mx_port),
+                    });
+                }
+            }
+            if targets.is_empty() {
+                return Err(NoRoute::Hold(format!(
+                    "no MX host of {domain} has an address"
+                )));
+            }
+        }
+    }
+    targets.truncate(MAX_TARGETS);
+    Ok(targets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(pref: u16, name: &str, ip: &str) -> MxHost {
+        MxHost {
+            preference: pref,
+            name: name.into(),
+            addrs: vec![ip.parse().unwrap()],
+        }
+    }
+
+    fn me() -> Identity {
+        Identity {
+            names: ["mx2.example.net".to_string()].into(),
+            addrs: vec!["0.0.0.0:25".parse().unwrap()],
+            extra: ["198.51.100.7".parse().unwrap()].into(),
+        }
+    }
+
+    fn names(r: Result<Vec<MxHost>, NoRoute>) -> Vec<String> {
+        r.unwrap().into_iter().map(|h| h.name).collect()
+    }
+
+    #[test]
+    fn only_hosts_more_preferred_than_me() {
+        let hosts = vec![
+            host(10, "primary", "192.0.2.1"),
+            host(20, "mx2.example.net", "192.0.2.2"),
+            host(30, "third", "192.0.2.3"),
+        ];
+        assert_eq!(names(select(hosts, &me(), 25, &mut |_| 0)), vec!["primary"]);
+    }
+
+    #[test]
+    fn recognises_me_by_address_too() {
+        let hosts = vec![
+            host(10, "primary", "192.0.2.1"),
+            host(20, "alias", "198.51.100.7"),
+            host(20, "lo", "127.0.0.1"),
+        ];
+        assert_eq!(names(select(hosts, &me(), 25, &mut |_| 0)), vec!["primary"]);
+        // On another port the loopback address is not this server.
+        let hosts = vec![host(10, "lo", "127.0.0.1")];
+        assert_eq!(names(select(hosts, &me(), 2526, &mut |_| 0)), vec!["lo"]);
+    }
+
+    #[test]
+    fn best_or_tied_mx_holds() {
+        let hosts = vec![
+            host(10, "mx2.example.net", "192.0.2.2"),
+            host(10, "peer", "192.0.2.1"),
+        ];
+        assert!(
+            matches!(select(hosts, &me(), 25, &mut |_| 0), Err(NoRoute::Hold(m)) if m.contains("best MX"))
+        );
+    }
+
+    #[test]
+    fn equal_preferences_are_shuffled_within_their_group() {
+        let hosts = || {
+            vec![
+                host(20, "b1", "192.0.2.4"),
+                host(10, "a1", "192.0.2.1"),
+                host(10, "a2", "192.0.2.2"),
+                host(20, "b2", "192.0.2.5"),
+            ]
+        };
+        let first = names(select(hosts(), &Identity::default(), 25, &mut |_| 0));
+        let last = names(select(hosts(), &Identity::default(), 25, &mut |n| n - 1));
+        assert_eq!(
+            &first[2..],
+            &["b2", "b1"][..]
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()[..]
+        );
+        assert_ne!(
+            first[..2],
+            last[..2],
+            "order within the group depends on the draw"
+        );
+        for order in [first, last] {
+            assert!(
+                order[..2].contains(&"a1".to_string()) && order[..2].contains(&"a2".to_string())
+            );
+        }
+    }
+}
