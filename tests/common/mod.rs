@@ -3,6 +3,8 @@
 //! threads: simple, and independent of mx2's own runtime.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -84,7 +86,12 @@ impl Primary {
     }
 
     pub fn start_with(port: u16, opts: PrimaryOptions) -> Primary {
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the test primary");
+        Self::start_on("127.0.0.1", port, opts)
+    }
+
+    /// Listens on another loopback address (127.0.0.0/8), as a second host would.
+    pub fn start_on(ip: &str, port: u16, opts: PrimaryOptions) -> Primary {
+        let listener = TcpListener::bind((ip, port)).expect("bind the test primary");
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(PrimaryState::default()));
@@ -410,6 +417,13 @@ pub fn mx2_binary() -> &'static str {
 
 /// Config text for a test instance; `smtp_extra` holds more `[smtp]` lines (limits, timeouts).
 pub fn test_config(port: u16, primary_port: u16, state_dir: &Path, smtp_extra: &str) -> String {
+    let domains =
+        format!("[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\n");
+    config_with(port, state_dir, smtp_extra, &domains)
+}
+
+/// Config text with the given tail: extra tables ([dns], [routing]) and the [[domain]]s.
+pub fn config_with(port: u16, state_dir: &Path, smtp_extra: &str, tail: &str) -> String {
     format!(
         r#"hostname = "mx2.test"
 state_dir = "{state}"
@@ -429,9 +443,7 @@ connect_timeout = "2s"
 greeting_timeout = "5s"
 command_timeout = "5s"
 data_timeout = "10s"
-[[domain]]
-name = "example.test"
-primary = ["127.0.0.1:{primary_port}"]
+{tail}
 "#,
         state = state_dir.display()
     )
@@ -444,14 +456,15 @@ impl Mx2 {
     }
 
     pub fn start_with(primary_port: u16, smtp_extra: &str) -> Mx2 {
+        Self::start_config(|port, state| test_config(port, primary_port, state, smtp_extra))
+    }
+
+    /// Starts mx2 on a config made from its port and state directory.
+    pub fn start_config(make: impl FnOnce(u16, &Path) -> String) -> Mx2 {
         let dir = tempfile::tempdir().unwrap().keep();
         let port = free_port();
         let config = dir.join("mx2.toml");
-        std::fs::write(
-            &config,
-            test_config(port, primary_port, &dir.join("state"), smtp_extra),
-        )
-        .unwrap();
+        std::fs::write(&config, make(port, &dir.join("state"))).unwrap();
         let mut m = Mx2 {
             port,
             dir,
