@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod dsn;
 pub mod inbound;
 pub mod policy;
 pub mod queue;

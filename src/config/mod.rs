@@ -108,6 +108,8 @@ pub struct QueueConfig {
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub lifetime: Duration,
+    /// Tell the sender once a recipient has waited this long (off when None).
+    pub delay_warning: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +134,18 @@ pub struct DomainConfig {
     /// Lower-case, no trailing dot.
     pub name: String,
     pub route: DomainRoute,
+    pub bounce: BouncePolicy,
+}
+
+/// Who gets delivery status notifications for mail to a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BouncePolicy {
+    /// The original sender (RFC 3461).
+    Sender,
+    /// This address instead of the sender.
+    Postmaster(String),
+    /// Nobody: logged only.
+    None,
 }
 
 /// Where a backed-up domain's mail goes.
@@ -276,6 +290,7 @@ struct RawQueue {
     retry_min: Option<Spanned<Span>>,
     retry_max: Option<Spanned<Span>>,
     lifetime: Option<Span>,
+    delay_warning: Option<Span>,
 }
 
 #[derive(Deserialize, Default)]
@@ -302,6 +317,8 @@ struct RawDomain {
     name: Spanned<String>,
     primary: Option<Spanned<Vec<Spanned<String>>>>,
     route: Option<Spanned<String>>,
+    bounce: Option<Spanned<String>>,
+    postmaster: Option<Spanned<String>>,
 }
 
 // ---- loading --------------------------------------------------------------------------
@@ -453,6 +470,7 @@ impl Ctx<'_> {
             retry_min,
             retry_max,
             lifetime: q.lifetime.map_or(Duration::from_secs(30 * 86_400), |v| v.0),
+            delay_warning: q.delay_warning.map(|v| v.0).filter(|d| !d.is_zero()),
         };
 
         let interval = match raw.probe.interval {
@@ -538,7 +556,31 @@ impl Ctx<'_> {
                     DomainRoute::Primary(primary)
                 }
             };
-            domains.push(DomainConfig { name, route });
+            let postmaster = match &d.postmaster {
+                Some(p) => {
+                    crate::smtp::address::parse_mailbox(p.get_ref(), true).map_err(|e| {
+                        self.at(
+                            p.span(),
+                            &format!("`{}` is not a mail address: {e}", p.get_ref()),
+                        )
+                    })?;
+                    p.get_ref().clone()
+                }
+                None => format!("postmaster@{name}"),
+            };
+            let bounce = match d.bounce.as_ref().map(|b| (b, b.get_ref().as_str())) {
+                None | Some((_, "sender")) => BouncePolicy::Sender,
+                Some((_, "postmaster")) => BouncePolicy::Postmaster(postmaster),
+                Some((_, "none")) => BouncePolicy::None,
+                Some((b, other)) => {
+                    return Err(self.at(b.span(), &format!("unknown bounce policy `{other}`: use \"sender\", \"postmaster\" or \"none\"")));
+                }
+            };
+            domains.push(DomainConfig {
+                name,
+                route,
+                bounce,
+            });
         }
         if domains.is_empty() {
             return Err(self.whole("no [[domain]] configured: add at least one, e.g.\n[[domain]]\nname = \"example.com\"\nprimary = [\"mail.example.com:25\"]"));

@@ -4,6 +4,7 @@
 
 use super::data::{Decoder, Mode};
 use super::received::{Trace, count_received};
+use crate::dsn;
 use crate::policy::Policy;
 use crate::queue::{NewMessage, NewRecipient, QueueId, to_ms};
 use crate::smtp::address::{parse_mailbox, parse_reverse_path};
@@ -12,6 +13,13 @@ use crate::smtp::{Reply, ReversePath};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
+
+fn has_duplicates(params: &[Param]) -> bool {
+    params
+        .iter()
+        .enumerate()
+        .any(|(i, p)| params[..i].iter().any(|q| q.keyword == p.keyword))
+}
 
 /// The limits and names a session needs.
 #[derive(Debug, Clone)]
@@ -166,6 +174,7 @@ impl Session {
                         "SMTPUTF8".into(),
                         "ENHANCEDSTATUSCODES".into(),
                         "CHUNKING".into(),
+                        "DSN".into(),
                         "HELP".into(),
                     ],
                 ))
@@ -240,6 +249,10 @@ impl Session {
                     utf8 = true;
                     true
                 }
+                ("RET", _) => v.is_some_and(|v| {
+                    v.eq_ignore_ascii_case("FULL") || v.eq_ignore_ascii_case("HDRS")
+                }),
+                ("ENVID", _) => v.is_some_and(|v| v.len() <= 100 && dsn::is_xtext(v)),
                 _ => {
                     return self.error(Reply::new(
                         555,
@@ -255,6 +268,9 @@ impl Session {
                     format!("bad value for parameter {}", p.keyword),
                 ));
             }
+        }
+        if has_duplicates(&params) {
+            return self.error(Reply::new(501, "5.5.4", "a parameter is given twice"));
         }
         let sender = match parse_reverse_path(path, utf8) {
             Ok(s) => s,
@@ -281,12 +297,37 @@ impl Session {
         if tx.recipients.len() >= self.cfg.max_recipients {
             return Action::Reply(Reply::new(452, "4.5.3", "too many recipients"));
         }
-        if let Some(p) = params.first() {
-            return self.error(Reply::new(
-                555,
-                "5.5.4",
-                format!("unsupported parameter {}", p.keyword),
-            ));
+        for p in &params {
+            let v = p.value.as_deref().unwrap_or("");
+            let good = match p.keyword.as_str() {
+                "NOTIFY" => dsn::Notify::parse(v).is_some(),
+                // addr-type ";" xtext; kept verbatim and relayed as received.
+                "ORCPT" => {
+                    v.len() <= 500
+                        && v.split_once(';').is_some_and(|(t, a)| {
+                            !t.is_empty()
+                                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                                && dsn::is_xtext(a)
+                        })
+                }
+                _ => {
+                    return self.error(Reply::new(
+                        555,
+                        "5.5.4",
+                        format!("unsupported parameter {}", p.keyword),
+                    ));
+                }
+            };
+            if !good {
+                return self.error(Reply::new(
+                    501,
+                    "5.5.4",
+                    format!("bad value for parameter {}", p.keyword),
+                ));
+            }
+        }
+        if has_duplicates(&params) {
+            return self.error(Reply::new(501, "5.5.4", "a parameter is given twice"));
         }
         let mailbox = match parse_mailbox(path, tx.utf8) {
             Ok(m) => m,
@@ -600,9 +641,43 @@ mod tests {
         assert_eq!(run(&mut s, "DATA"), 554, "no recipients yet");
         assert_eq!(run(&mut s, "RCPT TO:<u@elsewhere.test>"), 550);
         assert_eq!(run(&mut s, "RCPT TO:<u%elsewhere.test@example.test>"), 550);
-        assert_eq!(run(&mut s, "RCPT TO:<u@example.test> NOTIFY=NEVER"), 555);
+        assert_eq!(
+            run(&mut s, "RCPT TO:<u@example.test> NOTIFY=NEVER,SUCCESS"),
+            501
+        );
         // Five errors: closed.
         assert!(matches!(s.command(b"BOGUS"), Action::Close(r) if r.code == 421));
+    }
+
+    #[test]
+    fn dsn_parameters_are_kept_verbatim() {
+        let mut s = session();
+        run(&mut s, "EHLO c.test");
+        assert_eq!(
+            run(&mut s, "MAIL FROM:<a@b.test> RET=HDRS ENVID=QQ+2B1"),
+            250
+        );
+        assert_eq!(
+            run(
+                &mut s,
+                "RCPT TO:<u@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=utf-8;u+2Bx@example.test"
+            ),
+            250
+        );
+        assert_eq!(
+            run(&mut s, "RCPT TO:<v@example.test> NOTIFY=NEVER NOTIFY=NEVER"),
+            501
+        );
+        assert_eq!(run(&mut s, "RCPT TO:<v@example.test> FOO=1"), 555);
+        run(&mut s, "DATA");
+        let mut d = s.data_decoder();
+        d.feed(b"x\r\n.\r\n");
+        let m = commit(s.data_done(d, SystemTime::UNIX_EPOCH, "q".into()));
+        assert_eq!(m.mail_params, "RET=HDRS ENVID=QQ+2B1");
+        assert_eq!(
+            m.recipients[0].params,
+            "NOTIFY=SUCCESS,FAILURE ORCPT=utf-8;u+2Bx@example.test"
+        );
     }
 
     #[test]

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS recipients (
     claimed INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt INTEGER NOT NULL,
-    last_reply TEXT
+    last_reply TEXT,
+    warned INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(status, claimed, next_attempt);
 CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
@@ -47,7 +48,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 enum Op {
     Insert(Box<NewMessage>, Reply<()>),
     Claim(i64, usize, Reply<Vec<Job>>),
-    Record(String, Vec<Update>, Reply<bool>),
+    Record(String, Vec<Update>, Vec<NewMessage>, Reply<bool>),
     MakeDue(Vec<String>, i64, Reply<u64>),
 }
 
@@ -55,6 +56,7 @@ impl Op {
     fn weight(&self) -> usize {
         match self {
             Op::Insert(m, _) => m.body.len(),
+            Op::Record(_, _, dsns, _) => dsns.iter().map(|m| m.body.len()).sum(),
             _ => 0,
         }
     }
@@ -101,6 +103,7 @@ impl Embedded {
         let path = state_dir.join("queue.sqlite");
         let conn = open_connection(&path)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        migrate(&conn).map_err(backend)?;
         conn.execute("UPDATE recipients SET claimed = 0 WHERE claimed = 1", [])
             .map_err(backend)?;
         let reader = open_connection(&path)?;
@@ -177,9 +180,14 @@ impl Store for Embedded {
         })
     }
 
-    fn record(&self, id: &str, updates: Vec<Update>) -> StoreFuture<'_, bool> {
+    fn record(
+        &self,
+        id: &str,
+        updates: Vec<Update>,
+        notifications: Vec<NewMessage>,
+    ) -> StoreFuture<'_, bool> {
         let id = id.to_string();
-        self.send(|r| Op::Record(id, updates, r))
+        self.send(|r| Op::Record(id, updates, notifications, r))
     }
 
     fn make_due(&self, domains: Vec<String>, now_ms: i64) -> StoreFuture<'_, u64> {
@@ -340,7 +348,7 @@ fn execute_failed(op: Op) -> Done {
     match op {
         Op::Insert(_, r) => Done::Unit(r, Err(e())),
         Op::Claim(_, _, r) => Done::Jobs(r, Err(e())),
-        Op::Record(_, _, r) => Done::Bool(r, Err(e())),
+        Op::Record(_, _, _, r) => Done::Bool(r, Err(e())),
         Op::MakeDue(_, _, r) => Done::Count(r, Err(e())),
     }
 }
@@ -349,9 +357,23 @@ fn execute(c: &Connection, op: Op) -> Done {
     match op {
         Op::Insert(m, r) => Done::Unit(r, insert(c, &m).map_err(backend)),
         Op::Claim(now, limit, r) => Done::Jobs(r, claim(c, now, limit).map_err(backend)),
-        Op::Record(id, updates, r) => Done::Bool(r, record(c, &id, &updates).map_err(backend)),
+        Op::Record(id, updates, dsns, r) => {
+            Done::Bool(r, record(c, &id, &updates, &dsns).map_err(backend))
+        }
         Op::MakeDue(domains, now, r) => Done::Count(r, make_due(c, &domains, now).map_err(backend)),
     }
+}
+
+/// Brings a queue file written by an older mx2 up to the current schema.
+fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    let has_warned: bool = c
+        .prepare("SELECT COUNT(*) FROM pragma_table_info('recipients') WHERE name = 'warned'")?
+        .query_row([], |r| r.get::<_, i64>(0))?
+        > 0;
+    if !has_warned {
+        c.execute_batch("ALTER TABLE recipients ADD COLUMN warned INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
 }
 
 fn insert(c: &Connection, m: &NewMessage) -> rusqlite::Result<()> {
@@ -387,7 +409,7 @@ fn insert(c: &Connection, m: &NewMessage) -> rusqlite::Result<()> {
 fn claim(c: &Connection, now: i64, limit: usize) -> rusqlite::Result<Vec<Job>> {
     let mut stmt = c.prepare_cached(
         "SELECT r.id, r.message_id, r.address, r.domain, r.params, r.attempts,
-                m.sender, m.mail_params, m.received_at, m.size
+                m.sender, m.mail_params, m.received_at, m.size, r.warned
          FROM recipients r JOIN messages m ON m.id = r.message_id
          WHERE r.status = 0 AND r.claimed = 0 AND r.next_attempt <= ?1
          ORDER BY r.next_attempt LIMIT ?2",
@@ -416,6 +438,7 @@ fn claim(c: &Connection, now: i64, limit: usize) -> rusqlite::Result<Vec<Job>> {
             address: row.get(2)?,
             params: row.get(4)?,
             attempts: row.get::<_, i64>(5)? as u32,
+            warned: row.get::<_, i64>(10)? != 0,
         });
     }
     drop(rows);
@@ -428,10 +451,18 @@ fn claim(c: &Connection, now: i64, limit: usize) -> rusqlite::Result<Vec<Job>> {
     Ok(out)
 }
 
-fn record(c: &Connection, id: &str, updates: &[Update]) -> rusqlite::Result<bool> {
+fn record(
+    c: &Connection,
+    id: &str,
+    updates: &[Update],
+    dsns: &[NewMessage],
+) -> rusqlite::Result<bool> {
+    for m in dsns {
+        insert(c, m)?;
+    }
     let mut stmt = c.prepare_cached(
         "UPDATE recipients SET status = ?1, claimed = 0, attempts = attempts + ?2,
-                next_attempt = ?3, last_reply = COALESCE(?4, last_reply)
+                next_attempt = ?3, last_reply = COALESCE(?4, last_reply), warned = MAX(warned, ?7)
          WHERE id = ?5 AND message_id = ?6",
     )?;
     for u in updates {
@@ -441,7 +472,8 @@ fn record(c: &Connection, id: &str, updates: &[Update]) -> rusqlite::Result<bool
             u.next_attempt_ms,
             u.last_reply,
             u.row,
-            id
+            id,
+            i64::from(u.warned)
         ])?;
     }
     let pending: i64 = c
@@ -525,6 +557,7 @@ mod tests {
             attempted: true,
             next_attempt_ms: next,
             last_reply: Some("250 ok".into()),
+            warned: false,
         };
         let removed = s
             .record(
@@ -533,14 +566,19 @@ mod tests {
                     done(x.recipients[0].row, Status::Delivered, 0),
                     done(x.recipients[1].row, Status::Failed, 0),
                 ],
+                vec![],
             )
             .await
             .unwrap();
         assert!(!removed);
         assert!(
-            s.record("m1", vec![done(y.recipients[0].row, Status::Pending, 9000)])
-                .await
-                .is_ok()
+            s.record(
+                "m1",
+                vec![done(y.recipients[0].row, Status::Pending, 9000)],
+                vec![]
+            )
+            .await
+            .is_ok()
         );
         assert_eq!(s.next_due().await.unwrap(), Some(9000));
         assert!(s.claim_due(5000, 100).await.unwrap().is_empty());
@@ -550,12 +588,18 @@ mod tests {
         assert!(
             s.record(
                 "m1",
-                vec![done(again[0].recipients[0].row, Status::Delivered, 0)]
+                vec![done(again[0].recipients[0].row, Status::Delivered, 0)],
+                vec![message("dsn1", &[("s@sender.test", "sender.test")])]
             )
             .await
             .unwrap()
         );
-        assert_eq!(s.stats().await.unwrap(), Stats::default());
+        // The notification queued with the last outcome is all that is left.
+        assert_eq!(s.stats().await.unwrap().messages, 1);
+        assert_eq!(
+            s.body("dsn1").await.unwrap(),
+            b"Subject: t\r\n\r\nhello\r\n"
+        );
     }
 
     #[tokio::test]

@@ -80,6 +80,8 @@ pub struct Recipient {
     pub address: String,
     pub params: String,
     pub attempts: u32,
+    /// A delay notification was already sent for this recipient.
+    pub warned: bool,
 }
 
 /// What happened to one claimed recipient; also releases the claim.
@@ -92,6 +94,27 @@ pub struct Update {
     /// For pending recipients: when to try next.
     pub next_attempt_ms: i64,
     pub last_reply: Option<String>,
+    /// A delay notification is being sent for this recipient (never unset).
+    pub warned: bool,
+}
+
+impl Update {
+    pub fn new(
+        row: i64,
+        status: Status,
+        attempted: bool,
+        next_attempt_ms: i64,
+        last_reply: Option<String>,
+    ) -> Self {
+        Self {
+            row,
+            status,
+            attempted,
+            next_attempt_ms,
+            last_reply,
+            warned: false,
+        }
+    }
 }
 
 /// Counts for status output and logs.
@@ -124,9 +147,16 @@ pub trait Store: Send + Sync + 'static {
     fn claim_due(&self, now_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Job>>;
     /// The stored content of a message.
     fn body(&self, id: &str) -> StoreFuture<'_, Vec<u8>>;
-    /// Records outcomes and releases claims. Returns true when the message left the queue
-    /// because every recipient is final.
-    fn record(&self, id: &str, updates: Vec<Update>) -> StoreFuture<'_, bool>;
+    /// Records outcomes, releases claims, and queues the delivery status notifications those
+    /// outcomes call for, all in one durable step (a message never leaves the queue before
+    /// its notifications are in it). Returns true when the message left the queue because
+    /// every recipient is final.
+    fn record(
+        &self,
+        id: &str,
+        updates: Vec<Update>,
+        notifications: Vec<NewMessage>,
+    ) -> StoreFuture<'_, bool>;
     /// Makes every pending, unclaimed recipient in these domains due at `now_ms`.
     fn make_due(&self, domains: Vec<String>, now_ms: i64) -> StoreFuture<'_, u64>;
     /// The earliest next-attempt time among pending, unclaimed recipients.

@@ -3,6 +3,7 @@
 //! the moment it answers again. It changes the queue only through the `Store` trait.
 
 pub mod backoff;
+pub mod notify;
 pub mod route;
 
 use crate::config::{Config, DomainRoute};
@@ -14,6 +15,7 @@ use crate::queue::{Job, Status, Store, Update, now_ms};
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use crate::tasks::Tracker;
+use notify::{Context, Notifier};
 use route::{Pushed, Route, Transition};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -79,6 +81,7 @@ pub struct Scheduler {
     dns: Arc<Dns>,
     identity: Identity,
     mx_port: u16,
+    notifier: Notifier,
     wake: Arc<Notify>,
     shutdown: Shutdown,
     tasks: Tracker,
@@ -133,6 +136,15 @@ impl Scheduler {
             dns,
             identity,
             mx_port: config.routing.mx_port,
+            notifier: Notifier {
+                hostname: config.hostname.clone(),
+                delay_warning: config.queue.delay_warning,
+                policies: config
+                    .domains
+                    .iter()
+                    .map(|d| (d.name.clone(), d.bounce.clone()))
+                    .collect(),
+            },
             wake,
             shutdown,
             tasks,
@@ -227,19 +239,21 @@ impl Scheduler {
             .saturating_add(ms(self.settings.lifetime))
             <= now
         {
-            warn!(queue_id = %job.queue_id, domain = %job.domain, "message expired after the queue lifetime; recipients failed (no DSN yet)");
+            warn!(queue_id = %job.queue_id, domain = %job.domain, "message expired after the queue lifetime");
             let updates = job
                 .recipients
                 .iter()
-                .map(|r| Update {
-                    row: r.row,
-                    status: Status::Expired,
-                    attempted: false,
-                    next_attempt_ms: now,
-                    last_reply: Some("expired: queue lifetime exceeded".into()),
+                .map(|r| {
+                    Update::new(
+                        r.row,
+                        Status::Expired,
+                        false,
+                        now,
+                        Some("expired: queue lifetime exceeded".into()),
+                    )
                 })
                 .collect();
-            self.record(&job.queue_id, updates).await;
+            self.record(&job, updates, None, Context::default()).await;
             return;
         }
         let route = self.route_for(&job.domain);
@@ -258,21 +272,44 @@ impl Scheduler {
         let updates = job
             .recipients
             .iter()
-            .map(|r| Update {
-                row: r.row,
-                status: Status::Pending,
-                attempted: false,
-                next_attempt_ms,
-                last_reply: None,
-            })
+            .map(|r| Update::new(r.row, Status::Pending, false, next_attempt_ms, None))
             .collect();
-        self.record(&job.queue_id, updates).await;
+        self.record(&job, updates, None, Context::default()).await;
     }
 
-    async fn record(&self, queue_id: &str, updates: Vec<Update>) {
+    /// Records outcomes together with the notifications they call for. `body` is the
+    /// message's content when the caller has it at hand.
+    async fn record(
+        &self,
+        job: &Job,
+        mut updates: Vec<Update>,
+        body: Option<&[u8]>,
+        cx: Context<'_>,
+    ) {
+        let queue_id = job.queue_id.as_str();
+        let reports = self.notifier.reports(job, &mut updates, cx, now_ms());
+        let mut notifications = Vec::new();
+        if !reports.is_empty() {
+            let loaded;
+            let original = match body {
+                Some(b) => b,
+                None => {
+                    loaded = self.store.body(queue_id).await.unwrap_or_default();
+                    &loaded
+                }
+            };
+            if let Some(m) =
+                self.notifier
+                    .message(job, original, &reports, std::time::SystemTime::now())
+            {
+                info!(queue_id, dsn_id = %m.id, to = %m.recipients[0].address, recipients = reports.len(), "delivery status notification queued");
+                notifications.push(m);
+            }
+        }
         // A recipient that stays pending has a new due time the scheduler must look at.
-        let pending = updates.iter().any(|u| u.status == Status::Pending);
-        let result = self.store.record(queue_id, updates).await;
+        let pending =
+            updates.iter().any(|u| u.status == Status::Pending) || !notifications.is_empty();
+        let result = self.store.record(queue_id, updates, notifications).await;
         if pending {
             self.wake.notify_one();
         }
@@ -332,8 +369,11 @@ impl Scheduler {
                 };
                 match deliver(&mut client, &job, &body).await {
                     Ok(results) => {
-                        self.record_results(&job, &client.host.to_string(), results)
-                            .await
+                        let cx = Context {
+                            relayed_without_dsn: !client.caps.dsn,
+                            remote: Some(client.host.as_str()),
+                        };
+                        self.record_results(&job, &body, cx, results).await
                     }
                     Err(broken) => {
                         self.record_broken(&job, &client.host.to_string(), &broken)
@@ -396,10 +436,10 @@ impl Scheduler {
                 .iter()
                 .map(|r| {
                     warn!(queue_id = %job.queue_id, rcpt = %r.address, reply = %reply, "failed permanently");
-                    Update { row: r.row, status: Status::Failed, attempted: true, next_attempt_ms: now_ms(), last_reply: Some(reply.one_line()) }
+                    Update::new(r.row, Status::Failed, true, now_ms(), Some(reply.one_line()))
                 })
                 .collect();
-            self.record(&job.queue_id, updates).await;
+            self.record(&job, updates, None, Context::default()).await;
         }
     }
 
@@ -461,7 +501,14 @@ impl Scheduler {
             ))
     }
 
-    async fn record_results(&self, job: &Job, host: &str, results: Vec<RecipientResult>) {
+    async fn record_results(
+        &self,
+        job: &Job,
+        body: &[u8],
+        cx: Context<'_>,
+        results: Vec<RecipientResult>,
+    ) {
+        let host = cx.remote.unwrap_or("");
         let mut updates = Vec::with_capacity(results.len());
         for (r, rcpt) in results.iter().zip(&job.recipients) {
             let (status, next) = match r.outcome {
@@ -470,7 +517,7 @@ impl Scheduler {
                     (Status::Delivered, now_ms())
                 }
                 Outcome::Failed => {
-                    warn!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %r.reply, "failed permanently (no DSN yet)");
+                    warn!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %r.reply, "failed permanently");
                     (Status::Failed, now_ms())
                 }
                 Outcome::Deferred => {
@@ -479,15 +526,15 @@ impl Scheduler {
                     (Status::Pending, next)
                 }
             };
-            updates.push(Update {
-                row: r.row,
+            updates.push(Update::new(
+                r.row,
                 status,
-                attempted: true,
-                next_attempt_ms: next,
-                last_reply: Some(r.reply.clone()),
-            });
+                true,
+                next,
+                Some(r.reply.clone()),
+            ));
         }
-        self.record(&job.queue_id, updates).await;
+        self.record(job, updates, Some(body), cx).await;
     }
 
     async fn record_broken(&self, job: &Job, host: &str, broken: &Broken) {
@@ -500,9 +547,18 @@ impl Scheduler {
             .iter()
             .map(|r| {
                 info!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %reply, "deferred");
-                Update { row: r.row, status: Status::Pending, attempted: true, next_attempt_ms: self.next_attempt(r.attempts + 1), last_reply: Some(reply.clone()) }
+                Update::new(r.row, Status::Pending, true, self.next_attempt(r.attempts + 1), Some(reply.clone()))
             })
             .collect();
-        self.record(&job.queue_id, updates).await;
+        self.record(
+            job,
+            updates,
+            None,
+            Context {
+                relayed_without_dsn: false,
+                remote: Some(host),
+            },
+        )
+        .await;
     }
 }

@@ -30,6 +30,8 @@ pub struct Received {
     pub mail_from: String,
     pub mail_params: String,
     pub rcpts: Vec<String>,
+    /// Each accepted recipient's RCPT parameters.
+    pub rcpt_params: Vec<String>,
     pub body: Vec<u8>,
     pub at: Instant,
 }
@@ -69,6 +71,8 @@ pub struct PrimaryOptions {
     pub rcpt: Arc<RcptScript>,
     /// Delay before every reply.
     pub delay: Duration,
+    /// Advertise DSN in EHLO.
+    pub dsn: bool,
 }
 
 impl Default for PrimaryOptions {
@@ -76,6 +80,7 @@ impl Default for PrimaryOptions {
         Self {
             rcpt: Arc::new(|_, _| (250, "2.1.5 ok")),
             delay: Duration::ZERO,
+            dsn: false,
         }
     }
 }
@@ -186,6 +191,7 @@ fn serve_primary(
     };
     reply(&mut w, "220 primary.test ESMTP test primary\r\n")?;
     let (mut from, mut params, mut rcpts) = (String::new(), String::new(), Vec::<String>::new());
+    let mut rcpt_params = Vec::<String>::new();
     loop {
         let mut line = Vec::new();
         loop {
@@ -207,9 +213,12 @@ fn serve_primary(
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
         if upper.starts_with("EHLO") {
+            let dsn = if opts.dsn { "250-DSN\r\n" } else { "" };
             reply(
                 &mut w,
-                "250-primary.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000\r\n",
+                &format!(
+                    "250-primary.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n{dsn}250-SMTPUTF8\r\n250 SIZE 100000000\r\n"
+                ),
             )?;
         } else if upper.starts_with("HELO") {
             reply(&mut w, "250 primary.test\r\n")?;
@@ -219,9 +228,14 @@ fn serve_primary(
             from = rest.trim_start_matches('<')[..end.saturating_sub(1)].to_string();
             params = rest[(end + 1).min(rest.len())..].trim().to_string();
             rcpts.clear();
+            rcpt_params.clear();
             reply(&mut w, "250 2.1.0 ok\r\n")?;
         } else if upper.starts_with("RCPT TO:") {
             let rest = &text[8..];
+            let rparams = rest
+                .split_once('>')
+                .map(|(_, p)| p.trim().to_string())
+                .unwrap_or_default();
             let addr = rest
                 .trim_start_matches('<')
                 .split('>')
@@ -237,6 +251,7 @@ fn serve_primary(
             let (code, msg) = (opts.rcpt)(&addr, tries);
             if code == 250 {
                 rcpts.push(addr);
+                rcpt_params.push(rparams);
             }
             reply(&mut w, &format!("{code} {msg}\r\n"))?;
         } else if upper == "DATA" {
@@ -250,6 +265,7 @@ fn serve_primary(
                 mail_from: from.clone(),
                 mail_params: params.clone(),
                 rcpts: rcpts.clone(),
+                rcpt_params: std::mem::take(&mut rcpt_params),
                 body,
                 at: Instant::now(),
             });
@@ -257,6 +273,7 @@ fn serve_primary(
             reply(&mut w, "250 2.0.0 queued at primary\r\n")?;
         } else if upper == "RSET" || upper.starts_with("NOOP") {
             rcpts.clear();
+            rcpt_params.clear();
             reply(&mut w, "250 2.0.0 ok\r\n")?;
         } else if upper == "QUIT" {
             reply(&mut w, "221 2.0.0 bye\r\n")?;
@@ -432,9 +449,7 @@ listen = ["127.0.0.1:{port}"]
 max_message_size = "1MB"
 shutdown_grace = "5s"
 {smtp_extra}
-[queue]
-retry_min = "1s"
-retry_max = "4s"
+{queue}
 [probe]
 interval = "1s"
 timeout = "2s"
@@ -445,7 +460,13 @@ command_timeout = "5s"
 data_timeout = "10s"
 {tail}
 "#,
-        state = state_dir.display()
+        state = state_dir.display(),
+        // A tail with its own [queue] table replaces these test defaults.
+        queue = if tail.contains("[queue]") {
+            ""
+        } else {
+            "[queue]\nretry_min = \"1s\"\nretry_max = \"4s\""
+        }
     )
 }
 

@@ -1,0 +1,290 @@
+//! Which outcomes call for a delivery status notification, and the notification message
+//! itself (addressed per the domain's bounce policy). Pure apart from the queue id it draws.
+
+use crate::config::BouncePolicy;
+use crate::dsn::{self, Action, Notify, RecipientReport, Report};
+use crate::queue::{Job, NewMessage, NewRecipient, Status, Update, new_queue_id};
+use crate::smtp::address::parse_mailbox;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::info;
+
+/// Originals larger than this come back as headers only (Postfix: bounce_size_limit).
+const MAX_ORIGINAL: usize = 100_000;
+
+pub struct Notifier {
+    pub hostname: String,
+    /// Send a "delayed" notification once a recipient has waited this long.
+    pub delay_warning: Option<Duration>,
+    /// Per backed-up domain; others get `sender`.
+    pub policies: HashMap<String, BouncePolicy>,
+}
+
+/// What the delivery that produced the updates knows.
+#[derive(Default, Clone, Copy)]
+pub struct Context<'a> {
+    /// The primary took the message but does not speak DSN: SUCCESS requests are answered
+    /// with a "relayed" notification.
+    pub relayed_without_dsn: bool,
+    pub remote: Option<&'a str>,
+}
+
+impl Notifier {
+    /// The reports that `updates` call for. Marks delay notifications in the updates so each
+    /// recipient gets at most one.
+    pub fn reports(
+        &self,
+        job: &Job,
+        updates: &mut [Update],
+        cx: Context<'_>,
+        now_ms: i64,
+    ) -> Vec<RecipientReport> {
+        if job.sender.is_empty() {
+            return Vec::new(); // never a notification about a notification
+        }
+        let mut out = Vec::new();
+        for u in updates.iter_mut() {
+            let Some(rcpt) = job.recipients.iter().find(|r| r.row == u.row) else {
+                continue;
+            };
+            let notify = Notify::of_params(&rcpt.params);
+            let reply = u.last_reply.clone();
+            let action = match u.status {
+                Status::Failed if notify.failure => Some((
+                    Action::Failed,
+                    reply
+                        .as_deref()
+                        .map_or("5.0.0".into(), |r| dsn::status_of(r, true)),
+                )),
+                Status::Expired if notify.failure => Some((Action::Failed, "4.4.7".into())),
+                Status::Delivered if cx.relayed_without_dsn && notify.success => {
+                    Some((Action::Relayed, "2.0.0".into()))
+                }
+                Status::Pending
+                    if notify.delay
+                        && !rcpt.warned
+                        && self.delay_warning.is_some_and(|d| {
+                            now_ms.saturating_sub(job.received_at_ms) >= d.as_millis() as i64
+                        }) =>
+                {
+                    u.warned = true;
+                    Some((
+                        Action::Delayed,
+                        reply
+                            .as_deref()
+                            .map_or("4.0.0".into(), |r| dsn::status_of(r, false)),
+                    ))
+                }
+                _ => None,
+            };
+            if let Some((action, status)) = action {
+                out.push(RecipientReport {
+                    address: rcpt.address.clone(),
+                    params: rcpt.params.clone(),
+                    action,
+                    status,
+                    diagnostic: reply
+                        .filter(|r| r.as_bytes().first().is_some_and(u8::is_ascii_digit)),
+                    remote_mta: cx.remote.map(str::to_string),
+                });
+            }
+        }
+        out
+    }
+
+    /// The notification for `reports`, or None when the domain's policy says not to send one.
+    pub fn message(
+        &self,
+        job: &Job,
+        original: &[u8],
+        reports: &[RecipientReport],
+        now: SystemTime,
+    ) -> Option<NewMessage> {
+        let to = match self
+            .policies
+            .get(&job.domain)
+            .unwrap_or(&BouncePolicy::Sender)
+        {
+            BouncePolicy::Sender => job.sender.clone(),
+            BouncePolicy::Postmaster(addr) => addr.clone(),
+            BouncePolicy::None => {
+                info!(queue_id = %job.queue_id, domain = %job.domain, "bounce policy is none: no notification sent");
+                return None;
+            }
+        };
+        let domain = parse_mailbox(&to, true)
+            .map(|m| m.domain_key())
+            .unwrap_or_else(|_| to.rsplit('@').next().unwrap_or("").to_ascii_lowercase());
+        let id = new_queue_id();
+        let body = Report {
+            reporting_mta: &self.hostname,
+            queue_id: &job.queue_id,
+            original_sender: &job.sender,
+            mail_params: &job.mail_params,
+            arrival: UNIX_EPOCH
+                + Duration::from_millis(u64::try_from(job.received_at_ms).unwrap_or(0)),
+            now,
+            recipients: reports,
+            original,
+            max_original: MAX_ORIGINAL,
+            unique: &id,
+        }
+        .build();
+        Some(NewMessage {
+            id,
+            received_at_ms: crate::queue::to_ms(now),
+            sender: String::new(),
+            mail_params: String::new(),
+            client: "local".into(),
+            helo: self.hostname.clone(),
+            recipients: vec![NewRecipient {
+                address: to,
+                domain,
+                params: String::new(),
+            }],
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Recipient;
+
+    fn job(sender: &str, params: &str) -> Job {
+        Job {
+            queue_id: "q".into(),
+            domain: "example.test".into(),
+            sender: sender.into(),
+            mail_params: String::new(),
+            received_at_ms: 0,
+            size: 10,
+            recipients: vec![Recipient {
+                row: 1,
+                address: "u@example.test".into(),
+                params: params.into(),
+                attempts: 0,
+                warned: false,
+            }],
+        }
+    }
+
+    fn update(status: Status) -> Update {
+        Update::new(1, status, true, 0, Some("550 5.1.1 no such user".into()))
+    }
+
+    fn notifier(delay: Option<Duration>) -> Notifier {
+        Notifier {
+            hostname: "mx2.test".into(),
+            delay_warning: delay,
+            policies: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn failures_are_reported_unless_never_or_null_sender() {
+        let n = notifier(None);
+        assert_eq!(
+            n.reports(
+                &job("s@x.test", ""),
+                &mut [update(Status::Failed)],
+                Context::default(),
+                0
+            )
+            .len(),
+            1
+        );
+        assert!(
+            n.reports(
+                &job("s@x.test", "NOTIFY=NEVER"),
+                &mut [update(Status::Failed)],
+                Context::default(),
+                0
+            )
+            .is_empty()
+        );
+        assert!(
+            n.reports(
+                &job("", ""),
+                &mut [update(Status::Failed)],
+                Context::default(),
+                0
+            )
+            .is_empty()
+        );
+        assert!(
+            n.reports(
+                &job("s@x.test", ""),
+                &mut [update(Status::Delivered)],
+                Context::default(),
+                0
+            )
+            .is_empty()
+        );
+        let relayed = Context {
+            relayed_without_dsn: true,
+            remote: None,
+        };
+        let r = n.reports(
+            &job("s@x.test", "NOTIFY=SUCCESS"),
+            &mut [update(Status::Delivered)],
+            relayed,
+            0,
+        );
+        assert_eq!(r[0].action, Action::Relayed);
+    }
+
+    #[test]
+    fn one_delay_warning_after_the_threshold() {
+        let n = notifier(Some(Duration::from_secs(3600)));
+        let mut u = [update(Status::Pending)];
+        assert!(
+            n.reports(&job("s@x.test", ""), &mut u, Context::default(), 1000)
+                .is_empty(),
+            "too early"
+        );
+        let r = n.reports(&job("s@x.test", ""), &mut u, Context::default(), 3_600_000);
+        assert_eq!(r[0].action, Action::Delayed);
+        assert!(u[0].warned);
+        let mut warned = job("s@x.test", "");
+        warned.recipients[0].warned = true;
+        assert!(
+            n.reports(
+                &warned,
+                &mut [update(Status::Pending)],
+                Context::default(),
+                9_000_000
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn policy_picks_the_recipient() {
+        let mut n = notifier(None);
+        let j = job("s@sender.test", "");
+        let reports = n.reports(&j, &mut [update(Status::Failed)], Context::default(), 0);
+        let m = n
+            .message(&j, b"Subject: x\r\n\r\nbody\r\n", &reports, UNIX_EPOCH)
+            .unwrap();
+        assert_eq!(
+            (
+                m.sender.as_str(),
+                m.recipients[0].address.as_str(),
+                m.recipients[0].domain.as_str()
+            ),
+            ("", "s@sender.test", "sender.test")
+        );
+        n.policies.insert(
+            "example.test".into(),
+            BouncePolicy::Postmaster("hostmaster@example.test".into()),
+        );
+        assert_eq!(
+            n.message(&j, b"", &reports, UNIX_EPOCH).unwrap().recipients[0].address,
+            "hostmaster@example.test"
+        );
+        n.policies.insert("example.test".into(), BouncePolicy::None);
+        assert!(n.message(&j, b"", &reports, UNIX_EPOCH).is_none());
+    }
+}
