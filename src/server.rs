@@ -86,7 +86,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         shutdown.clone(),
         deliveries.clone(),
     );
-    let scheduler_task = tokio::spawn(scheduler.run());
+    let scheduler_task = tokio::spawn(scheduler.clone().run());
 
     let inbound = Arc::new(Inbound {
         session: Arc::new(SessionConfig {
@@ -96,7 +96,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             max_errors: 20,
             max_received: 50,
         }),
-        policy: Arc::new(Policy::new(config.domains.iter().map(|d| d.name.clone()))),
+        policy: Arc::new(
+            Policy::new(config.domains.iter().map(|d| d.name.clone()))
+                .with_etrn_clients(config.smtp.etrn_clients.clone()),
+        ),
         store: store.clone(),
         limits: ConnectionLimits::new(
             config.smtp.max_connections,
@@ -106,6 +109,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         command_timeout: config.smtp.command_timeout,
         data_timeout: config.smtp.data_timeout,
         new_mail: wake.clone(),
+        flusher: scheduler.clone(),
     });
     let mut accept_tasks = Vec::new();
     for l in listeners {

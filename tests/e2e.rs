@@ -411,3 +411,43 @@ fn connection_limits_per_ip_and_idle_timeout() {
     println!("idle session closed after {:?}", start.elapsed());
     assert!(r.starts_with("421 4.4.2"), "{r}");
 }
+
+#[test]
+fn etrn_starts_delivery_of_held_mail_at_once() {
+    let port = free_port();
+    // Probing is slowed to an hour, so only ETRN can explain a quick delivery.
+    let tail = format!(
+        "[probe]\ninterval = \"1h\"\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{port}\"]\n"
+    );
+    let mx2 = Mx2::start_config(|p, state| config_with(p, state, "", &tail));
+    let mut c = mx2.client();
+    assert!(c.cmd("EHLO primary.example.test").contains("ETRN"));
+    assert!(
+        c.send_mail(
+            "a@sender.test",
+            &["user@example.test"],
+            &message("etrn", "held")
+        )
+        .starts_with("250")
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(mx2.log().contains("primary is down"), "log:\n{}", mx2.log());
+    assert!(c.cmd("ETRN other.test").starts_with("459"));
+    let primary = Primary::start(port);
+    let start = Instant::now();
+    let r = c.cmd("ETRN example.test");
+    assert!(r.starts_with("253 2.0.0 OK, 1 pending"), "{r}");
+    let got = primary.wait_for(1, Duration::from_secs(10));
+    let took = start.elapsed();
+    println!("ETRN to delivery: {took:?}");
+    assert_eq!(got.len(), 1, "log:\n{}", mx2.log());
+    assert!(
+        took < Duration::from_secs(3),
+        "ETRN delivery took {took:?} (target 1 s)"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(
+        c.cmd("ETRN @test").starts_with("251"),
+        "nothing left to send"
+    );
+}

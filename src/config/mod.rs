@@ -1,7 +1,10 @@
 //! The configuration file: TOML → a typed, validated [`Config`]. Every error names the file,
 //! the line and the key. This module reads the file and nothing else.
 
+mod cidr;
 mod units;
+
+pub use cidr::Cidr;
 
 pub use units::{Size, Span, parse_duration, parse_size};
 
@@ -98,6 +101,8 @@ pub struct SmtpConfig {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub max_line_length: usize,
+    /// Clients allowed to use ETRN (None: any).
+    pub etrn_clients: Option<Vec<Cidr>>,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -279,6 +284,7 @@ struct RawSmtp {
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     max_line_length: Option<Spanned<usize>>,
+    etrn_clients: Option<Vec<Spanned<String>>>,
     command_timeout: Option<Span>,
     data_timeout: Option<Span>,
     shutdown_grace: Option<Span>,
@@ -433,6 +439,16 @@ impl Ctx<'_> {
             Some(v) => v.into_inner(),
             None => 4096,
         };
+        let etrn_clients = match s.etrn_clients {
+            None => None,
+            Some(list) => {
+                let mut out = Vec::new();
+                for c in list {
+                    out.push(Cidr::parse(c.get_ref()).map_err(|e| self.at(c.span(), &e))?);
+                }
+                Some(out)
+            }
+        };
         let smtp = SmtpConfig {
             listen,
             max_message_size,
@@ -440,6 +456,7 @@ impl Ctx<'_> {
             max_connections: s.max_connections.unwrap_or(1000).max(1),
             max_connections_per_ip: s.max_connections_per_ip.unwrap_or(20).max(1),
             max_line_length,
+            etrn_clients,
             command_timeout: s.command_timeout.map_or(Duration::from_secs(300), |v| v.0),
             data_timeout: s.data_timeout.map_or(Duration::from_secs(180), |v| v.0),
             shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |v| v.0),

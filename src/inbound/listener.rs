@@ -7,6 +7,7 @@ use super::limits::{ConnectionLimits, Refused};
 use super::session::{Action, Content, Session, SessionConfig};
 use crate::policy::Policy;
 use crate::queue::{Store, new_queue_id};
+use crate::scheduler::Flusher;
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use std::net::SocketAddr;
@@ -32,6 +33,8 @@ pub struct Inbound {
     pub data_timeout: Duration,
     /// Woken after each committed message, so the scheduler looks at it at once.
     pub new_mail: Arc<Notify>,
+    /// Starts delivery for ETRN.
+    pub flusher: Arc<dyn Flusher>,
 }
 
 /// Accepts connections until shutdown. Each connection runs in its own task, tracked by
@@ -246,6 +249,10 @@ async fn connection(
                     break;
                 }
             }
+            Action::Flush { node, domains } => {
+                let reply = etrn(&inbound, peer, &node, domains).await;
+                conn.queue(&reply);
+            }
             other => {
                 if !act_simple(&mut conn, other) {
                     break;
@@ -276,7 +283,41 @@ fn act_simple(conn: &mut Conn, action: Action) -> bool {
             conn.queue(&r);
             false
         }
-        Action::ReadChunk { .. } => false,
+        Action::ReadChunk { .. } | Action::Flush { .. } => false,
+    }
+}
+
+/// Runs an ETRN request the session accepted (RFC 1985 replies).
+async fn etrn(inbound: &Inbound, peer: SocketAddr, node: &str, domains: Vec<String>) -> Reply {
+    if let Err(reply) = inbound
+        .policy
+        .check_etrn(peer.ip(), std::time::Instant::now())
+    {
+        info!(client = %peer.ip(), node, reply = %reply, "ETRN refused");
+        return reply;
+    }
+    match inbound.flusher.flush(domains).await {
+        Ok(0) => Reply::new(
+            251,
+            "2.0.0",
+            format!("OK, no messages waiting for node {node}"),
+        ),
+        Ok(n) => {
+            info!(client = %peer.ip(), node, recipients = n, "ETRN: delivery started");
+            Reply::new(
+                253,
+                "2.0.0",
+                format!("OK, {n} pending messages for node {node} started"),
+            )
+        }
+        Err(e) => {
+            warn!(client = %peer.ip(), node, error = %e, "ETRN failed");
+            Reply::new(
+                458,
+                "4.3.0",
+                format!("unable to queue messages for node {node}"),
+            )
+        }
     }
 }
 

@@ -41,6 +41,12 @@ pub enum Action {
     Close(Reply),
     /// Send the 354 reply, then read content with a [`Decoder`] in DATA mode.
     StartData(Reply),
+    /// ETRN (RFC 1985): start delivery for these configured domains; `node` is what the
+    /// client asked for, for the reply.
+    Flush {
+        node: String,
+        domains: Vec<String>,
+    },
     /// Read exactly `size` bytes of content (and feed them to [`Session::chunk`]).
     ReadChunk {
         size: u64,
@@ -175,6 +181,7 @@ impl Session {
                         "ENHANCEDSTATUSCODES".into(),
                         "CHUNKING".into(),
                         "DSN".into(),
+                        "ETRN".into(),
                         "HELP".into(),
                     ],
                 ))
@@ -210,9 +217,49 @@ impl Session {
                 "2.0.0",
                 "mx2 backup MX: EHLO, MAIL, RCPT, DATA, BDAT, RSET, NOOP, VRFY, QUIT",
             )),
-            Command::StartTls | Command::Auth | Command::Etrn(_) => {
+            Command::Etrn(arg) => self.etrn(&arg),
+            Command::StartTls | Command::Auth => {
                 self.error(Reply::new(502, "5.5.1", "command not implemented"))
             }
+        }
+    }
+
+    fn etrn(&mut self, arg: &str) -> Action {
+        if self.hello == Hello::None {
+            return self.error(Reply::new(503, "5.5.1", "send EHLO first"));
+        }
+        if self.tx.is_some() {
+            return self.error(Reply::new(
+                503,
+                "5.5.1",
+                "ETRN is not allowed inside a mail transaction",
+            ));
+        }
+        if arg.is_empty() || arg.contains(' ') {
+            return self.error(Reply::new(
+                501,
+                "5.5.4",
+                "syntax: ETRN domain | ETRN @domain",
+            ));
+        }
+        if arg.starts_with('#') {
+            return Action::Reply(Reply::new(
+                458,
+                "4.5.0",
+                format!("unable to queue messages for node {arg}: named queues are not supported"),
+            ));
+        }
+        let domains = self.policy.flush_domains(arg);
+        if domains.is_empty() {
+            return Action::Reply(Reply::new(
+                459,
+                "4.7.1",
+                format!("node {arg} not allowed: this server does not back it up"),
+            ));
+        }
+        Action::Flush {
+            node: arg.to_string(),
+            domains,
         }
     }
 
@@ -577,7 +624,7 @@ mod tests {
     fn code(a: &Action) -> u16 {
         match a {
             Action::Reply(r) | Action::Close(r) | Action::StartData(r) => r.code,
-            Action::ReadChunk { .. } => 0,
+            Action::ReadChunk { .. } | Action::Flush { .. } => 0,
         }
     }
 
@@ -678,6 +725,31 @@ mod tests {
             m.recipients[0].params,
             "NOTIFY=SUCCESS,FAILURE ORCPT=utf-8;u+2Bx@example.test"
         );
+    }
+
+    #[test]
+    fn etrn_names_configured_domains_only() {
+        let mut s = session();
+        assert_eq!(run(&mut s, "ETRN example.test"), 503);
+        run(&mut s, "EHLO c.test");
+        assert_eq!(
+            s.command(b"ETRN Example.Test"),
+            Action::Flush {
+                node: "Example.Test".into(),
+                domains: vec!["example.test".into()]
+            }
+        );
+        assert_eq!(
+            s.command(b"ETRN @test"),
+            Action::Flush {
+                node: "@test".into(),
+                domains: vec!["example.test".into()]
+            }
+        );
+        assert_eq!(run(&mut s, "ETRN other.test"), 459);
+        assert_eq!(run(&mut s, "ETRN #queue"), 458);
+        run(&mut s, "MAIL FROM:<>");
+        assert_eq!(run(&mut s, "ETRN example.test"), 503);
     }
 
     #[test]

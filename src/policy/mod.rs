@@ -2,20 +2,84 @@
 //! Today: relay control (only configured domains, no sender-routed local parts). Recipient
 //! verification, rate limits and reputation checks come here too. No I/O in this module yet.
 
+use crate::config::Cidr;
 use crate::smtp::{Mailbox, Reply};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// The relay policy: which recipient domains mx2 backs up.
-#[derive(Debug, Clone)]
+/// The least time between two ETRN requests from one client address.
+const ETRN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Accept/reject decisions: which recipient domains mx2 backs up, who may use ETRN.
+#[derive(Debug)]
 pub struct Policy {
     domains: HashSet<String>,
+    /// None: any client may use ETRN (as in Postfix).
+    etrn_clients: Option<Vec<Cidr>>,
+    etrn_last: Mutex<HashMap<IpAddr, Instant>>,
 }
 
 impl Policy {
     pub fn new<I: IntoIterator<Item = String>>(domains: I) -> Self {
         Self {
             domains: domains.into_iter().collect(),
+            etrn_clients: None,
+            etrn_last: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn with_etrn_clients(mut self, clients: Option<Vec<Cidr>>) -> Self {
+        self.etrn_clients = clients;
+        self
+    }
+
+    /// May `client` start a queue run now? Err is the reply to send.
+    pub fn check_etrn(&self, client: IpAddr, now: Instant) -> Result<(), Reply> {
+        if let Some(list) = &self.etrn_clients
+            && !list.iter().any(|c| c.contains(client))
+        {
+            return Err(Reply::new(
+                459,
+                "4.7.1",
+                "ETRN is not allowed from your address",
+            ));
+        }
+        let mut last = self.etrn_last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.len() > 10_000 {
+            last.retain(|_, t| now.duration_since(*t) < ETRN_INTERVAL);
+        }
+        if let Some(t) = last.get(&client)
+            && now.duration_since(*t) < ETRN_INTERVAL
+        {
+            return Err(Reply::new(
+                458,
+                "4.7.0",
+                "too many ETRN requests; try again in a second",
+            ));
+        }
+        last.insert(client, now);
+        Ok(())
+    }
+
+    /// The configured domains an ETRN argument names: `domain`, or `@domain` for that domain
+    /// and every configured domain below it (RFC 1985 §5.3).
+    pub fn flush_domains(&self, node: &str) -> Vec<String> {
+        let (sub, name) = match node.strip_prefix('@') {
+            Some(n) => (true, n),
+            None => (false, node),
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let suffix = format!(".{name}");
+        let mut out: Vec<String> = self
+            .domains
+            .iter()
+            .filter(|d| **d == name || (sub && d.ends_with(&suffix)))
+            .cloned()
+            .collect();
+        out.sort();
+        out
     }
 
     /// Decides on one RCPT. `Ok` carries the recipient's domain key (lower case, no trailing dot).
@@ -53,6 +117,27 @@ mod tests {
         let p = Policy::new(["example.test".to_string()]);
         p.check_recipient(&parse_mailbox(addr, true).unwrap())
             .map_err(|r| r.code)
+    }
+
+    #[test]
+    fn etrn_access_and_rate() {
+        let p = Policy::new(["example.test".to_string()])
+            .with_etrn_clients(Some(vec![Cidr::parse("127.0.0.0/8").unwrap()]));
+        let now = Instant::now();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(p.check_etrn(lo, now).is_ok());
+        assert_eq!(
+            p.check_etrn(lo, now).unwrap_err().code,
+            458,
+            "a second request within the interval"
+        );
+        assert!(p.check_etrn(lo, now + ETRN_INTERVAL).is_ok());
+        assert_eq!(
+            p.check_etrn("192.0.2.1".parse().unwrap(), now)
+                .unwrap_err()
+                .code,
+            459
+        );
     }
 
     #[test]

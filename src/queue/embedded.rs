@@ -493,7 +493,7 @@ fn record(
 fn make_due(c: &Connection, domains: &[String], now: i64) -> rusqlite::Result<u64> {
     let mut stmt = c.prepare_cached(
         "UPDATE recipients SET next_attempt = ?1
-         WHERE domain = ?2 AND status = 0 AND claimed = 0 AND next_attempt > ?1",
+         WHERE domain = ?2 AND status = 0 AND claimed = 0",
     )?;
     let mut n = 0;
     for d in domains {

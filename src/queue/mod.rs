@@ -157,7 +157,8 @@ pub trait Store: Send + Sync + 'static {
         updates: Vec<Update>,
         notifications: Vec<NewMessage>,
     ) -> StoreFuture<'_, bool>;
-    /// Makes every pending, unclaimed recipient in these domains due at `now_ms`.
+    /// Makes every pending, unclaimed recipient in these domains due at `now_ms`; returns
+    /// how many there are.
     fn make_due(&self, domains: Vec<String>, now_ms: i64) -> StoreFuture<'_, u64>;
     /// The earliest next-attempt time among pending, unclaimed recipients.
     fn next_due(&self) -> StoreFuture<'_, Option<i64>>;

@@ -72,6 +72,41 @@ impl Settings {
     }
 }
 
+/// Starting delivery on request (ETRN, the admin API's flush), for modules that may not
+/// depend on the scheduler itself.
+pub trait Flusher: Send + Sync {
+    /// Makes everything held for these domains due now, treats their primaries as up, and
+    /// returns how many recipients are pending for them.
+    fn flush(
+        &self,
+        domains: Vec<String>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<u64, crate::queue::StoreError>> + Send + '_>,
+    >;
+}
+
+impl Flusher for Scheduler {
+    fn flush(
+        &self,
+        domains: Vec<String>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<u64, crate::queue::StoreError>> + Send + '_>,
+    > {
+        Box::pin(async move {
+            for d in &domains {
+                let route = self.route_for(d);
+                if !route.is_up() {
+                    route.mark_up();
+                    info!(primary = %route.key, "flush requested: treating the primary as up");
+                }
+            }
+            let n = self.store.make_due(domains, now_ms()).await?;
+            self.wake.notify_one();
+            Ok(n)
+        })
+    }
+}
+
 /// What the scheduler, its workers and its probes share.
 pub struct Scheduler {
     store: Arc<dyn Store>,

@@ -450,9 +450,7 @@ max_message_size = "1MB"
 shutdown_grace = "5s"
 {smtp_extra}
 {queue}
-[probe]
-interval = "1s"
-timeout = "2s"
+{probe}
 [delivery]
 connect_timeout = "2s"
 greeting_timeout = "5s"
@@ -466,6 +464,11 @@ data_timeout = "10s"
             ""
         } else {
             "[queue]\nretry_min = \"1s\"\nretry_max = \"4s\""
+        },
+        probe = if tail.contains("[probe]") {
+            ""
+        } else {
+            "[probe]\ninterval = \"1s\"\ntimeout = \"2s\""
         }
     )
 }
