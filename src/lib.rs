@@ -14,3 +14,4 @@ pub mod server;
 pub mod shutdown;
 pub mod smtp;
 pub mod tasks;
+pub mod tls;

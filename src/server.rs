@@ -13,6 +13,7 @@ use crate::queue::embedded::Embedded;
 use crate::scheduler::Scheduler;
 use crate::shutdown;
 use crate::tasks::Tracker;
+use crate::tls::ServerCert;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -23,6 +24,8 @@ use tracing::{info, warn};
 pub enum StartError {
     #[error("{0}")]
     Dns(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot open the queue in {dir}: {source}")]
     Store {
         dir: String,
@@ -73,6 +76,16 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     }
 
     let (trigger, shutdown) = shutdown::channel();
+    let cert = match &config.tls {
+        None => None,
+        Some(files) => Some(ServerCert::load(&files.cert, &files.key).map_err(StartError::Tls)?),
+    };
+    let acceptor = match &cert {
+        None => None,
+        Some(c) => Some(c.acceptor().map_err(StartError::Tls)?),
+    };
+    // Also keeps SIGHUP from terminating the process when there is nothing to reload.
+    tokio::spawn(watch_reloads(cert, shutdown.clone()));
     let wake = Arc::new(Notify::new());
     let connections = Tracker::default();
     let deliveries = Tracker::default();
@@ -95,6 +108,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             max_recipients: config.smtp.max_recipients,
             max_errors: 20,
             max_received: 50,
+            starttls: config.tls.is_some(),
         }),
         policy: Arc::new(
             Policy::new(config.domains.iter().map(|d| d.name.clone()))
@@ -110,6 +124,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         data_timeout: config.smtp.data_timeout,
         new_mail: wake.clone(),
         flusher: scheduler.clone(),
+        tls: acceptor,
     });
     let mut accept_tasks = Vec::new();
     for l in listeners {
@@ -144,6 +159,31 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     }
     info!("mx2 stopped");
     Ok(())
+}
+
+/// Reloads the certificate when its files change (checked every 30 s) or on SIGHUP.
+async fn watch_reloads(cert: Option<std::sync::Arc<ServerCert>>, mut shutdown: shutdown::Shutdown) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    loop {
+        let forced = tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => false,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let Some(cert) = &cert else {
+            if forced {
+                info!("SIGHUP: nothing to reload");
+            }
+            continue;
+        };
+        let result = if forced { cert.reload().map(|()| true) } else { cert.reload_if_changed() };
+        match result {
+            Ok(true) => info!("TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "TLS certificate not reloaded; the previous one stays in use"),
+        }
+    }
 }
 
 async fn wait_for_signal() {

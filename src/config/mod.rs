@@ -47,7 +47,15 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub dns: DnsConfig,
     pub routing: RoutingConfig,
+    /// The certificate offered with STARTTLS (none: STARTTLS is not offered).
+    pub tls: Option<TlsFiles>,
     pub domains: Vec<DomainConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +148,29 @@ pub struct DomainConfig {
     pub name: String,
     pub route: DomainRoute,
     pub bounce: BouncePolicy,
+    pub tls: TlsPolicy,
+}
+
+/// How delivery to a domain uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// STARTTLS when offered, any certificate; plaintext otherwise.
+    #[default]
+    Opportunistic,
+    /// STARTTLS must succeed (any certificate); never plaintext.
+    Required,
+    /// STARTTLS must succeed with a certificate valid for the host name.
+    Verify,
+}
+
+/// A domain's outbound TLS settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsPolicy {
+    pub mode: TlsMode,
+    /// Extra trusted roots for `verify` (PEM), besides the built-in Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 of the primary's certificate (DER): must match when set.
+    pub pin: Option<[u8; 32]>,
 }
 
 /// Who gets delivery status notifications for mail to a domain.
@@ -256,6 +287,7 @@ struct RawConfig {
     dns: RawDns,
     #[serde(default)]
     routing: RawRouting,
+    tls: Option<RawTls>,
     #[serde(default)]
     domain: Vec<RawDomain>,
 }
@@ -265,6 +297,13 @@ struct RawConfig {
 struct RawDns {
     nameservers: Option<Vec<Spanned<String>>>,
     timeout: Option<Span>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -325,6 +364,9 @@ struct RawDomain {
     route: Option<Spanned<String>>,
     bounce: Option<Spanned<String>>,
     postmaster: Option<Spanned<String>>,
+    tls: Option<Spanned<String>>,
+    tls_ca_file: Option<String>,
+    tls_pin: Option<Spanned<String>>,
 }
 
 // ---- loading --------------------------------------------------------------------------
@@ -593,11 +635,24 @@ impl Ctx<'_> {
                     return Err(self.at(b.span(), &format!("unknown bounce policy `{other}`: use \"sender\", \"postmaster\" or \"none\"")));
                 }
             };
-            domains.push(DomainConfig {
-                name,
-                route,
-                bounce,
+            let mode = match d.tls.as_ref().map(|t| (t, t.get_ref().as_str())) {
+                None | Some((_, "opportunistic")) => TlsMode::Opportunistic,
+                Some((_, "required")) => TlsMode::Required,
+                Some((_, "verify")) => TlsMode::Verify,
+                Some((t, other)) => {
+                    return Err(self.at(t.span(), &format!("unknown tls mode `{other}`: use \"opportunistic\", \"required\" or \"verify\"")));
+                }
+            };
+            let pin = match &d.tls_pin {
+                Some(p) => Some(crate::tls::parse_pin(p.get_ref()).map_err(|e| self.at(p.span(), &e))?),
+                None => None,
+            };
+            let ca_file = d.tls_ca_file.clone().map(|p| {
+                let p = PathBuf::from(p);
+                if p.is_relative() { base.join(p) } else { p }
             });
+            let tls = TlsPolicy { mode, ca_file, pin };
+            domains.push(DomainConfig { name, route, bounce, tls });
         }
         if domains.is_empty() {
             return Err(self.whole("no [[domain]] configured: add at least one, e.g.\n[[domain]]\nname = \"example.com\"\nprimary = [\"mail.example.com:25\"]"));
@@ -643,11 +698,12 @@ impl Ctx<'_> {
             Some(p) => p.into_inner(),
             None => 25,
         };
-        let routing = RoutingConfig {
-            my_names,
-            my_addresses,
-            mx_port,
+        let routing = RoutingConfig { my_names, my_addresses, mx_port };
+        let path = |p: String| {
+            let p = PathBuf::from(p);
+            if p.is_relative() { base.join(p) } else { p }
         };
+        let tls = raw.tls.map(|t| TlsFiles { cert: path(t.cert), key: path(t.key) });
 
         Ok(Config {
             hostname,
@@ -659,6 +715,7 @@ impl Ctx<'_> {
             delivery,
             dns,
             routing,
+            tls,
             domains,
         })
     }

@@ -13,11 +13,12 @@ use crate::smtp::Reply;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::io::AsyncWriteExt;
+use crate::tls::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::timeout;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Bytes reserved per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -35,6 +36,8 @@ pub struct Inbound {
     pub new_mail: Arc<Notify>,
     /// Starts delivery for ETRN.
     pub flusher: Arc<dyn Flusher>,
+    /// Present when STARTTLS is offered.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Accepts connections until shutdown. Each connection runs in its own task, tracked by
@@ -75,7 +78,7 @@ enum Input {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     out: Vec<u8>,
     /// Discarding the rest of an over-long line.
@@ -98,14 +101,23 @@ impl Conn {
     /// Reads more input; Ok(false) at end of stream. Waits for readiness before reserving
     /// buffer space, so an idle connection holds no read buffer.
     async fn fill(&mut self, limit: Duration) -> Result<bool, Input> {
+        let Some(tcp) = self.stream.plain() else {
+            // TLS: read through the TLS layer.
+            self.buf.reserve(READ_CHUNK);
+            return match timeout(limit, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => Err(Input::TimedOut),
+                Ok(Ok(0)) | Ok(Err(_)) => Ok(false),
+                Ok(Ok(_)) => Ok(true),
+            };
+        };
         loop {
-            match timeout(limit, self.stream.readable()).await {
+            match timeout(limit, tcp.readable()).await {
                 Err(_) => return Err(Input::TimedOut),
                 Ok(Err(_)) => return Ok(false),
                 Ok(Ok(())) => {}
             }
             self.buf.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(&mut self.buf) {
+            match tcp.try_read_buf(&mut self.buf) {
                 Ok(0) => return Ok(false),
                 Ok(_) => return Ok(true),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -175,7 +187,7 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let mut conn = Conn {
-        stream,
+        stream: Stream::Plain(stream),
         buf: Vec::new(),
         out: Vec::new(),
         skipping: false,
@@ -253,6 +265,12 @@ async fn connection(
                 let reply = etrn(&inbound, peer, &node, domains).await;
                 conn.queue(&reply);
             }
+            Action::StartTls(reply) => {
+                conn.queue(&reply);
+                if !start_tls(&mut conn, &mut session, &inbound, peer).await {
+                    break;
+                }
+            }
             other => {
                 if !act_simple(&mut conn, other) {
                     break;
@@ -283,7 +301,39 @@ fn act_simple(conn: &mut Conn, action: Action) -> bool {
             conn.queue(&r);
             false
         }
-        Action::ReadChunk { .. } | Action::Flush { .. } => false,
+        Action::ReadChunk { .. } | Action::Flush { .. } | Action::StartTls(_) => false,
+    }
+}
+
+/// Switches the connection to TLS after the 220 reply. Input the client pipelined after
+/// STARTTLS is thrown away (CVE-2011-0411): only what arrives inside TLS counts. False: close.
+async fn start_tls(conn: &mut Conn, session: &mut Session, inbound: &Inbound, peer: SocketAddr) -> bool {
+    if conn.flush().await.is_err() {
+        return false;
+    }
+    if !conn.buf.is_empty() {
+        warn!(client = %peer.ip(), bytes = conn.buf.len(), "discarded input pipelined after STARTTLS");
+        conn.buf.clear();
+    }
+    let (Some(acceptor), Some(tcp)) = (inbound.tls.as_ref(), conn.stream.take_plain()) else {
+        return false;
+    };
+    match timeout(inbound.command_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => {
+            conn.stream = Stream::Server(Box::new(tls));
+            let info = conn.stream.tls_info().unwrap_or_default();
+            debug!(client = %peer.ip(), tls = %info, "TLS started");
+            session.tls_started(info);
+            true
+        }
+        Ok(Err(e)) => {
+            info!(client = %peer.ip(), error = %e, "TLS handshake failed");
+            false
+        }
+        Err(_) => {
+            info!(client = %peer.ip(), "TLS handshake timed out");
+            false
+        }
     }
 }
 

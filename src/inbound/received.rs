@@ -10,6 +10,8 @@ pub struct Trace<'a> {
     pub hostname: &'a str,
     pub protocol: &'a str,
     pub queue_id: &'a str,
+    /// `TLSv1_3 TLS13_AES_256_GCM_SHA384` when the session was encrypted.
+    pub tls: Option<&'a str>,
     /// Named in a `for` clause when there is exactly one recipient.
     pub single_recipient: Option<&'a str>,
     pub time: SystemTime,
@@ -32,10 +34,12 @@ impl Trace<'_> {
                 }
             })
             .collect();
-        let mut h = format!(
-            "Received: from {helo} ([{ip}])\r\n\tby {} (mx2) with {} id {}",
-            self.hostname, self.protocol, self.queue_id
-        );
+        let mut h = format!("Received: from {helo} ([{ip}])");
+        if let Some(tls) = self.tls {
+            let (version, cipher) = tls.split_once(' ').unwrap_or((tls, ""));
+            h.push_str(&format!("\r\n\t(using {version} with cipher {cipher})"));
+        }
+        h.push_str(&format!("\r\n\tby {} (mx2) with {} id {}", self.hostname, self.protocol, self.queue_id));
         if let Some(rcpt) = self.single_recipient {
             h.push_str(&format!("\r\n\tfor <{rcpt}>"));
         }
@@ -126,6 +130,7 @@ mod tests {
             hostname: "mx2.example.net",
             protocol: "ESMTP",
             queue_id: "abc",
+            tls: None,
             single_recipient: Some("u@example.test"),
             time: UNIX_EPOCH,
         }

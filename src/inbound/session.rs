@@ -31,6 +31,8 @@ pub struct SessionConfig {
     pub max_errors: usize,
     /// More Received headers than this → 554 5.4.6 (a mail loop).
     pub max_received: usize,
+    /// STARTTLS is offered.
+    pub starttls: bool,
 }
 
 /// What the listener must do after feeding a command.
@@ -41,6 +43,9 @@ pub enum Action {
     Close(Reply),
     /// Send the 354 reply, then read content with a [`Decoder`] in DATA mode.
     StartData(Reply),
+    /// Send the 220 reply, drop any input pipelined after STARTTLS, and run the TLS
+    /// handshake; then call [`Session::tls_started`].
+    StartTls(Reply),
     /// ETRN (RFC 1985): start delivery for these configured domains; `node` is what the
     /// client asked for, for the reply.
     Flush {
@@ -89,6 +94,8 @@ pub struct Session {
     helo_name: String,
     tx: Option<Transaction>,
     errors: usize,
+    /// The TLS version and cipher once STARTTLS succeeded.
+    tls: Option<String>,
     /// Messages accepted in this session (for logs).
     pub accepted: u64,
 }
@@ -103,6 +110,7 @@ impl Session {
             helo_name: String::new(),
             tx: None,
             errors: 0,
+            tls: None,
             accepted: 0,
         }
     }
@@ -170,21 +178,22 @@ impl Session {
                 self.tx = None;
                 self.hello = Hello::Ehlo;
                 self.helo_name = name;
-                Action::Reply(Reply::plain(
-                    250,
-                    vec![
-                        format!("{} greets {}", self.cfg.hostname, self.helo_name),
-                        "PIPELINING".into(),
-                        format!("SIZE {}", self.cfg.max_message_size),
-                        "8BITMIME".into(),
-                        "SMTPUTF8".into(),
-                        "ENHANCEDSTATUSCODES".into(),
-                        "CHUNKING".into(),
-                        "DSN".into(),
-                        "ETRN".into(),
-                        "HELP".into(),
-                    ],
-                ))
+                let mut lines = vec![
+                    format!("{} greets {}", self.cfg.hostname, self.helo_name),
+                    "PIPELINING".into(),
+                    format!("SIZE {}", self.cfg.max_message_size),
+                    "8BITMIME".into(),
+                    "SMTPUTF8".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                    "CHUNKING".into(),
+                    "DSN".into(),
+                    "ETRN".into(),
+                ];
+                if self.cfg.starttls && self.tls.is_none() {
+                    lines.push("STARTTLS".into());
+                }
+                lines.push("HELP".into());
+                Action::Reply(Reply::plain(250, lines))
             }
             Command::Helo(name) => {
                 self.tx = None;
@@ -218,10 +227,33 @@ impl Session {
                 "mx2 backup MX: EHLO, MAIL, RCPT, DATA, BDAT, RSET, NOOP, VRFY, QUIT",
             )),
             Command::Etrn(arg) => self.etrn(&arg),
-            Command::StartTls | Command::Auth => {
+            Command::StartTls => self.starttls(),
+            Command::Auth => {
                 self.error(Reply::new(502, "5.5.1", "command not implemented"))
             }
         }
+    }
+
+    fn starttls(&mut self) -> Action {
+        if !self.cfg.starttls {
+            return self.error(Reply::new(502, "5.5.1", "STARTTLS not available"));
+        }
+        if self.tls.is_some() {
+            return self.error(Reply::new(503, "5.5.1", "TLS already active"));
+        }
+        if self.tx.is_some() {
+            return self.error(Reply::new(503, "5.5.1", "STARTTLS not allowed inside a mail transaction"));
+        }
+        Action::StartTls(Reply::new(220, "2.0.0", "ready to start TLS"))
+    }
+
+    /// The handshake succeeded: everything known before it is forgotten (RFC 3207 §4.2); the
+    /// client must say EHLO again.
+    pub fn tls_started(&mut self, info: String) {
+        self.hello = Hello::None;
+        self.helo_name.clear();
+        self.tx = None;
+        self.tls = Some(info);
     }
 
     fn etrn(&mut self, arg: &str) -> Action {
@@ -533,9 +565,11 @@ impl Session {
                 "too many Received headers: mail loop detected",
             ));
         }
-        let protocol = match (self.hello == Hello::Ehlo, tx.utf8) {
-            (true, true) => "UTF8SMTP",
-            (true, false) => "ESMTP",
+        let protocol = match (self.hello == Hello::Ehlo, tx.utf8, self.tls.is_some()) {
+            (true, true, true) => "UTF8SMTPS",
+            (true, true, false) => "UTF8SMTP",
+            (true, false, true) => "ESMTPS",
+            (true, false, false) => "ESMTP",
             _ => "SMTP",
         };
         let single = (tx.recipients.len() == 1).then(|| tx.recipients[0].address.as_str());
@@ -545,6 +579,7 @@ impl Session {
             hostname: &self.cfg.hostname,
             protocol,
             queue_id: &queue_id,
+            tls: self.tls.as_deref(),
             single_recipient: single,
             time: now,
         }
@@ -613,6 +648,7 @@ mod tests {
             max_recipients: 3,
             max_errors: 5,
             max_received: 50,
+            starttls: true,
         };
         Session::new(
             Arc::new(cfg),
@@ -624,6 +660,7 @@ mod tests {
     fn code(a: &Action) -> u16 {
         match a {
             Action::Reply(r) | Action::Close(r) | Action::StartData(r) => r.code,
+            Action::StartTls(r) => r.code,
             Action::ReadChunk { .. } | Action::Flush { .. } => 0,
         }
     }
@@ -750,6 +787,28 @@ mod tests {
         assert_eq!(run(&mut s, "ETRN #queue"), 458);
         run(&mut s, "MAIL FROM:<>");
         assert_eq!(run(&mut s, "ETRN example.test"), 503);
+    }
+
+    #[test]
+    fn starttls_resets_the_session() {
+        let mut s = session();
+        assert!(matches!(s.command(b"EHLO c.test"), Action::Reply(r) if r.lines.iter().any(|l| l == "STARTTLS")));
+        run(&mut s, "MAIL FROM:<>");
+        assert_eq!(run(&mut s, "STARTTLS"), 503, "not inside a transaction");
+        run(&mut s, "RSET");
+        assert_eq!(run(&mut s, "STARTTLS"), 220);
+        s.tls_started("TLSv1_3 TLS13_AES_128_GCM_SHA256".into());
+        assert_eq!(run(&mut s, "MAIL FROM:<>"), 503, "EHLO is needed again after TLS");
+        assert!(matches!(s.command(b"EHLO c.test"), Action::Reply(r) if !r.lines.iter().any(|l| l == "STARTTLS")));
+        assert_eq!(run(&mut s, "STARTTLS"), 503);
+        run(&mut s, "MAIL FROM:<>");
+        run(&mut s, "RCPT TO:<u@example.test>");
+        run(&mut s, "DATA");
+        let mut d = s.data_decoder();
+        d.feed(b"x\r\n.\r\n");
+        let m = commit(s.data_done(d, SystemTime::UNIX_EPOCH, "q".into()));
+        let head = String::from_utf8_lossy(&m.body[..200]).into_owned();
+        assert!(head.contains("(using TLSv1_3 with cipher TLS13_AES_128_GCM_SHA256)") && head.contains("with ESMTPS id q"), "{head}");
     }
 
     #[test]

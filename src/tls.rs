@@ -1,0 +1,317 @@
+//! TLS for both directions: the server certificate (loaded from PEM files, reloaded when they
+//! change or on SIGHUP), the client policies for delivery (opportunistic, required, verify,
+//! optional SHA-256 pin), and a stream type that is plain TCP or TLS. ring is the crypto provider.
+
+use crate::config::{TlsMode, TlsPolicy};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+// ---- the server certificate ------------------------------------------------------------------
+
+/// The certificate and key mx2 presents on STARTTLS, swapped in place on reload.
+#[derive(Debug)]
+pub struct ServerCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: RwLock<(Arc<CertifiedKey>, Option<SystemTime>)>,
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+fn load_key_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: cannot read the certificate: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: bad PEM certificate: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in the file", cert.display()));
+    }
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: cannot read the private key: {e}", key.display()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
+    let ck = CertifiedKey::new(certs, signing);
+    ck.keys_match().map_err(|e| format!("{} and {} do not belong together: {e}", cert.display(), key.display()))?;
+    Ok(ck)
+}
+
+impl ServerCert {
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, String> {
+        let ck = load_key_pair(cert_path, key_path)?;
+        Ok(Arc::new(Self {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            current: RwLock::new((Arc::new(ck), newest(cert_path, key_path))),
+        }))
+    }
+
+    /// Reloads the files; on error the old certificate stays in use.
+    pub fn reload(&self) -> Result<(), String> {
+        let ck = load_key_pair(&self.cert_path, &self.key_path)?;
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *cur = (Arc::new(ck), newest(&self.cert_path, &self.key_path));
+        Ok(())
+    }
+
+    /// Reloads when either file changed since the last load; true when it did.
+    pub fn reload_if_changed(&self) -> Result<bool, String> {
+        let seen = self.current.read().unwrap_or_else(|p| p.into_inner()).1;
+        if newest(&self.cert_path, &self.key_path) == seen {
+            return Ok(false);
+        }
+        self.reload().map(|()| true)
+    }
+
+    pub fn acceptor(self: &Arc<Self>) -> Result<tokio_rustls::TlsAcceptor, String> {
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+fn newest(a: &Path, b: &Path) -> Option<SystemTime> {
+    mtime(a).max(mtime(b))
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).0.clone())
+    }
+}
+
+// ---- client policies -----------------------------------------------------------------------------
+
+/// A ready-to-use client side of a [`TlsPolicy`].
+#[derive(Clone)]
+pub struct ClientTls {
+    pub mode: TlsMode,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientTls({:?})", self.mode)
+    }
+}
+
+impl ClientTls {
+    pub fn new(policy: &TlsPolicy) -> Result<Self, String> {
+        let p = provider();
+        let inner: Arc<dyn ServerCertVerifier> = if policy.mode == TlsMode::Verify {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            if let Some(ca) = &policy.ca_file {
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+                    .map_err(|e| format!("{}: cannot read CA file: {e}", ca.display()))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("{}: bad PEM in CA file: {e}", ca.display()))?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(format!("{}: no usable CA certificate", ca.display()));
+                }
+            }
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), p.clone())
+                .build()
+                .map_err(|e| e.to_string())?
+        } else {
+            Arc::new(AnyCert(p.clone()))
+        };
+        let verifier: Arc<dyn ServerCertVerifier> = match policy.pin {
+            Some(pin) => Arc::new(Pinned { inner, pin }),
+            None => inner,
+        };
+        let config = rustls::ClientConfig::builder_with_provider(p)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(Self { mode: policy.mode, connector: tokio_rustls::TlsConnector::from(Arc::new(config)) })
+    }
+
+    pub async fn connect(&self, name: &str, tcp: TcpStream) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let server_name = match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(name.to_string()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        };
+        self.connector.connect(server_name, tcp).await
+    }
+}
+
+/// Accepts any certificate (opportunistic and required TLS) but still checks the handshake
+/// signatures, so the session is at least bound to the certificate presented.
+#[derive(Debug)]
+struct AnyCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Adds a SHA-256 certificate pin to another verifier.
+#[derive(Debug)]
+struct Pinned {
+    inner: Arc<dyn ServerCertVerifier>,
+    pin: [u8; 32],
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(&self, ee: &CertificateDer<'_>, im: &[CertificateDer<'_>], n: &ServerName<'_>, o: &[u8], now: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+        let ok = self.inner.verify_server_cert(ee, im, n, o, now)?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, ee.as_ref());
+        if digest.as_ref() != self.pin {
+            return Err(rustls::Error::General("certificate does not match the configured tls_pin".into()));
+        }
+        Ok(ok)
+    }
+    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Parses `sha256:HEX` (64 hex digits).
+pub fn parse_pin(text: &str) -> Result<[u8; 32], String> {
+    let hex = text.strip_prefix("sha256:").unwrap_or(text);
+    if hex.len() != 64 {
+        return Err(format!("`{text}` is not a SHA-256 pin: expected sha256: and 64 hex digits"));
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+        let s = std::str::from_utf8(chunk).map_err(|_| format!("`{text}`: not hex"))?;
+        out[i] = u8::from_str_radix(s, 16).map_err(|_| format!("`{text}`: not hex"))?;
+    }
+    Ok(out)
+}
+
+// ---- a stream that may be TLS -----------------------------------------------------------------
+
+/// A connection's byte stream: plain TCP, or TLS after STARTTLS (either side).
+pub enum Stream {
+    Plain(TcpStream),
+    Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Only while switching to TLS.
+    Gone,
+}
+
+impl Stream {
+    /// `TLSv1_3 TLS13_AES_256_GCM_SHA384`, for logs and the Received header.
+    pub fn tls_info(&self) -> Option<String> {
+        let common: &rustls::CommonState = match self {
+            Stream::Server(s) => s.get_ref().1,
+            Stream::Client(s) => s.get_ref().1,
+            _ => return None,
+        };
+        let version = common.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
+        let suite = common.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+        Some(format!("{version} {suite}"))
+    }
+
+    /// Takes the plain TCP stream out to start TLS on it.
+    pub fn take_plain(&mut self) -> Option<TcpStream> {
+        match std::mem::replace(self, Stream::Gone) {
+            Stream::Plain(s) => Some(s),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    pub fn plain(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Plain(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "stream is being switched to TLS")
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Server(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Client(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Server(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Client(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Server(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Client(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Server(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Client(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins() {
+        let p = parse_pin(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+        assert_eq!(p[0], 0xab);
+        assert!(parse_pin("sha256:abc").is_err());
+        assert!(parse_pin(&"zz".repeat(32)).is_err());
+    }
+}
