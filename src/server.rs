@@ -98,7 +98,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         wake.clone(),
         shutdown.clone(),
         deliveries.clone(),
-    );
+    )
+    .map_err(StartError::Tls)?;
     let scheduler_task = tokio::spawn(scheduler.clone().run());
 
     let inbound = Arc::new(Inbound {
@@ -177,11 +178,17 @@ async fn watch_reloads(cert: Option<std::sync::Arc<ServerCert>>, mut shutdown: s
             }
             continue;
         };
-        let result = if forced { cert.reload().map(|()| true) } else { cert.reload_if_changed() };
+        let result = if forced {
+            cert.reload().map(|()| true)
+        } else {
+            cert.reload_if_changed()
+        };
         match result {
             Ok(true) => info!("TLS certificate reloaded"),
             Ok(false) => {}
-            Err(e) => warn!(error = %e, "TLS certificate not reloaded; the previous one stays in use"),
+            Err(e) => {
+                warn!(error = %e, "TLS certificate not reloaded; the previous one stays in use")
+            }
         }
     }
 }

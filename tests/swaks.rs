@@ -47,3 +47,48 @@ fn swaks_sends_through_mx2() {
         "{body}"
     );
 }
+
+#[test]
+fn swaks_sends_over_starttls() {
+    let pki = common::pki::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = pki.leaf(dir.path(), "mx2", &["mx2.test"]);
+    let primary = Primary::start(0);
+    let tail = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{}\"]\n",
+        leaf.cert.display(),
+        leaf.key.display(),
+        primary.port
+    );
+    let mx2 = Mx2::start_config(|p, state| config_with(p, state, "", &tail));
+    let out = Command::new("swaks")
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &mx2.port.to_string(),
+            "--tls",
+        ])
+        .args([
+            "--from",
+            "swaks@sender.test",
+            "--to",
+            "user@example.test",
+            "--helo",
+            "swaks.test",
+        ])
+        .output()
+        .expect(
+            "swaks is not installed: apt-get install swaks libnet-ssleay-perl (the CI script does)",
+        );
+    let transcript = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "swaks --tls failed:\n{transcript}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(transcript.contains("TLS started"), "{transcript}");
+    let got = primary.wait_for(1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1, "log:\n{}", mx2.log());
+    assert!(String::from_utf8_lossy(&got[0].body).contains("with ESMTPS"));
+}

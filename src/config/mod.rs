@@ -6,7 +6,7 @@ mod units;
 
 pub use cidr::Cidr;
 
-pub use units::{Size, Span, parse_duration, parse_size};
+pub use units::{Size, Span, parse_duration, parse_pin, parse_size};
 
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -644,7 +644,7 @@ impl Ctx<'_> {
                 }
             };
             let pin = match &d.tls_pin {
-                Some(p) => Some(crate::tls::parse_pin(p.get_ref()).map_err(|e| self.at(p.span(), &e))?),
+                Some(p) => Some(parse_pin(p.get_ref()).map_err(|e| self.at(p.span(), &e))?),
                 None => None,
             };
             let ca_file = d.tls_ca_file.clone().map(|p| {
@@ -652,7 +652,12 @@ impl Ctx<'_> {
                 if p.is_relative() { base.join(p) } else { p }
             });
             let tls = TlsPolicy { mode, ca_file, pin };
-            domains.push(DomainConfig { name, route, bounce, tls });
+            domains.push(DomainConfig {
+                name,
+                route,
+                bounce,
+                tls,
+            });
         }
         if domains.is_empty() {
             return Err(self.whole("no [[domain]] configured: add at least one, e.g.\n[[domain]]\nname = \"example.com\"\nprimary = [\"mail.example.com:25\"]"));
@@ -698,12 +703,19 @@ impl Ctx<'_> {
             Some(p) => p.into_inner(),
             None => 25,
         };
-        let routing = RoutingConfig { my_names, my_addresses, mx_port };
+        let routing = RoutingConfig {
+            my_names,
+            my_addresses,
+            mx_port,
+        };
         let path = |p: String| {
             let p = PathBuf::from(p);
             if p.is_relative() { base.join(p) } else { p }
         };
-        let tls = raw.tls.map(|t| TlsFiles { cert: path(t.cert), key: path(t.key) });
+        let tls = raw.tls.map(|t| TlsFiles {
+            cert: path(t.cert),
+            key: path(t.key),
+        });
 
         Ok(Config {
             hostname,

@@ -1,5 +1,5 @@
-//! Human-readable units in the config file: sizes (`"50MB"`, `1000000`) and durations
-//! (`"3s"`, `"5m"`, `"30d"`). Pure parsing, no I/O.
+//! Human-readable units in the config file: sizes (`"50MB"`, `1000000`), durations
+//! (`"3s"`, `"5m"`, `"30d"`) and certificate pins (`"sha256:…"`). Pure parsing, no I/O.
 
 use serde::de::{self, Deserializer, Visitor};
 use std::fmt;
@@ -95,6 +95,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Parses `sha256:HEX` (64 hex digits).
+pub fn parse_pin(text: &str) -> Result<[u8; 32], String> {
+    let hex = text.strip_prefix("sha256:").unwrap_or(text);
+    if hex.len() != 64 {
+        return Err(format!(
+            "`{text}` is not a SHA-256 pin: expected sha256: and 64 hex digits"
+        ));
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+        let s = std::str::from_utf8(chunk).map_err(|_| format!("`{text}`: not hex"))?;
+        out[i] = u8::from_str_radix(s, 16).map_err(|_| format!("`{text}`: not hex"))?;
+    }
+    Ok(out)
+}
+
 impl<'de> serde::Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -153,6 +169,14 @@ mod tests {
         assert!(parse_size("MB").is_err());
         assert!(parse_size("5XB").unwrap_err().contains("unknown unit"));
         assert!(parse_size("99999999999999999999GB").is_err());
+    }
+
+    #[test]
+    fn pins() {
+        let p = parse_pin(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+        assert_eq!(p[0], 0xab);
+        assert!(parse_pin("sha256:abc").is_err());
+        assert!(parse_pin(&"zz".repeat(32)).is_err());
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! transactions (with PIPELINING when offered), each step under an RFC 5321 §4.5.3.2 timeout.
 
 use super::mx::Target;
+use crate::config::TlsMode;
 use crate::smtp::Reply;
 use crate::smtp::reply::ReplyParser;
+use crate::tls::{ClientTls, Stream};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,6 +31,7 @@ pub struct Capabilities {
     pub smtputf8: bool,
     pub dsn: bool,
     pub chunking: bool,
+    pub starttls: bool,
 }
 
 impl Capabilities {
@@ -47,6 +50,7 @@ impl Capabilities {
                 "SMTPUTF8" => c.smtputf8 = true,
                 "DSN" => c.dsn = true,
                 "CHUNKING" => c.chunking = true,
+                "STARTTLS" => c.starttls = true,
                 _ => {}
             }
         }
@@ -69,6 +73,10 @@ pub enum ClientError {
         what: &'static str,
         reply: Reply,
     },
+    #[error("{host}: TLS failed: {reason}")]
+    Tls { host: String, reason: String },
+    #[error("{host}: TLS is required for this domain and {reason}")]
+    TlsRequired { host: String, reason: String },
     #[error("{host}: protocol error: {detail}")]
     Protocol { host: String, detail: String },
 }
@@ -84,11 +92,13 @@ impl ClientError {
 
 /// One SMTP connection to a primary.
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// The primary in logs: `name (ip:port)`.
     pub host: String,
     pub caps: Capabilities,
+    /// The TLS version and cipher, when the session is encrypted.
+    pub tls: Option<String>,
     t: Timeouts,
 }
 
@@ -96,26 +106,40 @@ const MAX_REPLY_LINE: usize = 4096;
 
 impl Client {
     /// Connects to the first target that answers with a 220 greeting and accepts EHLO (or
-    /// HELO). The error is the last target's.
+    /// HELO), starting TLS as `tls` says. With opportunistic TLS a failed handshake is retried
+    /// once in plaintext on the same target. The error is the last target's.
     pub async fn connect(
         targets: &[Target],
         helo: &str,
         t: &Timeouts,
+        tls: &ClientTls,
     ) -> Result<Client, ClientError> {
         let mut last = ClientError::Connect {
             host: "(none)".into(),
             reason: "no address to connect to".into(),
         };
         for target in targets {
-            match Self::connect_one(target, helo, t).await {
+            match Self::connect_one(target, helo, t, Some(tls)).await {
                 Ok(c) => return Ok(c),
+                Err(ClientError::Tls { host, reason }) if tls.mode == TlsMode::Opportunistic => {
+                    tracing::info!(primary = %host, reason, "TLS handshake failed; retrying without TLS (opportunistic)");
+                    match Self::connect_one(target, helo, t, None).await {
+                        Ok(c) => return Ok(c),
+                        Err(e) => last = e,
+                    }
+                }
                 Err(e) => last = e,
             }
         }
         Err(last)
     }
 
-    async fn connect_one(target: &Target, helo: &str, t: &Timeouts) -> Result<Client, ClientError> {
+    async fn connect_one(
+        target: &Target,
+        helo: &str,
+        t: &Timeouts,
+        tls: Option<&ClientTls>,
+    ) -> Result<Client, ClientError> {
         let name = target.to_string();
         let stream = match timeout(t.connect, TcpStream::connect(target.addr)).await {
             Err(_) => {
@@ -134,10 +158,11 @@ impl Client {
         };
         let _ = stream.set_nodelay(true);
         let mut c = Client {
-            stream,
+            stream: Stream::Plain(stream),
             buf: Vec::new(),
             host: name.clone(),
             caps: Capabilities::default(),
+            tls: None,
             t: t.clone(),
         };
         let greeting = c.read_reply(t.greeting, "the greeting").await?;
@@ -148,31 +173,85 @@ impl Client {
                 reply: greeting,
             });
         }
-        c.send(format!("EHLO {helo}\r\n").as_bytes(), "EHLO")
+        c.hello(helo).await?;
+        let Some(tls) = tls else { return Ok(c) };
+        if !c.caps.starttls {
+            if tls.mode == TlsMode::Opportunistic {
+                return Ok(c);
+            }
+            return Err(ClientError::TlsRequired {
+                host: name,
+                reason: "the primary does not offer STARTTLS".into(),
+            });
+        }
+        c.send(b"STARTTLS\r\n", "STARTTLS").await?;
+        let reply = c.read_reply(t.command, "the STARTTLS reply").await?;
+        if reply.code != 220 {
+            if tls.mode == TlsMode::Opportunistic {
+                return Ok(c);
+            }
+            return Err(ClientError::TlsRequired {
+                host: name,
+                reason: format!("STARTTLS refused: {reply}"),
+            });
+        }
+        // Anything the server sent before the handshake is not to be trusted (CVE-2021-38371).
+        c.buf.clear();
+        let Some(tcp) = c.stream.take_plain() else {
+            return Err(ClientError::Tls {
+                host: name,
+                reason: "no plain stream to start TLS on".into(),
+            });
+        };
+        match timeout(t.command, tls.connect(&target.name, tcp)).await {
+            Err(_) => {
+                return Err(ClientError::Tls {
+                    host: name,
+                    reason: "handshake timed out".into(),
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(ClientError::Tls {
+                    host: name,
+                    reason: e.to_string(),
+                });
+            }
+            Ok(Ok(s)) => c.stream = Stream::Client(Box::new(s)),
+        }
+        c.tls = c.stream.tls_info();
+        c.hello(helo).await?;
+        Ok(c)
+    }
+
+    /// EHLO, or HELO when EHLO is refused; sets the capabilities.
+    async fn hello(&mut self, helo: &str) -> Result<(), ClientError> {
+        let t = self.t.command;
+        self.send(format!("EHLO {helo}\r\n").as_bytes(), "EHLO")
             .await?;
-        let ehlo = c.read_reply(t.command, "the EHLO reply").await?;
+        let ehlo = self.read_reply(t, "the EHLO reply").await?;
         if ehlo.code == 250 {
-            c.caps = Capabilities::from_ehlo(&ehlo);
-            return Ok(c);
+            self.caps = Capabilities::from_ehlo(&ehlo);
+            return Ok(());
         }
         if ehlo.is_transient() {
             return Err(ClientError::Refused {
-                host: name,
+                host: self.host.clone(),
                 what: "EHLO",
                 reply: ehlo,
             });
         }
-        c.send(format!("HELO {helo}\r\n").as_bytes(), "HELO")
+        self.send(format!("HELO {helo}\r\n").as_bytes(), "HELO")
             .await?;
-        let helo_reply = c.read_reply(t.command, "the HELO reply").await?;
+        let helo_reply = self.read_reply(t, "the HELO reply").await?;
         if helo_reply.code != 250 {
             return Err(ClientError::Refused {
-                host: name,
+                host: self.host.clone(),
                 what: "HELO",
                 reply: helo_reply,
             });
         }
-        Ok(c)
+        self.caps = Capabilities::default();
+        Ok(())
     }
 
     pub async fn send(&mut self, bytes: &[u8], what: &'static str) -> Result<(), ClientError> {

@@ -10,10 +10,10 @@ use crate::queue::{Store, new_queue_id};
 use crate::scheduler::Flusher;
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
+use crate::tls::Stream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use crate::tls::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -307,7 +307,12 @@ fn act_simple(conn: &mut Conn, action: Action) -> bool {
 
 /// Switches the connection to TLS after the 220 reply. Input the client pipelined after
 /// STARTTLS is thrown away (CVE-2011-0411): only what arrives inside TLS counts. False: close.
-async fn start_tls(conn: &mut Conn, session: &mut Session, inbound: &Inbound, peer: SocketAddr) -> bool {
+async fn start_tls(
+    conn: &mut Conn,
+    session: &mut Session,
+    inbound: &Inbound,
+    peer: SocketAddr,
+) -> bool {
     if conn.flush().await.is_err() {
         return false;
     }

@@ -39,7 +39,10 @@ impl Trace<'_> {
             let (version, cipher) = tls.split_once(' ').unwrap_or((tls, ""));
             h.push_str(&format!("\r\n\t(using {version} with cipher {cipher})"));
         }
-        h.push_str(&format!("\r\n\tby {} (mx2) with {} id {}", self.hostname, self.protocol, self.queue_id));
+        h.push_str(&format!(
+            "\r\n\tby {} (mx2) with {} id {}",
+            self.hostname, self.protocol, self.queue_id
+        ));
         if let Some(rcpt) = self.single_recipient {
             h.push_str(&format!("\r\n\tfor <{rcpt}>"));
         }

@@ -228,9 +228,7 @@ impl Session {
             )),
             Command::Etrn(arg) => self.etrn(&arg),
             Command::StartTls => self.starttls(),
-            Command::Auth => {
-                self.error(Reply::new(502, "5.5.1", "command not implemented"))
-            }
+            Command::Auth => self.error(Reply::new(502, "5.5.1", "command not implemented")),
         }
     }
 
@@ -242,7 +240,11 @@ impl Session {
             return self.error(Reply::new(503, "5.5.1", "TLS already active"));
         }
         if self.tx.is_some() {
-            return self.error(Reply::new(503, "5.5.1", "STARTTLS not allowed inside a mail transaction"));
+            return self.error(Reply::new(
+                503,
+                "5.5.1",
+                "STARTTLS not allowed inside a mail transaction",
+            ));
         }
         Action::StartTls(Reply::new(220, "2.0.0", "ready to start TLS"))
     }
@@ -792,14 +794,22 @@ mod tests {
     #[test]
     fn starttls_resets_the_session() {
         let mut s = session();
-        assert!(matches!(s.command(b"EHLO c.test"), Action::Reply(r) if r.lines.iter().any(|l| l == "STARTTLS")));
+        assert!(
+            matches!(s.command(b"EHLO c.test"), Action::Reply(r) if r.lines.iter().any(|l| l == "STARTTLS"))
+        );
         run(&mut s, "MAIL FROM:<>");
         assert_eq!(run(&mut s, "STARTTLS"), 503, "not inside a transaction");
         run(&mut s, "RSET");
         assert_eq!(run(&mut s, "STARTTLS"), 220);
         s.tls_started("TLSv1_3 TLS13_AES_128_GCM_SHA256".into());
-        assert_eq!(run(&mut s, "MAIL FROM:<>"), 503, "EHLO is needed again after TLS");
-        assert!(matches!(s.command(b"EHLO c.test"), Action::Reply(r) if !r.lines.iter().any(|l| l == "STARTTLS")));
+        assert_eq!(
+            run(&mut s, "MAIL FROM:<>"),
+            503,
+            "EHLO is needed again after TLS"
+        );
+        assert!(
+            matches!(s.command(b"EHLO c.test"), Action::Reply(r) if !r.lines.iter().any(|l| l == "STARTTLS"))
+        );
         assert_eq!(run(&mut s, "STARTTLS"), 503);
         run(&mut s, "MAIL FROM:<>");
         run(&mut s, "RCPT TO:<u@example.test>");
@@ -807,8 +817,12 @@ mod tests {
         let mut d = s.data_decoder();
         d.feed(b"x\r\n.\r\n");
         let m = commit(s.data_done(d, SystemTime::UNIX_EPOCH, "q".into()));
-        let head = String::from_utf8_lossy(&m.body[..200]).into_owned();
-        assert!(head.contains("(using TLSv1_3 with cipher TLS13_AES_128_GCM_SHA256)") && head.contains("with ESMTPS id q"), "{head}");
+        let head = String::from_utf8_lossy(&m.body).into_owned();
+        assert!(
+            head.contains("(using TLSv1_3 with cipher TLS13_AES_128_GCM_SHA256)")
+                && head.contains("with ESMTPS id q"),
+            "{head}"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub mod backoff;
 pub mod notify;
 pub mod route;
 
-use crate::config::{Config, DomainRoute};
+use crate::config::{Config, DomainRoute, TlsPolicy};
 use crate::delivery::client::{Client, Timeouts};
 use crate::delivery::mx::{self, Identity, NoRoute, RouteKind, Target};
 use crate::delivery::{Broken, Outcome, RecipientResult, deliver};
@@ -15,6 +15,7 @@ use crate::queue::{Job, Status, Store, Update, now_ms};
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use crate::tasks::Tracker;
+use crate::tls::ClientTls;
 use notify::{Context, Notifier};
 use route::{Pushed, Route, Transition};
 use std::collections::HashMap;
@@ -113,6 +114,8 @@ pub struct Scheduler {
     settings: Settings,
     /// Domain → route. Domains with the same primaries share one route.
     routes: Mutex<HashMap<String, Arc<Route>>>,
+    /// Opportunistic TLS, for routes made on the fly.
+    default_tls: ClientTls,
     dns: Arc<Dns>,
     identity: Identity,
     mx_port: u16,
@@ -128,6 +131,7 @@ fn ms(d: Duration) -> i64 {
 
 impl Scheduler {
     /// `wake` is notified by whoever makes something due (a new message, ETRN, a flush).
+    /// Fails when a domain's TLS settings cannot be loaded (CA file).
     pub fn new(
         config: &Config,
         store: Arc<dyn Store>,
@@ -135,9 +139,10 @@ impl Scheduler {
         wake: Arc<Notify>,
         shutdown: Shutdown,
         tasks: Tracker,
-    ) -> Arc<Self> {
-        // Domains with the same static primaries share one route; MX domains have their own.
-        let mut by_kind: HashMap<String, (RouteKind, Vec<String>)> = HashMap::new();
+    ) -> Result<Arc<Self>, String> {
+        // Domains with the same static primaries and TLS policy share one route; MX domains
+        // have their own.
+        let mut by_key: HashMap<String, (RouteKind, &TlsPolicy, Vec<String>)> = HashMap::new();
         for d in &config.domains {
             let kind = match &d.route {
                 DomainRoute::Primary(hosts) => RouteKind::Static(hosts.clone()),
@@ -146,15 +151,21 @@ impl Scheduler {
                     backed_up: true,
                 },
             };
-            by_kind
-                .entry(Route::key_of(&kind))
-                .or_insert_with(|| (kind, Vec::new()))
-                .1
+            let mut key = Route::key_of(&kind);
+            if d.tls != TlsPolicy::default() {
+                key.push_str(&format!("|{:?}", d.tls));
+            }
+            by_key
+                .entry(key)
+                .or_insert_with(|| (kind, &d.tls, Vec::new()))
+                .2
                 .push(d.name.clone());
         }
         let mut routes = HashMap::new();
-        for (_, (kind, domains)) in by_kind {
-            let route = Arc::new(Route::new(kind, domains.clone()));
+        for (_, (kind, policy, domains)) in by_key {
+            let tls = ClientTls::new(policy)
+                .map_err(|e| format!("domain {}: {e}", domains.join(", ")))?;
+            let route = Arc::new(Route::new(kind, domains.clone(), tls));
             for d in domains {
                 routes.insert(d, route.clone());
             }
@@ -164,10 +175,11 @@ impl Scheduler {
             addrs: config.smtp.listen.clone(),
             extra: config.routing.my_addresses.iter().copied().collect(),
         };
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             store,
             settings: Settings::from_config(config),
             routes: Mutex::new(routes),
+            default_tls: ClientTls::new(&TlsPolicy::default())?,
             dns,
             identity,
             mx_port: config.routing.mx_port,
@@ -183,7 +195,7 @@ impl Scheduler {
             wake,
             shutdown,
             tasks,
-        })
+        }))
     }
 
     fn all_routes(&self) -> Vec<Arc<Route>> {
@@ -215,6 +227,7 @@ impl Scheduler {
                         backed_up: false,
                     },
                     vec![domain.to_string()],
+                    self.default_tls.clone(),
                 ))
             })
             .clone()
@@ -373,13 +386,14 @@ impl Scheduler {
                     return;
                 }
             };
-            let mut client = match Client::connect(&targets, &s.hostname, &s.timeouts).await {
-                Ok(c) => c,
-                Err(e) => {
-                    self.route_failed(&route, &e.to_string()).await;
-                    return;
-                }
-            };
+            let mut client =
+                match Client::connect(&targets, &s.hostname, &s.timeouts, &route.tls).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.route_failed(&route, &e.to_string()).await;
+                        return;
+                    }
+                };
             let mut sent = 0;
             loop {
                 if self.shutdown.is_shutdown() {
@@ -490,7 +504,9 @@ impl Scheduler {
             }
             let reachable = match self.targets(&route).await {
                 Ok(targets) => {
-                    match Client::connect(&targets, &s.hostname, &s.probe_timeouts).await {
+                    match Client::connect(&targets, &s.hostname, &s.probe_timeouts, &route.tls)
+                        .await
+                    {
                         Ok(client) => {
                             client.quit().await;
                             true

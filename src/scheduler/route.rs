@@ -3,6 +3,7 @@
 
 use crate::delivery::mx::RouteKind;
 use crate::queue::Job;
+use crate::tls::ClientTls;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -11,6 +12,8 @@ pub struct Route {
     /// The route's name in logs: the hosts as configured, or `mx:domain`.
     pub key: String,
     pub kind: RouteKind,
+    /// How connections on this route use TLS.
+    pub tls: ClientTls,
     /// The domains that use this route.
     pub domains: Vec<String>,
     state: Mutex<State>,
@@ -57,10 +60,11 @@ impl Route {
         }
     }
 
-    pub fn new(kind: RouteKind, domains: Vec<String>) -> Self {
+    pub fn new(kind: RouteKind, domains: Vec<String>, tls: ClientTls) -> Self {
         Self {
             key: Self::key_of(&kind),
             kind,
+            tls,
             domains,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -177,6 +181,7 @@ mod tests {
                 crate::config::HostPort::parse("127.0.0.1:25").unwrap(),
             ]),
             vec!["example.test".into()],
+            ClientTls::new(&Default::default()).unwrap(),
         )
     }
 
