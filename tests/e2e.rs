@@ -451,3 +451,50 @@ fn etrn_starts_delivery_of_held_mail_at_once() {
         "nothing left to send"
     );
 }
+
+#[test]
+fn the_drain_backs_off_when_the_primary_pushes_back() {
+    let port = free_port();
+    let tail = format!(
+        "[delivery]\nmax_connections_per_primary = 10\ninitial_connections_per_primary = 4\nconnect_timeout = \"2s\"\nmessages_per_connection = 5\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{port}\"]\n"
+    );
+    let mx2 = Mx2::start_config(|p, state| config_with(p, state, "", &tail));
+    let mut c = mx2.client();
+    c.cmd("EHLO client.test");
+    const N: usize = 80;
+    for i in 0..N {
+        assert!(
+            c.send_mail(
+                "a@sender.test",
+                &["user@example.test"],
+                &message(&format!("drain{i}"), "x")
+            )
+            .starts_with("250")
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    // The primary comes back but takes only 2 sessions at once, refusing more with 421.
+    let opts = PrimaryOptions {
+        max_connections: Some(2),
+        delay: Duration::from_millis(2),
+        ..Default::default()
+    };
+    let primary = Primary::start_with(port, opts);
+    let start = Instant::now();
+    let got = primary.wait_for(N, Duration::from_secs(60));
+    let took = start.elapsed();
+    println!(
+        "drain of {N} messages against a 2-session primary: {took:?}, {} connections refused with 421, peak {} sessions",
+        primary.refused(),
+        primary.peak()
+    );
+    assert_eq!(got.len(), N, "log:\n{}", mx2.log());
+    assert!(primary.peak() <= 2);
+    // Starting at 4 connections costs a refusal or two before mx2 settles; a fixed pool of
+    // 10 would be refused on every round of reconnections.
+    assert!(
+        primary.refused() <= 6,
+        "mx2 kept knocking: {} refusals",
+        primary.refused()
+    );
+}

@@ -133,7 +133,12 @@ pub struct ProbeConfig {
 
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
+    /// The ceiling of the adaptive per-primary concurrency.
     pub max_connections_per_primary: usize,
+    /// Where the adaptive concurrency starts.
+    pub initial_connections_per_primary: usize,
+    /// Messages per second per primary (None: no cap).
+    pub max_messages_per_second: Option<f64>,
     pub messages_per_connection: usize,
     pub connect_timeout: Duration,
     pub greeting_timeout: Duration,
@@ -349,6 +354,8 @@ struct RawProbe {
 #[serde(deny_unknown_fields)]
 struct RawDelivery {
     max_connections_per_primary: Option<Spanned<usize>>,
+    initial_connections_per_primary: Option<Spanned<usize>>,
+    max_messages_per_second: Option<Spanned<f64>>,
     messages_per_connection: Option<Spanned<usize>>,
     connect_timeout: Option<Span>,
     greeting_timeout: Option<Span>,
@@ -408,7 +415,13 @@ impl Ctx<'_> {
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = self.text[line_start..start].chars().count() + 1;
         let key = key_at(self.text, line_start)
-            .map(|k| format!("key `{k}`: "))
+            .map(|k| {
+                if k.starts_with("table ") {
+                    format!("{k}: ")
+                } else {
+                    format!("key `{k}`: ")
+                }
+            })
             .unwrap_or_default();
         ConfigError::Invalid {
             path: self.name.to_string(),
@@ -546,7 +559,19 @@ impl Ctx<'_> {
 
         let d = raw.delivery;
         let delivery = DeliveryConfig {
-            max_connections_per_primary: positive(self, d.max_connections_per_primary, 4)?,
+            max_connections_per_primary: positive(self, d.max_connections_per_primary, 10)?,
+            initial_connections_per_primary: positive(self, d.initial_connections_per_primary, 2)?,
+            max_messages_per_second: match d.max_messages_per_second {
+                Some(r) if *r.get_ref() < 0.0 || !r.get_ref().is_finite() => {
+                    return Err(self.at(
+                        r.span(),
+                        "max_messages_per_second must be a positive number (0 turns the cap off)",
+                    ));
+                }
+                Some(r) if *r.get_ref() == 0.0 => None,
+                Some(r) => Some(r.into_inner()),
+                None => None,
+            },
             messages_per_connection: positive(self, d.messages_per_connection, 100)?,
             connect_timeout: d.connect_timeout.map_or(Duration::from_secs(30), |v| v.0),
             greeting_timeout: d.greeting_timeout.map_or(Duration::from_secs(300), |v| v.0),
@@ -745,6 +770,9 @@ fn positive(cx: &Ctx<'_>, v: Option<Spanned<usize>>, default: usize) -> Result<u
 /// nearest `[table]` header above it.
 fn key_at(text: &str, line_start: usize) -> Option<String> {
     let line = text[line_start..].lines().next()?;
+    if line.trim_start().starts_with('[') {
+        return Some(format!("table {}", line.trim()));
+    }
     let (key, _) = line.split_once('=')?;
     let key = key.trim().trim_matches('"');
     if key.is_empty() || key.starts_with('#') {

@@ -3,6 +3,7 @@
 //! the moment it answers again. It changes the queue only through the `Store` trait.
 
 pub mod backoff;
+pub mod concurrency;
 pub mod notify;
 pub mod route;
 
@@ -16,8 +17,9 @@ use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use crate::tasks::Tracker;
 use crate::tls::ClientTls;
+use concurrency::Concurrency;
 use notify::{Context, Notifier};
-use route::{Pushed, Route, Transition};
+use route::{Failure, Pushed, Route, Transition};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,6 +44,8 @@ pub struct Settings {
     pub probe_timeouts: Timeouts,
     pub timeouts: Timeouts,
     pub max_connections_per_primary: usize,
+    pub initial_connections_per_primary: usize,
+    pub max_messages_per_second: Option<f64>,
     pub messages_per_connection: usize,
 }
 
@@ -68,6 +72,8 @@ impl Settings {
                 data: d.data_timeout,
             },
             max_connections_per_primary: d.max_connections_per_primary,
+            initial_connections_per_primary: d.initial_connections_per_primary,
+            max_messages_per_second: d.max_messages_per_second,
             messages_per_connection: d.messages_per_connection,
         }
     }
@@ -165,7 +171,11 @@ impl Scheduler {
         for (_, (kind, policy, domains)) in by_key {
             let tls = ClientTls::new(policy)
                 .map_err(|e| format!("domain {}: {e}", domains.join(", ")))?;
-            let route = Arc::new(Route::new(kind, domains.clone(), tls));
+            let concurrency = Concurrency::new(
+                config.delivery.initial_connections_per_primary,
+                config.delivery.max_connections_per_primary,
+            );
+            let route = Arc::new(Route::new(kind, domains.clone(), tls, concurrency));
             for d in domains {
                 routes.insert(d, route.clone());
             }
@@ -228,6 +238,10 @@ impl Scheduler {
                     },
                     vec![domain.to_string()],
                     self.default_tls.clone(),
+                    Concurrency::new(
+                        self.settings.initial_connections_per_primary,
+                        self.settings.max_connections_per_primary,
+                    ),
                 ))
             })
             .clone()
@@ -305,7 +319,7 @@ impl Scheduler {
             return;
         }
         let route = self.route_for(&job.domain);
-        match route.push(job, self.settings.max_connections_per_primary) {
+        match route.push(job) {
             Pushed::Queued => {}
             Pushed::StartWorker => {
                 let me = self.clone();
@@ -390,7 +404,7 @@ impl Scheduler {
                 match Client::connect(&targets, &s.hostname, &s.timeouts, &route.tls).await {
                     Ok(c) => c,
                     Err(e) => {
-                        self.route_failed(&route, &e.to_string()).await;
+                        self.connection_failed(&route, &e.to_string()).await;
                         return;
                     }
                 };
@@ -408,6 +422,10 @@ impl Scheduler {
                     client.quit().await;
                     return;
                 };
+                let wait = route.pace(s.max_messages_per_second, std::time::Instant::now());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 let body = match self.store.body(&job.queue_id).await {
                     Ok(b) => b,
                     Err(e) => {
@@ -418,6 +436,9 @@ impl Scheduler {
                 };
                 match deliver(&mut client, &job, &body).await {
                     Ok(results) => {
+                        if results.iter().any(|r| r.outcome == Outcome::Delivered) {
+                            route.success(std::time::Instant::now());
+                        }
                         let cx = Context {
                             relayed_without_dsn: !client.caps.dsn,
                             remote: Some(client.host.as_str()),
@@ -427,7 +448,8 @@ impl Scheduler {
                     Err(broken) => {
                         self.record_broken(&job, &client.host.to_string(), &broken)
                             .await;
-                        self.route_failed(&route, &broken.error.to_string()).await;
+                        self.connection_failed(&route, &broken.error.to_string())
+                            .await;
                         return;
                     }
                 }
@@ -440,9 +462,31 @@ impl Scheduler {
         }
     }
 
-    /// A connection to the route failed: mark it down, start its probe, put its jobs back.
+    /// A connection failed: the primary pushes back (other connections still work) or is down.
+    async fn connection_failed(self: &Arc<Self>, route: &Arc<Route>, reason: &str) {
+        match route.fail_or_shrink(std::time::Instant::now()) {
+            Failure::Shrunk => {
+                info!(primary = %route.key, reason, connections = route.allowed(), "primary pushed back; fewer connections for a while");
+            }
+            Failure::Down(transition, jobs) => {
+                self.went_down(route, reason, transition, jobs).await
+            }
+        }
+    }
+
+    /// The route cannot be used at all (DNS): mark it down, start its probe, put its jobs back.
     async fn route_failed(self: &Arc<Self>, route: &Arc<Route>, reason: &str) {
         let (transition, jobs) = route.fail();
+        self.went_down(route, reason, transition, jobs).await;
+    }
+
+    async fn went_down(
+        self: &Arc<Self>,
+        route: &Arc<Route>,
+        reason: &str,
+        transition: Transition,
+        jobs: Vec<Job>,
+    ) {
         if transition == Transition::WentDown {
             warn!(primary = %route.key, reason, "primary is down; holding its mail and probing every {:?}", self.settings.probe_interval);
             let me = self.clone();

@@ -1,12 +1,13 @@
 //! A route: the primary hosts that one or more domains deliver to, its health (up, or down
 //! since when), and the jobs waiting for one of its connections.
 
+use super::concurrency::Concurrency;
 use crate::delivery::mx::RouteKind;
 use crate::queue::Job;
 use crate::tls::ClientTls;
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 pub struct Route {
     /// The route's name in logs: the hosts as configured, or `mx:domain`.
@@ -25,6 +26,19 @@ struct State {
     up: bool,
     since: SystemTime,
     probing: bool,
+    concurrency: Concurrency,
+    /// With a rate cap: the earliest time the next message may start.
+    next_slot: Option<Instant>,
+}
+
+/// What a failed connection means for the route.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Other connections are still working: the primary is pushing back. The worker is
+    /// retired and the route allows fewer connections for a while.
+    Shrunk,
+    /// It was the last connection: the route is down (see [`Route::fail`]).
+    Down(Transition, Vec<Job>),
 }
 
 /// What [`Route::push`] asks the caller to do.
@@ -60,7 +74,12 @@ impl Route {
         }
     }
 
-    pub fn new(kind: RouteKind, domains: Vec<String>, tls: ClientTls) -> Self {
+    pub fn new(
+        kind: RouteKind,
+        domains: Vec<String>,
+        tls: ClientTls,
+        concurrency: Concurrency,
+    ) -> Self {
         Self {
             key: Self::key_of(&kind),
             kind,
@@ -72,6 +91,8 @@ impl Route {
                 up: true,
                 since: SystemTime::now(),
                 probing: false,
+                concurrency,
+                next_slot: None,
             }),
         }
     }
@@ -81,14 +102,14 @@ impl Route {
     }
 
     /// Queues a job for delivery, asking for one more worker when the queue outgrows the
-    /// workers and the limit allows.
-    pub fn push(&self, job: Job, max_workers: usize) -> Pushed {
+    /// workers and the route's current concurrency allows.
+    pub fn push(&self, job: Job) -> Pushed {
         let mut s = self.lock();
         if !s.up {
             return Pushed::Down(job);
         }
         s.queue.push_back(job);
-        if s.workers < max_workers && s.workers < s.queue.len() {
+        if s.workers < s.concurrency.allowed() && s.workers < s.queue.len() {
             s.workers += 1;
             Pushed::StartWorker
         } else {
@@ -105,6 +126,42 @@ impl Route {
             s.workers -= 1;
         }
         job
+    }
+
+    /// A connection failed. With other connections still open the primary is pushing back:
+    /// shrink. Otherwise the route is down.
+    pub fn fail_or_shrink(&self, now: Instant) -> Failure {
+        {
+            let mut s = self.lock();
+            if s.workers > 1 {
+                s.workers -= 1;
+                s.concurrency.overload(now);
+                return Failure::Shrunk;
+            }
+        }
+        let (t, jobs) = self.fail();
+        Failure::Down(t, jobs)
+    }
+
+    /// A message went through: the route may grow.
+    pub fn success(&self, now: Instant) {
+        self.lock().concurrency.success(now);
+    }
+
+    /// How long to wait before the next message under a rate cap of `per_second`.
+    pub fn pace(&self, per_second: Option<f64>, now: Instant) -> Duration {
+        let Some(rate) = per_second.filter(|r| *r > 0.0) else {
+            return Duration::ZERO;
+        };
+        let mut s = self.lock();
+        let slot = s.next_slot.map_or(now, |t| t.max(now));
+        s.next_slot = Some(slot + Duration::from_secs_f64(1.0 / rate));
+        slot - now
+    }
+
+    /// Connections allowed now.
+    pub fn allowed(&self) -> usize {
+        self.lock().concurrency.allowed()
     }
 
     /// A worker gives up (connection failed): retire it, mark the route down, and hand back
@@ -182,15 +239,16 @@ mod tests {
             ]),
             vec!["example.test".into()],
             ClientTls::new(&Default::default()).unwrap(),
+            Concurrency::new(2, 2),
         )
     }
 
     #[test]
     fn workers_grow_with_the_queue_up_to_the_limit() {
         let r = route();
-        assert_eq!(r.push(job("a"), 2), Pushed::StartWorker);
-        assert_eq!(r.push(job("b"), 2), Pushed::StartWorker);
-        assert_eq!(r.push(job("c"), 2), Pushed::Queued);
+        assert_eq!(r.push(job("a")), Pushed::StartWorker);
+        assert_eq!(r.push(job("b")), Pushed::StartWorker);
+        assert_eq!(r.push(job("c")), Pushed::Queued);
         assert_eq!(r.workers(), 2);
         assert!(r.next_job().is_some());
         assert!(r.next_job().is_some());
@@ -200,10 +258,34 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_beside_working_connections_shrinks_instead() {
+        let r = route();
+        r.push(job("a"));
+        r.push(job("b"));
+        r.push(job("c"));
+        assert_eq!(r.fail_or_shrink(Instant::now()), Failure::Shrunk);
+        assert!(r.is_up());
+        assert_eq!(r.allowed(), 1);
+        assert!(
+            matches!(r.fail_or_shrink(Instant::now()), Failure::Down(Transition::WentDown, jobs) if jobs.len() == 3)
+        );
+    }
+
+    #[test]
+    fn pacing() {
+        let r = route();
+        let now = Instant::now();
+        assert_eq!(r.pace(None, now), Duration::ZERO);
+        assert_eq!(r.pace(Some(10.0), now), Duration::ZERO);
+        assert_eq!(r.pace(Some(10.0), now), Duration::from_millis(100));
+        assert_eq!(r.pace(Some(10.0), now), Duration::from_millis(200));
+    }
+
+    #[test]
     fn failure_marks_down_once_and_returns_jobs() {
         let r = route();
-        r.push(job("a"), 2);
-        r.push(job("b"), 2);
+        r.push(job("a"));
+        r.push(job("b"));
         let (t, jobs) = r.fail();
         assert_eq!((t, jobs.len()), (Transition::WentDown, 2));
         assert!(!r.is_up());
@@ -213,9 +295,9 @@ mod tests {
             Transition::Same,
             "a second failing worker starts no second probe"
         );
-        assert!(matches!(r.push(job("c"), 2), Pushed::Down(_)));
+        assert!(matches!(r.push(job("c")), Pushed::Down(_)));
         r.mark_up();
         assert!(r.is_up());
-        assert_eq!(r.push(job("d"), 2), Pushed::StartWorker);
+        assert_eq!(r.push(job("d")), Pushed::StartWorker);
     }
 }

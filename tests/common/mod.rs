@@ -56,6 +56,10 @@ struct PrimaryState {
     messages: Vec<Received>,
     rcpt_tries: HashMap<String, usize>,
     connections: usize,
+    /// Sessions open now, the most ever open at once, and connections refused with 421.
+    active: usize,
+    peak: usize,
+    refused: usize,
 }
 
 /// A scriptable SMTP server standing in for a domain's primary MX. Its end-of-data detection is
@@ -74,6 +78,8 @@ pub struct PrimaryOptions {
     pub delay: Duration,
     /// Advertise DSN in EHLO.
     pub dsn: bool,
+    /// Refuse connections beyond this many open sessions with 421.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for PrimaryOptions {
@@ -82,6 +88,7 @@ impl Default for PrimaryOptions {
             rcpt: Arc::new(|_, _| (250, "2.1.5 ok")),
             delay: Duration::ZERO,
             dsn: false,
+            max_connections: None,
         }
     }
 }
@@ -107,12 +114,25 @@ impl Primary {
         let thread = thread::spawn(move || {
             while !sp.load(Ordering::SeqCst) {
                 match listener.accept() {
-                    Ok((stream, _)) => {
+                    Ok((mut stream, _)) => {
                         stream.set_nonblocking(false).unwrap();
-                        st.lock().unwrap().connections += 1;
+                        {
+                            let mut s = st.lock().unwrap();
+                            s.connections += 1;
+                            if opts.max_connections.is_some_and(|k| s.active >= k) {
+                                s.refused += 1;
+                                drop(s);
+                                let _ = stream
+                                    .write_all(b"421 4.7.0 too many connections, try later\r\n");
+                                continue;
+                            }
+                            s.active += 1;
+                            s.peak = s.peak.max(s.active);
+                        }
                         let (st, opts, sp) = (st.clone(), opts.clone(), sp.clone());
                         thread::spawn(move || {
                             let _ = serve_primary(stream, &st, &opts, &sp);
+                            st.lock().unwrap().active -= 1;
                         });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
@@ -143,6 +163,16 @@ impl Primary {
 
     pub fn connections(&self) -> usize {
         self.state.lock().unwrap().connections
+    }
+
+    /// Connections refused with 421 because `max_connections` were open.
+    pub fn refused(&self) -> usize {
+        self.state.lock().unwrap().refused
+    }
+
+    /// The most sessions ever open at once.
+    pub fn peak(&self) -> usize {
+        self.state.lock().unwrap().peak
     }
 
     /// Waits until at least `n` messages have arrived.
@@ -452,11 +482,7 @@ shutdown_grace = "5s"
 {smtp_extra}
 {queue}
 {probe}
-[delivery]
-connect_timeout = "2s"
-greeting_timeout = "5s"
-command_timeout = "5s"
-data_timeout = "10s"
+{delivery}
 {tail}
 "#,
         state = state_dir.display(),
@@ -465,6 +491,11 @@ data_timeout = "10s"
             ""
         } else {
             "[queue]\nretry_min = \"1s\"\nretry_max = \"4s\""
+        },
+        delivery = if tail.contains("[delivery]") {
+            ""
+        } else {
+            "[delivery]\nconnect_timeout = \"2s\"\ngreeting_timeout = \"5s\"\ncommand_timeout = \"5s\"\ndata_timeout = \"10s\""
         },
         probe = if tail.contains("[probe]") {
             ""
