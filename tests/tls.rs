@@ -195,3 +195,72 @@ fn outbound_tls_policies() {
     );
     assert!(pinned.log().contains("tls_pin"), "{}", pinned.log());
 }
+
+#[test]
+fn smtp_auth_to_the_primary_only_inside_tls() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("relay.pass");
+    std::fs::write(&pass, "s3cret\n").unwrap();
+    let wrong = dir.path().join("wrong.pass");
+    std::fs::write(&wrong, "guess\n").unwrap();
+    let opts = || PrimaryOptions {
+        tls: Some(pki.server_config(dir.path(), &["primary.test"])),
+        auth: Some(("relay".into(), "s3cret".into())),
+        ..Default::default()
+    };
+    let primary = Primary::start_with(0, opts());
+    let relay = |port: u16, pass: &std::path::Path| {
+        let tail = format!(
+            "[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{port}\"]\nauth_user = \"relay\"\nauth_password_file = \"{}\"\n",
+            pass.display()
+        );
+        Mx2::start_config(|p, state| config_with(p, state, "", &tail))
+    };
+    let send = |m: &Mx2, id: &str| {
+        let mut c = m.client();
+        c.cmd("EHLO client.test");
+        assert!(
+            c.send_mail("a@sender.test", &["user@example.test"], &message(id, "x"))
+                .starts_with("250")
+        );
+    };
+    let good = relay(primary.port, &pass);
+    send(&good, "authed");
+    let got = primary.wait_for(1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1, "log:\n{}", good.log());
+    assert!(got[0].tls, "delivered outside TLS");
+    assert_eq!(got[0].authenticated.as_deref(), Some("relay"));
+
+    let bad = relay(primary.port, &wrong);
+    send(&bad, "badpass");
+    // A primary without TLS: the password must never be sent.
+    let plain = Primary::start_with(
+        0,
+        PrimaryOptions {
+            auth: Some(("relay".into(), "s3cret".into())),
+            ..Default::default()
+        },
+    );
+    let cleartext = relay(plain.port, &pass);
+    send(&cleartext, "cleartext");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        primary.messages().len(),
+        1,
+        "a message went through with a wrong password"
+    );
+    assert!(bad.log().contains("535"), "{}", bad.log());
+    assert!(plain.messages().is_empty());
+    assert!(
+        cleartext
+            .log()
+            .contains("credentials are only sent inside TLS"),
+        "{}",
+        cleartext.log()
+    );
+    assert!(
+        !cleartext.log().contains("s3cret") && !good.log().contains("s3cret"),
+        "the password leaked into a log"
+    );
+}

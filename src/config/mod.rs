@@ -154,6 +154,15 @@ pub struct DomainConfig {
     pub route: DomainRoute,
     pub bounce: BouncePolicy,
     pub tls: TlsPolicy,
+    /// SMTP AUTH to the primary (only ever inside TLS).
+    pub auth: Option<AuthConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub user: String,
+    /// A file holding the password (one line), readable by mx2 only.
+    pub password_file: PathBuf,
 }
 
 /// How delivery to a domain uses TLS.
@@ -374,6 +383,8 @@ struct RawDomain {
     tls: Option<Spanned<String>>,
     tls_ca_file: Option<String>,
     tls_pin: Option<Spanned<String>>,
+    auth_user: Option<Spanned<String>>,
+    auth_password_file: Option<Spanned<String>>,
 }
 
 // ---- loading --------------------------------------------------------------------------
@@ -677,11 +688,31 @@ impl Ctx<'_> {
                 if p.is_relative() { base.join(p) } else { p }
             });
             let tls = TlsPolicy { mode, ca_file, pin };
+            let auth = match (&d.auth_user, &d.auth_password_file) {
+                (None, None) => None,
+                (Some(u), Some(f)) => {
+                    let f = PathBuf::from(f.get_ref());
+                    Some(AuthConfig {
+                        user: u.get_ref().clone(),
+                        password_file: if f.is_relative() { base.join(f) } else { f },
+                    })
+                }
+                (Some(u), None) => {
+                    return Err(self.at(
+                        u.span(),
+                        "auth_user needs auth_password_file (a file holding the password)",
+                    ));
+                }
+                (None, Some(f)) => {
+                    return Err(self.at(f.span(), "auth_password_file needs auth_user"));
+                }
+            };
             domains.push(DomainConfig {
                 name,
                 route,
                 bounce,
                 tls,
+                auth,
             });
         }
         if domains.is_empty() {

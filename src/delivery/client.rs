@@ -1,6 +1,7 @@
 //! The outbound SMTP client: connects to a primary, reads its capabilities, and runs mail
 //! transactions (with PIPELINING when offered), each step under an RFC 5321 §4.5.3.2 timeout.
 
+use super::auth::Credentials;
 use super::mx::Target;
 use crate::config::TlsMode;
 use crate::smtp::Reply;
@@ -32,6 +33,8 @@ pub struct Capabilities {
     pub dsn: bool,
     pub chunking: bool,
     pub starttls: bool,
+    pub auth_plain: bool,
+    pub auth_login: bool,
 }
 
 impl Capabilities {
@@ -51,6 +54,15 @@ impl Capabilities {
                 "DSN" => c.dsn = true,
                 "CHUNKING" => c.chunking = true,
                 "STARTTLS" => c.starttls = true,
+                "AUTH" => {
+                    for m in words.by_ref() {
+                        match m.to_ascii_uppercase().as_str() {
+                            "PLAIN" => c.auth_plain = true,
+                            "LOGIN" => c.auth_login = true,
+                            _ => {}
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -113,21 +125,31 @@ impl Client {
         helo: &str,
         t: &Timeouts,
         tls: &ClientTls,
+        auth: Option<&Credentials>,
     ) -> Result<Client, ClientError> {
         let mut last = ClientError::Connect {
             host: "(none)".into(),
             reason: "no address to connect to".into(),
         };
         for target in targets {
-            match Self::connect_one(target, helo, t, Some(tls)).await {
-                Ok(c) => return Ok(c),
-                Err(ClientError::Tls { host, reason }) if tls.mode == TlsMode::Opportunistic => {
+            let attempt = match Self::connect_one(target, helo, t, Some(tls)).await {
+                // Plaintext is worth a try only when nothing secret is to be sent.
+                Err(ClientError::Tls { host, reason })
+                    if tls.mode == TlsMode::Opportunistic && auth.is_none() =>
+                {
                     tracing::info!(primary = %host, reason, "TLS handshake failed; retrying without TLS (opportunistic)");
-                    match Self::connect_one(target, helo, t, None).await {
-                        Ok(c) => return Ok(c),
-                        Err(e) => last = e,
-                    }
+                    Self::connect_one(target, helo, t, None).await
                 }
+                other => other,
+            };
+            match attempt {
+                Ok(mut c) => match auth {
+                    Some(creds) => match super::auth::authenticate(&mut c, creds).await {
+                        Ok(()) => return Ok(c),
+                        Err(e) => last = e,
+                    },
+                    None => return Ok(c),
+                },
                 Err(e) => last = e,
             }
         }

@@ -2,6 +2,7 @@
 //! domain), turning the primary's replies into per-recipient outcomes. Routes are the domain's
 //! static `primary` hosts, tried in order; the connection comes from [`client::Client`].
 
+pub mod auth;
 pub mod client;
 pub mod mx;
 

@@ -8,6 +8,7 @@ pub mod notify;
 pub mod route;
 
 use crate::config::{Config, DomainRoute, TlsPolicy};
+use crate::delivery::auth::Credentials;
 use crate::delivery::client::{Client, Timeouts};
 use crate::delivery::mx::{self, Identity, NoRoute, RouteKind, Target};
 use crate::delivery::{Broken, Outcome, RecipientResult, deliver};
@@ -148,7 +149,8 @@ impl Scheduler {
     ) -> Result<Arc<Self>, String> {
         // Domains with the same static primaries and TLS policy share one route; MX domains
         // have their own.
-        let mut by_key: HashMap<String, (RouteKind, &TlsPolicy, Vec<String>)> = HashMap::new();
+        let mut by_key: HashMap<String, (RouteKind, &crate::config::DomainConfig, Vec<String>)> =
+            HashMap::new();
         for d in &config.domains {
             let kind = match &d.route {
                 DomainRoute::Primary(hosts) => RouteKind::Static(hosts.clone()),
@@ -161,21 +163,41 @@ impl Scheduler {
             if d.tls != TlsPolicy::default() {
                 key.push_str(&format!("|{:?}", d.tls));
             }
+            if let Some(a) = &d.auth {
+                key.push_str(&format!("|auth={}", a.user));
+            }
             by_key
                 .entry(key)
-                .or_insert_with(|| (kind, &d.tls, Vec::new()))
+                .or_insert_with(|| (kind, d, Vec::new()))
                 .2
                 .push(d.name.clone());
         }
         let mut routes = HashMap::new();
-        for (_, (kind, policy, domains)) in by_key {
-            let tls = ClientTls::new(policy)
+        for (_, (kind, domain, domains)) in by_key {
+            let tls = ClientTls::new(&domain.tls)
                 .map_err(|e| format!("domain {}: {e}", domains.join(", ")))?;
+            let auth = match &domain.auth {
+                None => None,
+                Some(a) => {
+                    let password = std::fs::read_to_string(&a.password_file).map_err(|e| {
+                        format!(
+                            "domain {}: cannot read auth_password_file {}: {e}",
+                            domain.name,
+                            a.password_file.display()
+                        )
+                    })?;
+                    Some(Credentials {
+                        user: a.user.clone(),
+                        password: password.trim_end_matches(['\r', '\n']).to_string(),
+                    })
+                }
+            };
             let concurrency = Concurrency::new(
                 config.delivery.initial_connections_per_primary,
                 config.delivery.max_connections_per_primary,
             );
-            let route = Arc::new(Route::new(kind, domains.clone(), tls, concurrency));
+            let route =
+                Arc::new(Route::new(kind, domains.clone(), tls, concurrency).with_auth(auth));
             for d in domains {
                 routes.insert(d, route.clone());
             }
@@ -400,14 +422,21 @@ impl Scheduler {
                     return;
                 }
             };
-            let mut client =
-                match Client::connect(&targets, &s.hostname, &s.timeouts, &route.tls).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        self.connection_failed(&route, &e.to_string()).await;
-                        return;
-                    }
-                };
+            let mut client = match Client::connect(
+                &targets,
+                &s.hostname,
+                &s.timeouts,
+                &route.tls,
+                route.auth.as_ref(),
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    self.connection_failed(&route, &e.to_string()).await;
+                    return;
+                }
+            };
             let mut sent = 0;
             loop {
                 if self.shutdown.is_shutdown() {
@@ -548,8 +577,14 @@ impl Scheduler {
             }
             let reachable = match self.targets(&route).await {
                 Ok(targets) => {
-                    match Client::connect(&targets, &s.hostname, &s.probe_timeouts, &route.tls)
-                        .await
+                    match Client::connect(
+                        &targets,
+                        &s.hostname,
+                        &s.probe_timeouts,
+                        &route.tls,
+                        route.auth.as_ref(),
+                    )
+                    .await
                     {
                         Ok(client) => {
                             client.quit().await;

@@ -2,6 +2,7 @@
 //! since when), and the jobs waiting for one of its connections.
 
 use super::concurrency::Concurrency;
+use crate::delivery::auth::Credentials;
 use crate::delivery::mx::RouteKind;
 use crate::queue::Job;
 use crate::tls::ClientTls;
@@ -15,6 +16,8 @@ pub struct Route {
     pub kind: RouteKind,
     /// How connections on this route use TLS.
     pub tls: ClientTls,
+    /// SMTP AUTH credentials for the primary, if it wants them.
+    pub auth: Option<Credentials>,
     /// The domains that use this route.
     pub domains: Vec<String>,
     state: Mutex<State>,
@@ -84,6 +87,7 @@ impl Route {
             key: Self::key_of(&kind),
             kind,
             tls,
+            auth: None,
             domains,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -95,6 +99,11 @@ impl Route {
                 next_slot: None,
             }),
         }
+    }
+
+    pub fn with_auth(mut self, auth: Option<Credentials>) -> Self {
+        self.auth = auth;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -55,3 +55,29 @@ impl Pki {
         files
     }
 }
+
+impl Pki {
+    /// A rustls server configuration presenting a certificate for `names` (for test servers).
+    pub fn server_config(
+        &self,
+        dir: &Path,
+        names: &[&str],
+    ) -> std::sync::Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let files = self.leaf(dir, "server", names);
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(&files.cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&files.key).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        std::sync::Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap(),
+        )
+    }
+}
