@@ -363,3 +363,50 @@ impl AsyncWrite for Stream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    fn current_der(s: &ServerCert) -> Vec<u8> {
+        s.current.read().unwrap().0.cert[0].as_ref().to_vec()
+    }
+
+    #[test]
+    fn certificate_reloads_when_the_files_change_and_survives_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = write_pair(dir.path(), "one.test");
+        let s = ServerCert::load(&c, &k).unwrap();
+        let first = current_der(&s);
+        assert!(!s.reload_if_changed().unwrap(), "nothing changed yet");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_pair(dir.path(), "two.test");
+        assert!(s.reload_if_changed().unwrap());
+        assert_ne!(current_der(&s), first);
+        let second = current_der(&s);
+        std::fs::write(&c, "not a certificate").unwrap();
+        assert!(s.reload().is_err());
+        assert_eq!(
+            current_der(&s),
+            second,
+            "a broken file leaves the old certificate in use"
+        );
+        assert!(
+            ServerCert::load(&dir.path().join("missing.pem"), &k)
+                .unwrap_err()
+                .contains("missing.pem")
+        );
+    }
+}
