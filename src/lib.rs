@@ -6,6 +6,7 @@ pub mod config;
 pub mod delivery;
 pub mod dns;
 pub mod dsn;
+pub mod http;
 pub mod inbound;
 pub mod policy;
 pub mod queue;

@@ -8,6 +8,9 @@ use crate::inbound::limits::ConnectionLimits;
 use crate::inbound::listener::{self, Inbound};
 use crate::inbound::session::SessionConfig;
 use crate::policy::Policy;
+use crate::policy::dnsbl::Dnsbl;
+use crate::policy::lists::Lists;
+use crate::policy::recipients::{Recipients, Ttls};
 use crate::queue::Store;
 use crate::queue::embedded::Embedded;
 use crate::scheduler::Scheduler;
@@ -84,17 +87,19 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         None => None,
         Some(c) => Some(c.acceptor().map_err(StartError::Tls)?),
     };
+    let reload_lists = Arc::new(Notify::new());
     // Also keeps SIGHUP from terminating the process when there is nothing to reload.
-    tokio::spawn(watch_reloads(cert, shutdown.clone()));
+    tokio::spawn(watch_reloads(cert, reload_lists.clone(), shutdown.clone()));
     let wake = Arc::new(Notify::new());
     let connections = Tracker::default();
     let deliveries = Tracker::default();
 
-    let dns = Dns::new(&config.dns.nameservers, config.dns.timeout).map_err(StartError::Dns)?;
+    let dns =
+        Arc::new(Dns::new(&config.dns.nameservers, config.dns.timeout).map_err(StartError::Dns)?);
     let scheduler = Scheduler::new(
         &config,
         store.clone(),
-        Arc::new(dns),
+        dns.clone(),
         wake.clone(),
         shutdown.clone(),
         deliveries.clone(),
@@ -102,18 +107,58 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     .map_err(StartError::Tls)?;
     let scheduler_task = tokio::spawn(scheduler.clone().run());
 
+    let recipients = Arc::new(Recipients::new(
+        config
+            .domains
+            .iter()
+            .map(|d| (d.name.clone(), d.recipients.clone(), d.standby)),
+        store.clone(),
+        scheduler.clone(),
+        Ttls {
+            positive: config.recipients.positive_ttl,
+            negative: config.recipients.negative_ttl,
+        },
+    ));
+    scheduler.set_recipients(recipients.clone());
+    let mut lists = Lists::new(
+        recipients.clone(),
+        dns.clone(),
+        config.recipients.reload_interval,
+    );
+    lists.refresh(true).await;
+    tokio::spawn(lists.run(reload_lists, shutdown.clone()));
+    let standby: Vec<String> = config
+        .domains
+        .iter()
+        .filter(|d| d.standby)
+        .map(|d| d.name.clone())
+        .collect();
+    if !standby.is_empty() {
+        tokio::spawn(
+            scheduler
+                .clone()
+                .watch_standby(standby, config.recipients.standby_check_interval),
+        );
+    }
+
     let inbound = Arc::new(Inbound {
         session: Arc::new(SessionConfig {
             hostname: config.hostname.clone(),
             max_message_size: config.smtp.max_message_size,
             max_recipients: config.smtp.max_recipients,
-            max_errors: 20,
+            max_errors: config.smtp.max_errors,
             max_received: 50,
             starttls: config.tls.is_some(),
         }),
         policy: Arc::new(
             Policy::new(config.domains.iter().map(|d| d.name.clone()))
-                .with_etrn_clients(config.smtp.etrn_clients.clone()),
+                .with_etrn_clients(config.smtp.etrn_clients.clone())
+                .with_checked_domains(recipients.checked_domains().cloned())
+                .with_limits(
+                    config.smtp.allow.clone(),
+                    config.smtp.messages_per_minute_per_ip,
+                    config.smtp.recipients_per_minute_per_ip,
+                ),
         ),
         store: store.clone(),
         limits: ConnectionLimits::new(
@@ -126,6 +171,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         new_mail: wake.clone(),
         flusher: scheduler.clone(),
         tls: acceptor,
+        recipients,
+        dnsbl: Arc::new(Dnsbl::new(config.smtp.dnsbl.clone(), dns.clone())),
+        greeting_delay: config.smtp.greeting_delay,
+        error_delay: config.smtp.error_delay,
     });
     let mut accept_tasks = Vec::new();
     for l in listeners {
@@ -163,7 +212,11 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
 }
 
 /// Reloads the certificate when its files change (checked every 30 s) or on SIGHUP.
-async fn watch_reloads(cert: Option<std::sync::Arc<ServerCert>>, mut shutdown: shutdown::Shutdown) {
+async fn watch_reloads(
+    cert: Option<std::sync::Arc<ServerCert>>,
+    lists: Arc<Notify>,
+    mut shutdown: shutdown::Shutdown,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).ok();
     loop {
@@ -172,12 +225,11 @@ async fn watch_reloads(cert: Option<std::sync::Arc<ServerCert>>, mut shutdown: s
             _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => false,
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
-        let Some(cert) = &cert else {
-            if forced {
-                info!("SIGHUP: nothing to reload");
-            }
-            continue;
-        };
+        if forced {
+            info!("SIGHUP: reloading certificate and recipient lists");
+            lists.notify_one();
+        }
+        let Some(cert) = &cert else { continue };
         let result = if forced {
             cert.reload().map(|()| true)
         } else {

@@ -47,6 +47,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub dns: DnsConfig,
     pub routing: RoutingConfig,
+    pub recipients: RecipientsConfig,
     /// The certificate offered with STARTTLS (none: STARTTLS is not offered).
     pub tls: Option<TlsFiles>,
     pub domains: Vec<DomainConfig>,
@@ -114,6 +115,35 @@ pub struct SmtpConfig {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Wait this long before the banner; a client that talks first is refused (early talker).
+    pub greeting_delay: Duration,
+    /// Errors in a session before it is closed with 421.
+    pub max_errors: usize,
+    /// After the third error, each error reply is delayed by this much more (tarpit).
+    pub error_delay: Duration,
+    /// Per client address, token buckets refilled per minute (0: no limit).
+    pub messages_per_minute_per_ip: u32,
+    pub recipients_per_minute_per_ip: u32,
+    /// Clients exempt from the greeting delay, rate limits and DNSBL checks.
+    pub allow: Vec<Cidr>,
+    /// DNS blocklist zones checked at connect.
+    pub dnsbl: Vec<String>,
+    /// Listeners that expect a PROXY protocol header (v1 or v2)...
+    pub proxy_listen: Vec<std::net::SocketAddr>,
+    /// ...from these load balancers only.
+    pub proxy_trusted: Vec<Cidr>,
+}
+
+/// How recipients are checked, and for how long verification results are kept.
+#[derive(Debug, Clone)]
+pub struct RecipientsConfig {
+    pub positive_ttl: Duration,
+    pub negative_ttl: Duration,
+    pub callout_timeout: Duration,
+    /// How often lists are checked for changes (files) or fetched again (URLs).
+    pub reload_interval: Duration,
+    /// How often a standby domain's primary is checked while it is up.
+    pub standby_check_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +186,40 @@ pub struct DomainConfig {
     pub tls: TlsPolicy,
     /// SMTP AUTH to the primary (only ever inside TLS).
     pub auth: Option<AuthConfig>,
+    pub recipients: RecipientPolicy,
+    /// Refuse new mail with 451 while the primary is up, so senders go to it.
+    pub standby: bool,
+}
+
+/// What to answer for a recipient nobody can vouch for while the primary is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownWhenDown {
+    Accept,
+    #[default]
+    TempFail,
+}
+
+/// How a domain's recipients are known.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecipientPolicy {
+    /// Addresses come from lists (files, a URL); a list is authoritative.
+    pub list: bool,
+    /// Unknown addresses are asked of the primary (callout) and the answers cached.
+    pub verify: bool,
+    pub files: Vec<PathBuf>,
+    pub url: Option<String>,
+    pub url_token_file: Option<PathBuf>,
+    pub unknown_when_down: UnknownWhenDown,
+    pub case_sensitive: bool,
+    /// `+` for user+tag@domain: the tag is ignored when looking the address up.
+    pub subaddress: Option<char>,
+}
+
+impl RecipientPolicy {
+    /// True when any recipient is accepted (no list, no verification).
+    pub fn is_any(&self) -> bool {
+        !self.list && !self.verify
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +365,8 @@ struct RawConfig {
     dns: RawDns,
     #[serde(default)]
     routing: RawRouting,
+    #[serde(default)]
+    recipients: RawRecipients,
     tls: Option<RawTls>,
     #[serde(default)]
     domain: Vec<RawDomain>,
@@ -341,6 +407,25 @@ struct RawSmtp {
     command_timeout: Option<Span>,
     data_timeout: Option<Span>,
     shutdown_grace: Option<Span>,
+    greeting_delay: Option<Span>,
+    max_errors: Option<Spanned<usize>>,
+    error_delay: Option<Span>,
+    messages_per_minute_per_ip: Option<u32>,
+    recipients_per_minute_per_ip: Option<u32>,
+    allow: Option<Vec<Spanned<String>>>,
+    dnsbl: Option<Vec<Spanned<String>>>,
+    proxy_listen: Option<Vec<Spanned<String>>>,
+    proxy_trusted: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRecipients {
+    positive_ttl: Option<Span>,
+    negative_ttl: Option<Span>,
+    callout_timeout: Option<Span>,
+    reload_interval: Option<Span>,
+    standby_check_interval: Option<Span>,
 }
 
 #[derive(Deserialize, Default)]
@@ -385,6 +470,14 @@ struct RawDomain {
     tls_pin: Option<Spanned<String>>,
     auth_user: Option<Spanned<String>>,
     auth_password_file: Option<Spanned<String>>,
+    recipients: Option<Spanned<toml::Value>>,
+    recipient_files: Option<Vec<String>>,
+    recipient_url: Option<Spanned<String>>,
+    recipient_url_token_file: Option<String>,
+    unknown_when_down: Option<Spanned<String>>,
+    local_part_case: Option<Spanned<String>>,
+    subaddress_separator: Option<Spanned<String>>,
+    standby: Option<bool>,
 }
 
 // ---- loading --------------------------------------------------------------------------
@@ -441,6 +534,101 @@ impl Ctx<'_> {
             key,
             message: message.to_string(),
         }
+    }
+
+    fn recipient_policy(&self, d: &RawDomain, base: &Path) -> Result<RecipientPolicy, ConfigError> {
+        let path = |p: &String| {
+            let p = PathBuf::from(p);
+            if p.is_relative() { base.join(p) } else { p }
+        };
+        let mut policy = RecipientPolicy::default();
+        if let Some(v) = &d.recipients {
+            let words: Vec<String> = match v.get_ref() {
+                toml::Value::String(s) => vec![s.clone()],
+                toml::Value::Array(a) => a
+                    .iter()
+                    .map(|x| x.as_str().unwrap_or("?").to_string())
+                    .collect(),
+                _ => vec!["?".into()],
+            };
+            for w in words {
+                match w.as_str() {
+                    "any" => {}
+                    "list" => policy.list = true,
+                    "verify" => policy.verify = true,
+                    other => {
+                        return Err(self.at(v.span(), &format!("unknown recipients mode `{other}`: use \"any\", \"list\", \"verify\" or [\"list\", \"verify\"]")));
+                    }
+                }
+            }
+        }
+        policy.files = d.recipient_files.iter().flatten().map(path).collect();
+        if let Some(u) = &d.recipient_url {
+            if !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://")) {
+                return Err(self.at(
+                    u.span(),
+                    "recipient_url must start with http:// or https://",
+                ));
+            }
+            policy.url = Some(u.get_ref().clone());
+        }
+        policy.url_token_file = d.recipient_url_token_file.as_ref().map(path);
+        if policy.list && policy.files.is_empty() && policy.url.is_none() {
+            let span = d.recipients.as_ref().map_or(d.name.span(), |v| v.span());
+            return Err(self.at(
+                span,
+                "recipients = \"list\" needs recipient_files or recipient_url",
+            ));
+        }
+        policy.unknown_when_down = match d
+            .unknown_when_down
+            .as_ref()
+            .map(|v| (v, v.get_ref().as_str()))
+        {
+            None | Some((_, "tempfail")) => UnknownWhenDown::TempFail,
+            Some((_, "accept")) => UnknownWhenDown::Accept,
+            Some((v, other)) => {
+                return Err(self.at(
+                    v.span(),
+                    &format!("unknown_when_down `{other}`: use \"tempfail\" or \"accept\""),
+                ));
+            }
+        };
+        policy.case_sensitive = match d
+            .local_part_case
+            .as_ref()
+            .map(|v| (v, v.get_ref().as_str()))
+        {
+            None | Some((_, "insensitive")) => false,
+            Some((_, "sensitive")) => true,
+            Some((v, other)) => {
+                return Err(self.at(
+                    v.span(),
+                    &format!("local_part_case `{other}`: use \"insensitive\" or \"sensitive\""),
+                ));
+            }
+        };
+        policy.subaddress = match &d.subaddress_separator {
+            None => Some('+'),
+            Some(v) if v.get_ref().is_empty() => None,
+            Some(v) if v.get_ref().chars().count() == 1 => v.get_ref().chars().next(),
+            Some(v) => {
+                return Err(self.at(
+                    v.span(),
+                    "subaddress_separator must be one character (or \"\" for none)",
+                ));
+            }
+        };
+        Ok(policy)
+    }
+
+    fn cidrs(&self, list: Option<Vec<Spanned<String>>>) -> Result<Option<Vec<Cidr>>, ConfigError> {
+        list.map(|l| {
+            l.into_iter()
+                .map(|c| Cidr::parse(c.get_ref()).map_err(|e| self.at(c.span(), &e)))
+                .collect()
+        })
+        .transpose()
     }
 
     fn whole(&self, message: impl Into<String>) -> ConfigError {
@@ -505,16 +693,7 @@ impl Ctx<'_> {
             Some(v) => v.into_inner(),
             None => 4096,
         };
-        let etrn_clients = match s.etrn_clients {
-            None => None,
-            Some(list) => {
-                let mut out = Vec::new();
-                for c in list {
-                    out.push(Cidr::parse(c.get_ref()).map_err(|e| self.at(c.span(), &e))?);
-                }
-                Some(out)
-            }
-        };
+        let etrn_clients = self.cidrs(s.etrn_clients)?;
         let smtp = SmtpConfig {
             listen,
             max_message_size,
@@ -526,6 +705,58 @@ impl Ctx<'_> {
             command_timeout: s.command_timeout.map_or(Duration::from_secs(300), |v| v.0),
             data_timeout: s.data_timeout.map_or(Duration::from_secs(180), |v| v.0),
             shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |v| v.0),
+            greeting_delay: s.greeting_delay.map_or(Duration::from_secs(1), |v| v.0),
+            max_errors: positive(self, s.max_errors, 10)?,
+            error_delay: s.error_delay.map_or(Duration::from_secs(1), |v| v.0),
+            messages_per_minute_per_ip: s.messages_per_minute_per_ip.unwrap_or(600),
+            recipients_per_minute_per_ip: s.recipients_per_minute_per_ip.unwrap_or(3000),
+            allow: self.cidrs(s.allow)?.unwrap_or_default(),
+            dnsbl: s
+                .dnsbl
+                .unwrap_or_default()
+                .into_iter()
+                .map(|z| {
+                    let zone = z.get_ref().trim_end_matches('.').to_ascii_lowercase();
+                    if is_domain_name(&zone) {
+                        Ok(zone)
+                    } else {
+                        Err(self.at(z.span(), &format!("`{}` is not a DNS zone", z.get_ref())))
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+            proxy_listen: s
+                .proxy_listen
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| {
+                    a.get_ref().parse().map_err(|_| {
+                        self.at(
+                            a.span(),
+                            &format!("`{}` is not an IP:port address", a.get_ref()),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            proxy_trusted: self.cidrs(s.proxy_trusted)?.unwrap_or_default(),
+        };
+        if !smtp.proxy_listen.is_empty() && smtp.proxy_trusted.is_empty() {
+            return Err(self.whole("[smtp] proxy_listen needs proxy_trusted: the load balancers allowed to send PROXY headers"));
+        }
+        let r = raw.recipients;
+        let recipients = RecipientsConfig {
+            positive_ttl: r
+                .positive_ttl
+                .map_or(Duration::from_secs(30 * 86_400), |v| v.0),
+            negative_ttl: r.negative_ttl.map_or(Duration::from_secs(3600), |v| v.0),
+            callout_timeout: r.callout_timeout.map_or(Duration::from_secs(10), |v| v.0),
+            reload_interval: r.reload_interval.map_or(Duration::from_secs(600), |v| {
+                v.0.max(Duration::from_secs(1))
+            }),
+            standby_check_interval: r
+                .standby_check_interval
+                .map_or(Duration::from_secs(10), |v| {
+                    v.0.max(Duration::from_millis(100))
+                }),
         };
 
         let q = raw.queue;
@@ -707,12 +938,15 @@ impl Ctx<'_> {
                     return Err(self.at(f.span(), "auth_password_file needs auth_user"));
                 }
             };
+            let recipients = self.recipient_policy(&d, base)?;
             domains.push(DomainConfig {
                 name,
                 route,
                 bounce,
                 tls,
                 auth,
+                recipients,
+                standby: d.standby.unwrap_or(false),
             });
         }
         if domains.is_empty() {
@@ -783,6 +1017,7 @@ impl Ctx<'_> {
             delivery,
             dns,
             routing,
+            recipients,
             tls,
             domains,
         })

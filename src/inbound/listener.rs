@@ -6,6 +6,8 @@ use super::data::Decoder;
 use super::limits::{ConnectionLimits, Refused};
 use super::session::{Action, Content, Session, SessionConfig};
 use crate::policy::Policy;
+use crate::policy::dnsbl::Dnsbl;
+use crate::policy::recipients::Recipients;
 use crate::queue::{Store, new_queue_id};
 use crate::scheduler::Flusher;
 use crate::shutdown::Shutdown;
@@ -38,6 +40,13 @@ pub struct Inbound {
     pub flusher: Arc<dyn Flusher>,
     /// Present when STARTTLS is offered.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Recipient lists, callouts, standby.
+    pub recipients: Arc<Recipients>,
+    pub dnsbl: Arc<Dnsbl>,
+    /// Wait before the banner; talking first gets 554 (early talker).
+    pub greeting_delay: Duration,
+    /// Tarpit step after repeated errors.
+    pub error_delay: Duration,
 }
 
 /// Accepts connections until shutdown. Each connection runs in its own task, tracked by
@@ -206,6 +215,10 @@ async fn connection(
         }
     };
     let mut session = Session::new(inbound.session.clone(), inbound.policy.clone(), peer.ip());
+    if !inbound.policy.is_allowed(peer.ip()) && !screen(&mut conn, &inbound, peer).await {
+        let _ = conn.flush().await;
+        return;
+    }
     conn.queue(&session.greeting());
     loop {
         let line = match conn
@@ -234,6 +247,7 @@ async fn connection(
                 break;
             }
         };
+        let errors_before = session.errors();
         match session.command(&line) {
             Action::StartData(reply) => {
                 conn.queue(&reply);
@@ -265,6 +279,17 @@ async fn connection(
                 let reply = etrn(&inbound, peer, &node, domains).await;
                 conn.queue(&reply);
             }
+            Action::CheckRecipient(pending) => {
+                let verdict = inbound
+                    .recipients
+                    .check(&pending.mailbox, &pending.recipient.domain)
+                    .await;
+                let reply = session.recipient_checked(*pending, verdict);
+                if reply.code >= 400 {
+                    info!(client = %peer.ip(), reply = %reply, "recipient refused");
+                }
+                conn.queue(&reply);
+            }
             Action::StartTls(reply) => {
                 conn.queue(&reply);
                 if !start_tls(&mut conn, &mut session, &inbound, peer).await {
@@ -277,12 +302,62 @@ async fn connection(
                 }
             }
         }
+        // Tarpit: from the third error on, each error reply comes later.
+        if session.errors() > errors_before && session.errors() >= 3 {
+            let delay = inbound
+                .error_delay
+                .saturating_mul((session.errors() - 2) as u32)
+                .min(Duration::from_secs(10));
+            tokio::time::sleep(delay).await;
+        }
         if !conn.has_line() && conn.flush().await.is_err() {
             break;
         }
     }
     let _ = conn.flush().await;
     let _ = conn.stream.shutdown().await;
+}
+
+/// Checks before the banner: DNS blocklists, then the early-talker wait. False: refused (the
+/// reply is queued).
+async fn screen(conn: &mut Conn, inbound: &Inbound, peer: SocketAddr) -> bool {
+    if !inbound.dnsbl.is_empty()
+        && let Some(zone) = inbound.dnsbl.listed(peer.ip()).await
+    {
+        info!(client = %peer.ip(), zone, "connection refused: listed in a DNS blocklist");
+        conn.queue(&Reply::new(
+            554,
+            "5.7.1",
+            format!(
+                "service unavailable; client [{}] blocked using {zone}",
+                peer.ip()
+            ),
+        ));
+        return false;
+    }
+    if inbound.greeting_delay.is_zero() {
+        return true;
+    }
+    let Some(tcp) = conn.stream.plain() else {
+        return true;
+    };
+    if let Ok(Ok(())) = timeout(inbound.greeting_delay, tcp.readable()).await {
+        let mut probe = [0u8; 1];
+        match tcp.try_read(&mut probe) {
+            Ok(0) => return false,
+            Ok(_) => {
+                info!(client = %peer.ip(), "connection refused: client talked before the greeting");
+                conn.queue(&Reply::new(
+                    554,
+                    "5.5.1",
+                    "protocol error: talking before the greeting",
+                ));
+                return false;
+            }
+            Err(_) => {}
+        }
+    }
+    true
 }
 
 /// Queues a reply action; false when the connection must close.
@@ -301,7 +376,10 @@ fn act_simple(conn: &mut Conn, action: Action) -> bool {
             conn.queue(&r);
             false
         }
-        Action::ReadChunk { .. } | Action::Flush { .. } | Action::StartTls(_) => false,
+        Action::ReadChunk { .. }
+        | Action::Flush { .. }
+        | Action::StartTls(_)
+        | Action::CheckRecipient(_) => false,
     }
 }
 

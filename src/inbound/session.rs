@@ -6,13 +6,14 @@ use super::data::{Decoder, Mode};
 use super::received::{Trace, count_received};
 use crate::dsn;
 use crate::policy::Policy;
+use crate::policy::recipients::Verdict;
 use crate::queue::{NewMessage, NewRecipient, QueueId, to_ms};
 use crate::smtp::address::{parse_mailbox, parse_reverse_path};
 use crate::smtp::command::{self, Command, CommandError, Param};
 use crate::smtp::{Reply, ReversePath};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 fn has_duplicates(params: &[Param]) -> bool {
     params
@@ -43,6 +44,9 @@ pub enum Action {
     Close(Reply),
     /// Send the 354 reply, then read content with a [`Decoder`] in DATA mode.
     StartData(Reply),
+    /// The recipient passed syntax and relay checks; ask [`Recipients`](crate::policy::recipients)
+    /// and give the verdict to [`Session::recipient_checked`].
+    CheckRecipient(Box<PendingRcpt>),
     /// Send the 220 reply, drop any input pipelined after STARTTLS, and run the TLS
     /// handshake; then call [`Session::tls_started`].
     StartTls(Reply),
@@ -57,6 +61,13 @@ pub enum Action {
         size: u64,
         last: bool,
     },
+}
+
+/// A recipient waiting for its asynchronous check.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PendingRcpt {
+    pub mailbox: crate::smtp::Mailbox,
+    pub recipient: NewRecipient,
 }
 
 /// The result of the content phase.
@@ -353,6 +364,9 @@ impl Session {
         if has_duplicates(&params) {
             return self.error(Reply::new(501, "5.5.4", "a parameter is given twice"));
         }
+        if let Err(reply) = self.policy.take_message(self.client_ip, Instant::now()) {
+            return Action::Reply(reply);
+        }
         let sender = match parse_reverse_path(path, utf8) {
             Ok(s) => s,
             Err(e) => {
@@ -424,26 +438,56 @@ impl Session {
             Ok(d) => d,
             Err(reply) => return self.error(reply),
         };
-        let address = mailbox.to_string();
-        let Some(tx) = self.tx.as_mut() else {
-            return self.error(Reply::new(503, "5.5.1", "need MAIL before RCPT"));
-        };
-        if !tx
-            .recipients
-            .iter()
-            .any(|r| r.address.eq_ignore_ascii_case(&address))
-        {
-            tx.recipients.push(NewRecipient {
-                address,
+        if let Err(reply) = self.policy.take_recipient(self.client_ip, Instant::now()) {
+            return Action::Reply(reply);
+        }
+        let pending = PendingRcpt {
+            recipient: NewRecipient {
+                address: mailbox.to_string(),
                 domain,
                 params: params
                     .iter()
                     .map(Param::to_wire)
                     .collect::<Vec<_>>()
                     .join(" "),
-            });
+            },
+            mailbox,
+        };
+        if self.policy.needs_check(&pending.recipient.domain) {
+            return Action::CheckRecipient(Box::new(pending));
         }
-        Self::ok("recipient OK", "2.1.5")
+        Action::Reply(self.add_recipient(pending.recipient))
+    }
+
+    fn add_recipient(&mut self, r: NewRecipient) -> Reply {
+        let Some(tx) = self.tx.as_mut() else {
+            return Reply::new(503, "5.5.1", "need MAIL before RCPT");
+        };
+        if !tx
+            .recipients
+            .iter()
+            .any(|x| x.address.eq_ignore_ascii_case(&r.address))
+        {
+            tx.recipients.push(r);
+        }
+        Reply::new(250, "2.1.5", "recipient OK")
+    }
+
+    /// The answer to an [`Action::CheckRecipient`].
+    pub fn recipient_checked(&mut self, pending: PendingRcpt, verdict: Verdict) -> Reply {
+        match verdict {
+            Verdict::Accept => self.add_recipient(pending.recipient),
+            Verdict::Reject(r) => {
+                self.errors += 1;
+                r
+            }
+            Verdict::TempFail(r) => r,
+        }
+    }
+
+    /// Errors so far (the listener slows its replies down as they grow).
+    pub fn errors(&self) -> usize {
+        self.errors
     }
 
     fn data(&mut self) -> Action {
@@ -663,7 +707,7 @@ mod tests {
         match a {
             Action::Reply(r) | Action::Close(r) | Action::StartData(r) => r.code,
             Action::StartTls(r) => r.code,
-            Action::ReadChunk { .. } | Action::Flush { .. } => 0,
+            Action::ReadChunk { .. } | Action::Flush { .. } | Action::CheckRecipient(_) => 0,
         }
     }
 

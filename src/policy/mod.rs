@@ -2,8 +2,14 @@
 //! Today: relay control (only configured domains, no sender-routed local parts). Recipient
 //! verification, rate limits and reputation checks come here too. No I/O in this module yet.
 
+pub mod dnsbl;
+pub mod lists;
+pub mod rate;
+pub mod recipients;
+
 use crate::config::Cidr;
 use crate::smtp::{Mailbox, Reply};
+use rate::RateLimiter;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -19,6 +25,12 @@ pub struct Policy {
     /// None: any client may use ETRN (as in Postfix).
     etrn_clients: Option<Vec<Cidr>>,
     etrn_last: Mutex<HashMap<IpAddr, Instant>>,
+    /// Domains whose recipients are checked asynchronously (lists, callouts, standby).
+    checked: HashSet<String>,
+    /// Clients exempt from rate limits (and, in the listener, the greeting delay and DNSBL).
+    allow: Vec<Cidr>,
+    messages: RateLimiter,
+    recipients: RateLimiter,
 }
 
 impl Policy {
@@ -27,7 +39,62 @@ impl Policy {
             domains: domains.into_iter().collect(),
             etrn_clients: None,
             etrn_last: Mutex::new(HashMap::new()),
+            checked: HashSet::new(),
+            allow: Vec::new(),
+            messages: RateLimiter::new(0),
+            recipients: RateLimiter::new(0),
         }
+    }
+
+    pub fn with_checked_domains<I: IntoIterator<Item = String>>(mut self, domains: I) -> Self {
+        self.checked = domains.into_iter().collect();
+        self
+    }
+
+    pub fn with_limits(
+        mut self,
+        allow: Vec<Cidr>,
+        messages_per_minute: u32,
+        recipients_per_minute: u32,
+    ) -> Self {
+        self.allow = allow;
+        self.messages = RateLimiter::new(messages_per_minute);
+        self.recipients = RateLimiter::new(recipients_per_minute);
+        self
+    }
+
+    /// Does a recipient of this domain need an asynchronous check?
+    pub fn needs_check(&self, domain: &str) -> bool {
+        self.checked.contains(domain)
+    }
+
+    /// Is this client on the allow list?
+    pub fn is_allowed(&self, client: IpAddr) -> bool {
+        self.allow.iter().any(|c| c.contains(client))
+    }
+
+    /// Counts a message (MAIL) against the client's per-minute budget.
+    pub fn take_message(&self, client: IpAddr, now: Instant) -> Result<(), Reply> {
+        if self.is_allowed(client) || self.messages.take(client, now) {
+            return Ok(());
+        }
+        Err(Reply::new(
+            451,
+            "4.7.1",
+            "too many messages from your address; slow down and try again later",
+        ))
+    }
+
+    /// Counts a recipient (RCPT) against the client's per-minute budget.
+    pub fn take_recipient(&self, client: IpAddr, now: Instant) -> Result<(), Reply> {
+        if self.is_allowed(client) || self.recipients.take(client, now) {
+            return Ok(());
+        }
+        Err(Reply::new(
+            451,
+            "4.7.1",
+            "too many recipients from your address; slow down and try again later",
+        ))
     }
 
     pub fn with_etrn_clients(mut self, clients: Option<Vec<Cidr>>) -> Self {

@@ -41,6 +41,11 @@ CREATE TABLE IF NOT EXISTS recipients (
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(status, claimed, next_attempt);
 CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
 CREATE INDEX IF NOT EXISTS recipients_domain ON recipients(domain, status);
+CREATE TABLE IF NOT EXISTS recipient_cache (
+    key TEXT PRIMARY KEY,
+    exists_ INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
 ";
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -50,6 +55,7 @@ enum Op {
     Claim(i64, usize, Reply<Vec<Job>>),
     Record(String, Vec<Update>, Vec<NewMessage>, Reply<bool>),
     MakeDue(Vec<String>, i64, Reply<u64>),
+    CachePut(String, bool, i64, Reply<()>),
 }
 
 impl Op {
@@ -205,6 +211,22 @@ impl Store for Embedded {
         })
     }
 
+    fn cache_get(&self, key: String) -> StoreFuture<'_, Option<(bool, i64)>> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT exists_, expires_at FROM recipient_cache WHERE key = ?1",
+                [&key],
+                |r| Ok((r.get::<_, i64>(0)? != 0, r.get(1)?)),
+            )
+            .optional()
+            .map_err(backend)
+        })
+    }
+
+    fn cache_put(&self, key: String, exists: bool, expires_ms: i64) -> StoreFuture<'_, ()> {
+        self.send(|r| Op::CachePut(key, exists, expires_ms, r))
+    }
+
     fn stats(&self) -> StoreFuture<'_, Stats> {
         self.read(|c| {
             let (messages, bytes): (i64, i64) = c
@@ -350,6 +372,7 @@ fn execute_failed(op: Op) -> Done {
         Op::Claim(_, _, r) => Done::Jobs(r, Err(e())),
         Op::Record(_, _, _, r) => Done::Bool(r, Err(e())),
         Op::MakeDue(_, _, r) => Done::Count(r, Err(e())),
+        Op::CachePut(_, _, _, r) => Done::Unit(r, Err(e())),
     }
 }
 
@@ -361,6 +384,13 @@ fn execute(c: &Connection, op: Op) -> Done {
             Done::Bool(r, record(c, &id, &updates, &dsns).map_err(backend))
         }
         Op::MakeDue(domains, now, r) => Done::Count(r, make_due(c, &domains, now).map_err(backend)),
+        Op::CachePut(key, exists, expires, r) => Done::Unit(
+            r,
+            c.prepare_cached("INSERT OR REPLACE INTO recipient_cache (key, exists_, expires_at) VALUES (?1, ?2, ?3)")
+                .and_then(|mut st| st.execute(params![key, i64::from(exists), expires]))
+                .map(|_| ())
+                .map_err(backend),
+        ),
     }
 }
 

@@ -163,4 +163,8 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest next-attempt time among pending, unclaimed recipients.
     fn next_due(&self) -> StoreFuture<'_, Option<i64>>;
     fn stats(&self) -> StoreFuture<'_, Stats>;
+    /// A cached recipient verification: (exists, expires at ms).
+    fn cache_get(&self, key: String) -> StoreFuture<'_, Option<(bool, i64)>>;
+    /// Caches a recipient verification until `expires_ms` (durably: it survives restarts).
+    fn cache_put(&self, key: String, exists: bool, expires_ms: i64) -> StoreFuture<'_, ()>;
 }

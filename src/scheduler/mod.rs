@@ -3,6 +3,7 @@
 //! the moment it answers again. It changes the queue only through the `Store` trait.
 
 pub mod backoff;
+mod callout;
 pub mod concurrency;
 pub mod notify;
 pub mod route;
@@ -43,6 +44,7 @@ pub struct Settings {
     pub lifetime: Duration,
     pub probe_interval: Duration,
     pub probe_timeouts: Timeouts,
+    pub callout_timeout: Duration,
     pub timeouts: Timeouts,
     pub max_connections_per_primary: usize,
     pub initial_connections_per_primary: usize,
@@ -60,6 +62,7 @@ impl Settings {
             retry_max: c.queue.retry_max,
             lifetime: c.queue.lifetime,
             probe_interval: c.probe.interval,
+            callout_timeout: c.recipients.callout_timeout,
             probe_timeouts: Timeouts {
                 connect: p,
                 greeting: p,
@@ -91,6 +94,19 @@ pub trait Flusher: Send + Sync {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<u64, crate::queue::StoreError>> + Send + '_>,
     >;
+}
+
+impl Scheduler {
+    /// Where delivery outcomes teach the recipient policy.
+    pub fn set_recipients(&self, r: Arc<crate::policy::recipients::Recipients>) {
+        let _ = self.recipients.set(r);
+    }
+
+    async fn learn(&self, domain: &str, address: &str, exists: bool) {
+        if let Some(r) = self.recipients.get() {
+            r.learn(domain, address, exists).await;
+        }
+    }
 }
 
 impl Flusher for Scheduler {
@@ -127,6 +143,8 @@ pub struct Scheduler {
     identity: Identity,
     mx_port: u16,
     notifier: Notifier,
+    /// Recipient knowledge learned from deliveries goes here (set once at start).
+    recipients: std::sync::OnceLock<Arc<crate::policy::recipients::Recipients>>,
     wake: Arc<Notify>,
     shutdown: Shutdown,
     tasks: Tracker,
@@ -215,6 +233,7 @@ impl Scheduler {
             dns,
             identity,
             mx_port: config.routing.mx_port,
+            recipients: std::sync::OnceLock::new(),
             notifier: Notifier {
                 hostname: config.hostname.clone(),
                 delay_warning: config.queue.delay_warning,
@@ -643,10 +662,14 @@ impl Scheduler {
         for (r, rcpt) in results.iter().zip(&job.recipients) {
             let (status, next) = match r.outcome {
                 Outcome::Delivered => {
+                    self.learn(&job.domain, &r.address, true).await;
                     info!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %r.reply, "delivered");
                     (Status::Delivered, now_ms())
                 }
                 Outcome::Failed => {
+                    if r.reply.contains(" 5.1.1 ") {
+                        self.learn(&job.domain, &r.address, false).await;
+                    }
                     warn!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %r.reply, "failed permanently");
                     (Status::Failed, now_ms())
                 }

@@ -179,7 +179,16 @@ impl Route {
         let mut s = self.lock();
         s.workers -= 1;
         let jobs: Vec<Job> = s.queue.drain(..).collect();
-        let t = if s.up {
+        (Self::down(&mut s), jobs)
+    }
+
+    /// A health check (not a delivery) found the primary unreachable.
+    pub fn mark_down(&self) -> Transition {
+        Self::down(&mut self.lock())
+    }
+
+    fn down(s: &mut State) -> Transition {
+        if s.up {
             s.up = false;
             s.since = SystemTime::now();
             if s.probing {
@@ -190,8 +199,7 @@ impl Route {
             }
         } else {
             Transition::Same
-        };
-        (t, jobs)
+        }
     }
 
     /// A worker stops early (shutdown): retire it and hand back the queued jobs.

@@ -604,6 +604,7 @@ state_dir = "{state}"
 listen = ["127.0.0.1:{port}"]
 max_message_size = "1MB"
 shutdown_grace = "5s"
+{greeting}
 {smtp_extra}
 {queue}
 {probe}
@@ -611,6 +612,12 @@ shutdown_grace = "5s"
 {tail}
 "#,
         state = state_dir.display(),
+        // Tests talk at once; the early-talker wait is tested on its own.
+        greeting = if smtp_extra.contains("greeting_delay") {
+            ""
+        } else {
+            "greeting_delay = \"0s\"\nerror_delay = \"50ms\""
+        },
         // A tail with its own [queue] table replaces these test defaults.
         queue = if tail.contains("[queue]") {
             ""

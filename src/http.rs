@@ -1,0 +1,223 @@
+//! A minimal HTTP/1.1 GET client (http and https, bearer token, size and time limits) for
+//! fetching recipient lists a primary publishes. Not a general-purpose client.
+
+use crate::config::{TlsMode, TlsPolicy};
+use crate::dns::Dns;
+use crate::tls::{ClientTls, Stream};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The largest body accepted.
+pub const MAX_BODY: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+#[error("GET {url}: {reason}")]
+pub struct HttpError {
+    pub url: String,
+    pub reason: String,
+}
+
+struct Url {
+    https: bool,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Option<Url> {
+    let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        (false, url.strip_prefix("http://")?)
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            (h.trim_matches(|c| c == '[' || c == ']'), p.parse().ok()?)
+        }
+        _ => (authority, if https { 443 } else { 80 }),
+    };
+    if host.is_empty() || path.contains(['\r', '\n', ' ']) {
+        return None;
+    }
+    Some(Url {
+        https,
+        host: host.to_string(),
+        port,
+        path: path.to_string(),
+    })
+}
+
+/// GETs `url`; Ok is the body of a 200 response.
+pub async fn get(
+    url: &str,
+    bearer: Option<&str>,
+    dns: &Dns,
+    limit: Duration,
+) -> Result<Vec<u8>, HttpError> {
+    let err = |reason: String| HttpError {
+        url: url.to_string(),
+        reason,
+    };
+    let u = parse_url(url).ok_or_else(|| err("not an http:// or https:// URL".into()))?;
+    let fetch = async {
+        let ip = *dns
+            .addresses(&u.host)
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .first()
+            .ok_or_else(|| err(format!("{} has no address", u.host)))?;
+        let tcp = TcpStream::connect(SocketAddr::new(ip, u.port))
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let mut stream = if u.https {
+            let tls = ClientTls::new(&TlsPolicy {
+                mode: TlsMode::Verify,
+                ..Default::default()
+            })
+            .map_err(err)?;
+            Stream::Client(Box::new(
+                tls.connect(&u.host, tcp)
+                    .await
+                    .map_err(|e| err(format!("TLS: {e}")))?,
+            ))
+        } else {
+            Stream::Plain(tcp)
+        };
+        let auth = bearer
+            .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
+            .unwrap_or_default();
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: mx2\r\nAccept: text/plain, application/json\r\n{auth}Connection: close\r\n\r\n",
+            u.path, u.host
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 16384];
+        loop {
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&chunk[..n]);
+            if raw.len() > MAX_BODY + 65536 {
+                return Err(err("response too large".into()));
+            }
+        }
+        parse_response(&raw).map_err(err)
+    };
+    tokio::time::timeout(limit, fetch)
+        .await
+        .map_err(|_| err("timed out".into()))?
+}
+
+/// Splits a complete HTTP/1.1 response; Ok is the body of a 200.
+pub fn parse_response(raw: &[u8]) -> Result<Vec<u8>, String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or("");
+    let code: u16 = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line `{status}`"))?;
+    if code != 200 {
+        return Err(format!("HTTP status {code}"));
+    }
+    let mut chunked = false;
+    let mut length = None;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
+            chunked = true;
+        } else if k == "content-length" {
+            length = v.parse::<usize>().ok();
+        }
+    }
+    let body = &raw[end + 4..];
+    if chunked {
+        return dechunk(body);
+    }
+    match length {
+        Some(n) if n <= body.len() => Ok(body[..n].to_vec()),
+        Some(_) => Err("body shorter than Content-Length".into()),
+        None => Ok(body.to_vec()),
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("bad chunk header")?;
+        let size_text = String::from_utf8_lossy(&b[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| "bad chunk size")?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if b.len() < size + 2 || out.len() + size > MAX_BODY {
+            return Err("truncated or oversized chunk".into());
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_url("https://primary.example.com:8443/rcpts.txt?x=1").unwrap();
+        assert!(
+            u.https
+                && u.host == "primary.example.com"
+                && u.port == 8443
+                && u.path == "/rcpts.txt?x=1"
+        );
+        let u = parse_url("http://127.0.0.1").unwrap();
+        assert_eq!((u.port, u.path.as_str()), (80, "/"));
+        assert!(parse_url("ftp://x").is_none());
+    }
+
+    #[test]
+    fn responses() {
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef").unwrap(),
+            b"abc"
+        );
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), b"abcde");
+        assert!(
+            parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n")
+                .unwrap_err()
+                .contains("404")
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.0 200 OK\r\n\r\nall of it").unwrap(),
+            b"all of it"
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! What the recipient policy asks of the scheduler: is a domain's primary up, and does it
+//! know an address (a callout: MAIL FROM:<>, RCPT TO, RSET, QUIT). Also the health watch for
+//! standby domains, whose state matters even when no mail flows.
+
+use super::Scheduler;
+use crate::delivery::client::Client;
+use crate::delivery::mx::NoRoute;
+use crate::policy::recipients::{CalloutResult, Primaries};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, warn};
+
+impl Primaries for Scheduler {
+    fn is_up(&self, domain: &str) -> bool {
+        self.route_for(domain).is_up()
+    }
+
+    fn callout<'a>(
+        &'a self,
+        domain: &'a str,
+        address: &'a str,
+    ) -> Pin<Box<dyn Future<Output = CalloutResult> + Send + 'a>> {
+        Box::pin(async move {
+            let route = self.route_for(domain);
+            let s = &self.settings;
+            let ask = async {
+                let targets = match self.targets(&route).await {
+                    Ok(t) => t,
+                    Err(NoRoute::Hold(r)) => return CalloutResult::Unknown(r),
+                    Err(NoRoute::Fail(r)) => return CalloutResult::DoesNotExist(r.one_line()),
+                };
+                let mut c = match Client::connect(
+                    &targets,
+                    &s.hostname,
+                    &s.probe_timeouts,
+                    &route.tls,
+                    route.auth.as_ref(),
+                )
+                .await
+                {
+                    Ok(c) => c,
+                    Err(e) => return CalloutResult::Unknown(e.to_string()),
+                };
+                let t = s.probe_timeouts.command;
+                let mut ask_one = async |line: String| -> Result<crate::smtp::Reply, String> {
+                    c.send(line.as_bytes(), "callout")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    c.read_reply(t, "a callout reply")
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                let result = match ask_one("MAIL FROM:<>\r\n".into()).await {
+                    Ok(m) if m.is_positive() => {
+                        match ask_one(format!("RCPT TO:<{address}>\r\n")).await {
+                            Ok(r) if r.is_positive() => CalloutResult::Exists,
+                            Ok(r) if r.is_permanent() => CalloutResult::DoesNotExist(r.one_line()),
+                            Ok(r) => CalloutResult::Unknown(r.one_line()),
+                            Err(e) => CalloutResult::Unknown(e),
+                        }
+                    }
+                    Ok(m) => CalloutResult::Unknown(format!("MAIL FROM:<> refused: {m}")),
+                    Err(e) => CalloutResult::Unknown(e),
+                };
+                let _ = ask_one("RSET\r\n".into()).await;
+                c.quit().await;
+                result
+            };
+            tokio::time::timeout(s.callout_timeout, ask)
+                .await
+                .unwrap_or_else(|_| CalloutResult::Unknown("callout timed out".into()))
+        })
+    }
+}
+
+impl Scheduler {
+    /// Checks the primaries of standby domains every `interval` while they are up, so the
+    /// standby answer follows the primary's real state; a failed check marks the route down
+    /// and starts its probe.
+    pub async fn watch_standby(self: Arc<Self>, domains: Vec<String>, interval: Duration) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            for domain in &domains {
+                let route = self.route_for(domain);
+                if !route.is_up() {
+                    continue;
+                }
+                let s = &self.settings;
+                let reachable = match self.targets(&route).await {
+                    Ok(targets) => match Client::connect(
+                        &targets,
+                        &s.hostname,
+                        &s.probe_timeouts,
+                        &route.tls,
+                        route.auth.as_ref(),
+                    )
+                    .await
+                    {
+                        Ok(c) => {
+                            c.quit().await;
+                            true
+                        }
+                        Err(e) => {
+                            debug!(primary = %route.key, error = %e, "standby check failed");
+                            false
+                        }
+                    },
+                    Err(_) => false,
+                };
+                if !reachable && route.mark_down() == super::route::Transition::WentDown {
+                    warn!(primary = %route.key, "primary is down (standby check); accepting mail for its domains");
+                    let me = self.clone();
+                    tokio::spawn(me.probe(route));
+                }
+            }
+        }
+    }
+}
