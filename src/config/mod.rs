@@ -706,7 +706,7 @@ impl Ctx<'_> {
             data_timeout: s.data_timeout.map_or(Duration::from_secs(180), |v| v.0),
             shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |v| v.0),
             greeting_delay: s.greeting_delay.map_or(Duration::from_secs(1), |v| v.0),
-            max_errors: positive(self, s.max_errors, 10)?,
+            max_errors: positive(self, s.max_errors, 20)?,
             error_delay: s.error_delay.map_or(Duration::from_secs(1), |v| v.0),
             messages_per_minute_per_ip: s.messages_per_minute_per_ip.unwrap_or(600),
             recipients_per_minute_per_ip: s.recipients_per_minute_per_ip.unwrap_or(3000),

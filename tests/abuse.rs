@@ -1,0 +1,174 @@
+//! Resisting abuse: per-client rate limits and connection caps that leave other clients
+//! served, the early-talker wait, DNS blocklists, and an open-relay scan by nmap.
+
+mod common;
+
+use common::dns::{DnsServer, Rec};
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// A client connection from another loopback address (127.0.0.2), as a second host.
+fn connect_from(src: &str, port: u16) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt
+        .block_on(async {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind(format!("{src}:0").parse().unwrap())?;
+            sock.connect(format!("127.0.0.1:{port}").parse().unwrap())
+                .await
+        })
+        .unwrap()
+        .into_std()
+        .unwrap();
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn read_reply(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(1) => {
+                out.push(b[0]);
+                if b[0] == b'\n' {
+                    let line_start = out[..out.len() - 1]
+                        .iter()
+                        .rposition(|&c| c == b'\n')
+                        .map_or(0, |i| i + 1);
+                    if out.len() - line_start < 4 || out[line_start + 3] != b'-' {
+                        return String::from_utf8_lossy(&out).trim_end().to_string();
+                    }
+                }
+            }
+            _ => return format!("{}<closed>", String::from_utf8_lossy(&out)),
+        }
+    }
+}
+
+fn cmd(s: &mut TcpStream, line: &str) -> String {
+    s.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+    read_reply(s)
+}
+
+#[test]
+fn per_client_rate_limit_leaves_others_served() {
+    let primary = Primary::start(0);
+    let mx2 = Mx2::start_with(primary.port, "messages_per_minute_per_ip = 2");
+    let mut greedy = mx2.client();
+    greedy.cmd("EHLO greedy.test");
+    for i in 0..2 {
+        assert!(
+            greedy
+                .send_mail(
+                    "a@sender.test",
+                    &["user@example.test"],
+                    &message(&format!("g{i}"), "x")
+                )
+                .starts_with("250")
+        );
+    }
+    let r = greedy.cmd("MAIL FROM:<a@sender.test>");
+    assert!(r.starts_with("451 4.7.1"), "{r}");
+    let mut other = connect_from("127.0.0.2", mx2.port);
+    assert!(read_reply(&mut other).starts_with("220"));
+    cmd(&mut other, "EHLO other.test");
+    assert!(
+        cmd(&mut other, "MAIL FROM:<b@sender.test>").starts_with("250"),
+        "another client is still served"
+    );
+}
+
+#[test]
+fn connection_cap_per_client_leaves_others_served() {
+    let primary = Primary::start(0);
+    let mx2 = Mx2::start_with(primary.port, "max_connections_per_ip = 1");
+    // The start-up probe's connection may still hold the slot for a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let _hog = mx2.client();
+    let mut second = connect_from("127.0.0.1", mx2.port);
+    assert!(read_reply(&mut second).starts_with("421"));
+    let mut other = connect_from("127.0.0.2", mx2.port);
+    assert!(read_reply(&mut other).starts_with("220"));
+}
+
+#[test]
+fn early_talkers_are_refused() {
+    let primary = Primary::start(0);
+    let mx2 = Mx2::start_with(primary.port, "greeting_delay = \"1s\"");
+    let mut eager = TcpStream::connect(("127.0.0.1", mx2.port)).unwrap();
+    eager
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    eager.write_all(b"EHLO eager.test\r\n").unwrap();
+    let r = read_reply(&mut eager);
+    assert!(r.starts_with("554 5.5.1"), "{r}");
+    let mut polite = connect_from("127.0.0.2", mx2.port);
+    assert!(
+        read_reply(&mut polite).starts_with("220"),
+        "a client that waits is greeted"
+    );
+}
+
+#[test]
+fn dnsbl_listed_clients_are_refused_naming_the_list() {
+    let dns = DnsServer::start(&[("1.0.0.127.bl.test", Rec::Ip("127.0.0.2"))]);
+    let primary = Primary::start(0);
+    let mx2 = Mx2::start_with(
+        primary.port,
+        &format!(
+            "dnsbl = [\"bl.test\"]\n[dns]\nnameservers = [\"{}\"]",
+            dns.addr
+        ),
+    );
+    let mut listed = TcpStream::connect(("127.0.0.1", mx2.port)).unwrap();
+    listed
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let r = read_reply(&mut listed);
+    assert!(r.starts_with("554 5.7.1") && r.contains("bl.test"), "{r}");
+    let mut clean = connect_from("127.0.0.2", mx2.port);
+    assert!(
+        read_reply(&mut clean).starts_with("220"),
+        "an unlisted client is greeted"
+    );
+}
+
+#[test]
+fn nmap_finds_no_open_relay() {
+    let primary = Primary::start(0);
+    let mx2 = Mx2::start(primary.port);
+    let out = std::process::Command::new("nmap")
+        .args([
+            "-Pn",
+            "-n",
+            "-sV",
+            "--version-intensity",
+            "0",
+            "-p",
+            &mx2.port.to_string(),
+            "--script",
+            "smtp-open-relay",
+            "127.0.0.1",
+        ])
+        .output()
+        .expect("nmap is not installed: apt-get install nmap (the CI script does)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("smtp-open-relay"),
+        "the script did not run: {text}"
+    );
+    assert!(text.contains("doesn't seem to be an open relay"), "{text}");
+    assert!(
+        primary.messages().is_empty(),
+        "a relay test reached the primary"
+    );
+}
