@@ -67,15 +67,22 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     }
 
     let mut listeners = Vec::new();
-    for addr in &config.smtp.listen {
+    let proxied_addrs = config.smtp.proxy_listen.iter().map(|a| (a, true));
+    for (addr, proxied) in config
+        .smtp
+        .listen
+        .iter()
+        .map(|a| (a, false))
+        .chain(proxied_addrs)
+    {
         let l = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Listen {
                 addr: *addr,
                 source,
             })?;
-        info!(address = %l.local_addr().unwrap_or(*addr), "listening for SMTP");
-        listeners.push(l);
+        info!(address = %l.local_addr().unwrap_or(*addr), proxied, "listening for SMTP");
+        listeners.push((l, proxied));
     }
 
     let (trigger, shutdown) = shutdown::channel();
@@ -175,14 +182,16 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         dnsbl: Arc::new(Dnsbl::new(config.smtp.dnsbl.clone(), dns.clone())),
         greeting_delay: config.smtp.greeting_delay,
         error_delay: config.smtp.error_delay,
+        proxy_trusted: config.smtp.proxy_trusted.clone(),
     });
     let mut accept_tasks = Vec::new();
-    for l in listeners {
+    for (l, proxied) in listeners {
         accept_tasks.push(tokio::spawn(listener::run(
             l,
             inbound.clone(),
             shutdown.clone(),
             connections.clone(),
+            proxied,
         )));
     }
     info!(hostname = %config.hostname, domains = config.domains.len(), "mx2 started");

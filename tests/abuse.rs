@@ -172,3 +172,57 @@ fn nmap_finds_no_open_relay() {
         "a relay test reached the primary"
     );
 }
+
+#[test]
+fn proxy_headers_are_honoured_from_trusted_balancers_only() {
+    let primary = Primary::start(0);
+    let px = free_port();
+    let mx2 = Mx2::start_with(
+        primary.port,
+        &format!("proxy_listen = [\"127.0.0.1:{px}\"]\nproxy_trusted = [\"127.0.0.1/32\"]"),
+    );
+    let send_via = |header: &[u8], id: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", px)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(header).unwrap();
+        assert!(read_reply(&mut s).starts_with("220"));
+        for line in [
+            "EHLO lb.test",
+            "MAIL FROM:<a@sender.test>",
+            "RCPT TO:<user@example.test>",
+            "DATA",
+        ] {
+            let r = cmd(&mut s, line);
+            assert!(r.starts_with('2') || r.starts_with('3'), "{line}: {r}");
+        }
+        s.write_all(&message(id, "via proxy")).unwrap();
+        assert!(cmd(&mut s, ".").starts_with("250"));
+    };
+    send_via(b"PROXY TCP4 192.0.2.55 127.0.0.1 40000 25\r\n", "v1");
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[
+        0x21, 0x11, 0, 12, 198, 51, 100, 7, 127, 0, 0, 1, 0x9c, 0x41, 0, 25,
+    ]);
+    send_via(&v2, "v2");
+    let got = primary.wait_for(2, Duration::from_secs(10));
+    assert_eq!(got.len(), 2, "log:\n{}", mx2.log());
+    let traces: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body[..80]).into_owned())
+        .collect();
+    assert!(
+        traces.iter().any(|t| t.contains("[192.0.2.55]")),
+        "{traces:?}"
+    );
+    assert!(
+        traces.iter().any(|t| t.contains("[198.51.100.7]")),
+        "{traces:?}"
+    );
+    // Not a trusted balancer: refused, header or not.
+    let mut stranger = connect_from("127.0.0.2", px);
+    stranger
+        .write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 1 25\r\n")
+        .unwrap();
+    let r = read_reply(&mut stranger);
+    assert!(r.starts_with("554"), "{r}");
+}

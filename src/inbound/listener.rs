@@ -47,6 +47,8 @@ pub struct Inbound {
     pub greeting_delay: Duration,
     /// Tarpit step after repeated errors.
     pub error_delay: Duration,
+    /// Load balancers allowed to send PROXY headers on the PROXY listeners.
+    pub proxy_trusted: Vec<crate::config::Cidr>,
 }
 
 /// Accepts connections until shutdown. Each connection runs in its own task, tracked by
@@ -56,6 +58,7 @@ pub async fn run(
     inbound: Arc<Inbound>,
     mut shutdown: Shutdown,
     tasks: crate::tasks::Tracker,
+    proxied: bool,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -73,7 +76,7 @@ pub async fn run(
         };
         let inbound = inbound.clone();
         let shutdown = shutdown.clone();
-        tasks.spawn(async move { connection(stream, peer, inbound, shutdown).await });
+        tasks.spawn(async move { connection(stream, peer, inbound, shutdown, proxied).await });
     }
 }
 
@@ -193,6 +196,7 @@ async fn connection(
     peer: SocketAddr,
     inbound: Arc<Inbound>,
     mut shutdown: Shutdown,
+    proxied: bool,
 ) {
     let _ = stream.set_nodelay(true);
     let mut conn = Conn {
@@ -201,6 +205,32 @@ async fn connection(
         out: Vec::new(),
         skipping: false,
     };
+    let mut peer = peer;
+    if proxied {
+        if !inbound.proxy_trusted.iter().any(|c| c.contains(peer.ip())) {
+            info!(client = %peer.ip(), "connection refused: PROXY listener, and not a trusted load balancer");
+            conn.queue(&Reply::new(
+                554,
+                "5.7.0",
+                "this port is for the load balancer only",
+            ));
+            let _ = conn.flush().await;
+            return;
+        }
+        match read_proxy_header(
+            &mut conn,
+            inbound.command_timeout.min(Duration::from_secs(10)),
+        )
+        .await
+        {
+            Ok(Some(real)) => peer = real,
+            Ok(None) => {}
+            Err(e) => {
+                info!(balancer = %peer.ip(), error = %e, "connection refused");
+                return;
+            }
+        }
+    }
     let _slot = match inbound.limits.acquire(peer.ip()) {
         Ok(slot) => slot,
         Err(why) => {
@@ -316,6 +346,25 @@ async fn connection(
     }
     let _ = conn.flush().await;
     let _ = conn.stream.shutdown().await;
+}
+
+/// Reads the PROXY header a trusted load balancer sends first. Ok(None): a health check
+/// (`UNKNOWN`/`LOCAL`), keep the balancer's address.
+async fn read_proxy_header(conn: &mut Conn, limit: Duration) -> Result<Option<SocketAddr>, String> {
+    loop {
+        match super::proxy::parse(&conn.buf) {
+            Ok(Some(h)) => {
+                conn.buf.drain(..h.len);
+                return Ok(h.source);
+            }
+            Ok(None) => match conn.fill(limit).await {
+                Ok(true) => {}
+                Ok(false) => return Err("closed before the PROXY header".into()),
+                Err(_) => return Err("timed out waiting for the PROXY header".into()),
+            },
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 /// Checks before the banner: DNS blocklists, then the early-talker wait. False: refused (the

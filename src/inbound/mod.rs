@@ -4,5 +4,6 @@
 pub mod data;
 pub mod limits;
 pub mod listener;
+pub mod proxy;
 pub mod received;
 pub mod session;
