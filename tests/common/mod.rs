@@ -609,6 +609,7 @@ shutdown_grace = "5s"
 {queue}
 {probe}
 {delivery}
+{dns}
 {tail}
 "#,
         state = state_dir.display(),
@@ -628,6 +629,12 @@ shutdown_grace = "5s"
             ""
         } else {
             "[delivery]\nconnect_timeout = \"2s\"\ngreeting_timeout = \"5s\"\ncommand_timeout = \"5s\"\ndata_timeout = \"10s\""
+        },
+        // Never the machine's own resolver: tests must not send DNS queries off this host.
+        dns = if tail.contains("[dns]") || smtp_extra.contains("[dns]") {
+            ""
+        } else {
+            "[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = \"500ms\""
         },
         probe = if tail.contains("[probe]") {
             ""
