@@ -66,6 +66,11 @@ impl Dns {
         Ok(Self { resolver })
     }
 
+    /// The underlying resolver (for libraries that do their own lookups, such as SPF).
+    pub fn resolver(&self) -> TokioResolver {
+        self.resolver.clone()
+    }
+
     fn fqdn(name: &str) -> String {
         if name.ends_with('.') {
             name.to_string()

@@ -8,6 +8,7 @@ use crate::inbound::limits::ConnectionLimits;
 use crate::inbound::listener::{self, Inbound};
 use crate::inbound::session::SessionConfig;
 use crate::policy::Policy;
+use crate::policy::authres::MailAuth;
 use crate::policy::dnsbl::Dnsbl;
 use crate::policy::lists::Lists;
 use crate::policy::recipients::{Recipients, Ttls};
@@ -183,6 +184,11 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         greeting_delay: config.smtp.greeting_delay,
         error_delay: config.smtp.error_delay,
         proxy_trusted: config.smtp.proxy_trusted.clone(),
+        mail_auth: config
+            .auth
+            .enabled
+            .then(|| Arc::new(MailAuth::new(&dns, &config.hostname))),
+        dmarc_reject: config.auth.dmarc_reject,
     });
     let mut accept_tasks = Vec::new();
     for (l, proxied) in listeners {

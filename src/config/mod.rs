@@ -48,6 +48,7 @@ pub struct Config {
     pub dns: DnsConfig,
     pub routing: RoutingConfig,
     pub recipients: RecipientsConfig,
+    pub auth: AuthCheckConfig,
     /// The certificate offered with STARTTLS (none: STARTTLS is not offered).
     pub tls: Option<TlsFiles>,
     pub domains: Vec<DomainConfig>,
@@ -132,6 +133,25 @@ pub struct SmtpConfig {
     pub proxy_listen: Vec<std::net::SocketAddr>,
     /// ...from these load balancers only.
     pub proxy_trusted: Vec<Cidr>,
+}
+
+/// Sender authentication at reception.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthCheckConfig {
+    /// Evaluate SPF, DKIM and DMARC and prepend Authentication-Results.
+    pub enabled: bool,
+    /// Refuse (550 5.7.1) mail that fails DMARC where the domain's policy is reject.
+    pub dmarc_reject: bool,
+}
+
+impl Default for AuthCheckConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dmarc_reject: false,
+        }
+    }
 }
 
 /// How recipients are checked, and for how long verification results are kept.
@@ -254,6 +274,9 @@ pub struct TlsPolicy {
 /// Who gets delivery status notifications for mail to a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BouncePolicy {
+    /// The sender if it passed SPF or DKIM at reception, else the domain's postmaster
+    /// (the default: no backscatter to forged senders).
+    Authenticated(String),
     /// The original sender (RFC 3461).
     Sender,
     /// This address instead of the sender.
@@ -367,6 +390,8 @@ struct RawConfig {
     routing: RawRouting,
     #[serde(default)]
     recipients: RawRecipients,
+    #[serde(default)]
+    auth: AuthCheckConfig,
     tls: Option<RawTls>,
     #[serde(default)]
     domain: Vec<RawDomain>,
@@ -895,11 +920,12 @@ impl Ctx<'_> {
                 None => format!("postmaster@{name}"),
             };
             let bounce = match d.bounce.as_ref().map(|b| (b, b.get_ref().as_str())) {
-                None | Some((_, "sender")) => BouncePolicy::Sender,
+                None | Some((_, "authenticated")) => BouncePolicy::Authenticated(postmaster),
+                Some((_, "sender")) => BouncePolicy::Sender,
                 Some((_, "postmaster")) => BouncePolicy::Postmaster(postmaster),
                 Some((_, "none")) => BouncePolicy::None,
                 Some((b, other)) => {
-                    return Err(self.at(b.span(), &format!("unknown bounce policy `{other}`: use \"sender\", \"postmaster\" or \"none\"")));
+                    return Err(self.at(b.span(), &format!("unknown bounce policy `{other}`: use \"authenticated\", \"sender\", \"postmaster\" or \"none\"")));
                 }
             };
             let mode = match d.tls.as_ref().map(|t| (t, t.get_ref().as_str())) {
@@ -1018,6 +1044,7 @@ impl Ctx<'_> {
             dns,
             routing,
             recipients,
+            auth: raw.auth,
             tls,
             domains,
         })

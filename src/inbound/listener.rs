@@ -6,6 +6,7 @@ use super::data::Decoder;
 use super::limits::{ConnectionLimits, Refused};
 use super::session::{Action, Content, Session, SessionConfig};
 use crate::policy::Policy;
+use crate::policy::authres::MailAuth;
 use crate::policy::dnsbl::Dnsbl;
 use crate::policy::recipients::Recipients;
 use crate::queue::{Store, new_queue_id};
@@ -47,6 +48,10 @@ pub struct Inbound {
     pub greeting_delay: Duration,
     /// Tarpit step after repeated errors.
     pub error_delay: Duration,
+    /// SPF/DKIM/DMARC at reception (None: off).
+    pub mail_auth: Option<Arc<MailAuth>>,
+    /// Refuse DMARC p=reject failures.
+    pub dmarc_reject: bool,
     /// Load balancers allowed to send PROXY headers on the PROXY listeners.
     pub proxy_trusted: Vec<crate::config::Cidr>,
 }
@@ -597,6 +602,26 @@ async fn finish_content(
         }
         Content::Commit(m) => m,
     };
+    let mut message = message;
+    if let Some(auth) = &inbound.mail_auth {
+        let ev = auth
+            .evaluate(peer.ip(), &message.helo, &message.sender, &message.body)
+            .await;
+        debug!(queue_id = %id, authenticated = ev.authenticated, results = %ev.header.trim_end(), "sender authentication");
+        if inbound.dmarc_reject && ev.dmarc_reject {
+            info!(queue_id = %id, client = %peer.ip(), from = %message.sender, "message refused: DMARC policy reject");
+            conn.queue(&Reply::new(
+                550,
+                "5.7.1",
+                "message refused: it fails the sender domain's DMARC policy (p=reject)",
+            ));
+            return true;
+        }
+        let mut body = ev.header.into_bytes();
+        body.extend_from_slice(&message.body);
+        message.body = body;
+        message.authenticated = Some(ev.authenticated);
+    }
     let sender = message.sender.clone();
     let rcpts: Vec<String> = message
         .recipients

@@ -647,6 +647,7 @@ impl Session {
             helo: self.helo_name.clone(),
             recipients: tx.recipients,
             body,
+            authenticated: None,
         }))
     }
 

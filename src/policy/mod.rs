@@ -2,6 +2,7 @@
 //! Today: relay control (only configured domains, no sender-routed local parts). Recipient
 //! verification, rate limits and reputation checks come here too. No I/O in this module yet.
 
+pub mod authres;
 pub mod dnsbl;
 pub mod lists;
 pub mod rate;

@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS messages (
     client TEXT NOT NULL,
     helo TEXT NOT NULL,
     size INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    auth INTEGER
 );
 CREATE TABLE IF NOT EXISTS recipients (
     id INTEGER PRIMARY KEY,
@@ -403,13 +404,20 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
     if !has_warned {
         c.execute_batch("ALTER TABLE recipients ADD COLUMN warned INTEGER NOT NULL DEFAULT 0")?;
     }
+    let has_auth: bool = c
+        .prepare("SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'auth'")?
+        .query_row([], |r| r.get::<_, i64>(0))?
+        > 0;
+    if !has_auth {
+        c.execute_batch("ALTER TABLE messages ADD COLUMN auth INTEGER")?;
+    }
     Ok(())
 }
 
 fn insert(c: &Connection, m: &NewMessage) -> rusqlite::Result<()> {
     c.prepare_cached(
-        "INSERT INTO messages (id, received_at, sender, mail_params, client, helo, size, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO messages (id, received_at, sender, mail_params, client, helo, size, body, auth)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         m.id,
@@ -419,7 +427,8 @@ fn insert(c: &Connection, m: &NewMessage) -> rusqlite::Result<()> {
         m.client,
         m.helo,
         m.body.len() as i64,
-        m.body
+        m.body,
+        m.authenticated.map(i64::from)
     ])?;
     let mut stmt = c.prepare_cached(
         "INSERT INTO recipients (message_id, address, domain, params, next_attempt) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -439,7 +448,7 @@ fn insert(c: &Connection, m: &NewMessage) -> rusqlite::Result<()> {
 fn claim(c: &Connection, now: i64, limit: usize) -> rusqlite::Result<Vec<Job>> {
     let mut stmt = c.prepare_cached(
         "SELECT r.id, r.message_id, r.address, r.domain, r.params, r.attempts,
-                m.sender, m.mail_params, m.received_at, m.size, r.warned
+                m.sender, m.mail_params, m.received_at, m.size, r.warned, m.auth
          FROM recipients r JOIN messages m ON m.id = r.message_id
          WHERE r.status = 0 AND r.claimed = 0 AND r.next_attempt <= ?1
          ORDER BY r.next_attempt LIMIT ?2",
@@ -462,6 +471,7 @@ fn claim(c: &Connection, now: i64, limit: usize) -> rusqlite::Result<Vec<Job>> {
                 received_at_ms: row.get(8).unwrap_or_default(),
                 size: row.get::<_, i64>(9).unwrap_or_default() as u64,
                 recipients: Vec::new(),
+                authenticated: row.get::<_, Option<i64>>(11).ok().flatten().map(|v| v != 0),
             });
         job.recipients.push(Recipient {
             row: rid,
@@ -554,6 +564,7 @@ mod tests {
                 })
                 .collect(),
             body: b"Subject: t\r\n\r\nhello\r\n".to_vec(),
+            authenticated: Some(true),
         }
     }
 
@@ -574,6 +585,11 @@ mod tests {
         assert_eq!(s.stats().await.unwrap().pending_recipients, 3);
         let jobs = s.claim_due(2000, 100).await.unwrap();
         assert_eq!(jobs.len(), 2, "one job per domain");
+        assert_eq!(
+            jobs[0].authenticated,
+            Some(true),
+            "the authentication result is kept with the message"
+        );
         assert!(
             s.claim_due(2000, 100).await.unwrap().is_empty(),
             "claimed jobs are not handed out twice"

@@ -40,6 +40,8 @@ pub struct NewMessage {
     pub recipients: Vec<NewRecipient>,
     /// The content as it will be relayed, trace header included, CRLF line endings.
     pub body: Vec<u8>,
+    /// Whether the sender passed SPF or DKIM at reception (None: not evaluated).
+    pub authenticated: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +73,8 @@ pub struct Job {
     pub received_at_ms: i64,
     pub size: u64,
     pub recipients: Vec<Recipient>,
+    /// Whether the sender passed SPF or DKIM at reception (None: not evaluated).
+    pub authenticated: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

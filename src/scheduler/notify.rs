@@ -107,6 +107,14 @@ impl Notifier {
         {
             BouncePolicy::Sender => job.sender.clone(),
             BouncePolicy::Postmaster(addr) => addr.clone(),
+            // Not evaluated (checks off, or queued before an upgrade): the sender.
+            BouncePolicy::Authenticated(postmaster) => match job.authenticated {
+                Some(false) => {
+                    info!(queue_id = %job.queue_id, "sender did not pass SPF or DKIM: notification goes to the postmaster");
+                    postmaster.clone()
+                }
+                _ => job.sender.clone(),
+            },
             BouncePolicy::None => {
                 info!(queue_id = %job.queue_id, domain = %job.domain, "bounce policy is none: no notification sent");
                 return None;
@@ -143,6 +151,7 @@ impl Notifier {
                 params: String::new(),
             }],
             body,
+            authenticated: None,
         })
     }
 }
@@ -160,6 +169,7 @@ mod tests {
             mail_params: String::new(),
             received_at_ms: 0,
             size: 10,
+            authenticated: None,
             recipients: vec![Recipient {
                 row: 1,
                 address: "u@example.test".into(),
@@ -283,6 +293,26 @@ mod tests {
         assert_eq!(
             n.message(&j, b"", &reports, UNIX_EPOCH).unwrap().recipients[0].address,
             "hostmaster@example.test"
+        );
+        n.policies.insert(
+            "example.test".into(),
+            BouncePolicy::Authenticated("postmaster@example.test".into()),
+        );
+        assert_eq!(
+            n.message(&j, b"", &reports, UNIX_EPOCH).unwrap().recipients[0].address,
+            "s@sender.test",
+            "not evaluated: the sender"
+        );
+        let forged = Job {
+            authenticated: Some(false),
+            ..j.clone()
+        };
+        assert_eq!(
+            n.message(&forged, b"", &reports, UNIX_EPOCH)
+                .unwrap()
+                .recipients[0]
+                .address,
+            "postmaster@example.test"
         );
         n.policies.insert("example.test".into(), BouncePolicy::None);
         assert!(n.message(&j, b"", &reports, UNIX_EPOCH).is_none());

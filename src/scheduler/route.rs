@@ -246,6 +246,7 @@ mod tests {
             received_at_ms: 0,
             size: 0,
             recipients: vec![],
+            authenticated: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! message encoding. Zones are given as simple records; unknown names get NXDOMAIN.
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX};
+use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -18,6 +18,7 @@ pub enum Rec {
     /// `MX 0 .` (RFC 7505).
     NullMx,
     Ip(&'static str),
+    Txt(&'static str),
 }
 
 pub struct DnsServer {
@@ -90,6 +91,7 @@ fn answer(zone: &HashMap<String, Vec<Rec>>, query: &[u8]) -> Option<Vec<u8>> {
                         RData::MX(MX::new(*p, Name::from_ascii(format!("{host}.")).ok()?))
                     }
                     (Rec::NullMx, RecordType::MX) => RData::MX(MX::new(0, Name::root())),
+                    (Rec::Txt(t), RecordType::TXT) => RData::TXT(TXT::new(vec![t.to_string()])),
                     (Rec::Ip(ip), t) => match (ip.parse::<IpAddr>().ok()?, t) {
                         (IpAddr::V4(v4), RecordType::A) => RData::A(A(v4)),
                         (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),

@@ -42,13 +42,23 @@ pub struct Received {
 }
 
 impl Received {
+    /// The first header field of that name, continuation lines unfolded.
     pub fn header(&self, name: &str) -> Option<String> {
         let text = String::from_utf8_lossy(&self.body);
         let prefix = format!("{}:", name.to_ascii_lowercase());
-        text.split("\r\n")
-            .take_while(|l| !l.is_empty())
-            .find(|l| l.to_ascii_lowercase().starts_with(&prefix))
-            .map(|l| l[prefix.len()..].trim().to_string())
+        let lines: Vec<&str> = text.split("\r\n").take_while(|l| !l.is_empty()).collect();
+        let start = lines
+            .iter()
+            .position(|l| l.to_ascii_lowercase().starts_with(&prefix))?;
+        let mut value = lines[start][prefix.len()..].trim().to_string();
+        for cont in lines[start + 1..]
+            .iter()
+            .take_while(|l| l.starts_with([' ', '\t']))
+        {
+            value.push(' ');
+            value.push_str(cont.trim());
+        }
+        Some(value)
     }
 }
 
@@ -610,6 +620,7 @@ shutdown_grace = "5s"
 {probe}
 {delivery}
 {dns}
+{auth}
 {tail}
 "#,
         state = state_dir.display(),
@@ -635,6 +646,12 @@ shutdown_grace = "5s"
             ""
         } else {
             "[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = \"500ms\""
+        },
+        // SPF/DKIM/DMARC only where a test serves the DNS records for it.
+        auth = if tail.contains("[auth]") {
+            ""
+        } else {
+            "[auth]\nenabled = false"
         },
         probe = if tail.contains("[probe]") {
             ""

@@ -1,0 +1,97 @@
+//! Sender authentication at reception: SPF, DKIM and DMARC (mail-auth), the
+//! Authentication-Results header (RFC 8601) mx2 prepends, and whether the sender passed SPF or
+//! DKIM (for the `authenticated` bounce policy).
+
+use crate::dns::Dns;
+use mail_auth::dmarc::Policy as DmarcPolicy;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
+    SpfResult,
+};
+use std::net::IpAddr;
+
+pub struct MailAuth {
+    auth: MessageAuthenticator,
+    hostname: String,
+}
+
+/// What reception learned about the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    /// `Authentication-Results: …` with CRLF line endings, ready to prepend.
+    pub header: String,
+    /// SPF or DKIM passed.
+    pub authenticated: bool,
+    /// DMARC failed and the domain's policy is `reject`.
+    pub dmarc_reject: bool,
+}
+
+impl MailAuth {
+    pub fn new(dns: &Dns, hostname: &str) -> Self {
+        Self {
+            auth: MessageAuthenticator(dns.resolver()),
+            hostname: hostname.to_string(),
+        }
+    }
+
+    pub async fn evaluate(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        sender: &str,
+        content: &[u8],
+    ) -> Evaluation {
+        let spf = if sender.is_empty() {
+            self.auth
+                .verify_spf(SpfParameters::verify_ehlo(ip, helo, &self.hostname))
+                .await
+        } else {
+            self.auth
+                .verify_spf(SpfParameters::verify_mail_from(
+                    ip,
+                    helo,
+                    &self.hostname,
+                    sender,
+                ))
+                .await
+        };
+        let mut results = AuthenticationResults::new(&self.hostname)
+            .with_spf_mailfrom_result(&spf, ip, sender, helo);
+        let mut authenticated = spf.result() == SpfResult::Pass;
+        let mut dmarc_reject = false;
+        if let Some(message) = AuthenticatedMessage::parse(content) {
+            let dkim = self.auth.verify_dkim(&message).await;
+            authenticated |= dkim.iter().any(|d| d.result() == &DkimResult::Pass);
+            results = results.with_dkim_results(&dkim, message.from());
+            let mail_from_domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d);
+            let dmarc = self
+                .auth
+                .verify_dmarc(DmarcParameters::new(
+                    &message,
+                    &dkim,
+                    mail_from_domain,
+                    &spf,
+                ))
+                .await;
+            dmarc_reject = matches!(dmarc.spf_result(), DmarcResult::Fail(_) | DmarcResult::None)
+                && matches!(
+                    dmarc.dkim_result(),
+                    DmarcResult::Fail(_) | DmarcResult::None
+                )
+                && matches!(dmarc.result(), DmarcResult::Fail(_))
+                && dmarc.policy() == DmarcPolicy::Reject;
+            results = results.with_dmarc_result(&dmarc);
+        }
+        let text = results
+            .to_string()
+            .replace("\r\n", "\n")
+            .replace('\n', "\r\n");
+        Evaluation {
+            header: format!("Authentication-Results: {text}\r\n"),
+            authenticated,
+            dmarc_reject,
+        }
+    }
+}
