@@ -74,6 +74,8 @@ struct PrimaryState {
     active: usize,
     peak: usize,
     refused: usize,
+    /// Connections dropped after the final dot.
+    dropped: usize,
 }
 
 /// A scriptable SMTP server standing in for a domain's primary MX. Its end-of-data detection is
@@ -98,6 +100,11 @@ pub struct PrimaryOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Require AUTH PLAIN (offered only inside TLS) with this user and password.
     pub auth: Option<(String, String)>,
+    /// Accept connections and never say anything.
+    pub silent: bool,
+    /// For the first N messages: take the whole message, then drop the connection without a
+    /// reply (the RFC 1047 duplicate window).
+    pub drop_after_dot: usize,
 }
 
 impl Default for PrimaryOptions {
@@ -109,6 +116,8 @@ impl Default for PrimaryOptions {
             max_connections: None,
             tls: None,
             auth: None,
+            silent: false,
+            drop_after_dot: 0,
         }
     }
 }
@@ -322,6 +331,10 @@ fn serve_primary(
         }
         c.write(text.as_bytes())
     };
+    if opts.silent {
+        while c.fill(stop)? {}
+        return Ok(());
+    }
     reply(&mut c, "220 primary.test ESMTP test primary\r\n")?;
     let (mut from, mut params, mut rcpts) = (String::new(), String::new(), Vec::<String>::new());
     let mut rcpt_params = Vec::<String>::new();
@@ -423,6 +436,14 @@ fn serve_primary(
                 authenticated: authenticated.clone(),
             });
             rcpts.clear();
+            let dropped = {
+                let mut s = state.lock().unwrap();
+                s.dropped += usize::from(s.dropped < opts.drop_after_dot);
+                s.dropped <= opts.drop_after_dot && s.messages.len() <= opts.drop_after_dot
+            };
+            if dropped {
+                return Ok(()); // the message is in, the reply never comes
+            }
             reply(&mut c, "250 2.0.0 queued at primary\r\n")?;
         } else if upper == "RSET" || upper.starts_with("NOOP") {
             rcpts.clear();
