@@ -315,55 +315,38 @@ impl Session {
         if self.tx.is_some() {
             return self.error(Reply::new(503, "5.5.1", "nested MAIL command"));
         }
-        let mut utf8 = false;
-        for p in &params {
-            let v = p.value.as_deref();
-            let good = match (p.keyword.as_str(), self.hello == Hello::Ehlo) {
-                (_, false) => false,
-                ("SIZE", _) => match v.and_then(|v| v.parse::<u64>().ok()) {
-                    Some(n) if n > self.cfg.max_message_size => {
-                        return self.error(Reply::new(
-                            552,
-                            "5.3.4",
-                            format!(
-                                "message size exceeds fixed maximum message size of {} bytes",
-                                self.cfg.max_message_size
-                            ),
-                        ));
-                    }
-                    Some(_) => true,
-                    None => false,
-                },
-                ("BODY", _) => v.is_some_and(|v| {
+        let ehlo = self.hello == Hello::Ehlo;
+        let max = self.cfg.max_message_size;
+        let declared = params
+            .iter()
+            .find(|p| p.keyword == "SIZE")
+            .and_then(|p| p.value.as_deref())
+            .and_then(|v| v.parse::<u64>().ok());
+        if ehlo && declared.is_some_and(|n| n > max) {
+            return self.error(Reply::new(
+                552,
+                "5.3.4",
+                format!("message size exceeds fixed maximum message size of {max} bytes"),
+            ));
+        }
+        if let Err(a) =
+            self.check_params(&params, |k, v| match k {
+                _ if !ehlo => Some(false),
+                "SIZE" => Some(v.and_then(|v| v.parse::<u64>().ok()).is_some()),
+                "BODY" => Some(v.is_some_and(|v| {
                     v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME")
-                }),
-                ("SMTPUTF8", _) if v.is_none() => {
-                    utf8 = true;
-                    true
-                }
-                ("RET", _) => v.is_some_and(|v| {
+                })),
+                "SMTPUTF8" => Some(v.is_none()),
+                "RET" => Some(v.is_some_and(|v| {
                     v.eq_ignore_ascii_case("FULL") || v.eq_ignore_ascii_case("HDRS")
-                }),
-                ("ENVID", _) => v.is_some_and(|v| v.len() <= 100 && dsn::is_xtext(v)),
-                _ => {
-                    return self.error(Reply::new(
-                        555,
-                        "5.5.4",
-                        format!("unsupported parameter {}", p.keyword),
-                    ));
-                }
-            };
-            if !good {
-                return self.error(Reply::new(
-                    501,
-                    "5.5.4",
-                    format!("bad value for parameter {}", p.keyword),
-                ));
-            }
+                })),
+                "ENVID" => Some(v.is_some_and(|v| v.len() <= 100 && dsn::is_xtext(v))),
+                _ => None,
+            })
+        {
+            return a;
         }
-        if has_duplicates(&params) {
-            return self.error(Reply::new(501, "5.5.4", "a parameter is given twice"));
-        }
+        let utf8 = params.iter().any(|p| p.keyword == "SMTPUTF8");
         if let Err(reply) = self.policy.take_message(self.client_ip, Instant::now()) {
             return Action::Reply(reply);
         }
@@ -385,6 +368,38 @@ impl Session {
         Self::ok("sender OK", "2.1.0")
     }
 
+    /// Validates ESMTP parameters with `valid(keyword, value)`: None is an unknown parameter
+    /// (555), Some(false) a bad value (501); a repeated parameter is a 501 too.
+    fn check_params(
+        &mut self,
+        params: &[Param],
+        valid: impl Fn(&str, Option<&str>) -> Option<bool>,
+    ) -> Result<(), Action> {
+        for p in params {
+            match valid(&p.keyword, p.value.as_deref()) {
+                None => {
+                    return Err(self.error(Reply::new(
+                        555,
+                        "5.5.4",
+                        format!("unsupported parameter {}", p.keyword),
+                    )));
+                }
+                Some(false) => {
+                    return Err(self.error(Reply::new(
+                        501,
+                        "5.5.4",
+                        format!("bad value for parameter {}", p.keyword),
+                    )));
+                }
+                Some(true) => {}
+            }
+        }
+        if has_duplicates(params) {
+            return Err(self.error(Reply::new(501, "5.5.4", "a parameter is given twice")));
+        }
+        Ok(())
+    }
+
     fn rcpt(&mut self, path: &str, params: Vec<Param>) -> Action {
         let Some(tx) = self.tx.as_ref() else {
             return self.error(Reply::new(503, "5.5.1", "need MAIL before RCPT"));
@@ -392,39 +407,26 @@ impl Session {
         if tx.recipients.len() >= self.cfg.max_recipients {
             return Action::Reply(Reply::new(452, "4.5.3", "too many recipients"));
         }
-        for p in &params {
-            let v = p.value.as_deref().unwrap_or("");
-            let good = match p.keyword.as_str() {
-                "NOTIFY" => dsn::Notify::parse(v).is_some(),
+        let utf8 = tx.utf8;
+        if let Err(a) = self.check_params(&params, |k, v| {
+            let v = v.unwrap_or("");
+            match k {
+                "NOTIFY" => Some(dsn::Notify::parse(v).is_some()),
                 // addr-type ";" xtext; kept verbatim and relayed as received.
-                "ORCPT" => {
+                "ORCPT" => Some(
                     v.len() <= 500
                         && v.split_once(';').is_some_and(|(t, a)| {
                             !t.is_empty()
                                 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                                 && dsn::is_xtext(a)
-                        })
-                }
-                _ => {
-                    return self.error(Reply::new(
-                        555,
-                        "5.5.4",
-                        format!("unsupported parameter {}", p.keyword),
-                    ));
-                }
-            };
-            if !good {
-                return self.error(Reply::new(
-                    501,
-                    "5.5.4",
-                    format!("bad value for parameter {}", p.keyword),
-                ));
+                        }),
+                ),
+                _ => None,
             }
+        }) {
+            return a;
         }
-        if has_duplicates(&params) {
-            return self.error(Reply::new(501, "5.5.4", "a parameter is given twice"));
-        }
-        let mailbox = match parse_mailbox(path, tx.utf8) {
+        let mailbox = match parse_mailbox(path, utf8) {
             Ok(m) => m,
             Err(e) => {
                 return self.error(Reply::new(

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{debug, warn};
+use tracing::warn;
 
 impl Primaries for Scheduler {
     fn is_up(&self, domain: &str) -> bool {
@@ -91,28 +91,7 @@ impl Scheduler {
                 if !route.is_up() {
                     continue;
                 }
-                let s = &self.settings;
-                let reachable = match self.targets(&route).await {
-                    Ok(targets) => match Client::connect(
-                        &targets,
-                        &s.hostname,
-                        &s.probe_timeouts,
-                        &route.tls,
-                        route.auth.as_ref(),
-                    )
-                    .await
-                    {
-                        Ok(c) => {
-                            c.quit().await;
-                            true
-                        }
-                        Err(e) => {
-                            debug!(primary = %route.key, error = %e, "standby check failed");
-                            false
-                        }
-                    },
-                    Err(_) => false,
-                };
+                let reachable = self.check(&route, false).await;
                 if !reachable && route.mark_down() == super::route::Transition::WentDown {
                     warn!(primary = %route.key, "primary is down (standby check); accepting mail for its domains");
                     let me = self.clone();

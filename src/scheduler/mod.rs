@@ -584,6 +584,38 @@ impl Scheduler {
         }
     }
 
+    /// One health check of a route: DNS, connect, banner, EHLO (and TLS and AUTH as the route
+    /// requires), QUIT. A destination that refuses all mail (null MX) counts as reachable when
+    /// `refusal_is_an_answer`, so held mail can fail for real.
+    pub(super) async fn check(&self, route: &Route, refusal_is_an_answer: bool) -> bool {
+        let s = &self.settings;
+        match self.targets(route).await {
+            Ok(targets) => match Client::connect(
+                &targets,
+                &s.hostname,
+                &s.probe_timeouts,
+                &route.tls,
+                route.auth.as_ref(),
+            )
+            .await
+            {
+                Ok(client) => {
+                    client.quit().await;
+                    true
+                }
+                Err(e) => {
+                    debug!(primary = %route.key, error = %e, "health check failed");
+                    false
+                }
+            },
+            Err(NoRoute::Fail(_)) => refusal_is_an_answer,
+            Err(NoRoute::Hold(reason)) => {
+                debug!(primary = %route.key, reason, "health check failed");
+                false
+            }
+        }
+    }
+
     /// Probes a down route every `probe_interval` until it answers (banner and EHLO), then
     /// makes everything held for it due at once.
     async fn probe(self: Arc<Self>, route: Arc<Route>) {
@@ -594,35 +626,7 @@ impl Scheduler {
                 _ = shutdown.wait() => return,
                 _ = tokio::time::sleep(s.probe_interval) => {}
             }
-            let reachable = match self.targets(&route).await {
-                Ok(targets) => {
-                    match Client::connect(
-                        &targets,
-                        &s.hostname,
-                        &s.probe_timeouts,
-                        &route.tls,
-                        route.auth.as_ref(),
-                    )
-                    .await
-                    {
-                        Ok(client) => {
-                            client.quit().await;
-                            true
-                        }
-                        Err(e) => {
-                            debug!(primary = %route.key, error = %e, "probe failed");
-                            false
-                        }
-                    }
-                }
-                // The destination refuses all mail now: let the held jobs fail for real.
-                Err(NoRoute::Fail(_)) => true,
-                Err(NoRoute::Hold(reason)) => {
-                    debug!(primary = %route.key, reason, "probe failed");
-                    false
-                }
-            };
-            if reachable {
+            if self.check(&route, true).await {
                 let down_for = route.mark_up();
                 let due = self
                     .store
