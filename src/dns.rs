@@ -112,6 +112,73 @@ impl Dns {
         }
     }
 
+    /// The target of a CNAME at `name`, if there is one.
+    pub async fn cname(&self, name: &str) -> Result<Option<String>, DnsFailure> {
+        match self
+            .resolver
+            .lookup(
+                Self::fqdn(name),
+                hickory_resolver::proto::rr::RecordType::CNAME,
+            )
+            .await
+        {
+            Ok(l) => Ok(l.answers().iter().find_map(|r| match &r.data {
+                RData::CNAME(c) => Some(c.0.to_ascii().trim_end_matches('.').to_ascii_lowercase()),
+                _ => None,
+            })),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(None),
+            Err(e) => Err(DnsFailure {
+                name: name.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// The PTR names of an address.
+    pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsFailure> {
+        match self.resolver.reverse_lookup(ip).await {
+            Ok(l) => Ok(l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::PTR(p) => {
+                        Some(p.0.to_ascii().trim_end_matches('.').to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(DnsFailure {
+                name: ip.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// TXT strings at `name` (each record's strings joined).
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsFailure> {
+        match self.resolver.txt_lookup(Self::fqdn(name)).await {
+            Ok(l) => Ok(l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(t) => Some(
+                        t.txt_data
+                            .iter()
+                            .map(|d| String::from_utf8_lossy(d).into_owned())
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(DnsFailure {
+                name: name.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
     /// A and AAAA of a host (an IP literal is returned as is). Empty: the name has no address.
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
         if let Ok(ip) = host.parse::<IpAddr>() {

@@ -1,6 +1,7 @@
 //! mx2: a secondary MX. Accepts mail for the domains it backs up, keeps it durably, and hands it
 //! to each domain's primary the moment the primary can take it. See `design.md` for the map.
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod delivery;

@@ -25,6 +25,21 @@ pub enum Cmd {
         #[arg(short, long, default_value = "/etc/mx2/mx2.toml")]
         config: PathBuf,
     },
+    /// Audit a domain's MX setup: records, preferences, addresses, reverse DNS, and whether
+    /// primary and backup are in different networks. Exit code 0 ok, 1 warnings, 2 failures.
+    Check {
+        /// The domain to audit.
+        domain: String,
+        /// Ask this DNS server (IP or IP:PORT) instead of the system's.
+        #[arg(long)]
+        resolver: Option<String>,
+        /// A MaxMind database (.mmdb) for ASN, country and distance checks.
+        #[arg(long)]
+        geoip: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -64,9 +79,56 @@ fn init_logging(config: &Config) {
     }
 }
 
+fn check(domain: &str, resolver: Option<&str>, geoip: Option<PathBuf>, json: bool) -> ExitCode {
+    let servers = match resolver.map(|r| {
+        r.parse::<std::net::SocketAddr>().or_else(|_| {
+            r.parse::<std::net::IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        })
+    }) {
+        None => Vec::new(),
+        Some(Ok(a)) => vec![a],
+        Some(Err(_)) => {
+            eprintln!(
+                "mx2: --resolver {}: expected an IP address or IP:PORT",
+                resolver.unwrap_or("")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mx2: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async {
+        let dns = match crate::dns::Dns::new(&servers, std::time::Duration::from_secs(5)) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("mx2: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let report = crate::check::run(domain, &dns, &crate::check::Options { geoip }).await;
+        println!("{}", if json { report.json() } else { report.text() });
+        ExitCode::from(report.exit_code())
+    })
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Check {
+            domain,
+            resolver,
+            geoip,
+            json,
+        } => check(&domain, resolver.as_deref(), geoip, json),
         Cmd::Config {
             action: ConfigCmd::Check { config },
         } => {

@@ -2,7 +2,7 @@
 //! message encoding. Zones are given as simple records; unknown names get NXDOMAIN.
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -19,6 +19,9 @@ pub enum Rec {
     NullMx,
     Ip(&'static str),
     Txt(&'static str),
+    Cname(&'static str),
+    /// Owner is the reversed name, e.g. `2.0.0.127.in-addr.arpa`.
+    Ptr(&'static str),
 }
 
 pub struct DnsServer {
@@ -92,6 +95,12 @@ fn answer(zone: &HashMap<String, Vec<Rec>>, query: &[u8]) -> Option<Vec<u8>> {
                     }
                     (Rec::NullMx, RecordType::MX) => RData::MX(MX::new(0, Name::root())),
                     (Rec::Txt(t), RecordType::TXT) => RData::TXT(TXT::new(vec![t.to_string()])),
+                    (Rec::Cname(t), _) => {
+                        RData::CNAME(CNAME(Name::from_ascii(format!("{t}.")).ok()?))
+                    }
+                    (Rec::Ptr(t), RecordType::PTR) => {
+                        RData::PTR(PTR(Name::from_ascii(format!("{t}.")).ok()?))
+                    }
                     (Rec::Ip(ip), t) => match (ip.parse::<IpAddr>().ok()?, t) {
                         (IpAddr::V4(v4), RecordType::A) => RData::A(A(v4)),
                         (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),

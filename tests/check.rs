@@ -1,0 +1,92 @@
+//! `mx2 check` against crafted zones on the local DNS server: each setup gets the right
+//! verdict, reasons and fixes (snapshots), the right exit code, and valid JSON.
+
+mod common;
+
+use common::dns::{DnsServer, Rec};
+use std::process::Command;
+
+fn zones() -> DnsServer {
+    DnsServer::start(&[
+        // A good setup: two MX hosts in different networks, reverse DNS that resolves back.
+        ("good.test", Rec::Mx(10, "mx1.good.test")),
+        ("good.test", Rec::Mx(20, "mx2.backup.test")),
+        ("mx1.good.test", Rec::Ip("192.0.2.10")),
+        ("10.2.0.192.in-addr.arpa", Rec::Ptr("mx1.good.test")),
+        ("mx2.backup.test", Rec::Ip("198.51.100.20")),
+        ("20.100.51.198.in-addr.arpa", Rec::Ptr("mx2.backup.test")),
+        // Backup in the same /24 as the primary.
+        ("samenet.test", Rec::Mx(10, "a.samenet.test")),
+        ("samenet.test", Rec::Mx(20, "b.samenet.test")),
+        ("a.samenet.test", Rec::Ip("192.0.2.10")),
+        ("b.samenet.test", Rec::Ip("192.0.2.99")),
+        ("99.2.0.192.in-addr.arpa", Rec::Ptr("b.samenet.test")),
+        // One MX host only.
+        ("single.test", Rec::Mx(10, "mx1.good.test")),
+        // A CNAME target.
+        ("cname.test", Rec::Mx(10, "alias.cname.test")),
+        ("cname.test", Rec::Mx(20, "mx2.backup.test")),
+        ("alias.cname.test", Rec::Cname("mx1.good.test")),
+        // An IP literal as target.
+        ("literal.test", Rec::Mx(10, "192.0.2.10")),
+        ("literal.test", Rec::Mx(20, "mx2.backup.test")),
+        // Equal preferences.
+        ("equal.test", Rec::Mx(10, "mx1.good.test")),
+        ("equal.test", Rec::Mx(10, "mx2.backup.test")),
+        // Null MX.
+        ("nullmx.test", Rec::NullMx),
+        // No reverse DNS for the primary.
+        ("noptr.test", Rec::Mx(10, "mx1.noptr.test")),
+        ("noptr.test", Rec::Mx(20, "mx2.backup.test")),
+        ("mx1.noptr.test", Rec::Ip("203.0.113.5")),
+    ])
+}
+
+fn check(dns: &DnsServer, domain: &str, json: bool) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mx2"));
+    cmd.args(["check", domain, "--resolver", &dns.addr.to_string()]);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn verdicts_reasons_and_fixes() {
+    let dns = zones();
+    for (domain, code) in [
+        ("good.test", 0),
+        ("samenet.test", 2),
+        ("single.test", 2),
+        ("cname.test", 2),
+        ("literal.test", 2),
+        ("equal.test", 1),
+        ("nullmx.test", 2),
+        ("noptr.test", 1),
+    ] {
+        let (got, text) = check(&dns, domain, false);
+        assert_eq!(got, code, "{domain}:\n{text}");
+        insta::assert_snapshot!(domain.replace('.', "_"), text);
+    }
+}
+
+#[test]
+fn json_output_is_machine_readable() {
+    let dns = zones();
+    let (code, text) = check(&dns, "samenet.test", true);
+    assert_eq!(code, 2);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(v["verdict"], "fail");
+    assert_eq!(v["mx"].as_array().unwrap().len(), 2);
+    assert!(
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["check"] == "diversity" && f["level"] == "fail" && f["fix"].is_string())
+    );
+}
