@@ -179,6 +179,38 @@ impl ClientTls {
     }
 }
 
+/// Checks a server certificate chain for `name` against the Mozilla roots and `ca_file`:
+/// Ok, or the reason it would be refused.
+pub fn verify_chain(chain: &[Vec<u8>], name: &str, ca_file: Option<&Path>) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("{}: {e}", ca.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots.add_parsable_certificates(certs);
+    }
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| e.to_string())?;
+    let (ee, rest) = chain.split_first().ok_or("no certificate")?;
+    let ee = CertificateDer::from(ee.clone());
+    let intermediates: Vec<CertificateDer<'_>> = rest
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    let server_name = match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?,
+    };
+    verifier
+        .verify_server_cert(&ee, &intermediates, &server_name, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Accepts any certificate (opportunistic and required TLS) but still checks the handshake
 /// signatures, so the session is at least bound to the certificate presented.
 #[derive(Debug)]

@@ -90,3 +90,105 @@ fn json_output_is_machine_readable() {
             .any(|f| f["check"] == "diversity" && f["level"] == "fail" && f["fix"].is_string())
     );
 }
+
+/// An mx2 backing up `domain`, also listening on `ip:port` with the given certificate files.
+fn backup_mx2(
+    domain: &str,
+    ip: &str,
+    port: u16,
+    leaf: &common::pki::LeafFiles,
+    primary_port: u16,
+) -> common::Mx2 {
+    let tail = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[[domain]]\nname = \"{domain}\"\nprimary = [\"127.0.0.1:{primary_port}\"]\n",
+        leaf.cert.display(),
+        leaf.key.display()
+    );
+    common::Mx2::start_config(|p, state| {
+        common::config_with(p, state, "", &tail).replace(
+            &format!("listen = [\"127.0.0.1:{p}\"]"),
+            &format!("listen = [\"127.0.0.1:{p}\", \"{ip}:{port}\"]"),
+        )
+    })
+}
+
+#[test]
+fn live_smtp_checks() {
+    let pki = common::pki::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki.write_ca(dir.path());
+    let port = common::free_port();
+    let primary = common::Primary::start_on("127.0.0.1", port, common::PrimaryOptions::default());
+    let good = backup_mx2(
+        "live.test",
+        "127.0.0.5",
+        port,
+        &pki.leaf(dir.path(), "good", &["backup.live.test"]),
+        primary.port,
+    );
+    let stale = backup_mx2(
+        "expired.test",
+        "127.0.0.6",
+        port,
+        &pki.expired_leaf(dir.path(), "stale", &["backup.expired.test"]),
+        primary.port,
+    );
+    let dns = DnsServer::start(&[
+        ("live.test", Rec::Mx(10, "primary.live.test")),
+        ("live.test", Rec::Mx(20, "backup.live.test")),
+        ("primary.live.test", Rec::Ip("127.0.0.1")),
+        ("backup.live.test", Rec::Ip("127.0.0.5")),
+        ("expired.test", Rec::Mx(10, "primary.live.test")),
+        ("expired.test", Rec::Mx(20, "backup.expired.test")),
+        ("backup.expired.test", Rec::Ip("127.0.0.6")),
+    ]);
+    let run = |domain: &str| -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_mx2"))
+            .args([
+                "check",
+                domain,
+                "--json",
+                "--smtp",
+                "--smtp-port",
+                &port.to_string(),
+                "--resolver",
+                &dns.addr.to_string(),
+                "--ca-file",
+            ])
+            .arg(&ca)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let find = |v: &serde_json::Value, suffix: &str| -> (String, String) {
+        let f = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"].as_str().unwrap_or("").ends_with(suffix))
+            .unwrap_or_else(|| panic!("no {suffix} in {v:#}"));
+        (
+            f["level"].as_str().unwrap().to_string(),
+            f["message"].as_str().unwrap().to_string(),
+        )
+    };
+    let v = run("live.test");
+    assert_eq!(find(&v, "127.0.0.5.certificate").0, "ok", "{v:#}");
+    assert_eq!(find(&v, "127.0.0.5.postmaster").0, "ok", "{v:#}");
+    assert_eq!(find(&v, "127.0.0.5.relay").0, "ok", "{v:#}");
+    assert_eq!(
+        find(&v, "127.0.0.1.starttls").0,
+        "warn",
+        "the test primary offers no STARTTLS"
+    );
+    let v = run("expired.test");
+    let (level, msg) = find(&v, "127.0.0.6.certificate");
+    assert_eq!(level, "fail", "{msg}");
+    assert!(msg.contains("2021"), "the expiry date is shown: {msg}");
+    assert!(
+        primary.messages().is_empty(),
+        "the checks never send a message"
+    );
+    drop((good, stale));
+}

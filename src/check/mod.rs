@@ -4,6 +4,7 @@
 
 pub mod diversity;
 pub mod report;
+pub mod smtp;
 
 use crate::dns::{Dns, MxAnswer};
 use diversity::{Closeness, closeness, parent, prefix};
@@ -15,6 +16,10 @@ use std::net::IpAddr;
 pub struct Options {
     /// An offline MaxMind database for ASN, country and distance checks.
     pub geoip: Option<std::path::PathBuf>,
+    /// Run the live SMTP checks on this port (25 normally).
+    pub smtp_port: Option<u16>,
+    /// Extra trusted CA certificates for the STARTTLS check.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 pub async fn run(domain: &str, dns: &Dns, opts: &Options) -> Report {
@@ -176,6 +181,9 @@ pub async fn run(domain: &str, dns: &Dns, opts: &Options) -> Report {
             "IPv6: no MX host has an AAAA record (IPv6-only senders cannot reach the domain)",
             None,
         );
+    }
+    if let Some(port) = opts.smtp_port {
+        smtp::run(&mut r, port, opts.ca_file.as_deref(), "mx2-check.invalid").await;
     }
     match &opts.geoip {
         None => r.add("geoip", Level::Info, "not checked: ASN, organisation, country and distance between the MX hosts (pass --geoip FILE, a MaxMind .mmdb database)", None),

@@ -39,6 +39,16 @@ pub enum Cmd {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also talk to each MX host (banner, EHLO, STARTTLS and its certificate, postmaster
+        /// and relay tests on the backups; never DATA).
+        #[arg(long)]
+        smtp: bool,
+        /// The port for --smtp.
+        #[arg(long, default_value_t = 25)]
+        smtp_port: u16,
+        /// Extra trusted CA certificates (PEM) for the STARTTLS check.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
     /// Configuration tools.
     Config {
@@ -79,7 +89,12 @@ fn init_logging(config: &Config) {
     }
 }
 
-fn check(domain: &str, resolver: Option<&str>, geoip: Option<PathBuf>, json: bool) -> ExitCode {
+fn check(
+    domain: &str,
+    resolver: Option<&str>,
+    opts: crate::check::Options,
+    json: bool,
+) -> ExitCode {
     let servers = match resolver.map(|r| {
         r.parse::<std::net::SocketAddr>().or_else(|_| {
             r.parse::<std::net::IpAddr>()
@@ -114,7 +129,7 @@ fn check(domain: &str, resolver: Option<&str>, geoip: Option<PathBuf>, json: boo
                 return ExitCode::from(2);
             }
         };
-        let report = crate::check::run(domain, &dns, &crate::check::Options { geoip }).await;
+        let report = crate::check::run(domain, &dns, &opts).await;
         println!("{}", if json { report.json() } else { report.text() });
         ExitCode::from(report.exit_code())
     })
@@ -128,7 +143,17 @@ pub fn main() -> ExitCode {
             resolver,
             geoip,
             json,
-        } => check(&domain, resolver.as_deref(), geoip, json),
+            smtp,
+            smtp_port,
+            ca_file,
+        } => {
+            let opts = crate::check::Options {
+                geoip,
+                smtp_port: smtp.then_some(smtp_port),
+                ca_file,
+            };
+            check(&domain, resolver.as_deref(), opts, json)
+        }
         Cmd::Config {
             action: ConfigCmd::Check { config },
         } => {

@@ -338,6 +338,19 @@ impl Client {
         }
     }
 
+    /// The server's certificate chain (DER, end entity first) once TLS is up.
+    pub fn peer_certificates(&self) -> Vec<Vec<u8>> {
+        match &self.stream {
+            Stream::Client(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn timeouts(&self) -> &Timeouts {
         &self.t
     }

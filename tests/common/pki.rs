@@ -81,3 +81,23 @@ impl Pki {
         )
     }
 }
+
+impl Pki {
+    /// A certificate for `names` that expired long ago.
+    pub fn expired_leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> LeafFiles {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let files = LeafFiles {
+            cert: dir.join(format!("{stem}.crt")),
+            key: dir.join(format!("{stem}.key")),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+}
