@@ -53,12 +53,13 @@ fn parse_url(url: &str) -> Option<Url> {
     })
 }
 
-/// GETs `url`; Ok is the body of a 200 response.
+/// GETs `url`; Ok is the body of a 200 response. `ca_file` adds trusted CAs for https.
 pub async fn get(
     url: &str,
     bearer: Option<&str>,
     dns: &Dns,
     limit: Duration,
+    ca_file: Option<&std::path::Path>,
 ) -> Result<Vec<u8>, HttpError> {
     let err = |reason: String| HttpError {
         url: url.to_string(),
@@ -78,7 +79,8 @@ pub async fn get(
         let mut stream = if u.https {
             let tls = ClientTls::new(&TlsPolicy {
                 mode: TlsMode::Verify,
-                ..Default::default()
+                ca_file: ca_file.map(|p| p.to_path_buf()),
+                pin: None,
             })
             .map_err(err)?;
             Stream::Client(Box::new(

@@ -141,7 +141,38 @@ fn live_smtp_checks() {
         ("expired.test", Rec::Mx(10, "primary.live.test")),
         ("expired.test", Rec::Mx(20, "backup.expired.test")),
         ("backup.expired.test", Rec::Ip("127.0.0.6")),
+        // live.test publishes an MTA-STS policy that forgot its backup MX.
+        ("_mta-sts.live.test", Rec::Txt("v=STSv1; id=20261128")),
+        ("mta-sts.live.test", Rec::Ip("127.0.0.7")),
     ]);
+    let sts = pki.server_config(dir.path(), &["mta-sts.live.test"]);
+    let policy_server = std::net::TcpListener::bind("127.0.0.7:443")
+        .expect("bind 127.0.0.7:443 (the tests run as root)");
+    std::thread::spawn(move || {
+        for s in policy_server.incoming() {
+            let Ok(tcp) = s else { continue };
+            let Ok(conn) = rustls::ServerConnection::new(sts.clone()) else {
+                continue;
+            };
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut req = Vec::new();
+            let mut buf = [0u8; 512];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match std::io::Read::read(&mut tls, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body =
+                "version: STSv1\r\nmode: enforce\r\nmx: primary.live.test\r\nmax_age: 86400\r\n";
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = std::io::Write::write_all(&mut tls, resp.as_bytes());
+            let _ = std::io::Write::flush(&mut tls);
+        }
+    });
     let run = |domain: &str| -> serde_json::Value {
         let out = Command::new(env!("CARGO_BIN_EXE_mx2"))
             .args([

@@ -3,6 +3,7 @@
 //! backup really sit in different networks. Lookups go through [`Dns`]; the verdicts are pure.
 
 pub mod diversity;
+pub mod mta_sts;
 pub mod report;
 pub mod smtp;
 
@@ -184,6 +185,7 @@ pub async fn run(domain: &str, dns: &Dns, opts: &Options) -> Report {
     }
     if let Some(port) = opts.smtp_port {
         smtp::run(&mut r, port, opts.ca_file.as_deref(), "mx2-check.invalid").await;
+        mta_sts::run(&mut r, dns, opts.ca_file.as_deref()).await;
     }
     match &opts.geoip {
         None => r.add("geoip", Level::Info, "not checked: ASN, organisation, country and distance between the MX hosts (pass --geoip FILE, a MaxMind .mmdb database)", None),

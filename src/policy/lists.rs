@@ -63,8 +63,14 @@ impl Lists {
                     .url_token_file
                     .as_ref()
                     .and_then(|f| std::fs::read_to_string(f).ok());
-                match crate::http::get(url, token.as_deref(), &self.dns, Duration::from_secs(30))
-                    .await
+                match crate::http::get(
+                    url,
+                    token.as_deref(),
+                    &self.dns,
+                    Duration::from_secs(30),
+                    None,
+                )
+                .await
                 {
                     Ok(body) => src.url_body = Some(String::from_utf8_lossy(&body).into_owned()),
                     Err(e) => {
