@@ -223,3 +223,89 @@ fn live_smtp_checks() {
     );
     drop((good, stale));
 }
+
+#[test]
+fn geoip_database_checks() {
+    use common::mmdb::{Entry, write};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("test.mmdb");
+    write(
+        &db,
+        &[
+            Entry {
+                net: "192.0.2.0".parse().unwrap(),
+                prefix: 24,
+                asn: 64500,
+                org: "Primary Hosting",
+                country: "FR",
+                city: "Paris",
+                lat: 48.8566,
+                lon: 2.3522,
+            },
+            Entry {
+                net: "198.51.100.0".parse().unwrap(),
+                prefix: 24,
+                asn: 64501,
+                org: "Backup Hosting",
+                country: "DE",
+                city: "Berlin",
+                lat: 52.52,
+                lon: 13.405,
+            },
+            Entry {
+                net: "203.0.113.0".parse().unwrap(),
+                prefix: 24,
+                asn: 64500,
+                org: "Primary Hosting",
+                country: "FR",
+                city: "Paris",
+                lat: 48.86,
+                lon: 2.35,
+            },
+        ],
+    );
+    let dns = DnsServer::start(&[
+        ("apart.test", Rec::Mx(10, "mx1.good.test")),
+        ("apart.test", Rec::Mx(20, "mx2.backup.test")),
+        ("mx1.good.test", Rec::Ip("192.0.2.10")),
+        ("mx2.backup.test", Rec::Ip("198.51.100.20")),
+        ("together.test", Rec::Mx(10, "mx1.good.test")),
+        ("together.test", Rec::Mx(20, "mx2.together.test")),
+        ("mx2.together.test", Rec::Ip("203.0.113.9")),
+    ]);
+    let run = |domain: &str| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_mx2"))
+            .args([
+                "check",
+                domain,
+                "--resolver",
+                &dns.addr.to_string(),
+                "--geoip",
+            ])
+            .arg(&db)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let apart = run("apart.test");
+    assert!(
+        apart.contains("different networks (AS64500, AS64501)"),
+        "{apart}"
+    );
+    assert!(
+        apart.contains("878 km apart")
+            || apart.contains("877 km apart")
+            || apart.contains("879 km apart"),
+        "{apart}"
+    );
+    let together = run("together.test");
+    assert!(
+        together.contains("same network, AS64500 (Primary Hosting)"),
+        "{together}"
+    );
+    assert!(together.contains("both in Paris (FR)"), "{together}");
+    assert!(
+        together.contains("km apart: one regional outage can take both"),
+        "{together}"
+    );
+}

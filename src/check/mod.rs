@@ -3,6 +3,7 @@
 //! backup really sit in different networks. Lookups go through [`Dns`]; the verdicts are pure.
 
 pub mod diversity;
+pub mod geoip;
 pub mod mta_sts;
 pub mod report;
 pub mod smtp;
@@ -189,7 +190,7 @@ pub async fn run(domain: &str, dns: &Dns, opts: &Options) -> Report {
     }
     match &opts.geoip {
         None => r.add("geoip", Level::Info, "not checked: ASN, organisation, country and distance between the MX hosts (pass --geoip FILE, a MaxMind .mmdb database)", None),
-        Some(path) => r.add("geoip", Level::Info, format!("not checked: reading {} is not supported by this build yet", path.display()), None),
+        Some(path) => geoip::run(&mut r, path),
     }
     r
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod mmdb;
 pub mod pki;
 
 use std::collections::HashMap;
