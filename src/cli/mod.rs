@@ -1,6 +1,8 @@
 //! The command line: `mx2 serve`, `mx2 config check`. Parses arguments, loads the config,
 //! sets up logging, and maps errors to exit codes (2: configuration, 1: runtime).
 
+mod queue;
+
 use crate::config::{Config, LogFormat};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -49,6 +51,11 @@ pub enum Cmd {
         /// Extra trusted CA certificates (PEM) for the STARTTLS check.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+    },
+    /// The queue, read from the store (works while the server is stopped).
+    Queue {
+        #[command(subcommand)]
+        action: queue::QueueCmd,
     },
     /// Configuration tools.
     Config {
@@ -138,6 +145,7 @@ fn check(
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Queue { action } => queue::run(action),
         Cmd::Check {
             domain,
             resolver,

@@ -3,6 +3,7 @@
 //! (SQLite, the default). This module touches the disk through its backends and nothing else.
 
 pub mod embedded;
+pub mod inspect;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -366,16 +366,32 @@ impl Scheduler {
                 let me = self.clone();
                 self.tasks.spawn(async move { me.worker(route).await });
             }
-            Pushed::Down(job) => self.hold(&route, vec![job]).await,
+            Pushed::Down(job) => {
+                self.hold(&route, vec![job], "held: the primary is down")
+                    .await
+            }
         }
     }
 
     /// Releases a job's claim without counting an attempt.
     async fn put_back(&self, job: Job, next_attempt_ms: i64) {
+        self.put_back_because(job, next_attempt_ms, None).await;
+    }
+
+    /// Like [`Scheduler::put_back`], noting why (shown by `mx2 queue show`).
+    async fn put_back_because(&self, job: Job, next_attempt_ms: i64, why: Option<&str>) {
         let updates = job
             .recipients
             .iter()
-            .map(|r| Update::new(r.row, Status::Pending, false, next_attempt_ms, None))
+            .map(|r| {
+                Update::new(
+                    r.row,
+                    Status::Pending,
+                    false,
+                    next_attempt_ms,
+                    why.map(str::to_string),
+                )
+            })
             .collect();
         self.record(&job, updates, None, Context::default()).await;
     }
@@ -412,7 +428,10 @@ impl Scheduler {
         // A recipient that stays pending has a new due time the scheduler must look at.
         let pending =
             updates.iter().any(|u| u.status == Status::Pending) || !notifications.is_empty();
-        let result = self.store.record(queue_id, updates, notifications).await;
+        let result = self
+            .store
+            .record(queue_id, updates.clone(), notifications.clone())
+            .await;
         if pending {
             self.wake.notify_one();
         }
@@ -420,7 +439,38 @@ impl Scheduler {
             Ok(true) => info!(queue_id, "removed from the queue: every recipient is final"),
             Ok(false) => {}
             Err(e) => {
-                error!(queue_id, error = %e, "cannot record delivery results; the recipients stay claimed until restart")
+                // Disk full, say: keep trying in the background, or the recipients would stay
+                // claimed (and undelivered) until the next restart.
+                error!(queue_id, error = %e, "cannot record delivery results; retrying");
+                let (store, wake, mut shutdown, id) = (
+                    self.store.clone(),
+                    self.wake.clone(),
+                    self.shutdown.clone(),
+                    queue_id.to_string(),
+                );
+                tokio::spawn(async move {
+                    let mut delay = Duration::from_secs(1);
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.wait() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        match store
+                            .record(&id, updates.clone(), notifications.clone())
+                            .await
+                        {
+                            Ok(_) => {
+                                info!(queue_id = %id, "delivery results recorded after all");
+                                wake.notify_one();
+                                return;
+                            }
+                            Err(e) => {
+                                debug!(queue_id = %id, error = %e, "still cannot record delivery results")
+                            }
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
+                });
             }
         }
     }
@@ -543,18 +593,18 @@ impl Scheduler {
         } else {
             debug!(primary = %route.key, reason, "connection failed");
         }
-        self.hold(route, jobs).await;
+        self.hold(route, jobs, &format!("held: {reason}")).await;
     }
 
     /// Puts jobs for a down route back, due when the probe finds the primary up again (then
     /// made due at once) or retry_max from now, whichever comes first.
-    async fn hold(&self, route: &Route, jobs: Vec<Job>) {
+    async fn hold(&self, route: &Route, jobs: Vec<Job>, why: &str) {
         if jobs.is_empty() {
             return;
         }
         let later = now_ms() + ms(self.settings.retry_max);
         for job in jobs {
-            self.put_back(job, later).await;
+            self.put_back_because(job, later, Some(why)).await;
         }
         // The probe may have found the primary up while these were still claimed (its
         // make_due skips claimed recipients): make them due now.

@@ -1,0 +1,71 @@
+//! `mx2 queue list|show|export` read the store directly: after a SIGKILL, with the server
+//! stopped, an operator still sees what is held.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn mx2_cmd(args: &[&str], config: &std::path::Path) -> (i32, Vec<u8>) {
+    let out = Command::new(mx2_binary())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), out.stdout)
+}
+
+#[test]
+fn list_show_and_export_after_a_crash() {
+    let port = free_port(); // the primary stays down
+    let mut mx2 = Mx2::start(port);
+    let mut c = mx2.client();
+    c.cmd("EHLO client.test");
+    let r = c.send_mail(
+        "alice@sender.test",
+        &["user@example.test", "other@example.test"],
+        &message("held1", "first"),
+    );
+    let id = r.rsplit(' ').next().unwrap().to_string();
+    assert!(
+        c.send_mail("", &["user@example.test"], &message("held2", "second"))
+            .starts_with("250")
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    mx2.kill9();
+
+    let (code, out) = mx2_cmd(&["queue", "list"], &mx2.config);
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&id) && text.contains("alice@sender.test") && text.contains("<>"),
+        "{text}"
+    );
+    assert!(text.contains("2 message(s) waiting"), "{text}");
+
+    let (_, out) = mx2_cmd(&["queue", "list", "--json"], &mx2.config);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+
+    let (code, out) = mx2_cmd(&["queue", "show", &id], &mx2.config);
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("<user@example.test> pending")
+            && text.contains("<other@example.test> pending"),
+        "{text}"
+    );
+    assert!(
+        text.contains("last reply:"),
+        "the failed attempt is shown: {text}"
+    );
+
+    let (code, out) = mx2_cmd(&["queue", "export", &id], &mx2.config);
+    assert_eq!(code, 0);
+    assert!(out.starts_with(b"Received: from client.test"));
+    assert!(out.ends_with(&message("held1", "first")));
+
+    let (code, _) = mx2_cmd(&["queue", "show", "nosuchid"], &mx2.config);
+    assert_eq!(code, 1);
+}
