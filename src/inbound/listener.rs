@@ -250,7 +250,7 @@ async fn connection(
         }
     };
     let mut session = Session::new(inbound.session.clone(), inbound.policy.clone(), peer.ip());
-    if !inbound.policy.is_allowed(peer.ip()) && !screen(&mut conn, &inbound, peer).await {
+    if !inbound.policy.is_allowed(peer.ip()) && !Box::pin(screen(&mut conn, &inbound, peer)).await {
         let _ = conn.flush().await;
         return;
     }
@@ -290,35 +290,56 @@ async fn connection(
                     break;
                 }
                 let decoder = session.data_decoder();
-                let Some(decoder) = read_data(&mut conn, decoder, &inbound, &mut session).await
+                let Some(decoder) =
+                    Box::pin(read_data(&mut conn, decoder, &inbound, &mut session)).await
                 else {
                     break;
                 };
                 let id = new_queue_id();
                 let content = session.data_done(decoder, SystemTime::now(), id.clone());
-                if !finish_content(&mut conn, &mut session, content, id, &inbound, peer).await {
+                if !Box::pin(finish_content(
+                    &mut conn,
+                    &mut session,
+                    content,
+                    id,
+                    &inbound,
+                    peer,
+                ))
+                .await
+                {
                     break;
                 }
             }
             Action::ReadChunk { size, last } => {
-                if !read_chunk(&mut conn, &mut session, size, &inbound).await {
+                if !Box::pin(read_chunk(&mut conn, &mut session, size, &inbound)).await {
                     break;
                 }
                 let id = new_queue_id();
                 let content = session.chunk_done(last, size, SystemTime::now(), id.clone());
-                if !finish_content(&mut conn, &mut session, content, id, &inbound, peer).await {
+                if !Box::pin(finish_content(
+                    &mut conn,
+                    &mut session,
+                    content,
+                    id,
+                    &inbound,
+                    peer,
+                ))
+                .await
+                {
                     break;
                 }
             }
             Action::Flush { node, domains } => {
-                let reply = etrn(&inbound, peer, &node, domains).await;
+                let reply = Box::pin(etrn(&inbound, peer, &node, domains)).await;
                 conn.queue(&reply);
             }
             Action::CheckRecipient(pending) => {
-                let verdict = inbound
-                    .recipients
-                    .check(&pending.mailbox, &pending.recipient.domain)
-                    .await;
+                let verdict = Box::pin(
+                    inbound
+                        .recipients
+                        .check(&pending.mailbox, &pending.recipient.domain),
+                )
+                .await;
                 let reply = session.recipient_checked(*pending, verdict);
                 if reply.code >= 400 {
                     info!(client = %peer.ip(), reply = %reply, "recipient refused");
@@ -327,7 +348,7 @@ async fn connection(
             }
             Action::StartTls(reply) => {
                 conn.queue(&reply);
-                if !start_tls(&mut conn, &mut session, &inbound, peer).await {
+                if !Box::pin(start_tls(&mut conn, &mut session, &inbound, peer)).await {
                     break;
                 }
             }
