@@ -3,7 +3,6 @@
 //! standby domains, whose state matters even when no mail flows.
 
 use super::Scheduler;
-use crate::delivery::client::Client;
 use crate::delivery::mx::NoRoute;
 use crate::policy::recipients::{CalloutResult, Primaries};
 use std::future::Future;
@@ -31,15 +30,7 @@ impl Primaries for Scheduler {
                     Err(NoRoute::Hold(r)) => return CalloutResult::Unknown(r),
                     Err(NoRoute::Fail(r)) => return CalloutResult::DoesNotExist(r.one_line()),
                 };
-                let mut c = match Client::connect(
-                    &targets,
-                    &s.hostname,
-                    &s.probe_timeouts,
-                    &route.tls,
-                    route.auth.as_ref(),
-                )
-                .await
-                {
+                let mut c = match self.open(&route, &targets, &s.probe_timeouts).await {
                     Ok(c) => c,
                     Err(e) => return CalloutResult::Unknown(e.to_string()),
                 };

@@ -491,15 +491,7 @@ impl Scheduler {
                     return;
                 }
             };
-            let mut client = match Client::connect(
-                &targets,
-                &s.hostname,
-                &s.timeouts,
-                &route.tls,
-                route.auth.as_ref(),
-            )
-            .await
-            {
+            let mut client = match self.open(&route, &targets, &s.timeouts).await {
                 Ok(c) => c,
                 Err(e) => {
                     self.connection_failed(&route, &e.to_string()).await;
@@ -634,21 +626,30 @@ impl Scheduler {
         }
     }
 
+    /// A session with the route's primary: its TLS policy and credentials, these timeouts.
+    pub(super) async fn open(
+        &self,
+        route: &Route,
+        targets: &[Target],
+        t: &Timeouts,
+    ) -> Result<Client, crate::delivery::client::ClientError> {
+        Client::connect(
+            targets,
+            &self.settings.hostname,
+            t,
+            &route.tls,
+            route.auth.as_ref(),
+        )
+        .await
+    }
+
     /// One health check of a route: DNS, connect, banner, EHLO (and TLS and AUTH as the route
     /// requires), QUIT. A destination that refuses all mail (null MX) counts as reachable when
     /// `refusal_is_an_answer`, so held mail can fail for real.
     pub(super) async fn check(&self, route: &Route, refusal_is_an_answer: bool) -> bool {
         let s = &self.settings;
         match self.targets(route).await {
-            Ok(targets) => match Client::connect(
-                &targets,
-                &s.hostname,
-                &s.probe_timeouts,
-                &route.tls,
-                route.auth.as_ref(),
-            )
-            .await
-            {
+            Ok(targets) => match self.open(route, &targets, &s.probe_timeouts).await {
                 Ok(client) => {
                     client.quit().await;
                     true
