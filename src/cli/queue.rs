@@ -65,6 +65,15 @@ fn open(config: &std::path::Path) -> Result<Inspector, ExitCode> {
     })
 }
 
+/// The exit for a message that is not there (Ok) or a store error.
+fn missing(r: Result<(), String>, id: &str) -> ExitCode {
+    match r {
+        Ok(()) => eprintln!("mx2: no message {id} in the queue"),
+        Err(e) => eprintln!("mx2: {e}"),
+    }
+    ExitCode::from(1)
+}
+
 pub fn run(cmd: QueueCmd) -> ExitCode {
     match cmd {
         QueueCmd::List {
@@ -149,14 +158,7 @@ pub fn run(cmd: QueueCmd) -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Ok(None) => {
-                    eprintln!("mx2: no message {id} in the queue");
-                    ExitCode::from(1)
-                }
-                Err(e) => {
-                    eprintln!("mx2: {e}");
-                    ExitCode::from(1)
-                }
+                other => missing(other.map(|_| ()), &id),
             }
         }
         QueueCmd::Export { id, config } => {
@@ -169,14 +171,7 @@ pub fn run(cmd: QueueCmd) -> ExitCode {
                     let _ = std::io::stdout().write_all(&body);
                     ExitCode::SUCCESS
                 }
-                Ok(None) => {
-                    eprintln!("mx2: no message {id} in the queue");
-                    ExitCode::from(1)
-                }
-                Err(e) => {
-                    eprintln!("mx2: {e}");
-                    ExitCode::from(1)
-                }
+                other => missing(other.map(|_| ()), &id),
             }
         }
     }

@@ -295,13 +295,11 @@ async fn connection(
                 else {
                     break;
                 };
-                let id = new_queue_id();
-                let content = session.data_done(decoder, SystemTime::now(), id.clone());
+                let done = |s: &mut Session, id| s.data_done(decoder, SystemTime::now(), id);
                 if !Box::pin(finish_content(
                     &mut conn,
                     &mut session,
-                    content,
-                    id,
+                    done,
                     &inbound,
                     peer,
                 ))
@@ -314,13 +312,11 @@ async fn connection(
                 if !Box::pin(read_chunk(&mut conn, &mut session, size, &inbound)).await {
                     break;
                 }
-                let id = new_queue_id();
-                let content = session.chunk_done(last, size, SystemTime::now(), id.clone());
+                let done = |s: &mut Session, id| s.chunk_done(last, size, SystemTime::now(), id);
                 if !Box::pin(finish_content(
                     &mut conn,
                     &mut session,
-                    content,
-                    id,
+                    done,
                     &inbound,
                     peer,
                 ))
@@ -608,11 +604,12 @@ async fn read_chunk(conn: &mut Conn, session: &mut Session, size: u64, inbound: 
 async fn finish_content(
     conn: &mut Conn,
     session: &mut Session,
-    content: Content,
-    id: String,
+    done: impl FnOnce(&mut Session, String) -> Content,
     inbound: &Inbound,
     peer: SocketAddr,
 ) -> bool {
+    let id = new_queue_id();
+    let content = done(session, id.clone());
     let message = match content {
         Content::Reply(r) => {
             if r.code >= 500 {

@@ -41,18 +41,10 @@ impl Pki {
 
     /// A certificate for `names`, written as `dir/<stem>.crt` and `dir/<stem>.key`.
     pub fn leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> LeafFiles {
-        let key = KeyPair::generate().unwrap();
         let params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        let files = LeafFiles {
-            cert: dir.join(format!("{stem}.crt")),
-            key: dir.join(format!("{stem}.key")),
-        };
-        std::fs::write(&files.cert, cert.pem()).unwrap();
-        std::fs::write(&files.key, key.serialize_pem()).unwrap();
-        files
+        self.sign(dir, stem, params)
     }
 }
 
@@ -85,12 +77,19 @@ impl Pki {
 impl Pki {
     /// A certificate for `names` that expired long ago.
     pub fn expired_leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> LeafFiles {
-        let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        self.sign(dir, stem, params)
+    }
+}
+
+impl Pki {
+    /// Signs `params` with a fresh key and writes `dir/<stem>.crt` and `dir/<stem>.key`.
+    fn sign(&self, dir: &Path, stem: &str, params: CertificateParams) -> LeafFiles {
+        let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
         let files = LeafFiles {
             cert: dir.join(format!("{stem}.crt")),
