@@ -86,7 +86,12 @@ pub fn run(cmd: QueueCmd) -> ExitCode {
                 Ok(q) => q,
                 Err(c) => return c,
             };
-            let list = match q.list(domain.as_deref(), limit) {
+            let filter = crate::queue::Filter {
+                domain,
+                limit,
+                ..Default::default()
+            };
+            let list = match q.list(&filter) {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("mx2: {e}");

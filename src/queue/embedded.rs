@@ -3,7 +3,10 @@
 //! durability; it gathers whatever is waiting, runs it in one transaction, syncs once, and
 //! answers them all. Reads use a separate connection.
 
-use super::{Job, NewMessage, Recipient, Stats, Status, Store, StoreError, StoreFuture, Update};
+use super::{
+    Action, Depth, Filter, Job, Listed, NewMessage, Recipient, Shown, Stats, Status, Store,
+    StoreError, StoreFuture, Update, inspect,
+};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,7 +40,8 @@ CREATE TABLE IF NOT EXISTS recipients (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt INTEGER NOT NULL,
     last_reply TEXT,
-    warned INTEGER NOT NULL DEFAULT 0
+    warned INTEGER NOT NULL DEFAULT 0,
+    held INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(status, claimed, next_attempt);
 CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
@@ -57,6 +61,8 @@ enum Op {
     Record(String, Vec<Update>, Vec<NewMessage>, Reply<bool>),
     MakeDue(Vec<String>, i64, Reply<u64>),
     CachePut(String, bool, i64, Reply<()>),
+    Act(Vec<String>, Action, i64, Reply<u64>),
+    ClaimMessage(String, Reply<Vec<Job>>),
 }
 
 impl Op {
@@ -204,7 +210,7 @@ impl Store for Embedded {
     fn next_due(&self) -> StoreFuture<'_, Option<i64>> {
         self.read(|c| {
             c.query_row(
-                "SELECT MIN(next_attempt) FROM recipients WHERE status = 0 AND claimed = 0",
+                "SELECT MIN(next_attempt) FROM recipients WHERE status = 0 AND claimed = 0 AND held = 0",
                 [],
                 |r| r.get(0),
             )
@@ -226,6 +232,28 @@ impl Store for Embedded {
 
     fn cache_put(&self, key: String, exists: bool, expires_ms: i64) -> StoreFuture<'_, ()> {
         self.send(|r| Op::CachePut(key, exists, expires_ms, r))
+    }
+
+    fn list(&self, filter: Filter) -> StoreFuture<'_, Vec<Listed>> {
+        self.read(move |c| inspect::list(c, &filter).map_err(backend))
+    }
+
+    fn show(&self, id: &str) -> StoreFuture<'_, Option<Shown>> {
+        let id = id.to_string();
+        self.read(move |c| inspect::show(c, &id).map_err(backend))
+    }
+
+    fn act(&self, ids: Vec<String>, action: Action, now_ms: i64) -> StoreFuture<'_, u64> {
+        self.send(|r| Op::Act(ids, action, now_ms, r))
+    }
+
+    fn claim_message(&self, id: &str) -> StoreFuture<'_, Vec<Job>> {
+        let id = id.to_string();
+        self.send(|r| Op::ClaimMessage(id, r))
+    }
+
+    fn depth(&self) -> StoreFuture<'_, Vec<Depth>> {
+        self.read(|c| inspect::depth(c).map_err(backend))
     }
 
     fn stats(&self) -> StoreFuture<'_, Stats> {
@@ -374,6 +402,8 @@ fn execute_failed(op: Op) -> Done {
         Op::Record(_, _, _, r) => Done::Bool(r, Err(e())),
         Op::MakeDue(_, _, r) => Done::Count(r, Err(e())),
         Op::CachePut(_, _, _, r) => Done::Unit(r, Err(e())),
+        Op::Act(_, _, _, r) => Done::Count(r, Err(e())),
+        Op::ClaimMessage(_, r) => Done::Jobs(r, Err(e())),
     }
 }
 
@@ -392,24 +422,30 @@ fn execute(c: &Connection, op: Op) -> Done {
                 .map(|_| ())
                 .map_err(backend),
         ),
+        Op::Act(ids, action, now, r) => Done::Count(r, act(c, &ids, action, now).map_err(backend)),
+        Op::ClaimMessage(id, r) => Done::Jobs(r, claim_message(c, &id).map_err(backend)),
     }
 }
 
-/// Brings a queue file written by an older mx2 up to the current schema.
-fn migrate(c: &Connection) -> rusqlite::Result<()> {
-    let has_warned: bool = c
-        .prepare("SELECT COUNT(*) FROM pragma_table_info('recipients') WHERE name = 'warned'")?
-        .query_row([], |r| r.get::<_, i64>(0))?
-        > 0;
-    if !has_warned {
-        c.execute_batch("ALTER TABLE recipients ADD COLUMN warned INTEGER NOT NULL DEFAULT 0")?;
-    }
-    let has_auth: bool = c
-        .prepare("SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'auth'")?
-        .query_row([], |r| r.get::<_, i64>(0))?
-        > 0;
-    if !has_auth {
-        c.execute_batch("ALTER TABLE messages ADD COLUMN auth INTEGER")?;
+/// Brings a queue file written by an older mx2 up to the current schema: columns added
+/// since the first release, each with its definition.
+pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    const ADDED: [(&str, &str, &str); 3] = [
+        ("recipients", "warned", "INTEGER NOT NULL DEFAULT 0"),
+        ("messages", "auth", "INTEGER"),
+        ("recipients", "held", "INTEGER NOT NULL DEFAULT 0"),
+    ];
+    for (table, column, definition) in ADDED {
+        let present: i64 = c
+            .prepare(&format!(
+                "SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"
+            ))?
+            .query_row([], |r| r.get(0))?;
+        if present == 0 {
+            c.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
     }
     Ok(())
 }
@@ -445,16 +481,30 @@ fn insert(c: &Connection, m: &NewMessage) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn claim(c: &Connection, now: i64, limit: usize) -> rusqlite::Result<Vec<Job>> {
-    let mut stmt = c.prepare_cached(
-        "SELECT r.id, r.message_id, r.address, r.domain, r.params, r.attempts,
+/// The columns [`claim_rows`] reads, in its order.
+const CLAIM_COLUMNS: &str = "SELECT r.id, r.message_id, r.address, r.domain, r.params, r.attempts,
                 m.sender, m.mail_params, m.received_at, m.size, r.warned, m.auth
-         FROM recipients r JOIN messages m ON m.id = r.message_id
-         WHERE r.status = 0 AND r.claimed = 0 AND r.next_attempt <= ?1
-         ORDER BY r.next_attempt LIMIT ?2",
-    )?;
+         FROM recipients r JOIN messages m ON m.id = r.message_id";
+
+fn claim(c: &Connection, now: i64, limit: usize) -> rusqlite::Result<Vec<Job>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "{CLAIM_COLUMNS}
+         WHERE r.status = 0 AND r.claimed = 0 AND r.held = 0 AND r.next_attempt <= ?1
+         ORDER BY r.next_attempt LIMIT ?2"
+    ))?;
+    claim_rows(c, stmt.query(params![now, limit as i64])?)
+}
+
+fn claim_message(c: &Connection, id: &str) -> rusqlite::Result<Vec<Job>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "{CLAIM_COLUMNS} WHERE r.message_id = ?1 AND r.status = 0 AND r.claimed = 0"
+    ))?;
+    claim_rows(c, stmt.query([id])?)
+}
+
+/// Marks the selected recipient rows claimed and groups them into jobs.
+fn claim_rows(c: &Connection, mut rows: rusqlite::Rows<'_>) -> rusqlite::Result<Vec<Job>> {
     let mut jobs: BTreeMap<(String, String), Job> = BTreeMap::new();
-    let mut rows = stmt.query(params![now, limit as i64])?;
     let mut claimed = Vec::new();
     while let Some(row) = rows.next()? {
         let rid: i64 = row.get(0)?;
@@ -533,7 +583,7 @@ fn record(
 fn make_due(c: &Connection, domains: &[String], now: i64) -> rusqlite::Result<u64> {
     let mut stmt = c.prepare_cached(
         "UPDATE recipients SET next_attempt = ?1
-         WHERE domain = ?2 AND status = 0 AND claimed = 0",
+         WHERE domain = ?2 AND status = 0 AND claimed = 0 AND held = 0",
     )?;
     let mut n = 0;
     for d in domains {
@@ -542,110 +592,59 @@ fn make_due(c: &Connection, domains: &[String], now: i64) -> rusqlite::Result<u6
     Ok(n)
 }
 
+fn act(c: &Connection, ids: &[String], action: Action, now: i64) -> rusqlite::Result<u64> {
+    let mut n = 0;
+    for id in ids {
+        n += match action {
+            Action::Flush => c
+                .prepare_cached(
+                    "UPDATE recipients SET next_attempt = ?2
+                     WHERE message_id = ?1 AND status = 0 AND claimed = 0 AND held = 0",
+                )?
+                .execute(params![id, now])?,
+            Action::Hold => c
+                .prepare_cached(
+                    "UPDATE recipients SET held = 1 WHERE message_id = ?1 AND status = 0 AND held = 0",
+                )?
+                .execute([id])?,
+            Action::Release => c
+                .prepare_cached(
+                    "UPDATE recipients SET held = 0, next_attempt = ?2
+                     WHERE message_id = ?1 AND status = 0 AND held = 1",
+                )?
+                .execute(params![id, now])?,
+            Action::Delete => {
+                c.prepare_cached("DELETE FROM recipients WHERE message_id = ?1")?
+                    .execute([id])?;
+                c.prepare_cached("DELETE FROM messages WHERE id = ?1")?
+                    .execute([id])?
+            }
+        } as u64;
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::NewRecipient;
+    use crate::queue::suite;
 
-    fn message(id: &str, rcpts: &[(&str, &str)]) -> NewMessage {
-        NewMessage {
-            id: id.into(),
-            received_at_ms: 1000,
-            sender: "s@sender.test".into(),
-            mail_params: "BODY=8BITMIME".into(),
-            client: "192.0.2.1".into(),
-            helo: "c.test".into(),
-            recipients: rcpts
-                .iter()
-                .map(|(a, d)| NewRecipient {
-                    address: a.to_string(),
-                    domain: d.to_string(),
-                    params: String::new(),
-                })
-                .collect(),
-            body: b"Subject: t\r\n\r\nhello\r\n".to_vec(),
-            authenticated: Some(true),
-        }
+    #[tokio::test]
+    async fn conformance_lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        suite::lifecycle(&Embedded::open(dir.path()).unwrap()).await;
     }
 
     #[tokio::test]
-    async fn insert_claim_record_lifecycle() {
+    async fn conformance_operator_actions() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Embedded::open(dir.path()).unwrap();
-        s.insert(message(
-            "m1",
-            &[
-                ("a@x.test", "x.test"),
-                ("b@x.test", "x.test"),
-                ("c@y.test", "y.test"),
-            ],
-        ))
-        .await
-        .unwrap();
-        assert_eq!(s.stats().await.unwrap().pending_recipients, 3);
-        let jobs = s.claim_due(2000, 100).await.unwrap();
-        assert_eq!(jobs.len(), 2, "one job per domain");
-        assert_eq!(
-            jobs[0].authenticated,
-            Some(true),
-            "the authentication result is kept with the message"
-        );
-        assert!(
-            s.claim_due(2000, 100).await.unwrap().is_empty(),
-            "claimed jobs are not handed out twice"
-        );
-        assert_eq!(s.body("m1").await.unwrap(), b"Subject: t\r\n\r\nhello\r\n");
-        let x = jobs.iter().find(|j| j.domain == "x.test").unwrap();
-        let y = jobs.iter().find(|j| j.domain == "y.test").unwrap();
-        let done = |row, status, next| Update {
-            row,
-            status,
-            attempted: true,
-            next_attempt_ms: next,
-            last_reply: Some("250 ok".into()),
-            warned: false,
-        };
-        let removed = s
-            .record(
-                "m1",
-                vec![
-                    done(x.recipients[0].row, Status::Delivered, 0),
-                    done(x.recipients[1].row, Status::Failed, 0),
-                ],
-                vec![],
-            )
-            .await
-            .unwrap();
-        assert!(!removed);
-        assert!(
-            s.record(
-                "m1",
-                vec![done(y.recipients[0].row, Status::Pending, 9000)],
-                vec![]
-            )
-            .await
-            .is_ok()
-        );
-        assert_eq!(s.next_due().await.unwrap(), Some(9000));
-        assert!(s.claim_due(5000, 100).await.unwrap().is_empty());
-        assert_eq!(s.make_due(vec!["y.test".into()], 5000).await.unwrap(), 1);
-        let again = s.claim_due(5000, 100).await.unwrap();
-        assert_eq!(again[0].recipients[0].attempts, 1);
-        assert!(
-            s.record(
-                "m1",
-                vec![done(again[0].recipients[0].row, Status::Delivered, 0)],
-                vec![message("dsn1", &[("s@sender.test", "sender.test")])]
-            )
-            .await
-            .unwrap()
-        );
-        // The notification queued with the last outcome is all that is left.
-        assert_eq!(s.stats().await.unwrap().messages, 1);
-        assert_eq!(
-            s.body("dsn1").await.unwrap(),
-            b"Subject: t\r\n\r\nhello\r\n"
-        );
+        suite::operator_actions(&Embedded::open(dir.path()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        suite::cache(&Embedded::open(dir.path()).unwrap()).await;
     }
 
     #[tokio::test]
@@ -653,7 +652,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Embedded::open(dir.path()).unwrap();
-            s.insert(message("m1", &[("a@x.test", "x.test")]))
+            s.insert(suite::message("m1", &[("a@x.test", "x.test")]))
                 .await
                 .unwrap();
             assert_eq!(s.claim_due(2000, 10).await.unwrap().len(), 1);
@@ -670,7 +669,7 @@ mod tests {
         for i in 0..200 {
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
-                s.insert(message(&format!("m{i}"), &[("a@x.test", "x.test")]))
+                s.insert(suite::message(&format!("m{i}"), &[("a@x.test", "x.test")]))
                     .await
             }));
         }

@@ -1,54 +1,158 @@
-//! Reading the embedded queue directly, for `mx2 queue list|show|export` — also while the
-//! server is stopped (after a crash, say), as `postqueue -p` does. Read-only queries.
+//! Read-only queries over the embedded queue for operators: listings, one message, depth
+//! per domain, the raw content. Used by the embedded store (admin API) and by
+//! `mx2 queue list|show|export --config`, which opens the file directly so that it works
+//! while the server is stopped (after a crash, say), as `postqueue -p` does.
 
+use super::{Depth, Filter, Listed, RecipientState, Shown, State, status_name};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use serde::Serialize;
 use std::path::Path;
 
-#[derive(Debug, Serialize)]
-pub struct Listed {
-    pub id: String,
-    pub received_at_ms: i64,
-    pub sender: String,
-    pub size: u64,
-    pub pending: Vec<String>,
-    pub next_attempt_ms: Option<i64>,
-    pub last_reply: Option<String>,
+/// The most messages one listing returns.
+pub const MAX_LIST: usize = 10_000;
+/// A listing's size when the caller does not say.
+pub const DEFAULT_LIST: usize = 100;
+
+pub fn list(c: &Connection, f: &Filter) -> rusqlite::Result<Vec<Listed>> {
+    let limit = match f.limit {
+        0 => DEFAULT_LIST,
+        n => n.min(MAX_LIST),
+    };
+    let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
+    let mut stmt = c.prepare_cached(
+        "SELECT m.id, m.received_at, m.sender, m.size, GROUP_CONCAT(r.address, ' '),
+                MIN(r.next_attempt), MAX(r.last_reply), MAX(r.held), MAX(r.claimed), MAX(r.attempts)
+         FROM messages m JOIN recipients r ON r.message_id = m.id
+         WHERE r.status = 0
+           AND (?1 IS NULL OR EXISTS (SELECT 1 FROM recipients x
+                 WHERE x.message_id = m.id AND x.status = 0 AND x.domain = ?1))
+           AND (?2 IS NULL OR instr(lower(m.sender), ?2) > 0)
+           AND (?3 IS NULL OR EXISTS (SELECT 1 FROM recipients x
+                 WHERE x.message_id = m.id AND x.status = 0 AND instr(lower(x.address), ?3) > 0))
+           AND (?4 IS NULL OR m.received_at <= ?4)
+           AND (?5 IS NULL OR m.id > ?5)
+         GROUP BY m.id
+         HAVING ?6 IS NULL OR (CASE WHEN MAX(r.held) = 1 THEN 'held'
+                                    WHEN MAX(r.claimed) = 1 THEN 'active'
+                                    WHEN MAX(r.attempts) > 0 THEN 'deferred'
+                                    ELSE 'queued' END) = ?6
+         ORDER BY m.id LIMIT ?7",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            lower(&f.domain).map(|d| d.trim_end_matches('.').to_string()),
+            lower(&f.sender),
+            lower(&f.recipient),
+            f.received_before_ms,
+            f.after,
+            f.state.map(State::name),
+            limit as i64
+        ],
+        |r| {
+            let held = r.get::<_, i64>(7)? != 0;
+            let active = r.get::<_, i64>(8)? != 0;
+            let attempts = r.get::<_, i64>(9)? as u32;
+            Ok(Listed {
+                id: r.get(0)?,
+                received_at_ms: r.get(1)?,
+                sender: r.get(2)?,
+                size: r.get::<_, i64>(3)? as u64,
+                pending: r
+                    .get::<_, Option<String>>(4)?
+                    .unwrap_or_default()
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                state: if held {
+                    State::Held
+                } else if active {
+                    State::Active
+                } else if attempts > 0 {
+                    State::Deferred
+                } else {
+                    State::Queued
+                },
+                attempts,
+                next_attempt_ms: r.get(5)?,
+                last_reply: r.get(6)?,
+            })
+        },
+    )?;
+    rows.collect()
 }
 
-#[derive(Debug, Serialize)]
-pub struct RecipientState {
-    pub address: String,
-    pub status: &'static str,
-    pub attempts: u32,
-    pub next_attempt_ms: i64,
-    pub last_reply: Option<String>,
+pub fn show(c: &Connection, id: &str) -> rusqlite::Result<Option<Shown>> {
+    let head = c
+        .query_row(
+            "SELECT id, received_at, sender, mail_params, client, helo, size FROM messages WHERE id = ?1",
+            [id],
+            |r| {
+                Ok(Shown {
+                    id: r.get(0)?,
+                    received_at_ms: r.get(1)?,
+                    sender: r.get(2)?,
+                    mail_params: r.get(3)?,
+                    client: r.get(4)?,
+                    helo: r.get(5)?,
+                    size: r.get::<_, i64>(6)? as u64,
+                    recipients: Vec::new(),
+                })
+            },
+        )
+        .optional()?;
+    let Some(mut shown) = head else {
+        return Ok(None);
+    };
+    let mut stmt = c.prepare_cached(
+        "SELECT address, status, held, attempts, next_attempt, last_reply
+         FROM recipients WHERE message_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        Ok(RecipientState {
+            address: r.get(0)?,
+            status: status_name(r.get(1)?),
+            held: r.get::<_, i64>(2)? != 0,
+            attempts: r.get::<_, i64>(3)? as u32,
+            next_attempt_ms: r.get(4)?,
+            last_reply: r.get(5)?,
+        })
+    })?;
+    shown.recipients = rows.collect::<Result<_, _>>()?;
+    Ok(Some(shown))
 }
 
-#[derive(Debug, Serialize)]
-pub struct Shown {
-    pub id: String,
-    pub received_at_ms: i64,
-    pub sender: String,
-    pub mail_params: String,
-    pub client: String,
-    pub helo: String,
-    pub size: u64,
-    pub recipients: Vec<RecipientState>,
+pub fn export(c: &Connection, id: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    c.query_row("SELECT body FROM messages WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })
+    .optional()
 }
 
+pub fn depth(c: &Connection) -> rusqlite::Result<Vec<Depth>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT r.domain, COUNT(DISTINCT r.message_id), COUNT(*), SUM(r.held),
+                (SELECT COALESCE(SUM(m.size), 0) FROM messages m WHERE m.id IN
+                    (SELECT x.message_id FROM recipients x WHERE x.domain = r.domain AND x.status = 0)),
+                (SELECT MIN(m.received_at) FROM messages m WHERE m.id IN
+                    (SELECT x.message_id FROM recipients x WHERE x.domain = r.domain AND x.status = 0))
+         FROM recipients r WHERE r.status = 0 GROUP BY r.domain ORDER BY r.domain",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Depth {
+            domain: r.get(0)?,
+            messages: r.get::<_, i64>(1)? as u64,
+            recipients: r.get::<_, i64>(2)? as u64,
+            held: r.get::<_, i64>(3)? as u64,
+            bytes: r.get::<_, i64>(4)? as u64,
+            oldest_ms: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The queue file opened directly, read-only in intent (nothing here writes).
 pub struct Inspector {
     conn: Connection,
-}
-
-fn status_name(s: i64) -> &'static str {
-    match s {
-        0 => "pending",
-        1 => "delivered",
-        2 => "failed",
-        3 => "expired",
-        _ => "unknown",
-    }
 }
 
 impl Inspector {
@@ -67,91 +171,21 @@ impl Inspector {
         )
         .map_err(|e| format!("{}: {e}", path.display()))?;
         let _ = conn.busy_timeout(std::time::Duration::from_secs(10));
+        // A queue written by an older mx2 may lack columns the queries read.
+        super::embedded::migrate(&conn).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Self { conn })
     }
 
-    /// Messages with pending recipients, oldest first; `domain` filters by recipient domain.
-    pub fn list(&self, domain: Option<&str>, limit: usize) -> Result<Vec<Listed>, String> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT m.id, m.received_at, m.sender, m.size, GROUP_CONCAT(r.address, ' '), MIN(r.next_attempt), MAX(r.last_reply)
-                 FROM messages m JOIN recipients r ON r.message_id = m.id
-                 WHERE r.status = 0 AND (?1 IS NULL OR r.domain = ?1)
-                 GROUP BY m.id ORDER BY m.received_at LIMIT ?2",
-            )
-            .map_err(|e| e.to_string())?;
-        let rows = stmt
-            .query_map(
-                params![domain.map(str::to_ascii_lowercase), limit as i64],
-                |r| {
-                    Ok(Listed {
-                        id: r.get(0)?,
-                        received_at_ms: r.get(1)?,
-                        sender: r.get(2)?,
-                        size: r.get::<_, i64>(3)? as u64,
-                        pending: r
-                            .get::<_, Option<String>>(4)?
-                            .unwrap_or_default()
-                            .split(' ')
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_string)
-                            .collect(),
-                        next_attempt_ms: r.get(5)?,
-                        last_reply: r.get(6)?,
-                    })
-                },
-            )
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    pub fn list(&self, filter: &Filter) -> Result<Vec<Listed>, String> {
+        list(&self.conn, filter).map_err(|e| e.to_string())
     }
 
     pub fn show(&self, id: &str) -> Result<Option<Shown>, String> {
-        let head = self
-            .conn
-            .query_row("SELECT id, received_at, sender, mail_params, client, helo, size FROM messages WHERE id = ?1", [id], |r| {
-                Ok(Shown {
-                    id: r.get(0)?,
-                    received_at_ms: r.get(1)?,
-                    sender: r.get(2)?,
-                    mail_params: r.get(3)?,
-                    client: r.get(4)?,
-                    helo: r.get(5)?,
-                    size: r.get::<_, i64>(6)? as u64,
-                    recipients: Vec::new(),
-                })
-            })
-            .optional()
-            .map_err(|e| e.to_string())?;
-        let Some(mut shown) = head else {
-            return Ok(None);
-        };
-        let mut stmt = self
-            .conn
-            .prepare("SELECT address, status, attempts, next_attempt, last_reply FROM recipients WHERE message_id = ?1 ORDER BY id")
-            .map_err(|e| e.to_string())?;
-        let rows = stmt
-            .query_map([id], |r| {
-                Ok(RecipientState {
-                    address: r.get(0)?,
-                    status: status_name(r.get(1)?),
-                    attempts: r.get::<_, i64>(2)? as u32,
-                    next_attempt_ms: r.get(3)?,
-                    last_reply: r.get(4)?,
-                })
-            })
-            .map_err(|e| e.to_string())?;
-        shown.recipients = rows.collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-        Ok(Some(shown))
+        show(&self.conn, id).map_err(|e| e.to_string())
     }
 
     /// The stored message, as it will be relayed (.eml).
     pub fn export(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
-        self.conn
-            .query_row("SELECT body FROM messages WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(|e| e.to_string())
+        export(&self.conn, id).map_err(|e| e.to_string())
     }
 }

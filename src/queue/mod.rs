@@ -4,6 +4,8 @@
 
 pub mod embedded;
 pub mod inspect;
+#[doc(hidden)]
+pub mod suite;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -172,4 +174,135 @@ pub trait Store: Send + Sync + 'static {
     fn cache_get(&self, key: String) -> StoreFuture<'_, Option<(bool, i64)>>;
     /// Caches a recipient verification until `expires_ms` (durably: it survives restarts).
     fn cache_put(&self, key: String, exists: bool, expires_ms: i64) -> StoreFuture<'_, ()>;
+
+    // ---- operators' view and actions (admin API, `mx2 queue`) ----
+
+    /// Messages with pending recipients that match `filter`, oldest first (by queue id,
+    /// which is time-ordered), at most `filter.limit`, after `filter.after`.
+    fn list(&self, filter: Filter) -> StoreFuture<'_, Vec<Listed>>;
+    /// One message with every recipient's state; None when it is not in the queue.
+    fn show(&self, id: &str) -> StoreFuture<'_, Option<Shown>>;
+    /// Applies an operator's action to the pending recipients of these messages (claimed
+    /// ones, in delivery right now, are left alone except by `Delete`); returns how many
+    /// recipients (or, for `Delete`, messages) it touched.
+    fn act(&self, ids: Vec<String>, action: Action, now_ms: i64) -> StoreFuture<'_, u64>;
+    /// Claims every pending, unclaimed recipient of one message, held or not, due or not
+    /// (to bounce it now); grouped into jobs by domain.
+    fn claim_message(&self, id: &str) -> StoreFuture<'_, Vec<Job>>;
+    /// Queue depth per recipient domain, for status, metrics and the dashboard.
+    fn depth(&self) -> StoreFuture<'_, Vec<Depth>>;
+}
+
+/// Which messages an operator asks for. Text filters match case-insensitively anywhere in
+/// the address.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Filter {
+    pub domain: Option<String>,
+    pub sender: Option<String>,
+    pub recipient: Option<String>,
+    /// Only messages received at or before this time (ms since the epoch).
+    pub received_before_ms: Option<i64>,
+    pub state: Option<State>,
+    /// Paging: only messages whose queue id sorts after this one.
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// A message's state as an operator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Not tried yet, waiting for its first attempt.
+    Queued,
+    /// Tried, waiting for the next attempt.
+    Deferred,
+    /// Being delivered right now.
+    Active,
+    /// Held by an operator: never tried until released.
+    Held,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Deferred => "deferred",
+            State::Active => "active",
+            State::Held => "held",
+        }
+    }
+}
+
+/// An operator's action on whole messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Due now (the scheduler still respects the primary's health).
+    Flush,
+    Hold,
+    Release,
+    /// Removed without any notification.
+    Delete,
+}
+
+/// One line of a queue listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Listed {
+    pub id: String,
+    pub received_at_ms: i64,
+    pub sender: String,
+    pub size: u64,
+    /// Pending recipients.
+    pub pending: Vec<String>,
+    pub state: State,
+    pub attempts: u32,
+    pub next_attempt_ms: Option<i64>,
+    pub last_reply: Option<String>,
+}
+
+/// One recipient of a shown message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecipientState {
+    pub address: String,
+    pub status: &'static str,
+    pub held: bool,
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    pub last_reply: Option<String>,
+}
+
+/// A whole message as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Shown {
+    pub id: String,
+    pub received_at_ms: i64,
+    pub sender: String,
+    pub mail_params: String,
+    pub client: String,
+    pub helo: String,
+    pub size: u64,
+    pub recipients: Vec<RecipientState>,
+}
+
+/// What the queue holds for one recipient domain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Depth {
+    pub domain: String,
+    pub messages: u64,
+    pub recipients: u64,
+    pub held: u64,
+    pub bytes: u64,
+    /// When the oldest message with a pending recipient here arrived.
+    pub oldest_ms: Option<i64>,
+}
+
+/// The name of a recipient status as stored.
+pub fn status_name(s: i64) -> &'static str {
+    match s {
+        0 => "pending",
+        1 => "delivered",
+        2 => "failed",
+        3 => "expired",
+        _ => "unknown",
+    }
 }
