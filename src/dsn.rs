@@ -95,6 +95,11 @@ pub enum Action {
 }
 
 impl Action {
+    /// `failed`, `delayed` or `relayed`, as in the report.
+    pub fn name(self) -> &'static str {
+        self.word()
+    }
+
     fn word(self) -> &'static str {
         match self {
             Action::Failed => "failed",

@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 GET client (http and https, bearer token, size and time limits) for
-//! fetching recipient lists a primary publishes. Not a general-purpose client.
+//! A minimal HTTP/1.1 client (http and https, bearer token, size and time limits): GET for
+//! recipient lists a primary publishes and for MTA-STS policies, POST for alert webhooks,
+//! and both for `mx2`'s commands that talk to the admin API. Not a general-purpose client.
 
 use crate::config::{TlsMode, TlsPolicy};
 use crate::dns::Dns;
@@ -13,10 +14,19 @@ use tokio::net::TcpStream;
 pub const MAX_BODY: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
-#[error("GET {url}: {reason}")]
+#[error("{method} {url}: {reason}")]
 pub struct HttpError {
+    pub method: &'static str,
     pub url: String,
     pub reason: String,
+    /// The response's status when the server answered with something other than 2xx.
+    pub status: Option<u16>,
+}
+
+/// A request body and its content type.
+pub struct Body<'a> {
+    pub content_type: &'a str,
+    pub bytes: &'a [u8],
 }
 
 struct Url {
@@ -61,18 +71,38 @@ pub async fn get(
     limit: Duration,
     ca_file: Option<&std::path::Path>,
 ) -> Result<Vec<u8>, HttpError> {
+    request("GET", url, bearer, None, Some(dns), limit, ca_file).await
+}
+
+/// Sends one request; Ok is the body of a 2xx response. Without `dns` the URL's host must
+/// be an IP address.
+pub async fn request(
+    method: &'static str,
+    url: &str,
+    bearer: Option<&str>,
+    body: Option<Body<'_>>,
+    dns: Option<&Dns>,
+    limit: Duration,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Vec<u8>, HttpError> {
     let err = |reason: String| HttpError {
+        method,
         url: url.to_string(),
         reason,
+        status: None,
     };
     let u = parse_url(url).ok_or_else(|| err("not an http:// or https:// URL".into()))?;
     let fetch = async {
-        let ip = *dns
-            .addresses(&u.host)
-            .await
-            .map_err(|e| err(e.to_string()))?
-            .first()
-            .ok_or_else(|| err(format!("{} has no address", u.host)))?;
+        let ip = match (u.host.parse::<std::net::IpAddr>(), dns) {
+            (Ok(ip), _) => ip,
+            (Err(_), None) => return Err(err(format!("{} is not an IP address", u.host))),
+            (Err(_), Some(dns)) => *dns
+                .addresses(&u.host)
+                .await
+                .map_err(|e| err(e.to_string()))?
+                .first()
+                .ok_or_else(|| err(format!("{} has no address", u.host)))?,
+        };
         let tcp = TcpStream::connect(SocketAddr::new(ip, u.port))
             .await
             .map_err(|e| err(e.to_string()))?;
@@ -94,12 +124,26 @@ pub async fn get(
         let auth = bearer
             .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
             .unwrap_or_default();
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: mx2\r\nAccept: text/plain, application/json\r\n{auth}Connection: close\r\n\r\n",
+        let content = body
+            .as_ref()
+            .map(|b| {
+                format!(
+                    "Content-Type: {}\r\nContent-Length: {}\r\n",
+                    b.content_type,
+                    b.bytes.len()
+                )
+            })
+            .unwrap_or_default();
+        let mut request = format!(
+            "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: mx2\r\nAccept: text/plain, application/json\r\n{auth}{content}Connection: close\r\n\r\n",
             u.path, u.host
-        );
+        )
+        .into_bytes();
+        if let Some(b) = &body {
+            request.extend_from_slice(b.bytes);
+        }
         stream
-            .write_all(request.as_bytes())
+            .write_all(&request)
             .await
             .map_err(|e| err(e.to_string()))?;
         let mut raw = Vec::new();
@@ -117,52 +161,70 @@ pub async fn get(
                 return Err(err("response too large".into()));
             }
         }
-        parse_response(&raw).map_err(err)
+        parse_response(&raw).map_err(|(status, reason)| HttpError {
+            status,
+            ..err(reason)
+        })
     };
     tokio::time::timeout(limit, fetch)
         .await
         .map_err(|_| err("timed out".into()))?
 }
 
-/// Splits a complete HTTP/1.1 response; Ok is the body of a 200.
-pub fn parse_response(raw: &[u8]) -> Result<Vec<u8>, String> {
+/// Splits a complete HTTP/1.1 response; Ok is the body of a 2xx (a 200 for GET callers
+/// that care is the same thing in practice); Err carries the status when there was one.
+pub fn parse_response(raw: &[u8]) -> Result<Vec<u8>, (Option<u16>, String)> {
+    let plain = |e: &str| (None, e.to_string());
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
+        .ok_or_else(|| plain("no end of headers"))?;
     let head = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or("");
+    let status = head.split("\r\n").next().unwrap_or("");
     let code: u16 = status
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line `{status}`"))?;
-    if code != 200 {
-        return Err(format!("HTTP status {code}"));
-    }
-    let mut chunked = false;
-    let mut length = None;
-    for l in lines {
-        let Some((k, v)) = l.split_once(':') else {
-            continue;
-        };
-        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-        if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
-            chunked = true;
-        } else if k == "content-length" {
-            length = v.parse::<usize>().ok();
+        .ok_or_else(|| (None, format!("bad status line `{status}`")))?;
+    let body_of = |end: usize| -> Result<Vec<u8>, String> {
+        let mut chunked = false;
+        let mut length = None;
+        for l in head.split("\r\n").skip(1) {
+            let Some((k, v)) = l.split_once(':') else {
+                continue;
+            };
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
+                chunked = true;
+            } else if k == "content-length" {
+                length = v.parse::<usize>().ok();
+            }
         }
+        let body = &raw[end + 4..];
+        if chunked {
+            return dechunk(body);
+        }
+        match length {
+            Some(n) if n <= body.len() => Ok(body[..n].to_vec()),
+            Some(_) => Err("body shorter than Content-Length".into()),
+            None => Ok(body.to_vec()),
+        }
+    };
+    if !(200..300).contains(&code) {
+        // The server's explanation, when it gave one in a short body.
+        let why = body_of(end)
+            .ok()
+            .map(|b| {
+                String::from_utf8_lossy(&b[..b.len().min(500)])
+                    .trim()
+                    .to_string()
+            })
+            .filter(|b| !b.is_empty())
+            .map(|b| format!(": {b}"))
+            .unwrap_or_default();
+        return Err((Some(code), format!("HTTP status {code}{why}")));
     }
-    let body = &raw[end + 4..];
-    if chunked {
-        return dechunk(body);
-    }
-    match length {
-        Some(n) if n <= body.len() => Ok(body[..n].to_vec()),
-        Some(_) => Err("body shorter than Content-Length".into()),
-        None => Ok(body.to_vec()),
-    }
+    body_of(end).map_err(|e| (Some(code), e))
 }
 
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
@@ -215,6 +277,7 @@ mod tests {
         assert!(
             parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n")
                 .unwrap_err()
+                .1
                 .contains("404")
         );
         assert_eq!(

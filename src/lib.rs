@@ -1,14 +1,17 @@
 //! mx2: a secondary MX. Accepts mail for the domains it backs up, keeps it durably, and hands it
 //! to each domain's primary the moment the primary can take it. See `design.md` for the map.
 
+pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dns;
 pub mod dsn;
+pub mod events;
 pub mod http;
 pub mod inbound;
+pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod scheduler;

@@ -2,6 +2,9 @@
 //! SIGINT stops accepting, lets in-flight transactions and deliveries finish (within the grace
 //! period), and exits with the queue intact.
 
+use crate::admin::alerts::Alerter;
+use crate::admin::history::History;
+use crate::admin::{self, Admin, Reload, monitor};
 use crate::config::Config;
 use crate::dns::Dns;
 use crate::inbound::limits::ConnectionLimits;
@@ -18,10 +21,11 @@ use crate::scheduler::Scheduler;
 use crate::shutdown;
 use crate::tasks::Tracker;
 use crate::tls::ServerCert;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +48,9 @@ pub enum StartError {
     },
 }
 
-/// Runs the server until a termination signal.
-pub async fn serve(config: Config) -> Result<(), StartError> {
+/// Runs the server until a termination signal; `path` is the configuration file, read
+/// again on reload.
+pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
     let dir = config.state_dir.clone();
     let store = tokio::task::spawn_blocking(move || Embedded::open(&dir))
         .await
@@ -95,9 +100,6 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         None => None,
         Some(c) => Some(c.acceptor().map_err(StartError::Tls)?),
     };
-    let reload_lists = Arc::new(Notify::new());
-    // Also keeps SIGHUP from terminating the process when there is nothing to reload.
-    tokio::spawn(watch_reloads(cert, reload_lists.clone(), shutdown.clone()));
     let wake = Arc::new(Notify::new());
     let connections = Tracker::default();
     let deliveries = Tracker::default();
@@ -115,90 +117,72 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     .map_err(StartError::Tls)?;
     let scheduler_task = tokio::spawn(scheduler.clone().run());
 
-    let recipients = Arc::new(Recipients::new(
-        config
-            .domains
-            .iter()
-            .map(|d| (d.name.clone(), d.recipients.clone(), d.standby)),
-        store.clone(),
-        scheduler.clone(),
-        Ttls {
-            positive: config.recipients.positive_ttl,
-            negative: config.recipients.negative_ttl,
-        },
-    ));
-    scheduler.set_recipients(recipients.clone());
-    let mut lists = Lists::new(
-        recipients.clone(),
-        dns.clone(),
-        config.recipients.reload_interval,
-    );
-    lists.refresh(true).await;
-    tokio::spawn(lists.run(reload_lists, shutdown.clone()));
-    let standby: Vec<String> = config
-        .domains
-        .iter()
-        .filter(|d| d.standby)
-        .map(|d| d.name.clone())
-        .collect();
-    if !standby.is_empty() {
-        tokio::spawn(
-            scheduler
-                .clone()
-                .watch_standby(standby, config.recipients.standby_check_interval),
-        );
-    }
-
-    let inbound = Arc::new(Inbound {
-        session: Arc::new(SessionConfig {
-            hostname: config.hostname.clone(),
-            max_message_size: config.smtp.max_message_size,
-            max_recipients: config.smtp.max_recipients,
-            max_errors: config.smtp.max_errors,
-            max_received: 50,
-            starttls: config.tls.is_some(),
-        }),
-        policy: Arc::new(
-            Policy::new(config.domains.iter().map(|d| d.name.clone()))
-                .with_etrn_clients(config.smtp.etrn_clients.clone())
-                .with_checked_domains(recipients.checked_domains().cloned())
-                .with_limits(
-                    config.smtp.allow.clone(),
-                    config.smtp.messages_per_minute_per_ip,
-                    config.smtp.recipients_per_minute_per_ip,
-                ),
-        ),
+    let core = Core {
         store: store.clone(),
-        limits: ConnectionLimits::new(
-            config.smtp.max_connections,
-            config.smtp.max_connections_per_ip,
-        ),
-        max_line_length: config.smtp.max_line_length,
-        command_timeout: config.smtp.command_timeout,
-        data_timeout: config.smtp.data_timeout,
-        new_mail: wake.clone(),
-        flusher: scheduler.clone(),
-        tls: acceptor,
-        recipients,
-        dnsbl: Arc::new(Dnsbl::new(config.smtp.dnsbl.clone(), dns.clone())),
-        greeting_delay: config.smtp.greeting_delay,
-        error_delay: config.smtp.error_delay,
-        proxy_trusted: config.smtp.proxy_trusted.clone(),
-        mail_auth: config
-            .auth
-            .enabled
-            .then(|| Arc::new(MailAuth::new(&dns, &config.hostname))),
-        dmarc_reject: config.auth.dmarc_reject,
-    });
+        scheduler: scheduler.clone(),
+        dns: dns.clone(),
+        wake,
+        acceptor,
+        shutdown: shutdown.clone(),
+    };
+    let generation = core.start(&config).await;
+    let (inbound_tx, inbound_rx) = tokio::sync::watch::channel(generation.inbound.clone());
     let mut accept_tasks = Vec::new();
     for (l, proxied) in listeners {
         accept_tasks.push(tokio::spawn(listener::run(
             l,
-            inbound.clone(),
+            inbound_rx.clone(),
             shutdown.clone(),
             connections.clone(),
             proxied,
         )));
+    }
+    let history = Arc::new(History::new(HISTORY_SAMPLES));
+    tokio::spawn(monitor::run(
+        store.clone(),
+        scheduler.clone(),
+        history.clone(),
+        HISTORY_EVERY,
+        shutdown.clone(),
+    ));
+    tokio::spawn(
+        Alerter {
+            config: config.alerts.clone(),
+            hostname: config.hostname.clone(),
+            dns: dns.clone(),
+            store: store.clone(),
+            scheduler: scheduler.clone(),
+        }
+        .run(shutdown.clone()),
+    );
+    let reloader = Arc::new(Reloader {
+        path: path.to_path_buf(),
+        core,
+        cert,
+        inbound: inbound_tx,
+        state: tokio::sync::Mutex::new((config.clone(), generation)),
+    });
+    // Also keeps SIGHUP from terminating the process.
+    tokio::spawn(watch_reloads(reloader.clone(), shutdown.clone()));
+    if let Some(addr) = config.admin.listen {
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                let admin = Arc::new(Admin {
+                    store: store.clone(),
+                    scheduler: scheduler.clone(),
+                    hostname: config.hostname.clone(),
+                    started: std::time::SystemTime::now(),
+                    token: config.admin.token.clone(),
+                    reloader: reloader.clone(),
+                    history,
+                });
+                tokio::spawn(admin::serve(l, admin, shutdown.clone()));
+            }
+            // Mail matters more than the dashboard: keep accepting it.
+            Err(e) => {
+                error!(address = %addr, error = %e, "admin API not available: cannot listen (set admin.listen to a free address, or \"\" to turn it off); SMTP service continues")
+            }
+        }
     }
     info!(hostname = %config.hostname, domains = config.domains.len(), "mx2 started");
 
@@ -226,12 +210,266 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Reloads the certificate when its files change (checked every 30 s) or on SIGHUP.
-async fn watch_reloads(
-    cert: Option<std::sync::Arc<ServerCert>>,
-    lists: Arc<Notify>,
-    mut shutdown: shutdown::Shutdown,
-) {
+/// Dashboard chart: one sample every 30 s for 6 hours.
+const HISTORY_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+const HISTORY_SAMPLES: usize = 720;
+
+/// What lives as long as the process; each configuration generation is built on it.
+struct Core {
+    store: Arc<dyn Store>,
+    scheduler: Arc<Scheduler>,
+    dns: Arc<Dns>,
+    wake: Arc<Notify>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: shutdown::Shutdown,
+}
+
+/// What one configuration runs: the settings new connections take, and the tasks that
+/// keep its recipient lists and standby checks (stopped when the generation is replaced).
+struct Generation {
+    inbound: Arc<Inbound>,
+    reload_lists: Arc<Notify>,
+    _scope: shutdown::Scope,
+}
+
+impl Core {
+    async fn start(&self, config: &Config) -> Generation {
+        let (scope, shutdown) = self.shutdown.child();
+        let recipients = Arc::new(Recipients::new(
+            config
+                .domains
+                .iter()
+                .map(|d| (d.name.clone(), d.recipients.clone(), d.standby)),
+            self.store.clone(),
+            self.scheduler.clone(),
+            Ttls {
+                positive: config.recipients.positive_ttl,
+                negative: config.recipients.negative_ttl,
+            },
+        ));
+        self.scheduler.set_recipients(recipients.clone());
+        let mut lists = Lists::new(
+            recipients.clone(),
+            self.dns.clone(),
+            config.recipients.reload_interval,
+        );
+        lists.refresh(true).await;
+        let reload_lists = Arc::new(Notify::new());
+        tokio::spawn(lists.run(reload_lists.clone(), shutdown.clone()));
+        let standby: Vec<String> = config
+            .domains
+            .iter()
+            .filter(|d| d.standby)
+            .map(|d| d.name.clone())
+            .collect();
+        if !standby.is_empty() {
+            tokio::spawn(self.scheduler.clone().watch_standby(
+                standby,
+                config.recipients.standby_check_interval,
+                shutdown,
+            ));
+        }
+        let inbound = Arc::new(Inbound {
+            session: Arc::new(SessionConfig {
+                hostname: config.hostname.clone(),
+                max_message_size: config.smtp.max_message_size,
+                max_recipients: config.smtp.max_recipients,
+                max_errors: config.smtp.max_errors,
+                max_received: 50,
+                starttls: config.tls.is_some() && self.acceptor.is_some(),
+            }),
+            policy: Arc::new(
+                Policy::new(config.domains.iter().map(|d| d.name.clone()))
+                    .with_etrn_clients(config.smtp.etrn_clients.clone())
+                    .with_checked_domains(recipients.checked_domains().cloned())
+                    .with_limits(
+                        config.smtp.allow.clone(),
+                        config.smtp.messages_per_minute_per_ip,
+                        config.smtp.recipients_per_minute_per_ip,
+                    ),
+            ),
+            store: self.store.clone(),
+            limits: ConnectionLimits::new(
+                config.smtp.max_connections,
+                config.smtp.max_connections_per_ip,
+            ),
+            max_line_length: config.smtp.max_line_length,
+            command_timeout: config.smtp.command_timeout,
+            data_timeout: config.smtp.data_timeout,
+            new_mail: self.wake.clone(),
+            flusher: self.scheduler.clone(),
+            tls: self.acceptor.clone(),
+            recipients,
+            dnsbl: Arc::new(Dnsbl::new(config.smtp.dnsbl.clone(), self.dns.clone())),
+            greeting_delay: config.smtp.greeting_delay,
+            error_delay: config.smtp.error_delay,
+            proxy_trusted: config.smtp.proxy_trusted.clone(),
+            mail_auth: config
+                .auth
+                .enabled
+                .then(|| Arc::new(MailAuth::new(&self.dns, &config.hostname))),
+            dmarc_reject: config.auth.dmarc_reject,
+        });
+        Generation {
+            inbound,
+            reload_lists,
+            _scope: scope,
+        }
+    }
+}
+
+/// Reloads the configuration file: domains, recipient policies and lists, SMTP policy and
+/// limits, bounce policies, and the certificate. Connections in progress keep the settings
+/// they started with. An invalid file changes nothing.
+struct Reloader {
+    path: PathBuf,
+    core: Core,
+    cert: Option<Arc<ServerCert>>,
+    inbound: tokio::sync::watch::Sender<Arc<Inbound>>,
+    state: tokio::sync::Mutex<(Config, Generation)>,
+}
+
+/// Settings read once at start: which of them differ between two configurations.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |name, a: String, b: String| {
+        if a != b {
+            out.push(name);
+        }
+    };
+    check("hostname", old.hostname.clone(), new.hostname.clone());
+    check(
+        "state_dir",
+        format!("{:?}", old.state_dir),
+        format!("{:?}", new.state_dir),
+    );
+    check(
+        "smtp.listen",
+        format!("{:?}", old.smtp.listen),
+        format!("{:?}", new.smtp.listen),
+    );
+    check(
+        "smtp.proxy_listen",
+        format!("{:?}", old.smtp.proxy_listen),
+        format!("{:?}", new.smtp.proxy_listen),
+    );
+    check("tls", format!("{:?}", old.tls), format!("{:?}", new.tls));
+    check(
+        "queue",
+        format!("{:?}", old.queue),
+        format!("{:?}", new.queue),
+    );
+    check(
+        "probe",
+        format!("{:?}", old.probe),
+        format!("{:?}", new.probe),
+    );
+    check(
+        "delivery",
+        format!("{:?}", old.delivery),
+        format!("{:?}", new.delivery),
+    );
+    check("dns", format!("{:?}", old.dns), format!("{:?}", new.dns));
+    check(
+        "routing",
+        format!("{:?}", old.routing),
+        format!("{:?}", new.routing),
+    );
+    check(
+        "admin",
+        format!("{:?}", old.admin),
+        format!("{:?}", new.admin),
+    );
+    check(
+        "alerts",
+        format!("{:?}", old.alerts),
+        format!("{:?}", new.alerts),
+    );
+    out
+}
+
+impl Reloader {
+    async fn reload_now(&self) -> Result<String, String> {
+        let result = self.apply().await;
+        let (ok, detail) = match &result {
+            Ok(d) => (true, d.clone()),
+            Err(e) => (false, e.clone()),
+        };
+        if ok {
+            info!(detail = %detail, "configuration reloaded");
+        } else {
+            error!(error = %detail, "configuration NOT reloaded; the running one stays");
+        }
+        crate::events::get().record(crate::events::Kind::Reload { ok, detail });
+        result
+    }
+
+    async fn apply(&self) -> Result<String, String> {
+        let path = self.path.clone();
+        let config = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let mut state = self.state.lock().await;
+        self.core.scheduler.reconfigure(&config)?;
+        let generation = self.core.start(&config).await;
+        self.inbound.send_replace(generation.inbound.clone());
+        let old_domains: std::collections::BTreeSet<&str> =
+            state.0.domains.iter().map(|d| d.name.as_str()).collect();
+        let new_domains: std::collections::BTreeSet<&str> =
+            config.domains.iter().map(|d| d.name.as_str()).collect();
+        let added: Vec<&str> = new_domains.difference(&old_domains).copied().collect();
+        let removed: Vec<&str> = old_domains.difference(&new_domains).copied().collect();
+        let mut detail = format!(
+            "{} domains ({} added{}, {} removed{})",
+            new_domains.len(),
+            added.len(),
+            if added.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", added.join(", "))
+            },
+            removed.len(),
+            if removed.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", removed.join(", "))
+            },
+        );
+        if let Some(cert) = &self.cert {
+            match cert.reload() {
+                Ok(()) => detail.push_str("; certificate reloaded"),
+                Err(e) => detail.push_str(&format!(
+                    "; certificate NOT reloaded ({e}), the previous one stays"
+                )),
+            }
+        }
+        let restart = restart_needed(&state.0, &config);
+        if !restart.is_empty() {
+            warn!(settings = ?restart, "changed settings that take effect only after a restart");
+            detail.push_str(&format!(
+                "; changed but only applied after a restart: {}",
+                restart.join(", ")
+            ));
+        }
+        // Replacing the old generation stops its list and standby tasks.
+        *state = (config, generation);
+        Ok(detail)
+    }
+}
+
+impl Reload for Reloader {
+    fn reload(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + '_>>
+    {
+        Box::pin(self.reload_now())
+    }
+}
+
+/// SIGHUP reloads the configuration; every 30 s the certificate is reloaded if its files
+/// changed.
+async fn watch_reloads(reloader: Arc<Reloader>, mut shutdown: shutdown::Shutdown) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).ok();
     loop {
@@ -241,16 +479,14 @@ async fn watch_reloads(
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
         if forced {
-            info!("SIGHUP: reloading certificate and recipient lists");
-            lists.notify_one();
+            info!("SIGHUP: reloading the configuration");
+            let _ = reloader.reload_now().await;
+            // Lists are fetched again even when their sources did not change.
+            reloader.state.lock().await.1.reload_lists.notify_one();
+            continue;
         }
-        let Some(cert) = &cert else { continue };
-        let result = if forced {
-            cert.reload().map(|()| true)
-        } else {
-            cert.reload_if_changed()
-        };
-        match result {
+        let Some(cert) = &reloader.cert else { continue };
+        match cert.reload_if_changed() {
             Ok(true) => info!("TLS certificate reloaded"),
             Ok(false) => {}
             Err(e) => {

@@ -33,3 +33,46 @@ impl Shutdown {
         let _ = self.0.wait_for(|v| *v).await;
     }
 }
+
+/// Ends a [`Shutdown::child`] signal when dropped.
+#[derive(Debug)]
+pub struct Scope(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>);
+
+impl Shutdown {
+    /// A narrower signal for tasks that belong to one configuration generation: it fires when
+    /// this one does or when the returned [`Scope`] is dropped. Needs a tokio runtime.
+    pub fn child(&self) -> (Scope, Shutdown) {
+        let (trigger, child) = channel();
+        let (scope, ended) = tokio::sync::oneshot::channel::<()>();
+        let mut parent = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = parent.wait() => {}
+                _ = ended => {}
+            }
+            trigger.fire();
+        });
+        (Scope(scope), child)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_child_ends_with_its_scope_or_its_parent() {
+        let (trigger, root) = channel();
+        let (scope, mut child) = root.child();
+        assert!(!child.is_shutdown());
+        drop(scope);
+        tokio::time::timeout(std::time::Duration::from_secs(5), child.wait())
+            .await
+            .unwrap();
+        let (_scope, mut other) = root.child();
+        trigger.fire();
+        tokio::time::timeout(std::time::Duration::from_secs(5), other.wait())
+            .await
+            .unwrap();
+    }
+}

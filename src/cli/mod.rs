@@ -1,6 +1,7 @@
 //! The command line: `mx2 serve`, `mx2 config check`. Parses arguments, loads the config,
 //! sets up logging, and maps errors to exit codes (2: configuration, 1: runtime).
 
+mod api;
 mod queue;
 
 use crate::config::{Config, LogFormat};
@@ -52,10 +53,24 @@ pub enum Cmd {
         #[arg(long)]
         ca_file: Option<PathBuf>,
     },
-    /// The queue, read from the store (works while the server is stopped).
+    /// The queue: list, show, export (these also work while the server is stopped), flush,
+    /// hold, release, delete, bounce.
     Queue {
         #[command(subcommand)]
         action: queue::QueueCmd,
+    },
+    /// Each primary's state and what is held for it (asks the running server).
+    Status {
+        #[command(flatten)]
+        target: api::Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running server read its configuration file again (like SIGHUP, but says
+    /// whether it worked).
+    Reload {
+        #[command(flatten)]
+        target: api::Target,
     },
     /// Configuration tools.
     Config {
@@ -146,6 +161,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Queue { action } => queue::run(action),
+        Cmd::Status { target, json } => queue::status(&target, json),
+        Cmd::Reload { target } => queue::reload(&target),
         Cmd::Check {
             domain,
             resolver,
@@ -212,7 +229,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(crate::server::serve(c)) {
+            match rt.block_on(crate::server::serve(c, &config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

@@ -1,183 +1,609 @@
-//! `mx2 queue list|show|export`: the queue read straight from the store, so it works while the
-//! server is stopped too. Tables for people, `--json` for scripts.
+//! `mx2 queue …` and `mx2 status`: the queue through the running server's admin API, with
+//! `list`, `show` and `export` falling back to reading the store directly when the server
+//! is not running (after a crash, say), as `postqueue -p` does. Tables for people,
+//! `--json` for scripts, progress on standard error for long actions.
 
+use super::api::{Api, CallError, Target, encode};
 use crate::inbound::received::rfc5322_date;
 use crate::queue::inspect::Inspector;
-use crate::queue::now_ms;
+use crate::queue::{Filter, Listed, Shown, now_ms};
 use clap::Subcommand;
+use serde_json::json;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
+
+/// Which messages: filters for listings and bulk actions.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Select {
+    /// Only messages with recipients in this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Only messages whose sender contains this text.
+    #[arg(long)]
+    sender: Option<String>,
+    /// Only messages with a recipient that contains this text.
+    #[arg(long)]
+    recipient: Option<String>,
+    /// Only messages older than this, e.g. 2h or 3d.
+    #[arg(long)]
+    older_than: Option<String>,
+    /// Only messages in this state: queued, deferred, active or held.
+    #[arg(long)]
+    state: Option<String>,
+}
+
+impl Select {
+    fn is_empty(&self) -> bool {
+        self.domain.is_none()
+            && self.sender.is_none()
+            && self.recipient.is_none()
+            && self.older_than.is_none()
+            && self.state.is_none()
+    }
+
+    fn query(&self) -> String {
+        [
+            ("domain", &self.domain),
+            ("sender", &self.sender),
+            ("recipient", &self.recipient),
+            ("older_than", &self.older_than),
+            ("state", &self.state),
+        ]
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect::<Vec<_>>()
+        .join("&")
+    }
+}
 
 #[derive(Subcommand, Debug)]
 pub enum QueueCmd {
     /// Messages waiting for delivery, oldest first.
     List {
-        #[arg(short, long, default_value = "/etc/mx2/mx2.toml")]
-        config: PathBuf,
-        /// Only messages with recipients in this domain.
-        #[arg(long)]
-        domain: Option<String>,
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        select: Select,
+        /// At most this many messages.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
         #[arg(long)]
         json: bool,
+        /// Read the queue file even if the server is running.
+        #[arg(long)]
+        offline: bool,
     },
     /// One message: envelope and each recipient's state, attempts and last reply.
     Show {
         id: String,
-        #[arg(short, long, default_value = "/etc/mx2/mx2.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         #[arg(long)]
         json: bool,
+        #[arg(long)]
+        offline: bool,
     },
     /// The stored message (.eml) on standard output.
     Export {
         id: String,
-        #[arg(short, long, default_value = "/etc/mx2/mx2.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        offline: bool,
     },
+    /// Deliver now: these messages, a domain's, or everything (primaries are treated as up).
+    Flush {
+        ids: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+        /// Everything held for this domain.
+        #[arg(long, conflicts_with = "ids")]
+        domain: Option<String>,
+    },
+    /// Keep messages from delivery until released.
+    Hold(Bulk),
+    /// Let held messages go (due at once).
+    Release(Bulk),
+    /// Remove messages without telling anyone.
+    Delete(Bulk),
+    /// Give up on messages now: their senders get a bounce as the domain's policy allows.
+    Bounce(Bulk),
+}
+
+/// Messages named by id, or selected by filters, or all of them.
+#[derive(clap::Args, Debug)]
+pub struct Bulk {
+    ids: Vec<String>,
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    select: Select,
+    /// Every message in the queue.
+    #[arg(long, conflicts_with = "ids")]
+    all: bool,
 }
 
 fn age(ms: i64) -> String {
-    let s = (now_ms() - ms).max(0) / 1000;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
-    }
+    crate::admin::dashboard::duration((now_ms() - ms).max(0) / 1000)
 }
 
 fn when(ms: i64) -> String {
     rfc5322_date(UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
 }
 
-fn open(config: &std::path::Path) -> Result<Inspector, ExitCode> {
-    let c = crate::config::Config::load(config).map_err(|e| {
-        eprintln!("mx2: {e}");
-        ExitCode::from(2)
-    })?;
-    Inspector::open(&c.state_dir).map_err(|e| {
-        eprintln!("mx2: {e}");
-        ExitCode::from(1)
-    })
+fn fail(e: impl std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("mx2: {e}");
+    ExitCode::from(code)
 }
 
-/// The exit for a message that is not there (Ok) or a store error.
-fn missing(r: Result<(), String>, id: &str) -> ExitCode {
-    match r {
-        Ok(()) => eprintln!("mx2: no message {id} in the queue"),
-        Err(e) => eprintln!("mx2: {e}"),
+/// The queue file, for when the server does not answer.
+fn offline(api: &Api, why: &str) -> Result<Inspector, ExitCode> {
+    let Some(c) = &api.config else {
+        return Err(fail(
+            format!("{why}; and without a readable --config the queue file cannot be read either"),
+            1,
+        ));
+    };
+    if !why.is_empty() {
+        eprintln!("mx2: {why}; reading the queue file directly");
     }
-    ExitCode::from(1)
+    Inspector::open(&c.state_dir).map_err(|e| fail(e, 1))
+}
+
+/// Runs `online` against the API; on no answer (or `--offline`), `offline_read` on the file.
+fn read<T>(
+    api: &Api,
+    force_offline: bool,
+    online: impl FnOnce(&Api) -> Result<T, CallError>,
+    offline_read: impl FnOnce(&Inspector) -> Result<T, String>,
+) -> Result<T, ExitCode> {
+    let why = if force_offline {
+        String::new()
+    } else {
+        match online(api) {
+            Ok(v) => return Ok(v),
+            Err(CallError::Failed(e)) => return Err(fail(e, 1)),
+            Err(CallError::Unreachable(e)) => e,
+        }
+    };
+    let q = offline(api, &why)?;
+    offline_read(&q).map_err(|e| fail(e, 1))
+}
+
+fn api(target: &Target) -> Result<Api, ExitCode> {
+    Api::new(target).map_err(|e| fail(e, 2))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, CallError> {
+    serde_json::from_value(v).map_err(|e| CallError::Failed(format!("unexpected answer: {e}")))
+}
+
+/// Every message that matches, following the API's pages.
+fn list_all(api: &Api, select: &Select, limit: usize) -> Result<Vec<ListedRow>, CallError> {
+    let mut out: Vec<ListedRow> = Vec::new();
+    let mut after: Option<String> = None;
+    while out.len() < limit {
+        let page = (limit - out.len()).min(crate::queue::inspect::MAX_LIST);
+        let mut q = format!("/api/v1/queue?limit={page}");
+        let filters = select.query();
+        if !filters.is_empty() {
+            q.push('&');
+            q.push_str(&filters);
+        }
+        if let Some(a) = &after {
+            q.push_str(&format!("&after={}", encode(a)));
+        }
+        let v = api.json("GET", &q, None)?;
+        let rows: Vec<ListedRow> = parse(v["messages"].clone())?;
+        let done = rows.len() < page || v["next"].is_null();
+        after = rows.last().map(|r| r.id.clone());
+        out.extend(rows);
+        if done {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// A listing row as both the API and the file give it.
+#[derive(serde::Deserialize, serde::Serialize)]
+struct ListedRow {
+    id: String,
+    received_at_ms: i64,
+    sender: String,
+    size: u64,
+    pending: Vec<String>,
+    state: String,
+    attempts: u32,
+    next_attempt_ms: Option<i64>,
+    last_reply: Option<String>,
+}
+
+impl From<Listed> for ListedRow {
+    fn from(m: Listed) -> Self {
+        Self {
+            id: m.id,
+            received_at_ms: m.received_at_ms,
+            sender: m.sender,
+            size: m.size,
+            pending: m.pending,
+            state: m.state.name().to_string(),
+            attempts: m.attempts,
+            next_attempt_ms: m.next_attempt_ms,
+            last_reply: m.last_reply,
+        }
+    }
+}
+
+fn print_list(list: &[ListedRow]) {
+    println!(
+        "{:<32}  {:>7}  {:>9}  {:<8}  {:<30}  RECIPIENTS / LAST REPLY",
+        "QUEUE ID", "AGE", "SIZE", "STATE", "SENDER"
+    );
+    for m in list {
+        let sender = if m.sender.is_empty() { "<>" } else { &m.sender };
+        println!(
+            "{:<32}  {:>7}  {:>9}  {:<8}  {:<30}  {}",
+            m.id,
+            age(m.received_at_ms),
+            m.size,
+            m.state,
+            sender,
+            m.pending.join(" ")
+        );
+        if let Some(r) = &m.last_reply {
+            println!("{:>96}{r}", "");
+        }
+    }
+    println!("{} message(s) waiting", list.len());
+}
+
+fn print_shown(m: &Shown) {
+    println!(
+        "queue id   {}\nreceived   {} ({} ago) from {} [{}]",
+        m.id,
+        when(m.received_at_ms),
+        age(m.received_at_ms),
+        m.helo,
+        m.client
+    );
+    println!(
+        "sender     <{}> {}\nsize       {} bytes",
+        m.sender, m.mail_params, m.size
+    );
+    for r in &m.recipients {
+        println!(
+            "recipient  <{}> {}{} after {} attempt(s); next try {}",
+            r.address,
+            r.status,
+            if r.held { " (held)" } else { "" },
+            r.attempts,
+            when(r.next_attempt_ms)
+        );
+        if let Some(reply) = &r.last_reply {
+            println!("           last reply: {reply}");
+        }
+    }
+}
+
+/// `Shown` as the API sends it (the status is a string there).
+#[derive(serde::Deserialize)]
+struct ShownRow {
+    id: String,
+    received_at_ms: i64,
+    sender: String,
+    mail_params: String,
+    client: String,
+    helo: String,
+    size: u64,
+    recipients: Vec<RecipientRow>,
+}
+
+#[derive(serde::Deserialize)]
+struct RecipientRow {
+    address: String,
+    status: String,
+    held: bool,
+    attempts: u32,
+    next_attempt_ms: i64,
+    last_reply: Option<String>,
+}
+
+impl ShownRow {
+    fn into_shown(self) -> Shown {
+        Shown {
+            id: self.id,
+            received_at_ms: self.received_at_ms,
+            sender: self.sender,
+            mail_params: self.mail_params,
+            client: self.client,
+            helo: self.helo,
+            size: self.size,
+            recipients: self
+                .recipients
+                .into_iter()
+                .map(|r| crate::queue::RecipientState {
+                    status: match r.status.as_str() {
+                        "pending" => "pending",
+                        "delivered" => "delivered",
+                        "failed" => "failed",
+                        "expired" => "expired",
+                        _ => "unknown",
+                    },
+                    address: r.address,
+                    held: r.held,
+                    attempts: r.attempts,
+                    next_attempt_ms: r.next_attempt_ms,
+                    last_reply: r.last_reply,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Applies a bulk action in batches, with progress on standard error.
+fn bulk(action: &str, past: &str, b: Bulk) -> ExitCode {
+    let api = match api(&b.target) {
+        Ok(a) => a,
+        Err(c) => return c,
+    };
+    let ids = if !b.ids.is_empty() {
+        b.ids
+    } else if b.all || !b.select.is_empty() {
+        match list_all(&api, &b.select, usize::MAX) {
+            Ok(rows) => rows.into_iter().map(|r| r.id).collect(),
+            Err(CallError::Failed(e) | CallError::Unreachable(e)) => return fail(e, 1),
+        }
+    } else {
+        return fail(
+            format!(
+                "name the messages: queue ids, or --domain/--sender/--recipient/--older-than/--state, or --all (see `mx2 queue {action} --help`)"
+            ),
+            2,
+        );
+    };
+    let total = ids.len();
+    let mut affected = 0u64;
+    let progress = total > 1000;
+    for (i, chunk) in ids.chunks(1000).enumerate() {
+        let body = json!({ "action": action, "ids": chunk });
+        match api.json("POST", "/api/v1/queue/actions", Some(&body)) {
+            Ok(v) => affected += v["affected"].as_u64().unwrap_or(0),
+            Err(CallError::Failed(e) | CallError::Unreachable(e)) => {
+                if progress {
+                    eprintln!();
+                }
+                return fail(format!("{e} (after {} of {total} messages)", i * 1000), 1);
+            }
+        }
+        if progress {
+            eprint!(
+                "\r{action}: {} of {total} messages",
+                (i * 1000 + chunk.len()).min(total)
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    println!("{past} {total} message(s) ({affected} recipient(s) or message(s) changed)");
+    ExitCode::SUCCESS
 }
 
 pub fn run(cmd: QueueCmd) -> ExitCode {
     match cmd {
         QueueCmd::List {
-            config,
-            domain,
+            target,
+            select,
             limit,
             json,
+            offline,
         } => {
-            let q = match open(&config) {
-                Ok(q) => q,
+            let api = match api(&target) {
+                Ok(a) => a,
                 Err(c) => return c,
             };
-            let filter = crate::queue::Filter {
-                domain,
-                limit,
-                ..Default::default()
-            };
-            let list = match q.list(&filter) {
+            let list = match read(
+                &api,
+                offline,
+                |api| list_all(api, &select, limit),
+                |q| {
+                    let f = crate::admin::api_filter(&select.query()).map_err(|e| e.to_string())?;
+                    q.list(&Filter { limit, ..f })
+                        .map(|l| l.into_iter().map(ListedRow::from).collect())
+                },
+            ) {
                 Ok(l) => l,
-                Err(e) => {
-                    eprintln!("mx2: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(c) => return c,
             };
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&list).unwrap_or_default()
                 );
-                return ExitCode::SUCCESS;
+            } else {
+                print_list(&list);
             }
-            println!(
-                "{:<32}  {:>7}  {:>9}  {:<30}  RECIPIENTS / LAST REPLY",
-                "QUEUE ID", "AGE", "SIZE", "SENDER"
-            );
-            for m in &list {
-                let sender = if m.sender.is_empty() { "<>" } else { &m.sender };
-                println!(
-                    "{:<32}  {:>7}  {:>9}  {:<30}  {}",
-                    m.id,
-                    age(m.received_at_ms),
-                    m.size,
-                    sender,
-                    m.pending.join(" ")
-                );
-                if let Some(r) = &m.last_reply {
-                    println!("{:>86}{r}", "");
-                }
-            }
-            println!("{} message(s) waiting", list.len());
             ExitCode::SUCCESS
         }
-        QueueCmd::Show { id, config, json } => {
-            let q = match open(&config) {
-                Ok(q) => q,
+        QueueCmd::Show {
+            id,
+            target,
+            json,
+            offline,
+        } => {
+            let api = match api(&target) {
+                Ok(a) => a,
                 Err(c) => return c,
             };
-            match q.show(&id) {
+            let path = format!("/api/v1/queue/{}", encode(&id));
+            let shown = read(
+                &api,
+                offline,
+                |api| {
+                    api.json("GET", &path, None)
+                        .and_then(parse::<ShownRow>)
+                        .map(|s| Some(s.into_shown()))
+                },
+                |q| q.show(&id),
+            );
+            match shown {
                 Ok(Some(m)) if json => {
                     println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
                     ExitCode::SUCCESS
                 }
                 Ok(Some(m)) => {
-                    println!(
-                        "queue id   {}\nreceived   {} ({} ago) from {} [{}]",
-                        m.id,
-                        when(m.received_at_ms),
-                        age(m.received_at_ms),
-                        m.helo,
-                        m.client
-                    );
-                    println!(
-                        "sender     <{}> {}\nsize       {} bytes",
-                        m.sender, m.mail_params, m.size
-                    );
-                    for r in &m.recipients {
-                        println!(
-                            "recipient  <{}> {} after {} attempt(s); next try {}",
-                            r.address,
-                            r.status,
-                            r.attempts,
-                            when(r.next_attempt_ms)
-                        );
-                        if let Some(reply) = &r.last_reply {
-                            println!("           last reply: {reply}");
-                        }
-                    }
+                    print_shown(&m);
                     ExitCode::SUCCESS
                 }
-                other => missing(other.map(|_| ()), &id),
+                Ok(None) => fail(format!("no message {id} in the queue"), 1),
+                Err(c) => c,
             }
         }
-        QueueCmd::Export { id, config } => {
-            let q = match open(&config) {
-                Ok(q) => q,
+        QueueCmd::Export {
+            id,
+            target,
+            offline,
+        } => {
+            let api = match api(&target) {
+                Ok(a) => a,
                 Err(c) => return c,
             };
-            match q.export(&id) {
+            let path = format!("/api/v1/queue/{}/eml", encode(&id));
+            match read(
+                &api,
+                offline,
+                |api| api.call("GET", &path, None).map(Some),
+                |q| q.export(&id),
+            ) {
                 Ok(Some(body)) => {
                     let _ = std::io::stdout().write_all(&body);
                     ExitCode::SUCCESS
                 }
-                other => missing(other.map(|_| ()), &id),
+                Ok(None) => fail(format!("no message {id} in the queue"), 1),
+                Err(c) => c,
             }
+        }
+        QueueCmd::Flush {
+            ids,
+            target,
+            domain,
+        } => {
+            let api = match api(&target) {
+                Ok(a) => a,
+                Err(c) => return c,
+            };
+            let result = if ids.is_empty() {
+                let path = match &domain {
+                    Some(d) => format!("/api/v1/flush?domain={}", encode(d)),
+                    None => "/api/v1/flush".to_string(),
+                };
+                api.json("POST", &path, None)
+            } else {
+                api.json(
+                    "POST",
+                    "/api/v1/queue/actions",
+                    Some(&json!({ "action": "flush", "ids": ids })),
+                )
+            };
+            match result {
+                Ok(v) => {
+                    println!(
+                        "{} recipient(s) due now",
+                        v["affected"].as_u64().unwrap_or(0)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(CallError::Failed(e) | CallError::Unreachable(e)) => fail(e, 1),
+            }
+        }
+        QueueCmd::Hold(b) => bulk("hold", "held", b),
+        QueueCmd::Release(b) => bulk("release", "released", b),
+        QueueCmd::Delete(b) => bulk("delete", "deleted", b),
+        QueueCmd::Bounce(b) => bulk("bounce", "bounced", b),
+    }
+}
+
+/// `mx2 status`: each primary's state and what is held for it.
+pub fn status(target: &Target, json: bool) -> ExitCode {
+    let api = match api(target) {
+        Ok(a) => a,
+        Err(c) => return c,
+    };
+    let v = match api.json("GET", "/api/v1/status", None) {
+        Ok(v) => v,
+        Err(CallError::Failed(e) | CallError::Unreachable(e)) => return fail(e, 1),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let q = &v["queue"];
+    println!(
+        "mx2 {} on {}, up {}",
+        v["version"].as_str().unwrap_or(""),
+        v["hostname"].as_str().unwrap_or(""),
+        crate::admin::dashboard::duration(v["uptime_s"].as_i64().unwrap_or(0))
+    );
+    println!(
+        "queue: {} message(s), {} recipient(s), {} bytes; oldest {}",
+        q["messages"],
+        q["recipients"],
+        q["bytes"],
+        q["oldest_age_s"]
+            .as_i64()
+            .map(crate::admin::dashboard::duration)
+            .unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "\n{:<28}  {:<5}  {:>12}  {:>9}  {:>8}  {:>9}  DOMAINS",
+        "PRIMARY", "STATE", "SINCE", "MESSAGES", "OLDEST", "DELIV/MIN"
+    );
+    let mut down = 0;
+    for p in v["primaries"].as_array().into_iter().flatten() {
+        let up = p["up"].as_bool().unwrap_or(false);
+        down += usize::from(!up);
+        println!(
+            "{:<28}  {:<5}  {:>12}  {:>9}  {:>8}  {:>9}  {}",
+            p["primary"].as_str().unwrap_or(""),
+            if up { "up" } else { "DOWN" },
+            age(p["since_ms"].as_i64().unwrap_or(0)),
+            p["messages"],
+            p["oldest_age_s"]
+                .as_i64()
+                .map(crate::admin::dashboard::duration)
+                .unwrap_or_else(|| "-".into()),
+            p["delivered_last_minute"],
+            p["domains"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if down > 0 {
+        println!("\n{down} primary(ies) down: their mail is held and delivered when they answer");
+    }
+    ExitCode::SUCCESS
+}
+
+/// `mx2 reload`: the server reads its configuration file again.
+pub fn reload(target: &Target) -> ExitCode {
+    let api = match api(target) {
+        Ok(a) => a,
+        Err(c) => return c,
+    };
+    match api.json("POST", "/api/v1/reload", None) {
+        Ok(v) => {
+            println!("reloaded: {}", v["detail"].as_str().unwrap_or(""));
+            ExitCode::SUCCESS
+        }
+        Err(CallError::Failed(e) | CallError::Unreachable(e)) => {
+            fail(format!("not reloaded: {e}"), 1)
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The configuration file: TOML → a typed, validated [`Config`]. Every error names the file,
 //! the line and the key. This module reads the file and nothing else.
 
+mod admin;
 mod cidr;
 mod units;
 
+pub use admin::{AdminConfig, AlertsConfig};
 pub use cidr::Cidr;
 
 pub use units::{Size, Span, parse_duration, parse_pin, parse_size};
@@ -51,6 +53,8 @@ pub struct Config {
     pub auth: AuthCheckConfig,
     /// The certificate offered with STARTTLS (none: STARTTLS is not offered).
     pub tls: Option<TlsFiles>,
+    pub admin: AdminConfig,
+    pub alerts: AlertsConfig,
     pub domains: Vec<DomainConfig>,
 }
 
@@ -393,6 +397,10 @@ struct RawConfig {
     #[serde(default)]
     auth: AuthCheckConfig,
     tls: Option<RawTls>,
+    #[serde(default)]
+    admin: admin::RawAdmin,
+    #[serde(default)]
+    alerts: admin::RawAlerts,
     #[serde(default)]
     domain: Vec<RawDomain>,
 }
@@ -1033,7 +1041,11 @@ impl Ctx<'_> {
             key: path(t.key),
         });
 
+        let admin = self.admin(raw.admin, base)?;
+        let alerts = self.alerts(raw.alerts, base)?;
         Ok(Config {
+            admin,
+            alerts,
             hostname,
             state_dir,
             log: raw.log,

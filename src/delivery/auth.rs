@@ -37,6 +37,30 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// Decodes standard base64 (padding optional); None on any other character.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 /// Authenticates on an open, encrypted session.
 pub async fn authenticate(c: &mut Client, creds: &Credentials) -> Result<(), ClientError> {
     if c.tls.is_none() {
@@ -100,6 +124,10 @@ mod tests {
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64(b"\0user\0pass"), "AHVzZXIAcGFzcw==");
+        for s in [&b""[..], b"f", b"fo", b"foo", b"foobar", b"\0user\0pass"] {
+            assert_eq!(base64_decode(&base64(s)).as_deref(), Some(s));
+        }
+        assert_eq!(base64_decode("Zm9v!"), None);
     }
 
     #[test]

@@ -57,10 +57,11 @@ pub struct Inbound {
 }
 
 /// Accepts connections until shutdown. Each connection runs in its own task, tracked by
-/// `tasks` so the server can wait for in-flight transactions.
+/// `tasks` so the server can wait for in-flight transactions. Each connection takes the
+/// settings current when it is accepted (a reload changes them for new connections only).
 pub async fn run(
     listener: TcpListener,
-    inbound: Arc<Inbound>,
+    current: tokio::sync::watch::Receiver<Arc<Inbound>>,
     mut shutdown: Shutdown,
     tasks: crate::tasks::Tracker,
     proxied: bool,
@@ -79,7 +80,7 @@ pub async fn run(
                 continue;
             }
         };
-        let inbound = inbound.clone();
+        let inbound = current.borrow().clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move { connection(stream, peer, inbound, shutdown, proxied).await });
     }
@@ -104,6 +105,9 @@ struct Conn {
 
 impl Conn {
     fn queue(&mut self, reply: &Reply) {
+        if reply.code >= 400 {
+            crate::metrics::get().rejected(&reply.one_line());
+        }
         reply.write_wire(&mut self.out);
     }
 
@@ -204,6 +208,7 @@ async fn connection(
     proxied: bool,
 ) {
     let _ = stream.set_nodelay(true);
+    let _open = crate::metrics::OpenConnection::new();
     let mut conn = Conn {
         stream: Stream::Plain(stream),
         buf: Vec::new(),
@@ -650,6 +655,9 @@ async fn finish_content(
     let result = inbound.store.insert(*message).await;
     match &result {
         Ok(()) => {
+            let m = crate::metrics::get();
+            m.accepted_messages.inc();
+            m.accepted_bytes.inc_by(size as u64);
             info!(queue_id = %id, client = %peer.ip(), from = %sender, to = ?rcpts, size, "accepted");
             inbound.new_mail.notify_one();
         }

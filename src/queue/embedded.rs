@@ -331,7 +331,11 @@ fn writer_loop(
             }
         }
         let ops = batch.len();
+        let started = std::time::Instant::now();
         run_batch(&mut conn, batch);
+        crate::metrics::get()
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::trace!(ops, bytes, "queue commit");
     }

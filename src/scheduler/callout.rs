@@ -70,8 +70,12 @@ impl Scheduler {
     /// Checks the primaries of standby domains every `interval` while they are up, so the
     /// standby answer follows the primary's real state; a failed check marks the route down
     /// and starts its probe.
-    pub async fn watch_standby(self: Arc<Self>, domains: Vec<String>, interval: Duration) {
-        let mut shutdown = self.shutdown.clone();
+    pub async fn watch_standby(
+        self: Arc<Self>,
+        domains: Vec<String>,
+        interval: Duration,
+        mut shutdown: crate::shutdown::Shutdown,
+    ) {
         loop {
             tokio::select! {
                 _ = shutdown.wait() => return,

@@ -6,6 +6,7 @@ pub mod backoff;
 mod callout;
 pub mod concurrency;
 pub mod notify;
+mod operator;
 pub mod route;
 
 use crate::config::{Config, DomainRoute, TlsPolicy};
@@ -99,13 +100,48 @@ pub trait Flusher: Send + Sync {
 impl Scheduler {
     /// Where delivery outcomes teach the recipient policy.
     pub fn set_recipients(&self, r: Arc<crate::policy::recipients::Recipients>) {
-        let _ = self.recipients.set(r);
+        *self.recipients.write().unwrap_or_else(|p| p.into_inner()) = Some(r);
     }
 
     async fn learn(&self, domain: &str, address: &str, exists: bool) {
-        if let Some(r) = self.recipients.get() {
+        let r = self
+            .recipients
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(r) = r {
             r.learn(domain, address, exists).await;
         }
+    }
+
+    fn notifier(&self) -> Arc<Notifier> {
+        self.notifier
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes a reloaded configuration's domains: their routes (a route whose primaries, TLS
+    /// policy and credentials are unchanged keeps its health and its waiting jobs) and bounce
+    /// policies. Other settings need a restart.
+    pub fn reconfigure(&self, config: &Config) -> Result<(), String> {
+        let fresh = routes_for(config)?;
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let old: HashMap<String, Arc<Route>> = routes
+            .values()
+            .map(|r| (r.key.clone(), r.clone()))
+            .collect();
+        let mut next = HashMap::new();
+        for (domain, route) in fresh {
+            let keep = old
+                .get(&route.key)
+                .filter(|o| o.auth == route.auth && o.domains == route.domains)
+                .cloned();
+            next.insert(domain, keep.unwrap_or(route));
+        }
+        *routes = next;
+        *self.notifier.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(notifier_for(config));
+        Ok(())
     }
 }
 
@@ -117,14 +153,23 @@ impl Flusher for Scheduler {
         Box<dyn std::future::Future<Output = Result<u64, crate::queue::StoreError>> + Send + '_>,
     > {
         Box::pin(async move {
+            let mut came_up = Vec::new();
             for d in &domains {
                 let route = self.route_for(d);
                 if !route.is_up() {
-                    route.mark_up();
+                    let down_for = route.mark_up();
                     info!(primary = %route.key, "flush requested: treating the primary as up");
+                    came_up.push((route.key.clone(), down_for));
                 }
             }
             let n = self.store.make_due(domains, now_ms()).await?;
+            for (primary, down_for) in came_up {
+                crate::events::get().record(crate::events::Kind::PrimaryUp {
+                    primary,
+                    down_for_s: down_for.as_secs(),
+                    held: n,
+                });
+            }
             self.wake.notify_one();
             Ok(n)
         })
@@ -142,12 +187,86 @@ pub struct Scheduler {
     dns: Arc<Dns>,
     identity: Identity,
     mx_port: u16,
-    notifier: Notifier,
-    /// Recipient knowledge learned from deliveries goes here (set once at start).
-    recipients: std::sync::OnceLock<Arc<crate::policy::recipients::Recipients>>,
+    notifier: std::sync::RwLock<Arc<Notifier>>,
+    /// Recipient knowledge learned from deliveries goes here (replaced on reload).
+    recipients: std::sync::RwLock<Option<Arc<crate::policy::recipients::Recipients>>>,
     wake: Arc<Notify>,
     shutdown: Shutdown,
     tasks: Tracker,
+}
+
+/// Bounce policies and delay warnings from the config.
+fn notifier_for(config: &Config) -> Notifier {
+    Notifier {
+        hostname: config.hostname.clone(),
+        delay_warning: config.queue.delay_warning,
+        policies: config
+            .domains
+            .iter()
+            .map(|d| (d.name.clone(), d.bounce.clone()))
+            .collect(),
+    }
+}
+
+/// Domain → route for the configured domains. Domains with the same static primaries, TLS
+/// policy and credentials share one route; MX domains have their own. Fails when a domain's
+/// TLS settings (CA file) or credentials cannot be loaded.
+fn routes_for(config: &Config) -> Result<HashMap<String, Arc<Route>>, String> {
+    // Domains with the same static primaries and TLS policy share one route; MX domains
+    // have their own.
+    let mut by_key: HashMap<String, (RouteKind, &crate::config::DomainConfig, Vec<String>)> =
+        HashMap::new();
+    for d in &config.domains {
+        let kind = match &d.route {
+            DomainRoute::Primary(hosts) => RouteKind::Static(hosts.clone()),
+            DomainRoute::Mx => RouteKind::Mx {
+                domain: d.name.clone(),
+                backed_up: true,
+            },
+        };
+        let mut key = Route::key_of(&kind);
+        if d.tls != TlsPolicy::default() {
+            key.push_str(&format!("|{:?}", d.tls));
+        }
+        if let Some(a) = &d.auth {
+            key.push_str(&format!("|auth={}", a.user));
+        }
+        by_key
+            .entry(key)
+            .or_insert_with(|| (kind, d, Vec::new()))
+            .2
+            .push(d.name.clone());
+    }
+    let mut routes = HashMap::new();
+    for (_, (kind, domain, domains)) in by_key {
+        let tls = ClientTls::new(&domain.tls)
+            .map_err(|e| format!("domain {}: {e}", domains.join(", ")))?;
+        let auth = match &domain.auth {
+            None => None,
+            Some(a) => {
+                let password = std::fs::read_to_string(&a.password_file).map_err(|e| {
+                    format!(
+                        "domain {}: cannot read auth_password_file {}: {e}",
+                        domain.name,
+                        a.password_file.display()
+                    )
+                })?;
+                Some(Credentials {
+                    user: a.user.clone(),
+                    password: password.trim_end_matches(['\r', '\n']).to_string(),
+                })
+            }
+        };
+        let concurrency = Concurrency::new(
+            config.delivery.initial_connections_per_primary,
+            config.delivery.max_connections_per_primary,
+        );
+        let route = Arc::new(Route::new(kind, domains.clone(), tls, concurrency).with_auth(auth));
+        for d in domains {
+            routes.insert(d, route.clone());
+        }
+    }
+    Ok(routes)
 }
 
 fn ms(d: Duration) -> i64 {
@@ -165,61 +284,7 @@ impl Scheduler {
         shutdown: Shutdown,
         tasks: Tracker,
     ) -> Result<Arc<Self>, String> {
-        // Domains with the same static primaries and TLS policy share one route; MX domains
-        // have their own.
-        let mut by_key: HashMap<String, (RouteKind, &crate::config::DomainConfig, Vec<String>)> =
-            HashMap::new();
-        for d in &config.domains {
-            let kind = match &d.route {
-                DomainRoute::Primary(hosts) => RouteKind::Static(hosts.clone()),
-                DomainRoute::Mx => RouteKind::Mx {
-                    domain: d.name.clone(),
-                    backed_up: true,
-                },
-            };
-            let mut key = Route::key_of(&kind);
-            if d.tls != TlsPolicy::default() {
-                key.push_str(&format!("|{:?}", d.tls));
-            }
-            if let Some(a) = &d.auth {
-                key.push_str(&format!("|auth={}", a.user));
-            }
-            by_key
-                .entry(key)
-                .or_insert_with(|| (kind, d, Vec::new()))
-                .2
-                .push(d.name.clone());
-        }
-        let mut routes = HashMap::new();
-        for (_, (kind, domain, domains)) in by_key {
-            let tls = ClientTls::new(&domain.tls)
-                .map_err(|e| format!("domain {}: {e}", domains.join(", ")))?;
-            let auth = match &domain.auth {
-                None => None,
-                Some(a) => {
-                    let password = std::fs::read_to_string(&a.password_file).map_err(|e| {
-                        format!(
-                            "domain {}: cannot read auth_password_file {}: {e}",
-                            domain.name,
-                            a.password_file.display()
-                        )
-                    })?;
-                    Some(Credentials {
-                        user: a.user.clone(),
-                        password: password.trim_end_matches(['\r', '\n']).to_string(),
-                    })
-                }
-            };
-            let concurrency = Concurrency::new(
-                config.delivery.initial_connections_per_primary,
-                config.delivery.max_connections_per_primary,
-            );
-            let route =
-                Arc::new(Route::new(kind, domains.clone(), tls, concurrency).with_auth(auth));
-            for d in domains {
-                routes.insert(d, route.clone());
-            }
-        }
+        let routes = routes_for(config)?;
         let identity = Identity {
             names: config.routing.my_names.iter().cloned().collect(),
             addrs: config.smtp.listen.clone(),
@@ -233,20 +298,19 @@ impl Scheduler {
             dns,
             identity,
             mx_port: config.routing.mx_port,
-            recipients: std::sync::OnceLock::new(),
-            notifier: Notifier {
-                hostname: config.hostname.clone(),
-                delay_warning: config.queue.delay_warning,
-                policies: config
-                    .domains
-                    .iter()
-                    .map(|d| (d.name.clone(), d.bounce.clone()))
-                    .collect(),
-            },
+            recipients: std::sync::RwLock::new(None),
+            notifier: std::sync::RwLock::new(Arc::new(notifier_for(config))),
             wake,
             shutdown,
             tasks,
         }))
+    }
+
+    /// Every route's state, for status output.
+    pub fn primaries(&self) -> Vec<route::Snapshot> {
+        let mut all: Vec<_> = self.all_routes().iter().map(|r| r.snapshot()).collect();
+        all.sort_by(|a, b| a.primary.cmp(&b.primary));
+        all
     }
 
     fn all_routes(&self) -> Vec<Arc<Route>> {
@@ -406,7 +470,8 @@ impl Scheduler {
         cx: Context<'_>,
     ) {
         let queue_id = job.queue_id.as_str();
-        let reports = self.notifier.reports(job, &mut updates, cx, now_ms());
+        let notifier = self.notifier();
+        let reports = notifier.reports(job, &mut updates, cx, now_ms());
         let mut notifications = Vec::new();
         if !reports.is_empty() {
             let loaded;
@@ -417,11 +482,10 @@ impl Scheduler {
                     &loaded
                 }
             };
-            if let Some(m) =
-                self.notifier
-                    .message(job, original, &reports, std::time::SystemTime::now())
+            if let Some(m) = notifier.message(job, original, &reports, std::time::SystemTime::now())
             {
                 info!(queue_id, dsn_id = %m.id, to = %m.recipients[0].address, recipients = reports.len(), "delivery status notification queued");
+                crate::metrics::get().notification(reports[0].action.name());
                 notifications.push(m);
             }
         }
@@ -554,6 +618,7 @@ impl Scheduler {
 
     /// A connection failed: the primary pushes back (other connections still work) or is down.
     async fn connection_failed(self: &Arc<Self>, route: &Arc<Route>, reason: &str) {
+        crate::metrics::get().connection_failures.inc();
         match route.fail_or_shrink(std::time::Instant::now()) {
             Failure::Shrunk => {
                 info!(primary = %route.key, reason, connections = route.allowed(), "primary pushed back; fewer connections for a while");
@@ -578,6 +643,10 @@ impl Scheduler {
         jobs: Vec<Job>,
     ) {
         if transition == Transition::WentDown {
+            crate::events::get().record(crate::events::Kind::PrimaryDown {
+                primary: route.key.clone(),
+                reason: reason.to_string(),
+            });
             warn!(primary = %route.key, reason, "primary is down; holding its mail and probing every {:?}", self.settings.probe_interval);
             let me = self.clone();
             let r = route.clone();
@@ -677,7 +746,9 @@ impl Scheduler {
                 _ = shutdown.wait() => return,
                 _ = tokio::time::sleep(s.probe_interval) => {}
             }
-            if self.check(&route, true).await {
+            let ok = self.check(&route, true).await;
+            route.probed();
+            if ok {
                 let down_for = route.mark_up();
                 let due = self
                     .store
@@ -688,6 +759,11 @@ impl Scheduler {
                         0
                     });
                 info!(primary = %route.key, down_for = ?down_for, recipients_due = due, "primary is up again; delivering what is held");
+                crate::events::get().record(crate::events::Kind::PrimaryUp {
+                    primary: route.key.clone(),
+                    down_for_s: down_for.as_secs(),
+                    held: due,
+                });
                 self.wake.notify_one();
                 return;
             }
@@ -717,11 +793,13 @@ impl Scheduler {
         for (r, rcpt) in results.iter().zip(&job.recipients) {
             let (status, next) = match r.outcome {
                 Outcome::Delivered => {
+                    crate::metrics::get().delivery("delivered");
                     self.learn(&job.domain, &r.address, true).await;
                     info!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %r.reply, "delivered");
                     (Status::Delivered, now_ms())
                 }
                 Outcome::Failed => {
+                    crate::metrics::get().delivery("failed");
                     if r.reply.contains(" 5.1.1 ") {
                         self.learn(&job.domain, &r.address, false).await;
                     }
@@ -729,6 +807,7 @@ impl Scheduler {
                     (Status::Failed, now_ms())
                 }
                 Outcome::Deferred => {
+                    crate::metrics::get().delivery("deferred");
                     let next = self.next_attempt(rcpt.attempts + 1);
                     info!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %r.reply, retry_in_s = (next - now_ms()) / 1000, "deferred");
                     (Status::Pending, next)
@@ -750,6 +829,9 @@ impl Scheduler {
             warn!(queue_id = %job.queue_id, primary = host, error = %broken.error, "no reply after the end of data: the primary may have the message; it will be sent again (RFC 1047 duplicate risk)");
         }
         let reply = broken.error.to_string();
+        for _ in &job.recipients {
+            crate::metrics::get().delivery("deferred");
+        }
         let updates = job
             .recipients
             .iter()

@@ -32,6 +32,30 @@ struct State {
     concurrency: Concurrency,
     /// With a rate cap: the earliest time the next message may start.
     next_slot: Option<Instant>,
+    /// When the last health check ran (while down).
+    last_probe: Option<SystemTime>,
+    /// When messages were delivered in the last minute, for the drain rate.
+    delivered: VecDeque<Instant>,
+}
+
+/// The window over which the drain rate is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// Deliveries remembered for the rate (beyond this the rate reads low).
+const RATE_SAMPLES: usize = 100_000;
+
+/// A route as an operator sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    pub primary: String,
+    pub domains: Vec<String>,
+    pub up: bool,
+    /// Since when it has been up or down (ms since the epoch).
+    pub since_ms: i64,
+    pub last_probe_ms: Option<i64>,
+    pub connections: usize,
+    pub connections_allowed: usize,
+    /// Messages delivered in the last minute.
+    pub delivered_last_minute: usize,
 }
 
 /// What a failed connection means for the route.
@@ -97,6 +121,8 @@ impl Route {
                 probing: false,
                 concurrency,
                 next_slot: None,
+                last_probe: None,
+                delivered: VecDeque::new(),
             }),
         }
     }
@@ -154,7 +180,40 @@ impl Route {
 
     /// A message went through: the route may grow.
     pub fn success(&self, now: Instant) {
-        self.lock().concurrency.success(now);
+        let mut s = self.lock();
+        s.concurrency.success(now);
+        while s.delivered.len() >= RATE_SAMPLES
+            || s.delivered
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > RATE_WINDOW)
+        {
+            s.delivered.pop_front();
+        }
+        s.delivered.push_back(now);
+    }
+
+    /// A health check ran.
+    pub fn probed(&self) {
+        self.lock().last_probe = Some(SystemTime::now());
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let s = self.lock();
+        let now = Instant::now();
+        Snapshot {
+            primary: self.key.clone(),
+            domains: self.domains.clone(),
+            up: s.up,
+            since_ms: crate::queue::to_ms(s.since),
+            last_probe_ms: s.last_probe.map(crate::queue::to_ms),
+            connections: s.workers,
+            connections_allowed: s.concurrency.allowed(),
+            delivered_last_minute: s
+                .delivered
+                .iter()
+                .filter(|t| now.duration_since(**t) <= RATE_WINDOW)
+                .count(),
+        }
     }
 
     /// How long to wait before the next message under a rate cap of `per_second`.

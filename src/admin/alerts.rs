@@ -1,0 +1,263 @@
+//! Alerts: a JSON POST to a webhook (and optionally a mail to an address elsewhere) when a
+//! primary has been down longer than `alerts.down_after`, when it is back, and when
+//! everything held for it is delivered. Alerts go out one at a time, in order, each retried
+//! with backoff until it is taken (or, after about half an hour, given up and logged).
+
+use crate::config::AlertsConfig;
+use crate::dns::Dns;
+use crate::events::{self, Event, Kind};
+use crate::queue::{NewMessage, NewRecipient, Store, new_queue_id, now_ms};
+use crate::scheduler::Scheduler;
+use crate::shutdown::Shutdown;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// Attempts per alert before it is given up.
+const ATTEMPTS: u32 = 30;
+
+pub struct Alerter {
+    pub config: AlertsConfig,
+    pub hostname: String,
+    pub dns: Arc<Dns>,
+    pub store: Arc<dyn Store>,
+    pub scheduler: Arc<Scheduler>,
+}
+
+/// Where each primary is in its alert cycle.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Outage {
+    down_ms: i64,
+    alerted: bool,
+}
+
+/// One alert as sent: `event` is primary_down, primary_up or drained.
+fn payload(
+    hostname: &str,
+    event: &str,
+    primary: &str,
+    at_ms: i64,
+    detail: &str,
+) -> serde_json::Value {
+    let text = format!("mx2 {hostname}: {primary} {detail}");
+    json!({
+        "event": event,
+        "primary": primary,
+        "at_ms": at_ms,
+        "backup_mx": hostname,
+        "detail": detail,
+        "text": text,
+    })
+}
+
+impl Alerter {
+    pub fn enabled(&self) -> bool {
+        self.config.webhook.is_some() || self.config.email.is_some()
+    }
+
+    /// Follows the event log until shutdown.
+    pub async fn run(self, mut shutdown: Shutdown) {
+        if !self.enabled() {
+            return;
+        }
+        let me = Arc::new(self);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(me.clone().deliver(rx, shutdown.clone()));
+        let mut events_rx = events::get().subscribe();
+        let mut outages: HashMap<String, Outage> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tick.tick() => me.check_overdue(&mut outages, &tx).await,
+                ev = events_rx.recv() => match ev {
+                    Ok(ev) => me.on_event(ev, &mut outages, &tx),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(missed = n, "alerting fell behind the event log");
+                    }
+                    Err(_) => return,
+                },
+            }
+        }
+    }
+
+    fn on_event(
+        &self,
+        ev: Event,
+        outages: &mut HashMap<String, Outage>,
+        tx: &mpsc::UnboundedSender<serde_json::Value>,
+    ) {
+        let h = &self.hostname;
+        match ev.kind {
+            Kind::PrimaryDown { primary, .. } => {
+                outages.insert(
+                    primary,
+                    Outage {
+                        down_ms: ev.at_ms,
+                        alerted: false,
+                    },
+                );
+            }
+            Kind::PrimaryUp {
+                primary,
+                down_for_s,
+                held,
+            } => {
+                if outages.get(&primary).is_some_and(|o| o.alerted) {
+                    let detail = format!(
+                        "is up again after {}; delivering {held} held recipients",
+                        super::dashboard::duration(down_for_s as i64)
+                    );
+                    let _ = tx.send(payload(h, "primary_up", &primary, ev.at_ms, &detail));
+                } else {
+                    outages.remove(&primary);
+                }
+            }
+            Kind::Drained { primary, took_s } => {
+                if outages.remove(&primary).is_some_and(|o| o.alerted) {
+                    let detail = format!("has been handed everything held for it ({took_s:.1}s)");
+                    let _ = tx.send(payload(h, "drained", &primary, ev.at_ms, &detail));
+                }
+            }
+            Kind::Reload { .. } => {}
+        }
+    }
+
+    /// Alerts for primaries down longer than the threshold and still down.
+    async fn check_overdue(
+        &self,
+        outages: &mut HashMap<String, Outage>,
+        tx: &mpsc::UnboundedSender<serde_json::Value>,
+    ) {
+        let threshold = i64::try_from(self.config.down_after.as_millis()).unwrap_or(i64::MAX);
+        let now = now_ms();
+        let due: Vec<String> = outages
+            .iter()
+            .filter(|(_, o)| !o.alerted && now - o.down_ms >= threshold)
+            .map(|(p, _)| p.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let routes = self.scheduler.primaries();
+        for primary in due {
+            let Some(route) = routes.iter().find(|r| r.primary == primary) else {
+                outages.remove(&primary);
+                continue;
+            };
+            if route.up {
+                continue; // the up event is on its way
+            }
+            let Some(o) = outages.get_mut(&primary) else {
+                continue;
+            };
+            o.alerted = true;
+            let detail = format!(
+                "has been down for {}; its mail is held (domains: {})",
+                super::dashboard::duration((now - o.down_ms) / 1000),
+                route.domains.join(", ")
+            );
+            let _ = tx.send(payload(
+                &self.hostname,
+                "primary_down",
+                &primary,
+                now,
+                &detail,
+            ));
+        }
+    }
+
+    /// Sends alerts one by one, in order, retrying each.
+    async fn deliver(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<serde_json::Value>,
+        mut shutdown: Shutdown,
+    ) {
+        while let Some(alert) = rx.recv().await {
+            info!(alert = %alert["text"].as_str().unwrap_or(""), "alert");
+            if self.config.email.is_some() {
+                self.mail(&alert).await;
+            }
+            let Some(url) = &self.config.webhook else {
+                continue;
+            };
+            let body = alert.to_string();
+            let mut delay = Duration::from_secs(1);
+            for attempt in 1..=ATTEMPTS {
+                let sent = crate::http::request(
+                    "POST",
+                    url,
+                    self.config.webhook_token.as_deref(),
+                    Some(crate::http::Body {
+                        content_type: "application/json",
+                        bytes: body.as_bytes(),
+                    }),
+                    Some(&self.dns),
+                    Duration::from_secs(10),
+                    self.config.webhook_ca_file.as_deref(),
+                )
+                .await;
+                match sent {
+                    Ok(_) => break,
+                    Err(e) if attempt == ATTEMPTS => {
+                        error!(error = %e, "alert webhook failed {ATTEMPTS} times; alert dropped");
+                    }
+                    Err(e) => {
+                        warn!(error = %e, attempt, retry_in_s = delay.as_secs(), "alert webhook failed");
+                        tokio::select! {
+                            _ = shutdown.wait() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(60));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues the alert as a mail (null sender, so nothing ever bounces back to mx2).
+    async fn mail(&self, alert: &serde_json::Value) {
+        let Some(to) = &self.config.email else {
+            return;
+        };
+        let domain = to
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
+        let id = new_queue_id();
+        let text = alert["text"].as_str().unwrap_or("");
+        let date = crate::inbound::received::rfc5322_date(std::time::SystemTime::now());
+        let body = format!(
+            "From: mx2 on {h} <postmaster@{h}>\r\nTo: <{to}>\r\nSubject: [mx2] {text}\r\nDate: {date}\r\nMessage-ID: <{id}.alert@{h}>\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n\r\n{json}\r\n",
+            h = self.hostname,
+            json = serde_json::to_string_pretty(alert)
+                .unwrap_or_default()
+                .replace('\n', "\r\n"),
+        );
+        let msg = NewMessage {
+            id: id.clone(),
+            received_at_ms: now_ms(),
+            sender: String::new(),
+            mail_params: String::new(),
+            client: "127.0.0.1".into(),
+            helo: self.hostname.clone(),
+            recipients: vec![NewRecipient {
+                address: to.clone(),
+                domain,
+                params: String::new(),
+            }],
+            body: body.into_bytes(),
+            authenticated: None,
+        };
+        match self.store.insert(msg).await {
+            Ok(()) => {
+                info!(queue_id = %id, to = %to, "alert mail queued");
+                self.scheduler.wake();
+            }
+            Err(e) => error!(error = %e, "cannot queue the alert mail"),
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The JSON API, version 1 (documented in docs/api.md): status, queue listing with filters
+//! and paging, one message, its raw content, actions (flush, hold, release, delete, bounce),
+//! recent events, and reload. Errors are JSON `{"error": "..."}` with a fitting status.
+
+use super::Admin;
+use crate::queue::{Action, Filter, State, StoreError, inspect};
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State as Ctx};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The most message ids one batch action takes.
+pub const MAX_BATCH: usize = 10_000;
+
+pub fn routes() -> Router<Arc<Admin>> {
+    Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/queue", get(list))
+        .route("/api/v1/queue/actions", post(batch))
+        .route("/api/v1/queue/{id}", get(show).delete(delete_one))
+        .route("/api/v1/queue/{id}/eml", get(export))
+        .route("/api/v1/queue/{id}/{action}", post(act_one))
+        .route("/api/v1/flush", post(flush))
+        .route("/api/v1/reload", post(reload))
+}
+
+pub fn error(code: StatusCode, message: &str) -> Response {
+    (code, Json(json!({ "error": message }))).into_response()
+}
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::NotFound(id) => error(
+            StatusCode::NOT_FOUND,
+            &format!("no message {id} in the queue"),
+        ),
+        e => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+async fn status(Ctx(a): Ctx<Arc<Admin>>) -> Response {
+    match a.status().await {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn events() -> Response {
+    Json(json!({ "events": crate::events::get().recent() })).into_response()
+}
+
+/// The listing's filter from query parameters: domain, sender, recipient, older_than
+/// (a duration like `2h`), state (queued, deferred, active, held), after (a queue id) and
+/// limit.
+pub fn filter_from(q: &HashMap<String, String>) -> Result<Filter, String> {
+    let mut f = Filter::default();
+    for (k, v) in q {
+        let v = v.trim();
+        if v.is_empty() {
+            continue;
+        }
+        match k.as_str() {
+            "domain" => f.domain = Some(v.to_string()),
+            "sender" => f.sender = Some(v.to_string()),
+            "recipient" => f.recipient = Some(v.to_string()),
+            "after" => f.after = Some(v.to_string()),
+            "older_than" => {
+                let d = crate::config::parse_duration(v).map_err(|e| format!("older_than: {e}"))?;
+                let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                f.received_before_ms = Some(crate::queue::now_ms().saturating_sub(ms));
+            }
+            "state" => {
+                f.state = Some(match v {
+                    "queued" => State::Queued,
+                    "deferred" => State::Deferred,
+                    "active" => State::Active,
+                    "held" => State::Held,
+                    other => {
+                        return Err(format!(
+                            "state `{other}`: use queued, deferred, active or held"
+                        ));
+                    }
+                })
+            }
+            "limit" => {
+                f.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=inspect::MAX_LIST).contains(n))
+                    .ok_or_else(|| {
+                        format!("limit `{v}`: a number from 1 to {}", inspect::MAX_LIST)
+                    })?
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter `{other}`: use domain, sender, recipient, older_than, state, after, limit"
+                ));
+            }
+        }
+    }
+    Ok(f)
+}
+
+async fn list(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let filter = match filter_from(&q) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let limit = match filter.limit {
+        0 => inspect::DEFAULT_LIST,
+        n => n,
+    };
+    match a.store.list(filter).await {
+        Ok(messages) => {
+            // More may follow when the page is full.
+            let next = (messages.len() == limit)
+                .then(|| messages.last().map(|m| m.id.clone()))
+                .flatten();
+            Json(json!({ "messages": messages, "next": next })).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn show(Ctx(a): Ctx<Arc<Admin>>, Path(id): Path<String>) -> Response {
+    match a.store.show(&id).await {
+        Ok(Some(m)) => Json(m).into_response(),
+        Ok(None) => store_error(StoreError::NotFound(id)),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn export(Ctx(a): Ctx<Arc<Admin>>, Path(id): Path<String>) -> Response {
+    match a.store.body(&id).await {
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, "message/rfc822".to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!(
+                        "attachment; filename=\"{}.eml\"",
+                        id.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+                    ),
+                ),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+/// An action by name: flush, hold, release, delete or bounce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    Store(Action),
+    Bounce,
+}
+
+pub fn action_named(name: &str) -> Option<Named> {
+    Some(match name {
+        "flush" => Named::Store(Action::Flush),
+        "hold" => Named::Store(Action::Hold),
+        "release" => Named::Store(Action::Release),
+        "delete" => Named::Store(Action::Delete),
+        "bounce" => Named::Bounce,
+        _ => return None,
+    })
+}
+
+async fn run(a: &Admin, action: Named, ids: Vec<String>) -> Response {
+    let result = match action {
+        Named::Store(action) => a.scheduler.act(ids, action).await,
+        Named::Bounce => a.scheduler.bounce(ids).await,
+    };
+    match result {
+        Ok(n) => Json(json!({ "affected": n })).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn act_one(Ctx(a): Ctx<Arc<Admin>>, Path((id, name)): Path<(String, String)>) -> Response {
+    let Some(action) = action_named(&name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("unknown action `{name}`: use flush, hold, release, delete or bounce"),
+        );
+    };
+    match a.store.show(&id).await {
+        Ok(Some(_)) => run(&a, action, vec![id]).await,
+        Ok(None) => store_error(StoreError::NotFound(id)),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn delete_one(ctx: Ctx<Arc<Admin>>, Path(id): Path<String>) -> Response {
+    act_one(ctx, Path((id, "delete".into()))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    action: String,
+    ids: Vec<String>,
+}
+
+async fn batch(
+    Ctx(a): Ctx<Arc<Admin>>,
+    body: Result<Json<Batch>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("{e}: send {{\"action\": \"delete\", \"ids\": [\"…\"]}}"),
+            );
+        }
+    };
+    let Some(action) = action_named(&b.action) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "unknown action `{}`: use flush, hold, release, delete or bounce",
+                b.action
+            ),
+        );
+    };
+    if b.ids.len() > MAX_BATCH {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("at most {MAX_BATCH} ids per request"),
+        );
+    }
+    run(&a, action, b.ids).await
+}
+
+/// Flushes everything, or one domain (`?domain=`): held mail due now and its primaries
+/// treated as up.
+async fn flush(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    use crate::scheduler::Flusher;
+    let domains = match q
+        .get("domain")
+        .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+    {
+        Some(d) if !d.is_empty() => vec![d],
+        _ => match a.store.depth().await {
+            Ok(depth) => depth.into_iter().map(|d| d.domain).collect(),
+            Err(e) => return store_error(e),
+        },
+    };
+    match a.scheduler.flush(domains.clone()).await {
+        Ok(n) => Json(json!({ "affected": n, "domains": domains })).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn reload(Ctx(a): Ctx<Arc<Admin>>) -> Response {
+    match a.reloader.reload().await {
+        Ok(detail) => Json(json!({ "ok": true, "detail": detail })).into_response(),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn filters_from_parameters() {
+        let f = filter_from(&q(&[
+            ("domain", "x.test"),
+            ("state", "held"),
+            ("limit", "5"),
+        ]))
+        .unwrap();
+        assert_eq!(f.domain.as_deref(), Some("x.test"));
+        assert_eq!(f.state, Some(State::Held));
+        assert_eq!(f.limit, 5);
+        let f = filter_from(&q(&[("older_than", "1h")])).unwrap();
+        let cutoff = f.received_before_ms.unwrap();
+        assert!((crate::queue::now_ms() - 3_600_000 - cutoff).abs() < 5_000);
+        assert!(
+            filter_from(&q(&[("state", "lost")]))
+                .unwrap_err()
+                .contains("queued")
+        );
+        assert!(filter_from(&q(&[("limit", "0")])).is_err());
+        assert!(
+            filter_from(&q(&[("colour", "red")]))
+                .unwrap_err()
+                .contains("unknown parameter")
+        );
+        assert!(
+            filter_from(&q(&[("older_than", "soon")]))
+                .unwrap_err()
+                .starts_with("older_than")
+        );
+    }
+
+    #[test]
+    fn action_names() {
+        assert_eq!(action_named("hold"), Some(Named::Store(Action::Hold)));
+        assert_eq!(action_named("bounce"), Some(Named::Bounce));
+        assert_eq!(action_named("explode"), None);
+    }
+}

@@ -1,0 +1,251 @@
+//! The admin HTTP server: the JSON API (`/api/v1/…`), Prometheus `/metrics`, the dashboard
+//! at `/`, and `/healthz`. Every request but `/healthz` needs the bearer token when one is
+//! configured (a browser may give it as the password of HTTP Basic auth). It reads the
+//! queue through the `Store` trait and acts through the scheduler; it never touches SMTP.
+
+pub mod alerts;
+mod api;
+pub mod dashboard;
+pub mod history;
+mod metrics;
+pub mod monitor;
+
+use crate::queue::{Depth, Stats, Store};
+use crate::scheduler::Scheduler;
+use crate::scheduler::route::Snapshot;
+use crate::shutdown::Shutdown;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tracing::{error, info};
+
+/// A listing filter from a URL query string (`domain=x&state=held`), as the API reads it.
+pub fn api_filter(query: &str) -> Result<crate::queue::Filter, String> {
+    let pairs = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_string(), percent_decode(v))
+        })
+        .collect();
+    api::filter_from(&pairs)
+}
+
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1..i + 3)) {
+            (b'%', Some(h)) => match u8::from_str_radix(&String::from_utf8_lossy(h), 16) {
+                Ok(x) => {
+                    out.push(x);
+                    i += 3;
+                    continue;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            (b'+', _) => out.push(b' '),
+            (c, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reloads the configuration (SIGHUP, `mx2 reload`); Ok says what changed.
+pub trait Reload: Send + Sync {
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+}
+
+/// What the admin server works with.
+pub struct Admin {
+    pub store: Arc<dyn Store>,
+    pub scheduler: Arc<Scheduler>,
+    pub hostname: String,
+    pub started: SystemTime,
+    pub token: Option<String>,
+    pub reloader: Arc<dyn Reload>,
+    pub history: Arc<history::History>,
+}
+
+/// One primary (route) with what the queue holds for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrimaryStatus {
+    #[serde(flatten)]
+    pub route: Snapshot,
+    /// Messages and recipients waiting for this primary (held ones included).
+    pub messages: u64,
+    pub recipients: u64,
+    pub held_by_operator: u64,
+    pub bytes: u64,
+    pub oldest_ms: Option<i64>,
+    pub oldest_age_s: Option<i64>,
+    pub outages: Vec<crate::events::Outage>,
+}
+
+/// The whole picture: `GET /api/v1/status`, `mx2 status`, the dashboard.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub hostname: String,
+    pub version: &'static str,
+    pub uptime_s: u64,
+    pub queue: QueueTotals,
+    pub primaries: Vec<PrimaryStatus>,
+    pub domains: Vec<Depth>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueTotals {
+    pub messages: u64,
+    pub recipients: u64,
+    pub bytes: u64,
+    pub oldest_age_s: Option<i64>,
+}
+
+impl Admin {
+    pub async fn status(&self) -> Result<Status, crate::queue::StoreError> {
+        let Stats {
+            messages,
+            pending_recipients,
+            bytes,
+        } = self.store.stats().await?;
+        let domains = self.store.depth().await?;
+        let now = crate::queue::now_ms();
+        let age = |ms: Option<i64>| ms.map(|t| ((now - t) / 1000).max(0));
+        let events = crate::events::get();
+        let primaries = self
+            .scheduler
+            .primaries()
+            .into_iter()
+            .map(|route| {
+                let mine: Vec<&Depth> = domains
+                    .iter()
+                    .filter(|d| route.domains.contains(&d.domain))
+                    .collect();
+                let oldest_ms = mine.iter().filter_map(|d| d.oldest_ms).min();
+                PrimaryStatus {
+                    messages: mine.iter().map(|d| d.messages).sum(),
+                    recipients: mine.iter().map(|d| d.recipients).sum(),
+                    held_by_operator: mine.iter().map(|d| d.held).sum(),
+                    bytes: mine.iter().map(|d| d.bytes).sum(),
+                    oldest_ms,
+                    oldest_age_s: age(oldest_ms),
+                    outages: events.outages(&route.primary),
+                    route,
+                }
+            })
+            .collect();
+        Ok(Status {
+            hostname: self.hostname.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_s: self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+            queue: QueueTotals {
+                messages,
+                recipients: pending_recipients,
+                bytes,
+                oldest_age_s: age(domains.iter().filter_map(|d| d.oldest_ms).min()),
+            },
+            primaries,
+            domains,
+        })
+    }
+}
+
+/// Compares without leaking where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token a request carries: `Authorization: Bearer T`, or Basic with T as password.
+fn presented(req: &Request) -> Option<Vec<u8>> {
+    let h = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(t) = h.strip_prefix("Bearer ") {
+        return Some(t.trim().as_bytes().to_vec());
+    }
+    let b64 = h.strip_prefix("Basic ")?;
+    let decoded = crate::delivery::auth::base64_decode(b64.trim())?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
+}
+
+async fn authenticate(State(a): State<Arc<Admin>>, req: Request, next: Next) -> Response {
+    let Some(token) = &a.token else {
+        return next.run(req).await;
+    };
+    if req.uri().path() == "/healthz"
+        || presented(&req).is_some_and(|t| same_secret(&t, token.as_bytes()))
+    {
+        return next.run(req).await;
+    }
+    let mut r = api::error(
+        StatusCode::UNAUTHORIZED,
+        "this needs the admin token: send `Authorization: Bearer TOKEN` (the token is in the file admin.token_file names)",
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(
+            "Basic realm=\"mx2 admin (any user name, the token as password)\"",
+        ),
+    );
+    r
+}
+
+async fn healthz(State(a): State<Arc<Admin>>) -> Response {
+    match a.store.stats().await {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("queue unavailable: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+pub fn router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/metrics", axum::routing::get(metrics::render))
+        .route("/", axum::routing::get(dashboard::render))
+        .merge(api::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            authenticate,
+        ))
+        .with_state(admin)
+}
+
+/// Serves the admin API on `listener` until shutdown.
+pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, mut shutdown: Shutdown) {
+    if let Ok(a) = listener.local_addr() {
+        info!(address = %a, token = admin.token.is_some(), "admin API, /metrics and dashboard listening");
+    }
+    let app = router(admin);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+    {
+        error!(error = %e, "admin server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"a"));
+    }
+}

@@ -1,0 +1,62 @@
+//! The monitor: samples the queue's depth for the dashboard's chart, and notices when a
+//! primary that came back has been handed everything held for it (the `drained` event).
+//! Runs whether or not the admin listener does, since alerts depend on it.
+
+use super::history::{History, Sample};
+use crate::events::{self, Kind};
+use crate::queue::{Store, now_ms};
+use crate::scheduler::Scheduler;
+use crate::shutdown::Shutdown;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::info;
+
+/// How often the monitor looks.
+const TICK: Duration = Duration::from_secs(1);
+
+pub async fn run(
+    store: Arc<dyn Store>,
+    scheduler: Arc<Scheduler>,
+    history: Arc<History>,
+    sample_every: Duration,
+    mut shutdown: Shutdown,
+) {
+    let mut last_sample: Option<tokio::time::Instant> = None;
+    loop {
+        if last_sample.is_none_or(|t| t.elapsed() >= sample_every)
+            && let Ok(s) = store.stats().await
+        {
+            history.push(Sample {
+                at_ms: now_ms(),
+                messages: s.messages,
+                recipients: s.pending_recipients,
+            });
+            last_sample = Some(tokio::time::Instant::now());
+        }
+        let draining = events::get().draining();
+        if !draining.is_empty()
+            && let Ok(depth) = store.depth().await
+        {
+            let routes = scheduler.primaries();
+            for (primary, up_ms) in draining {
+                let Some(route) = routes.iter().find(|r| r.primary == primary) else {
+                    continue;
+                };
+                let waiting: u64 = depth
+                    .iter()
+                    .filter(|d| route.domains.contains(&d.domain))
+                    .map(|d| d.recipients - d.held.min(d.recipients))
+                    .sum();
+                if route.up && waiting == 0 {
+                    let took_s = (now_ms() - up_ms).max(0) as f64 / 1000.0;
+                    info!(primary = %primary, took_s, "everything held for the primary is delivered");
+                    events::get().record(Kind::Drained { primary, took_s });
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The admin API as the command line uses it: where it is (from the config file, or
+//! `--admin URL`), the token (from the config's `admin.token_file`, or `--token-file`), and
+//! blocking JSON calls with errors a person can act on.
+
+use crate::config::Config;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long one API call may take (a bulk action on 10 000 messages included).
+const CALL_LIMIT: Duration = Duration::from_secs(300);
+
+/// Where and how to reach a running server.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// The configuration file (for the admin address, its token and the queue's location).
+    #[arg(short, long, default_value = "/etc/mx2/mx2.toml")]
+    pub config: PathBuf,
+    /// The admin API's base URL, e.g. http://127.0.0.1:8025 (default: from the config).
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// A file holding the admin token (default: the config's admin.token_file).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+pub struct Api {
+    pub base: String,
+    token: Option<String>,
+    pub config: Option<Config>,
+}
+
+/// Why a call failed: the server is not there (the caller may read the store instead), or
+/// it answered with an error.
+pub enum CallError {
+    Unreachable(String),
+    Failed(String),
+}
+
+impl Api {
+    pub fn new(t: &Target) -> Result<Self, String> {
+        let config = match Config::load(&t.config) {
+            Ok(c) => Some(c),
+            Err(e) if t.admin.is_none() => return Err(e.to_string()),
+            Err(_) => None,
+        };
+        let base = match (&t.admin, config.as_ref().and_then(|c| c.admin.listen)) {
+            (Some(url), _) => url.trim_end_matches('/').to_string(),
+            (None, Some(addr)) => {
+                let host = match addr.ip() {
+                    ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+                    ip if ip.is_unspecified() => "[::1]".to_string(),
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                    ip => ip.to_string(),
+                };
+                format!("http://{host}:{}", addr.port())
+            }
+            (None, None) => {
+                return Err(format!(
+                    "{}: the admin API is turned off (admin.listen = \"\"); set it, or pass --admin URL",
+                    t.config.display()
+                ));
+            }
+        };
+        let token = match &t.token_file {
+            Some(p) => Some(read_token(p)?),
+            None => config.as_ref().and_then(|c| c.admin.token.clone()),
+        };
+        Ok(Self {
+            base,
+            token,
+            config,
+        })
+    }
+
+    /// One call; `body` is JSON. Returns the response body.
+    pub fn call(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Vec<u8>, CallError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CallError::Failed(format!("cannot start the runtime: {e}")))?;
+        let url = format!("{}{path}", self.base);
+        let text = body.map(|b| b.to_string());
+        let result = rt.block_on(crate::http::request(
+            method,
+            &url,
+            self.token.as_deref(),
+            text.as_deref().map(|t| crate::http::Body {
+                content_type: "application/json",
+                bytes: t.as_bytes(),
+            }),
+            None,
+            CALL_LIMIT,
+            None,
+        ));
+        result.map_err(|e| match e.status {
+            None => CallError::Unreachable(format!(
+                "the server does not answer at {} ({}): is it running, and is admin.listen right?",
+                self.base, e.reason
+            )),
+            Some(401) => CallError::Failed(format!(
+                "{}: the admin token was refused: give it with --token-file or admin.token_file",
+                self.base
+            )),
+            Some(_) => CallError::Failed(
+                serde_json::from_str::<serde_json::Value>(
+                    e.reason.split_once(": ").map_or("", |(_, b)| b),
+                )
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or(e.reason),
+            ),
+        })
+    }
+
+    pub fn json(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, CallError> {
+        let raw = self.call(method, path, body)?;
+        serde_json::from_slice(&raw)
+            .map_err(|e| CallError::Failed(format!("{}{path}: not JSON: {e}", self.base)))
+    }
+}
+
+fn read_token(p: &Path) -> Result<String, String> {
+    let t = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(t.trim().to_string())
+}
+
+/// `%`-encodes a query value.
+pub fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,160 @@
+//! The `[admin]` and `[alerts]` sections: where the admin API listens and who may use it,
+//! and where alerts go. Validated here; the secrets (token files) are read at load so a
+//! missing file is a configuration error with its key, not a runtime surprise.
+
+use super::{ConfigError, Ctx, Span};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where the admin API, `/metrics` and the dashboard listen; None: not at all.
+    pub listen: Option<SocketAddr>,
+    /// The bearer token every request but `/healthz` must carry; None: open (loopback only).
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 8025))),
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertsConfig {
+    /// An HTTP(S) URL that gets a JSON POST for each alert.
+    pub webhook: Option<String>,
+    /// Sent as `Authorization: Bearer …` with each webhook call.
+    pub webhook_token: Option<String>,
+    /// CA certificates (PEM) trusted for an https webhook, besides the public roots.
+    pub webhook_ca_file: Option<PathBuf>,
+    /// How long a primary must be down before the first alert.
+    pub down_after: Duration,
+    /// An address (best on another domain than the ones backed up) that gets alerts by mail.
+    pub email: Option<String>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            webhook: None,
+            webhook_token: None,
+            webhook_ca_file: None,
+            down_after: Duration::from_secs(300),
+            email: None,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    listen: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAlerts {
+    webhook: Option<Spanned<String>>,
+    webhook_token_file: Option<Spanned<String>>,
+    webhook_ca_file: Option<String>,
+    down_after: Option<Span>,
+    email: Option<Spanned<String>>,
+}
+
+/// Reads a secret from a file: trimmed, not empty.
+fn secret(cx: &Ctx<'_>, v: &Spanned<String>, base: &Path) -> Result<String, ConfigError> {
+    let p = base.join(v.get_ref());
+    let text = std::fs::read_to_string(&p).map_err(|e| {
+        cx.at(
+            v.span(),
+            &format!(
+                "cannot read {}: {e} (create it, readable by mx2 only)",
+                p.display()
+            ),
+        )
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(cx.at(v.span(), &format!("{} is empty", p.display())));
+    }
+    Ok(token)
+}
+
+impl Ctx<'_> {
+    pub(super) fn admin(&self, raw: RawAdmin, base: &Path) -> Result<AdminConfig, ConfigError> {
+        let token = raw
+            .token_file
+            .as_ref()
+            .map(|t| secret(self, t, base))
+            .transpose()?;
+        let listen = match &raw.listen {
+            None => AdminConfig::default().listen,
+            Some(v) if v.get_ref().is_empty() => None,
+            Some(v) => Some(v.get_ref().parse::<SocketAddr>().map_err(|_| {
+                self.at(
+                    v.span(),
+                    &format!(
+                        "`{}` is not an IP:port address, e.g. \"127.0.0.1:8025\" (or \"\" for no admin API)",
+                        v.get_ref()
+                    ),
+                )
+            })?),
+        };
+        if let (Some(addr), None) = (listen, &token)
+            && !addr.ip().is_loopback()
+        {
+            let span = raw.listen.as_ref().map_or(0..0, |v| v.span());
+            return Err(self.at(
+                span,
+                &format!(
+                    "{addr} is reachable from other machines: set admin.token_file (a file holding a long random token) or listen on 127.0.0.1"
+                ),
+            ));
+        }
+        Ok(AdminConfig { listen, token })
+    }
+
+    pub(super) fn alerts(&self, raw: RawAlerts, base: &Path) -> Result<AlertsConfig, ConfigError> {
+        if let Some(w) = &raw.webhook {
+            let url = w.get_ref();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(self.at(
+                    w.span(),
+                    &format!("`{url}` is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        if let Some(e) = &raw.email {
+            let addr = e.get_ref();
+            let ok = addr.rsplit_once('@').is_some_and(|(l, d)| {
+                !l.is_empty() && d.contains('.') && !addr.contains(['<', '>', ' '])
+            });
+            if !ok {
+                return Err(self.at(
+                    e.span(),
+                    &format!("`{addr}` is not a mail address like ops@example.net"),
+                ));
+            }
+        }
+        let d = AlertsConfig::default();
+        Ok(AlertsConfig {
+            webhook: raw.webhook.map(Spanned::into_inner),
+            webhook_token: raw
+                .webhook_token_file
+                .as_ref()
+                .map(|t| secret(self, t, base))
+                .transpose()?,
+            webhook_ca_file: raw.webhook_ca_file.map(|p| base.join(p)),
+            down_after: raw.down_after.map_or(d.down_after, |s| s.0),
+            email: raw.email.map(Spanned::into_inner),
+        })
+    }
+}

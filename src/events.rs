@@ -1,0 +1,214 @@
+//! What happened to the primaries, for people and for alerts: a bounded log of recent events
+//! and each primary's outage timeline (down at, back at, how much was held, how long the
+//! drain took), plus a broadcast channel that the alerting task listens on. Events are
+//! recorded by the scheduler and the admin monitor; a leaf module that calls nobody.
+
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, OnceLock};
+use tokio::sync::broadcast;
+
+/// Events kept for the dashboard and the API.
+const RECENT: usize = 200;
+/// Outages kept per primary.
+const OUTAGES: usize = 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Kind {
+    /// A primary stopped answering; its mail is held.
+    PrimaryDown { primary: String, reason: String },
+    /// A primary answers again; `held` recipients were made due at once.
+    PrimaryUp {
+        primary: String,
+        down_for_s: u64,
+        held: u64,
+    },
+    /// Everything held for a primary during its outage has been handed over.
+    Drained { primary: String, took_s: f64 },
+    /// The configuration was reloaded (or the reload was refused).
+    Reload { ok: bool, detail: String },
+}
+
+impl Kind {
+    pub fn primary(&self) -> Option<&str> {
+        match self {
+            Kind::PrimaryDown { primary, .. }
+            | Kind::PrimaryUp { primary, .. }
+            | Kind::Drained { primary, .. } => Some(primary),
+            Kind::Reload { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub kind: Kind,
+}
+
+/// One outage of one primary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Outage {
+    pub down_ms: i64,
+    pub up_ms: Option<i64>,
+    /// Recipients made due when it came back.
+    pub held: Option<u64>,
+    pub drained_ms: Option<i64>,
+}
+
+pub struct Events {
+    recent: Mutex<VecDeque<Event>>,
+    outages: Mutex<HashMap<String, VecDeque<Outage>>>,
+    tx: broadcast::Sender<Event>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self {
+            recent: Mutex::new(VecDeque::new()),
+            outages: Mutex::new(HashMap::new()),
+            tx: broadcast::channel(256).0,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Events {
+    /// Records an event now.
+    pub fn record(&self, kind: Kind) {
+        self.record_at(crate::queue::now_ms(), kind);
+    }
+
+    pub fn record_at(&self, at_ms: i64, kind: Kind) {
+        if let Some(p) = kind.primary() {
+            let mut outages = lock(&self.outages);
+            let list = outages.entry(p.to_string()).or_default();
+            match &kind {
+                Kind::PrimaryDown { .. } => {
+                    list.push_back(Outage {
+                        down_ms: at_ms,
+                        ..Default::default()
+                    });
+                    if list.len() > OUTAGES {
+                        list.pop_front();
+                    }
+                }
+                Kind::PrimaryUp { held, .. } => {
+                    if let Some(o) = list.back_mut().filter(|o| o.up_ms.is_none()) {
+                        o.up_ms = Some(at_ms);
+                        o.held = Some(*held);
+                    }
+                }
+                Kind::Drained { .. } => {
+                    if let Some(o) = list.back_mut().filter(|o| o.drained_ms.is_none()) {
+                        o.drained_ms = Some(at_ms);
+                    }
+                }
+                Kind::Reload { .. } => {}
+            }
+        }
+        let event = Event { at_ms, kind };
+        {
+            let mut recent = lock(&self.recent);
+            recent.push_back(event.clone());
+            if recent.len() > RECENT {
+                recent.pop_front();
+            }
+        }
+        let _ = self.tx.send(event);
+    }
+
+    /// Recent events, newest first.
+    pub fn recent(&self) -> Vec<Event> {
+        lock(&self.recent).iter().rev().cloned().collect()
+    }
+
+    /// A primary's outages, oldest first.
+    pub fn outages(&self, primary: &str) -> Vec<Outage> {
+        lock(&self.outages)
+            .get(primary)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Primaries that came back and have not drained yet, with when they came back.
+    pub fn draining(&self) -> Vec<(String, i64)> {
+        lock(&self.outages)
+            .iter()
+            .filter_map(|(p, l)| {
+                let o = l.back()?;
+                match (o.up_ms, o.drained_ms) {
+                    (Some(up), None) => Some((p.clone(), up)),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}
+
+/// The process's event log.
+pub fn get() -> &'static Events {
+    static E: OnceLock<Events> = OnceLock::new();
+    E.get_or_init(Events::default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_tracked_from_down_to_drained() {
+        let e = Events::default();
+        let mut rx = e.subscribe();
+        let p = || "10.0.0.1:25".to_string();
+        e.record_at(
+            1000,
+            Kind::PrimaryDown {
+                primary: p(),
+                reason: "refused".into(),
+            },
+        );
+        assert!(e.draining().is_empty());
+        e.record_at(
+            5000,
+            Kind::PrimaryUp {
+                primary: p(),
+                down_for_s: 4,
+                held: 7,
+            },
+        );
+        assert_eq!(e.draining(), vec![(p(), 5000)]);
+        e.record_at(
+            6500,
+            Kind::Drained {
+                primary: p(),
+                took_s: 1.5,
+            },
+        );
+        assert!(e.draining().is_empty());
+        assert_eq!(
+            e.outages(&p()),
+            vec![Outage {
+                down_ms: 1000,
+                up_ms: Some(5000),
+                held: Some(7),
+                drained_ms: Some(6500)
+            }]
+        );
+        assert_eq!(e.recent().len(), 3);
+        assert!(matches!(e.recent()[0].kind, Kind::Drained { .. }));
+        assert!(matches!(
+            rx.try_recv().unwrap().kind,
+            Kind::PrimaryDown { .. }
+        ));
+    }
+}

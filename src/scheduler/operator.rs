@@ -1,0 +1,54 @@
+//! Operators' actions on the queue (admin API, `mx2 queue …`): flush, hold, release,
+//! delete, bounce now. The scheduler owns them because a flush must also wake delivery and
+//! treat primaries as up, and a bounce must produce the same notifications a real failure
+//! does.
+
+use super::Scheduler;
+use super::notify::Context;
+use crate::queue::{Action, Status, StoreError, Update, now_ms};
+use tracing::{info, warn};
+
+impl Scheduler {
+    /// Looks at the queue now (after a change that makes something due).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Flush, hold, release or delete these messages; returns how many recipients (messages
+    /// for delete) were touched.
+    pub async fn act(&self, ids: Vec<String>, action: Action) -> Result<u64, StoreError> {
+        let n = ids.len();
+        let touched = self.store.act(ids, action, now_ms()).await?;
+        info!(action = ?action, messages = n, touched, "operator action");
+        if matches!(action, Action::Flush | Action::Release) {
+            self.wake();
+        }
+        Ok(touched)
+    }
+
+    /// Gives up on these messages now: every pending recipient fails with a notification to
+    /// the sender as the domain's bounce policy allows. Recipients in delivery right now are
+    /// left to finish. Returns how many recipients were returned.
+    pub async fn bounce(&self, ids: Vec<String>) -> Result<u64, StoreError> {
+        let reply = format!(
+            "554 5.0.0 delivery cancelled by the administrator of {}",
+            self.settings.hostname
+        );
+        let mut n = 0;
+        for id in ids {
+            for job in self.store.claim_message(&id).await? {
+                let updates = job
+                    .recipients
+                    .iter()
+                    .map(|r| {
+                        warn!(queue_id = %job.queue_id, rcpt = %r.address, reply = %reply, "returned by the operator");
+                        Update::new(r.row, Status::Failed, false, now_ms(), Some(reply.clone()))
+                    })
+                    .collect::<Vec<_>>();
+                n += updates.len() as u64;
+                self.record(&job, updates, None, Context::default()).await;
+            }
+        }
+        Ok(n)
+    }
+}
