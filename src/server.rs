@@ -91,6 +91,18 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         listeners.push((l, proxied));
     }
 
+    // Bound now, so that it answers as soon as SMTP does.
+    let admin_listener = match config.admin.listen {
+        None => None,
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            // Mail matters more than the dashboard: keep accepting it.
+            Err(e) => {
+                error!(address = %addr, error = %e, "admin API not available: cannot listen (set admin.listen to a free address, or \"\" to turn it off); SMTP service continues");
+                None
+            }
+        },
+    };
     let (trigger, shutdown) = shutdown::channel();
     let cert = match &config.tls {
         None => None,
@@ -164,25 +176,17 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
     });
     // Also keeps SIGHUP from terminating the process.
     tokio::spawn(watch_reloads(reloader.clone(), shutdown.clone()));
-    if let Some(addr) = config.admin.listen {
-        match TcpListener::bind(addr).await {
-            Ok(l) => {
-                let admin = Arc::new(Admin {
-                    store: store.clone(),
-                    scheduler: scheduler.clone(),
-                    hostname: config.hostname.clone(),
-                    started: std::time::SystemTime::now(),
-                    token: config.admin.token.clone(),
-                    reloader: reloader.clone(),
-                    history,
-                });
-                tokio::spawn(admin::serve(l, admin, shutdown.clone()));
-            }
-            // Mail matters more than the dashboard: keep accepting it.
-            Err(e) => {
-                error!(address = %addr, error = %e, "admin API not available: cannot listen (set admin.listen to a free address, or \"\" to turn it off); SMTP service continues")
-            }
-        }
+    if let Some(l) = admin_listener {
+        let admin = Arc::new(Admin {
+            store: store.clone(),
+            scheduler: scheduler.clone(),
+            hostname: config.hostname.clone(),
+            started: std::time::SystemTime::now(),
+            token: config.admin.token.clone(),
+            reloader: reloader.clone(),
+            history,
+        });
+        tokio::spawn(admin::serve(l, admin, shutdown.clone()));
     }
     info!(hostname = %config.hostname, domains = config.domains.len(), "mx2 started");
 

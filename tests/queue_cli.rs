@@ -4,16 +4,10 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 
 fn mx2_cmd(args: &[&str], config: &std::path::Path) -> (i32, Vec<u8>) {
-    let out = Command::new(mx2_binary())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    (out.status.code().unwrap_or(-1), out.stdout)
+    let (code, out, _) = mx2_command(args, config);
+    (code, out)
 }
 
 #[test]

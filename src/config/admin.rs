@@ -158,3 +158,64 @@ impl Ctx<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn parse(extra: &str, base: &std::path::Path) -> Result<Config, String> {
+        let text = format!(
+            "hostname = \"mx2.test\"\nstate_dir = \"/tmp/x\"\n{extra}\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:25\"]\n"
+        );
+        Config::parse(&text, "mx2.toml", base).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn admin_defaults_and_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = parse("", dir.path()).unwrap();
+        assert_eq!(c.admin.listen, Some("127.0.0.1:8025".parse().unwrap()));
+        assert_eq!(c.admin.token, None);
+        assert_eq!(c.alerts.down_after, std::time::Duration::from_secs(300));
+        let c = parse("[admin]\nlisten = \"\"", dir.path()).unwrap();
+        assert_eq!(c.admin.listen, None);
+
+        let err = parse("[admin]\nlisten = \"0.0.0.0:8025\"", dir.path()).unwrap_err();
+        assert!(
+            err.starts_with("mx2.toml:4:10: key `admin.listen`:") && err.contains("token_file"),
+            "{err}"
+        );
+        let err = parse("[admin]\ntoken_file = \"missing\"", dir.path()).unwrap_err();
+        assert!(
+            err.contains("admin.token_file") && err.contains("missing"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("t"), "  s3cret\n").unwrap();
+        let c = parse(
+            "[admin]\nlisten = \"0.0.0.0:8025\"\ntoken_file = \"t\"",
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn alert_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = parse("[alerts]\nwebhook = \"ftp://x\"", dir.path()).unwrap_err();
+        assert!(
+            err.contains("alerts.webhook") && err.contains("http"),
+            "{err}"
+        );
+        let err = parse("[alerts]\nemail = \"nobody\"", dir.path()).unwrap_err();
+        assert!(err.contains("alerts.email"), "{err}");
+        let c = parse(
+            "[alerts]\nwebhook = \"https://h.example/x\"\ndown_after = \"1m\"\nemail = \"ops@other.example\"",
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(c.alerts.webhook.as_deref(), Some("https://h.example/x"));
+        assert_eq!(c.alerts.down_after, std::time::Duration::from_secs(60));
+        assert_eq!(c.alerts.email.as_deref(), Some("ops@other.example"));
+    }
+}

@@ -643,6 +643,7 @@ shutdown_grace = "5s"
 {delivery}
 {dns}
 {auth}
+{admin}
 {tail}
 "#,
         state = state_dir.display(),
@@ -674,6 +675,12 @@ shutdown_grace = "5s"
             ""
         } else {
             "[auth]\nenabled = false"
+        },
+        // Every instance gets its own admin port (the default, 8025, would be shared).
+        admin = if tail.contains("[admin]") {
+            String::new()
+        } else {
+            format!("[admin]\nlisten = \"127.0.0.1:{}\"", free_port())
         },
         probe = if tail.contains("[probe]") {
             ""
@@ -773,6 +780,77 @@ impl Mx2 {
     pub fn client(&self) -> Client {
         Client::connect(self.port)
     }
+
+    /// The admin API's base URL, from the instance's config.
+    pub fn admin_url(&self) -> String {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let after = &text[text.find("[admin]").expect("config has [admin]")..];
+        let line = after
+            .lines()
+            .find(|l| l.trim_start().starts_with("listen"))
+            .expect("admin.listen");
+        let addr = line.split('"').nth(1).unwrap();
+        format!("http://{addr}")
+    }
+}
+
+/// Runs `mx2 ARGS --config CONFIG`: (exit code, stdout, stderr).
+pub fn mx2_command(args: &[&str], config: &Path) -> (i32, Vec<u8>, Vec<u8>) {
+    let out = Command::new(mx2_binary())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), out.stdout, out.stderr)
+}
+
+/// A blocking HTTP/1.1 request to a local server: (status, body).
+pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut s = TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    // Chunked bodies (axum streams some responses): join the chunks.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    (status, body)
 }
 
 impl Drop for Mx2 {

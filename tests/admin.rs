@@ -1,0 +1,488 @@
+//! The operators' tools against a running mx2: the admin API and the `mx2` commands that use
+//! it (with the primary down, then up), the token, `/metrics`, alert webhooks, reload, and
+//! the dashboard in headless Chromium.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "t0ken-for-tests-0123456789abcdef";
+
+/// Starts mx2 backing up example.test (primary on `primary_port`) with `extra` tables.
+fn start(primary_port: u16, extra: &str) -> Mx2 {
+    Mx2::start_config(|port, state| {
+        let dir = state.parent().unwrap();
+        std::fs::write(dir.join("admin.token"), format!("{TOKEN}\n")).unwrap();
+        let tail = format!(
+            "[admin]\nlisten = \"127.0.0.1:{}\"\ntoken_file = \"admin.token\"\n{extra}\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\n",
+            free_port()
+        );
+        config_with(port, state, "", &tail)
+    })
+}
+
+/// Runs `mx2 ARGS --config CONFIG`: (exit code, stdout, stderr).
+fn cli(args: &[&str], config: &Path) -> (i32, String, String) {
+    let (code, out, err) = mx2_command(args, config);
+    (
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+fn queue_ids(config: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["queue", "list", "--json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = cli(&args, config);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn send(mx2: &Mx2, from: &str, rcpt: &str, id: &str) -> String {
+    let mut c = mx2.client();
+    c.cmd("EHLO client.test");
+    let r = c.send_mail(from, &[rcpt], &message(id, id));
+    assert!(r.starts_with("250"), "{r}");
+    r.rsplit(' ').next().unwrap().to_string()
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn api_and_cli_with_the_primary_down_then_up() {
+    let primary_port = free_port();
+    let mx2 = start(primary_port, "");
+    let api = mx2.admin_url();
+    let cfg = mx2.config.clone();
+    let id1 = send(&mx2, "a@sender.test", "user1@example.test", "one");
+    let id2 = send(&mx2, "b@sender.test", "user2@example.test", "two");
+    let id3 = send(&mx2, "c@sender.test", "user3@example.test", "three");
+    let id4 = send(&mx2, "d@sender.test", "user4@example.test", "four");
+    wait_until(
+        "the primary to be seen down",
+        Duration::from_secs(10),
+        || cli(&["status", "--json"], &cfg).1.contains("\"up\": false"),
+    );
+
+    // The token guards everything but /healthz.
+    assert_eq!(
+        http("GET", &format!("{api}/api/v1/status"), None, None).0,
+        401
+    );
+    assert_eq!(
+        http("GET", &format!("{api}/api/v1/status"), Some("wrong"), None).0,
+        401
+    );
+    assert_eq!(http("GET", &format!("{api}/metrics"), None, None).0, 401);
+    assert_eq!(http("GET", &format!("{api}/healthz"), None, None).0, 200);
+    let (code, body) = http("GET", &format!("{api}/api/v1/status"), Some(TOKEN), None);
+    assert_eq!(code, 200, "{body}");
+    let wrong = mx2.dir.join("wrong.token");
+    std::fs::write(&wrong, "nope").unwrap();
+    let (code, _, err) = cli(&["status", "--token-file", wrong.to_str().unwrap()], &cfg);
+    assert_eq!(code, 1);
+    assert!(err.contains("token was refused"), "{err}");
+
+    // Status and listing through the API.
+    let (code, out, err) = cli(&["status"], &cfg);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("DOWN") && out.contains(&format!("127.0.0.1:{primary_port}")),
+        "{out}"
+    );
+    assert_eq!(
+        queue_ids(&cfg, &[]),
+        vec![id1.clone(), id2.clone(), id3.clone(), id4.clone()]
+    );
+    assert_eq!(
+        queue_ids(&cfg, &["--sender", "b@sender"]),
+        vec![id2.clone()]
+    );
+    let (code, out, _) = cli(&["queue", "show", &id1], &cfg);
+    assert_eq!(code, 0);
+    assert!(out.contains("<user1@example.test> pending"), "{out}");
+    let (code, _, err) = cli(&["queue", "show", "nosuchid"], &cfg);
+    assert_eq!(code, 1);
+    assert!(err.contains("no message nosuchid"), "{err}");
+    let (code, out, _) = cli(&["queue", "export", &id3], &cfg);
+    assert_eq!(code, 0);
+    assert!(out.ends_with(&String::from_utf8(message("three", "three")).unwrap()));
+
+    // Hold, delete, bounce; an action without a selection is refused.
+    let (code, _, err) = cli(&["queue", "delete"], &cfg);
+    assert_eq!(code, 2);
+    assert!(err.contains("--all"), "{err}");
+    let (code, out, err) = cli(&["queue", "hold", &id1], &cfg);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("held 1 message"), "{out}");
+    assert_eq!(queue_ids(&cfg, &["--state", "held"]), vec![id1.clone()]);
+    assert_eq!(cli(&["queue", "delete", &id2], &cfg).0, 0);
+    assert_eq!(cli(&["queue", "bounce", &id4], &cfg).0, 0);
+    wait_until(
+        "the bounced message to leave",
+        Duration::from_secs(10),
+        || !queue_ids(&cfg, &[]).contains(&id4),
+    );
+    let ours = ["--domain", "example.test"];
+    assert_eq!(queue_ids(&cfg, &ours), vec![id1.clone(), id3.clone()]);
+    // The bounce went back to its sender (auth checks are off here, so the default policy
+    // cannot rule it out).
+    let (_, out, _) = cli(
+        &["queue", "list", "--json", "--recipient", "d@sender.test"],
+        &cfg,
+    );
+    let dsn: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(dsn[0]["sender"], "", "{dsn}");
+    // The file can be read while the server runs, too.
+    assert_eq!(
+        queue_ids(&cfg, &["--offline", "--domain", "example.test"]),
+        vec![id1.clone(), id3.clone()]
+    );
+
+    // The primary comes back; a flush delivers at once, but not what is held.
+    let primary = Primary::start(primary_port);
+    let started = Instant::now();
+    let (code, out, err) = cli(&["queue", "flush"], &cfg);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("due now"), "{out}");
+    let got = primary.wait_for(1, Duration::from_secs(20));
+    println!("flush to delivery: {:?}", started.elapsed());
+    assert_eq!(got[0].rcpts, ["user3@example.test"]);
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(primary.messages().len(), 1, "held mail stays held");
+    let (code, out, _) = cli(&["queue", "release", "--state", "held"], &cfg);
+    assert_eq!(code, 0);
+    assert!(out.contains("released 1 message"), "{out}");
+    let got = primary.wait_for(2, Duration::from_secs(20));
+    assert_eq!(got[1].rcpts, ["user1@example.test"]);
+    wait_until("an empty queue", Duration::from_secs(10), || {
+        queue_ids(&cfg, &ours).is_empty()
+    });
+    assert!(
+        primary
+            .messages()
+            .iter()
+            .all(|m| m.rcpts != ["user2@example.test"]),
+        "deleted mail is never delivered"
+    );
+}
+
+/// `name{labels} value` lines as a map.
+fn scrape(api: &str) -> std::collections::HashMap<String, f64> {
+    let (code, body) = http("GET", &format!("{api}/metrics"), Some(TOKEN), None);
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_follow_the_queue() {
+    let primary_port = free_port();
+    let mx2 = start(primary_port, "");
+    let api = mx2.admin_url();
+    let m = scrape(&api);
+    assert_eq!(m["mx2_messages_accepted_total"], 0.0);
+    assert_eq!(m["mx2_queue_size_messages"], 0.0);
+    send(&mx2, "a@sender.test", "user1@example.test", "one");
+    send(&mx2, "a@sender.test", "user2@example.test", "two");
+    let mut c = mx2.client();
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@sender.test>");
+    assert_eq!(c.code("RCPT TO:<x@elsewhere.test>"), 550);
+    let primary_up = format!("mx2_primary_up{{primary=\"127.0.0.1:{primary_port}\"}}");
+    wait_until(
+        "the primary to be seen down",
+        Duration::from_secs(10),
+        || scrape(&api).get(&primary_up) == Some(&0.0),
+    );
+    let m = scrape(&api);
+    assert_eq!(m["mx2_messages_accepted_total"], 2.0);
+    assert_eq!(m["mx2_queue_size_messages"], 2.0);
+    assert_eq!(m["mx2_queue_messages{domain=\"example.test\"}"], 2.0);
+    assert!(m["mx2_queue_bytes{domain=\"example.test\"}"] > 100.0);
+    assert!(m.contains_key("mx2_queue_oldest_message_age_seconds{domain=\"example.test\"}"));
+    assert_eq!(
+        m["mx2_smtp_rejections_total{code=\"550\",status=\"5.7.1\"}"],
+        1.0
+    );
+    assert!(m["mx2_queue_commit_seconds_count"] >= 2.0);
+    assert!(m["mx2_delivery_connection_failures_total"] >= 1.0);
+
+    let primary = Primary::start(primary_port);
+    primary.wait_for(2, Duration::from_secs(20));
+    wait_until("the queue gauges to drop", Duration::from_secs(10), || {
+        scrape(&api)["mx2_queue_size_messages"] == 0.0
+    });
+    let m = scrape(&api);
+    assert_eq!(m[&primary_up], 1.0);
+    assert_eq!(m["mx2_delivery_attempts_total{outcome=\"delivered\"}"], 2.0);
+    assert!(!m.contains_key("mx2_queue_messages{domain=\"example.test\"}"));
+}
+
+/// An HTTP server that answers 503 to its first request and 200 after, keeping the bodies.
+fn webhook_receiver() -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    thread::spawn(move || {
+        for (n, conn) in l.incoming().enumerate() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut len = 0;
+            let mut auth = String::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if lower.starts_with("authorization:") {
+                    auth = line.trim().to_string();
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            if n == 0 {
+                let _ = conn.write_all(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n");
+                continue;
+            }
+            let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            v["authorization"] = auth.into();
+            g.lock().unwrap().push(v);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn a_webhook_hears_down_up_and_drained_in_order() {
+    let primary_port = free_port();
+    let (hook, got) = webhook_receiver();
+    let mx2 = start(
+        primary_port,
+        &format!(
+            "[alerts]\nwebhook = \"http://127.0.0.1:{hook}/mx2\"\nwebhook_token_file = \"admin.token\"\ndown_after = \"1s\""
+        ),
+    );
+    send(&mx2, "a@sender.test", "user1@example.test", "one");
+    send(&mx2, "a@sender.test", "user2@example.test", "two");
+    let events = || -> Vec<String> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|v| v["event"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    // The first call is answered 503: the alert is retried.
+    wait_until("the down alert", Duration::from_secs(20), || {
+        !events().is_empty()
+    });
+    let primary = Primary::start(primary_port);
+    primary.wait_for(2, Duration::from_secs(20));
+    wait_until("the up and drained alerts", Duration::from_secs(20), || {
+        events().len() >= 3
+    });
+    assert_eq!(events(), ["primary_down", "primary_up", "drained"]);
+    let first = got.lock().unwrap()[0].clone();
+    assert_eq!(first["primary"], format!("127.0.0.1:{primary_port}"));
+    assert_eq!(
+        first["authorization"],
+        format!("Authorization: Bearer {TOKEN}")
+    );
+    assert!(first["text"].as_str().unwrap().contains("down"), "{first}");
+    // The outage is on the record with its drain.
+    let (_, body) = http(
+        "GET",
+        &format!("{}/api/v1/status", mx2.admin_url()),
+        Some(TOKEN),
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let outage = &v["primaries"][0]["outages"][0];
+    assert!(outage["drained_ms"].as_i64().unwrap() >= outage["up_ms"].as_i64().unwrap());
+    assert_eq!(outage["held"], 2, "{outage}");
+}
+
+#[test]
+fn reload_adds_a_domain_and_a_bad_file_changes_nothing() {
+    let primary = Primary::start(free_port());
+    let mx2 = start(primary.port, "");
+    let rcpt_code = |addr: &str| {
+        let mut c = mx2.client();
+        c.cmd("EHLO client.test");
+        c.cmd("MAIL FROM:<a@sender.test>");
+        c.code(&format!("RCPT TO:<{addr}>"))
+    };
+    assert_eq!(rcpt_code("x@added.test"), 550);
+    // A session open across the reload is not dropped.
+    let mut during = mx2.client();
+    during.cmd("EHLO client.test");
+    let original = std::fs::read_to_string(&mx2.config).unwrap();
+    std::fs::write(
+        &mx2.config,
+        format!(
+            "{original}\n[[domain]]\nname = \"added.test\"\nprimary = [\"127.0.0.1:{}\"]\n",
+            primary.port
+        ),
+    )
+    .unwrap();
+    Command::new("kill")
+        .args(["-HUP", &mx2.pid().to_string()])
+        .status()
+        .unwrap();
+    wait_until(
+        "the new domain to be accepted",
+        Duration::from_secs(10),
+        || rcpt_code("x@added.test") == 250,
+    );
+    assert_eq!(during.code("NOOP"), 250);
+    let mut c = mx2.client();
+    c.cmd("EHLO client.test");
+    assert!(
+        c.send_mail("a@sender.test", &["x@added.test"], &message("new", "new"))
+            .starts_with("250")
+    );
+    let got = primary.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got[0].rcpts, ["x@added.test"]);
+
+    // A broken file: the reload is refused with the file's line, the old config stays.
+    let good = std::fs::read_to_string(&mx2.config).unwrap();
+    std::fs::write(&mx2.config, format!("{good}\n[smtp2]\nlisten = 1\n")).unwrap();
+    // `mx2 reload` reads the same file first and says what is wrong with it.
+    let (code, _, err) = cli(&["reload"], &mx2.config);
+    assert_eq!(code, 2);
+    assert!(err.contains("mx2.toml:") && err.contains("smtp2"), "{err}");
+    // Asked directly, the server refuses it too.
+    let token = mx2.dir.join("admin.token");
+    let (code, _, err) = cli(
+        &[
+            "reload",
+            "--admin",
+            &mx2.admin_url(),
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+        &mx2.config,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not reloaded") && err.contains("mx2.toml:"),
+        "{err}"
+    );
+    assert_eq!(rcpt_code("x@added.test"), 250);
+    assert_eq!(rcpt_code("y@example.test"), 250);
+    assert!(mx2.log().contains("NOT reloaded"));
+    // The file mended: `mx2 reload` says what changed.
+    std::fs::write(
+        &mx2.config,
+        good.replace("name = \"added.test\"", "name = \"other.test\""),
+    )
+    .unwrap();
+    let (code, out, err) = cli(&["reload"], &mx2.config);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("1 added: other.test") && out.contains("1 removed: added.test"),
+        "{out}"
+    );
+    assert_eq!(rcpt_code("x@added.test"), 550);
+    assert_eq!(rcpt_code("x@other.test"), 250);
+}
+
+#[test]
+fn the_dashboard_shows_a_down_primary_in_chromium() {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect(
+            "Chromium is needed for this test: apt-get install chromium (bash .ci/run installs it)",
+        );
+    let primary_port = free_port();
+    let mx2 = Mx2::start_config(|port, state| test_config(port, primary_port, state, ""));
+    send(&mx2, "a@sender.test", "user1@example.test", "one");
+    send(&mx2, "a@sender.test", "user2@example.test", "two");
+    let api = mx2.admin_url();
+    wait_until(
+        "the primary to be seen down",
+        Duration::from_secs(10),
+        || {
+            http("GET", &format!("{api}/api/v1/status"), None, None)
+                .1
+                .contains("\"up\":false")
+        },
+    );
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let shot = out_dir.join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let profile = tempfile::tempdir().unwrap();
+    let run = |extra: &[String]| {
+        let out = Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1400,1100",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(format!("{api}/"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run(&["--dump-dom".into()]);
+    assert!(dom.contains("<span class=\"down\">DOWN</span>"), "{dom}");
+    assert!(dom.contains(&format!("127.0.0.1:{primary_port}")));
+    assert!(
+        dom.contains("user1@example.test"),
+        "the oldest messages are listed"
+    );
+    assert!(dom.contains("<polyline"), "the depth chart is drawn");
+    run(&[format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    println!("dashboard screenshot: {}", shot.display());
+}
