@@ -290,7 +290,7 @@ fn a_webhook_hears_down_up_and_drained_in_order() {
     let mx2 = start(
         primary_port,
         &format!(
-            "[alerts]\nwebhook = \"http://127.0.0.1:{hook}/mx2\"\nwebhook_token_file = \"admin.token\"\ndown_after = \"1s\""
+            "[alerts]\nwebhook = \"http://127.0.0.1:{hook}/mx2\"\nwebhook_token_file = \"admin.token\"\ndown_after = \"1s\"\nemail = \"ops@alerts.test\""
         ),
     );
     send(&mx2, "a@sender.test", "user1@example.test", "one");
@@ -330,6 +330,14 @@ fn a_webhook_hears_down_up_and_drained_in_order() {
     let outage = &v["primaries"][0]["outages"][0];
     assert!(outage["drained_ms"].as_i64().unwrap() >= outage["up_ms"].as_i64().unwrap());
     assert_eq!(outage["held"], 2, "{outage}");
+    // Each alert also went out by mail (null sender), to an address outside these domains.
+    let (_, out, _) = cli(
+        &["queue", "list", "--json", "--recipient", "ops@alerts.test"],
+        &mx2.config,
+    );
+    let mails: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(mails.as_array().unwrap().len(), 3, "{mails}");
+    assert_eq!(mails[0]["sender"], "");
 }
 
 #[test]
