@@ -2,9 +2,11 @@
 //! the line and the key. This module reads the file and nothing else.
 
 mod cidr;
+mod storage;
 mod units;
 
 pub use cidr::Cidr;
+pub use storage::{PgTls, PostgresConfig, StorageConfig};
 
 pub use units::{Size, Span, parse_duration, parse_pin, parse_size};
 
@@ -52,6 +54,8 @@ pub struct Config {
     /// The certificate offered with STARTTLS (none: STARTTLS is not offered).
     pub tls: Option<TlsFiles>,
     pub domains: Vec<DomainConfig>,
+    /// Where the queue lives (`[storage]`).
+    pub storage: StorageConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -395,6 +399,8 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     domain: Vec<RawDomain>,
+    #[serde(default)]
+    storage: storage::RawStorage,
 }
 
 #[derive(Deserialize, Default)]
@@ -1033,6 +1039,7 @@ impl Ctx<'_> {
             key: path(t.key),
         });
 
+        let storage = self.storage(raw.storage, base, &hostname)?;
         Ok(Config {
             hostname,
             state_dir,
@@ -1047,6 +1054,7 @@ impl Ctx<'_> {
             auth: raw.auth,
             tls,
             domains,
+            storage,
         })
     }
 }
