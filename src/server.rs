@@ -12,8 +12,6 @@ use crate::policy::authres::MailAuth;
 use crate::policy::dnsbl::Dnsbl;
 use crate::policy::lists::Lists;
 use crate::policy::recipients::{Recipients, Ttls};
-use crate::queue::Store;
-use crate::queue::embedded::Embedded;
 use crate::scheduler::Scheduler;
 use crate::shutdown;
 use crate::tasks::Tracker;
@@ -46,18 +44,15 @@ pub enum StartError {
 
 /// Runs the server until a termination signal.
 pub async fn serve(config: Config) -> Result<(), StartError> {
-    let dir = config.state_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Embedded::open(&dir))
+    let store = crate::queue::open(&config)
         .await
-        .map_err(|e| StartError::Store {
-            dir: config.state_dir.display().to_string(),
-            source: crate::queue::StoreError::Backend(e.to_string()),
-        })?
         .map_err(|source| StartError::Store {
-            dir: config.state_dir.display().to_string(),
+            dir: match &config.storage {
+                crate::config::StorageConfig::Embedded => config.state_dir.display().to_string(),
+                crate::config::StorageConfig::Postgres(_) => "PostgreSQL".into(),
+            },
             source,
         })?;
-    let store: Arc<dyn Store> = Arc::new(store);
     if let Ok(stats) = store.stats().await {
         info!(
             messages = stats.messages,
@@ -99,6 +94,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     // Also keeps SIGHUP from terminating the process when there is nothing to reload.
     tokio::spawn(watch_reloads(cert, reload_lists.clone(), shutdown.clone()));
     let wake = Arc::new(Notify::new());
+    // Other nodes sharing the queue wake this one's scheduler (PostgreSQL; a no-op otherwise).
+    store.forward_wakeups(wake.clone());
     let connections = Tracker::default();
     let deliveries = Tracker::default();
 
