@@ -202,6 +202,11 @@ fn node(url: &str, name: &str, primary_port: u16) -> Mx2 {
 
 /// Sends `n` messages to a node from `clients` sessions at once; returns the acknowledged ids.
 fn send(node: &Mx2, prefix: &str, n: usize, clients: usize) -> Vec<String> {
+    send_sized(node, prefix, n, clients, 800)
+}
+
+/// Like [`send`], with bodies of about `size` bytes.
+fn send_sized(node: &Mx2, prefix: &str, n: usize, clients: usize, size: usize) -> Vec<String> {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let threads: Vec<_> = (0..clients)
         .map(|t| {
@@ -214,7 +219,7 @@ fn send(node: &Mx2, prefix: &str, n: usize, clients: usize) -> Vec<String> {
                     let r = c.send_mail(
                         "s@sender.test",
                         &["user@example.test"],
-                        &message(&id, &"cluster ".repeat(100)),
+                        &message(&id, &"cluster ".repeat(size / 8)),
                     );
                     assert!(r.starts_with("250"), "{id}: {r}");
                     acked.lock().unwrap().push(id);
@@ -339,4 +344,58 @@ fn a_node_started_later_drains_the_queue() {
         started.elapsed()
     );
     assert_eq!(missing, 0);
+}
+
+// ---- benchmark (run on demand: cargo test --test postgres -- --ignored --nocapture) ---------
+
+/// Acceptance over SMTP (concurrent sessions, primary down) and then the drain to a primary,
+/// for one node on the embedded store and one on PostgreSQL, in the same run. Prints figures
+/// for bench/POSTGRES.md.
+#[test]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+fn bench_acceptance_and_drain_embedded_vs_postgres() {
+    const MESSAGES: usize = 2000;
+    const SESSIONS: usize = 16;
+    const SIZE: usize = 10_000;
+    let tail = |storage: &str, primary_port: u16| {
+        format!(
+            "{storage}[delivery]\nmax_connections_per_primary = 10\nmessages_per_connection = 1000\nconnect_timeout = \"2s\"\ngreeting_timeout = \"5s\"\ncommand_timeout = \"5s\"\ndata_timeout = \"10s\"\n\
+             [[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\n"
+        )
+    };
+    let extra = "messages_per_minute_per_ip = 0\nrecipients_per_minute_per_ip = 0";
+    let url = Pg::shared().fresh_db();
+    let backends = [
+        ("embedded (SQLite, synchronous=FULL)", String::new()),
+        (
+            "postgres (one node, fsync on, loopback)",
+            format!("[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\nnode = \"bench\"\n"),
+        ),
+    ];
+    for (name, storage) in backends {
+        let primary_port = free_port();
+        let node = Mx2::start_config(|port, state| {
+            config_with(port, state, extra, &tail(&storage, primary_port))
+        });
+        let started = Instant::now();
+        let acked = send_sized(&node, "bench", MESSAGES, SESSIONS, SIZE);
+        let accept = started.elapsed();
+        let primary = Primary::start(primary_port);
+        let got = primary.wait_for(MESSAGES, Duration::from_secs(300));
+        assert_eq!(acked.len(), MESSAGES);
+        assert!(
+            got.len() >= MESSAGES,
+            "{name}: only {} delivered",
+            got.len()
+        );
+        let first = got.iter().map(|m| m.at).min().unwrap();
+        let last = got.iter().map(|m| m.at).max().unwrap();
+        let drain = last - first;
+        println!(
+            "bench {name}: accepted {MESSAGES} messages of {SIZE} B over {SESSIONS} sessions in {accept:.2?} = {:.0} msg/s; \
+             drained to the primary in {drain:.2?} = {:.0} msg/s",
+            MESSAGES as f64 / accept.as_secs_f64(),
+            MESSAGES as f64 / drain.as_secs_f64()
+        );
+    }
 }
