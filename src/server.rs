@@ -16,7 +16,6 @@ use crate::policy::dnsbl::Dnsbl;
 use crate::policy::lists::Lists;
 use crate::policy::recipients::{Recipients, Ttls};
 use crate::queue::Store;
-use crate::queue::embedded::Embedded;
 use crate::scheduler::Scheduler;
 use crate::shutdown;
 use crate::tasks::Tracker;
@@ -51,18 +50,15 @@ pub enum StartError {
 /// Runs the server until a termination signal; `path` is the configuration file, read
 /// again on reload.
 pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
-    let dir = config.state_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Embedded::open(&dir))
+    let store = crate::queue::open(&config)
         .await
-        .map_err(|e| StartError::Store {
-            dir: config.state_dir.display().to_string(),
-            source: crate::queue::StoreError::Backend(e.to_string()),
-        })?
         .map_err(|source| StartError::Store {
-            dir: config.state_dir.display().to_string(),
+            dir: match &config.storage {
+                crate::config::StorageConfig::Embedded => config.state_dir.display().to_string(),
+                crate::config::StorageConfig::Postgres(_) => "PostgreSQL".into(),
+            },
             source,
         })?;
-    let store: Arc<dyn Store> = Arc::new(store);
     if let Ok(stats) = store.stats().await {
         info!(
             messages = stats.messages,
@@ -113,6 +109,8 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         Some(c) => Some(c.acceptor().map_err(StartError::Tls)?),
     };
     let wake = Arc::new(Notify::new());
+    // Other nodes sharing the queue wake this one's scheduler (PostgreSQL; a no-op otherwise).
+    store.forward_wakeups(wake.clone());
     let connections = Tracker::default();
     let deliveries = Tracker::default();
 

@@ -129,42 +129,51 @@ impl std::fmt::Debug for ClientTls {
 
 impl ClientTls {
     pub fn new(policy: &TlsPolicy) -> Result<Self, String> {
-        let p = provider();
-        let inner: Arc<dyn ServerCertVerifier> = if policy.mode == TlsMode::Verify {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            if let Some(ca) = &policy.ca_file {
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-                    .map_err(|e| format!("{}: cannot read CA file: {e}", ca.display()))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| format!("{}: bad PEM in CA file: {e}", ca.display()))?;
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added == 0 {
-                    return Err(format!("{}: no usable CA certificate", ca.display()));
-                }
-            }
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), p.clone())
-                .build()
-                .map_err(|e| e.to_string())?
-        } else {
-            Arc::new(AnyCert(p.clone()))
-        };
-        let verifier: Arc<dyn ServerCertVerifier> = match policy.pin {
-            Some(pin) => Arc::new(Pinned { inner, pin }),
-            None => inner,
-        };
-        let config = rustls::ClientConfig::builder_with_provider(p)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
         Ok(Self {
             mode: policy.mode,
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client_config(policy)?)),
         })
     }
+}
 
+/// The rustls client configuration for a policy: which certificates it accepts (any, or valid
+/// for the name against the Mozilla roots and `ca_file`) and the optional pin. Also used for
+/// the connection to PostgreSQL.
+pub fn client_config(policy: &TlsPolicy) -> Result<rustls::ClientConfig, String> {
+    let p = provider();
+    let inner: Arc<dyn ServerCertVerifier> = if policy.mode == TlsMode::Verify {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(ca) = &policy.ca_file {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+                .map_err(|e| format!("{}: cannot read CA file: {e}", ca.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{}: bad PEM in CA file: {e}", ca.display()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!("{}: no usable CA certificate", ca.display()));
+            }
+        }
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), p.clone())
+            .build()
+            .map_err(|e| e.to_string())?
+    } else {
+        Arc::new(AnyCert(p.clone()))
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match policy.pin {
+        Some(pin) => Arc::new(Pinned { inner, pin }),
+        None => inner,
+    };
+    let config = rustls::ClientConfig::builder_with_provider(p)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+impl ClientTls {
     pub async fn connect(
         &self,
         name: &str,

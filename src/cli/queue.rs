@@ -145,6 +145,12 @@ fn offline(api: &Api, why: &str) -> Result<Inspector, ExitCode> {
             1,
         ));
     };
+    if matches!(c.storage, crate::config::StorageConfig::Postgres(_)) {
+        return Err(fail(
+            format!("{why}; the queue is in PostgreSQL: ask another node with --admin URL"),
+            1,
+        ));
+    }
     if !why.is_empty() {
         eprintln!("mx2: {why}; reading the queue file directly");
     }

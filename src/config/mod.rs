@@ -3,10 +3,12 @@
 
 mod admin;
 mod cidr;
+mod storage;
 mod units;
 
 pub use admin::{AdminConfig, AlertsConfig};
 pub use cidr::Cidr;
+pub use storage::{PgTls, PostgresConfig, StorageConfig};
 
 pub use units::{Size, Span, parse_duration, parse_pin, parse_size};
 
@@ -56,6 +58,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub alerts: AlertsConfig,
     pub domains: Vec<DomainConfig>,
+    /// Where the queue lives (`[storage]`).
+    pub storage: StorageConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -403,6 +407,8 @@ struct RawConfig {
     alerts: admin::RawAlerts,
     #[serde(default)]
     domain: Vec<RawDomain>,
+    #[serde(default)]
+    storage: storage::RawStorage,
 }
 
 #[derive(Deserialize, Default)]
@@ -1043,6 +1049,7 @@ impl Ctx<'_> {
 
         let admin = self.admin(raw.admin, base)?;
         let alerts = self.alerts(raw.alerts, base)?;
+        let storage = self.storage(raw.storage, base, &hostname)?;
         Ok(Config {
             admin,
             alerts,
@@ -1059,6 +1066,7 @@ impl Ctx<'_> {
             auth: raw.auth,
             tls,
             domains,
+            storage,
         })
     }
 }

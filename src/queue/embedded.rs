@@ -4,11 +4,10 @@
 //! answers them all. Reads use a separate connection.
 
 use super::{
-    Action, Depth, Filter, Job, Listed, NewMessage, Recipient, Shown, Stats, Status, Store,
-    StoreError, StoreFuture, Update, inspect,
+    Action, ClaimedRow, Depth, Filter, Job, Listed, NewMessage, Recipient, Shown, Stats, Status,
+    Store, StoreError, StoreFuture, Update, inspect, into_jobs,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
@@ -508,41 +507,34 @@ fn claim_message(c: &Connection, id: &str) -> rusqlite::Result<Vec<Job>> {
 
 /// Marks the selected recipient rows claimed and groups them into jobs.
 fn claim_rows(c: &Connection, mut rows: rusqlite::Rows<'_>) -> rusqlite::Result<Vec<Job>> {
-    let mut jobs: BTreeMap<(String, String), Job> = BTreeMap::new();
     let mut claimed = Vec::new();
     while let Some(row) = rows.next()? {
-        let rid: i64 = row.get(0)?;
-        let qid: String = row.get(1)?;
-        let domain: String = row.get(3)?;
-        claimed.push(rid);
-        let job = jobs
-            .entry((qid.clone(), domain.clone()))
-            .or_insert_with(|| Job {
-                queue_id: qid,
-                domain,
-                sender: row.get(6).unwrap_or_default(),
-                mail_params: row.get(7).unwrap_or_default(),
-                received_at_ms: row.get(8).unwrap_or_default(),
-                size: row.get::<_, i64>(9).unwrap_or_default() as u64,
+        claimed.push(ClaimedRow {
+            job: Job {
+                queue_id: row.get(1)?,
+                domain: row.get(3)?,
+                sender: row.get(6)?,
+                mail_params: row.get(7)?,
+                received_at_ms: row.get(8)?,
+                size: row.get::<_, i64>(9)? as u64,
                 recipients: Vec::new(),
-                authenticated: row.get::<_, Option<i64>>(11).ok().flatten().map(|v| v != 0),
-            });
-        job.recipients.push(Recipient {
-            row: rid,
-            address: row.get(2)?,
-            params: row.get(4)?,
-            attempts: row.get::<_, i64>(5)? as u32,
-            warned: row.get::<_, i64>(10)? != 0,
+                authenticated: row.get::<_, Option<i64>>(11)?.map(|v| v != 0),
+            },
+            recipient: Recipient {
+                row: row.get(0)?,
+                address: row.get(2)?,
+                params: row.get(4)?,
+                attempts: row.get::<_, i64>(5)? as u32,
+                warned: row.get::<_, i64>(10)? != 0,
+            },
         });
     }
     drop(rows);
     let mut mark = c.prepare_cached("UPDATE recipients SET claimed = 1 WHERE id = ?1")?;
-    for id in claimed {
-        mark.execute([id])?;
+    for r in &claimed {
+        mark.execute([r.recipient.row])?;
     }
-    let mut out: Vec<Job> = jobs.into_values().collect();
-    out.sort_by(|a, b| a.queue_id.cmp(&b.queue_id));
-    Ok(out)
+    Ok(into_jobs(claimed))
 }
 
 fn record(

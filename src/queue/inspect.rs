@@ -12,11 +12,16 @@ pub const MAX_LIST: usize = 10_000;
 /// A listing's size when the caller does not say.
 pub const DEFAULT_LIST: usize = 100;
 
-pub fn list(c: &Connection, f: &Filter) -> rusqlite::Result<Vec<Listed>> {
-    let limit = match f.limit {
+/// How many messages a listing returns at most.
+pub fn list_limit(f: &Filter) -> usize {
+    match f.limit {
         0 => DEFAULT_LIST,
         n => n.min(MAX_LIST),
-    };
+    }
+}
+
+pub fn list(c: &Connection, f: &Filter) -> rusqlite::Result<Vec<Listed>> {
+    let limit = list_limit(f);
     let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
     let mut stmt = c.prepare_cached(
         "SELECT m.id, m.received_at, m.sender, m.size, GROUP_CONCAT(r.address, ' '),
@@ -63,15 +68,7 @@ pub fn list(c: &Connection, f: &Filter) -> rusqlite::Result<Vec<Listed>> {
                     .filter(|s| !s.is_empty())
                     .map(str::to_string)
                     .collect(),
-                state: if held {
-                    State::Held
-                } else if active {
-                    State::Active
-                } else if attempts > 0 {
-                    State::Deferred
-                } else {
-                    State::Queued
-                },
+                state: State::of(held, active, attempts),
                 attempts,
                 next_attempt_ms: r.get(5)?,
                 last_reply: r.get(6)?,

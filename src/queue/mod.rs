@@ -1,14 +1,18 @@
 //! The message model and the [`Store`] trait. A message is an envelope, a body, and one
 //! [`Recipient`] row each with its own status, attempts and next try. Backends: `embedded`
-//! (SQLite, the default). This module touches the disk through its backends and nothing else.
+//! (SQLite, the default) and `postgres` (a queue shared by several nodes). This module touches
+//! the disk and PostgreSQL through its backends and nothing else.
 
 pub mod embedded;
 pub mod inspect;
+pub mod postgres;
 #[doc(hidden)]
 pub mod suite;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A queue id: time-ordered (UUID v7), 32 hex digits.
@@ -191,6 +195,73 @@ pub trait Store: Send + Sync + 'static {
     fn claim_message(&self, id: &str) -> StoreFuture<'_, Vec<Job>>;
     /// Queue depth per recipient domain, for status, metrics and the dashboard.
     fn depth(&self) -> StoreFuture<'_, Vec<Depth>>;
+
+    // ---- a queue shared by several nodes (the defaults suit a store of one node's own) ----
+
+    /// Notifies `wake` whenever any node makes something due (new mail, a flush, a primary
+    /// back up), so this node's scheduler looks at once. Polling stays the fallback.
+    fn forward_wakeups(&self, _wake: Arc<tokio::sync::Notify>) {}
+    /// This node found the primary of `route` down.
+    fn primary_down(&self, _route: &str) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    /// This node found the primary of `route` up (a probe answered, or an operator flushed).
+    fn primary_up(&self, _route: &str) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Whether this node should probe the down primary of `route` now, so that one node
+    /// probes per interval, or whether another node already found it up.
+    fn probe_turn(&self, _route: &str, _interval_ms: i64) -> StoreFuture<'_, ProbeTurn> {
+        Box::pin(async { Ok(ProbeTurn::Probe) })
+    }
+}
+
+/// What a node does about a primary that is down (see [`Store::probe_turn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeTurn {
+    /// Probe it now.
+    Probe,
+    /// Another node is probing it this interval.
+    Wait,
+    /// Another node found it up since this node reported it down.
+    Up,
+}
+
+/// Opens the queue the config names: the embedded store in `state_dir`, or PostgreSQL.
+pub async fn open(config: &crate::config::Config) -> Result<Arc<dyn Store>, StoreError> {
+    match &config.storage {
+        crate::config::StorageConfig::Embedded => {
+            let dir = config.state_dir.clone();
+            let store = tokio::task::spawn_blocking(move || embedded::Embedded::open(&dir))
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))??;
+            Ok(Arc::new(store))
+        }
+        crate::config::StorageConfig::Postgres(pg) => {
+            Ok(Arc::new(postgres::Postgres::open(pg).await?))
+        }
+    }
+}
+
+/// One claimed recipient row, as a backend reads it: the message's job (its recipients not
+/// yet filled in) and the recipient.
+pub(crate) struct ClaimedRow {
+    pub job: Job,
+    pub recipient: Recipient,
+}
+
+/// Groups claimed rows into jobs: one per message and domain, ordered by queue id, each
+/// job's recipients in row order.
+pub(crate) fn into_jobs(mut rows: Vec<ClaimedRow>) -> Vec<Job> {
+    rows.sort_by_key(|r| r.recipient.row);
+    let mut jobs: BTreeMap<(String, String), Job> = BTreeMap::new();
+    for r in rows {
+        jobs.entry((r.job.queue_id.clone(), r.job.domain.clone()))
+            .or_insert(r.job)
+            .recipients
+            .push(r.recipient);
+    }
+    jobs.into_values().collect()
 }
 
 /// Which messages an operator asks for. Text filters match case-insensitively anywhere in
@@ -224,6 +295,19 @@ pub enum State {
 }
 
 impl State {
+    /// A message's state from its pending recipients: any held, any claimed, any attempts.
+    pub fn of(held: bool, active: bool, attempts: u32) -> State {
+        if held {
+            State::Held
+        } else if active {
+            State::Active
+        } else if attempts > 0 {
+            State::Deferred
+        } else {
+            State::Queued
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             State::Queued => "queued",

@@ -15,7 +15,7 @@ use crate::delivery::client::{Client, Timeouts};
 use crate::delivery::mx::{self, Identity, NoRoute, RouteKind, Target};
 use crate::delivery::{Broken, Outcome, RecipientResult, deliver};
 use crate::dns::Dns;
-use crate::queue::{Job, Status, Store, Update, now_ms};
+use crate::queue::{Job, ProbeTurn, Status, Store, Update, now_ms};
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use crate::tasks::Tracker;
@@ -160,6 +160,10 @@ impl Flusher for Scheduler {
                     let down_for = route.mark_up();
                     info!(primary = %route.key, "flush requested: treating the primary as up");
                     came_up.push((route.key.clone(), down_for));
+                    // Nodes sharing the queue learn it too.
+                    if let Err(e) = self.store.primary_up(&route.key).await {
+                        warn!(primary = %route.key, error = %e, "cannot share the primary's health");
+                    }
                 }
             }
             let n = self.store.make_due(domains, now_ms()).await?;
@@ -648,6 +652,9 @@ impl Scheduler {
                 reason: reason.to_string(),
             });
             warn!(primary = %route.key, reason, "primary is down; holding its mail and probing every {:?}", self.settings.probe_interval);
+            if let Err(e) = self.store.primary_down(&route.key).await {
+                warn!(primary = %route.key, error = %e, "cannot share the primary's health");
+            }
             let me = self.clone();
             let r = route.clone();
             tokio::spawn(async move { me.probe(r).await });
@@ -746,7 +753,7 @@ impl Scheduler {
                 _ = shutdown.wait() => return,
                 _ = tokio::time::sleep(s.probe_interval) => {}
             }
-            let ok = self.check(&route, true).await;
+            let ok = self.shared_check(&route).await;
             route.probed();
             if ok {
                 let down_for = route.mark_up();
@@ -766,6 +773,27 @@ impl Scheduler {
                 });
                 self.wake.notify_one();
                 return;
+            }
+        }
+    }
+
+    /// A probe's check when nodes share the queue: one node probes per interval and tells
+    /// the others; a node alone always probes.
+    async fn shared_check(&self, route: &Route) -> bool {
+        let turn = self
+            .store
+            .probe_turn(&route.key, ms(self.settings.probe_interval))
+            .await
+            .unwrap_or(ProbeTurn::Probe);
+        match turn {
+            ProbeTurn::Up => true,
+            ProbeTurn::Wait => false,
+            ProbeTurn::Probe => {
+                let up = self.check(route, true).await;
+                if up && let Err(e) = self.store.primary_up(&route.key).await {
+                    warn!(primary = %route.key, error = %e, "cannot share the primary's health");
+                }
+                up
             }
         }
     }

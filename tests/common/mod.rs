@@ -5,6 +5,7 @@
 
 pub mod dns;
 pub mod mmdb;
+pub mod pg;
 pub mod pki;
 
 use std::collections::HashMap;

@@ -1,0 +1,580 @@
+//! The PostgreSQL store: one queue shared by several mx2 nodes. Any node accepts; due
+//! recipients are claimed with leases (`FOR UPDATE SKIP LOCKED`, `claimed_by`, `lease_until`)
+//! so that one node at a time delivers a recipient, and a dead node's claims expire. Each node
+//! renews its leases while it lives and clears its own at start. Acceptances share
+//! transactions (group commit, [`writer`]); bodies are stored in 1 MiB chunks. Other nodes
+//! hear of new work through LISTEN/NOTIFY ([`wake`]), with the scheduler's polling as the
+//! fallback that guarantees progress. Primary health is shared in the `primaries` table.
+//! Lease times are the database server's clock, so nodes' clocks cannot disagree about them.
+//! This module owns the SQL; it talks to PostgreSQL and nothing else.
+
+mod inspect;
+mod schema;
+mod wake;
+mod writer;
+
+use super::{
+    Action, ClaimedRow, Depth, Filter, Job, Listed, NewMessage, ProbeTurn, Recipient, Shown, Stats,
+    Store, StoreError, StoreFuture, Update, into_jobs,
+};
+use crate::config::{PgTls, PostgresConfig, TlsMode, TlsPolicy};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tracing::{debug, info, warn};
+
+/// The database server's clock in milliseconds since the epoch (leases, primary health).
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+/// The channel every node LISTENs on; a notification means "something may be due".
+const CHANNEL: &str = "mx2_wake";
+/// How much of a body goes into one row of `bodies`.
+pub const CHUNK: usize = 1 << 20;
+
+/// A connection's TLS, as tokio-postgres wants it.
+#[derive(Clone)]
+enum Tls {
+    Off,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+/// What the store's tasks share.
+struct Inner {
+    pool: Pool,
+    pg: tokio_postgres::Config,
+    tls: Tls,
+    node: String,
+    lease_ms: i64,
+    writer: writer::Writer,
+}
+
+/// The PostgreSQL-backed queue.
+pub struct Postgres {
+    inner: Arc<Inner>,
+}
+
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    if e.code() == Some(&SqlState::DISK_FULL) {
+        return StoreError::Full;
+    }
+    match e.as_db_error() {
+        Some(db) => StoreError::Backend(format!(
+            "PostgreSQL: {}: {}",
+            db.code().code(),
+            db.message()
+        )),
+        None => StoreError::Backend(format!("PostgreSQL: {e}")),
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_error(e),
+        other => StoreError::Backend(format!("PostgreSQL connection pool: {other}")),
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Postgres {
+    /// Connects, brings the schema up to date (under a lock, so several nodes may start at
+    /// once), releases this node's claims left by a previous run, and starts the group-commit
+    /// writer and the lease renewal.
+    pub async fn open(config: &PostgresConfig) -> Result<Self, StoreError> {
+        let url = match (&config.url, &config.url_file) {
+            (Some(u), _) => u.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map_err(|e| {
+                    StoreError::Backend(format!("cannot read url_file {}: {e}", f.display()))
+                })?
+                .trim()
+                .to_string(),
+            (None, None) => return Err(StoreError::Backend("no PostgreSQL url".into())),
+        };
+        let mut pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("not a PostgreSQL URL: {e}")))?;
+        pg.application_name(format!("mx2 {}", config.node));
+        let tls = match config.tls {
+            PgTls::Disable => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                Tls::Off
+            }
+            mode => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let policy = TlsPolicy {
+                    mode: if mode == PgTls::Verify {
+                        TlsMode::Verify
+                    } else {
+                        TlsMode::Required
+                    },
+                    ca_file: config.ca_file.clone(),
+                    pin: None,
+                };
+                let rustls = crate::tls::client_config(&policy).map_err(StoreError::Backend)?;
+                Tls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(rustls))
+            }
+        };
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Tls::Off => Manager::from_config(pg.clone(), tokio_postgres::NoTls, manager_config),
+            Tls::Rustls(t) => Manager::from_config(pg.clone(), t.clone(), manager_config),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("PostgreSQL connection pool: {e}")))?;
+        {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            schema::migrate(&mut client).await?;
+            let released = client
+                .execute(
+                    "UPDATE recipients SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = $1",
+                    &[&config.node],
+                )
+                .await
+                .map_err(pg_error)?;
+            if released > 0 {
+                info!(node = %config.node, recipients = released, "released this node's claims left by its previous run");
+            }
+        }
+        let writers = (config.pool_size / 2).max(1);
+        let inner = Arc::new(Inner {
+            writer: writer::Writer::start(pool.clone(), config.node.clone(), writers),
+            pool,
+            pg,
+            tls,
+            node: config.node.clone(),
+            lease_ms: ms(config.lease),
+        });
+        tokio::spawn(renew_leases(Arc::downgrade(&inner), config.lease / 4));
+        Ok(Self { inner })
+    }
+
+    /// Transactions the group-commit writer committed, and the writes they carried.
+    pub fn commits(&self) -> (u64, u64) {
+        self.inner.writer.counts()
+    }
+
+    /// This node's name in leases.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl for<'c> FnOnce(&'c Inner, &'c mut deadpool_postgres::Object) -> StoreFuture<'c, T>
+        + Send
+        + 'static,
+    ) -> StoreFuture<'_, T> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let mut client = inner.pool.get().await.map_err(pool_error)?;
+            f(&inner, &mut client).await
+        })
+    }
+
+    /// One statement changing recipients, then a wake-up for every node when it changed any,
+    /// in one transaction.
+    fn update_and_wake(
+        &self,
+        sql: &'static str,
+        params: Vec<Box<dyn ToSql + Sync + Send>>,
+    ) -> StoreFuture<'_, u64> {
+        self.run(move |_, c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(pg_error)?;
+                let refs: Vec<&(dyn ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                    .collect();
+                let n = tx.execute(sql, &refs).await.map_err(pg_error)?;
+                if n > 0 {
+                    notify(&tx).await?;
+                }
+                tx.commit().await.map_err(pg_error)?;
+                Ok(n)
+            })
+        })
+    }
+}
+
+/// Wakes every node's scheduler when the transaction commits.
+async fn notify(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])
+        .await
+        .map(|_| ())
+        .map_err(pg_error)
+}
+
+/// Keeps this node's claims alive while it runs: every quarter of the lease, every recipient it
+/// holds gets a full lease again. Stops when the store is dropped.
+async fn renew_leases(inner: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let sql = format!(
+            "UPDATE recipients SET lease_until = {NOW_MS} + $2 WHERE claimed_by = $1 AND status = 0"
+        );
+        let result = match inner.pool.get().await {
+            Ok(c) => c
+                .execute(&sql, &[&inner.node, &inner.lease_ms])
+                .await
+                .map_err(pg_error),
+            Err(e) => Err(pool_error(e)),
+        };
+        match result {
+            Ok(n) => debug!(node = %inner.node, recipients = n, "leases renewed"),
+            Err(e) => {
+                warn!(node = %inner.node, error = %e, "cannot renew leases; other nodes may take over this node's deliveries when they expire")
+            }
+        }
+    }
+}
+
+/// The columns [`claimed`] reads, in its order, from `recipients r` and `messages m`.
+const CLAIMED: &str = "r.id, r.message_id, r.address, r.domain, r.params, r.attempts, r.warned,
+    m.sender, m.mail_params, m.received_at, m.size, m.auth";
+
+fn claimed(rows: Vec<tokio_postgres::Row>) -> Result<Vec<Job>, StoreError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let get = || -> Result<ClaimedRow, tokio_postgres::Error> {
+            Ok(ClaimedRow {
+                job: Job {
+                    queue_id: row.try_get(1)?,
+                    domain: row.try_get(3)?,
+                    sender: row.try_get(7)?,
+                    mail_params: row.try_get(8)?,
+                    received_at_ms: row.try_get(9)?,
+                    size: u64::try_from(row.try_get::<_, i64>(10)?).unwrap_or(0),
+                    recipients: Vec::new(),
+                    authenticated: row.try_get(11)?,
+                },
+                recipient: Recipient {
+                    row: row.try_get(0)?,
+                    address: row.try_get(2)?,
+                    params: row.try_get(4)?,
+                    attempts: u32::try_from(row.try_get::<_, i32>(5)?).unwrap_or(0),
+                    warned: row.try_get(6)?,
+                },
+            })
+        };
+        out.push(get().map_err(pg_error)?);
+    }
+    Ok(into_jobs(out))
+}
+
+impl Store for Postgres {
+    fn insert(&self, msg: NewMessage) -> StoreFuture<'_, ()> {
+        let done = self
+            .inner
+            .writer
+            .submit(writer::Write::Insert(Box::new(msg)));
+        Box::pin(async move { done.await.map(|_| ()) })
+    }
+
+    fn claim_due(&self, now_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Job>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |inner, c| {
+            Box::pin(async move {
+                let sql = format!(
+                    "WITH picked AS (
+                        SELECT id FROM recipients
+                        WHERE status = 0 AND NOT held AND next_attempt <= $1
+                          AND (claimed_by IS NULL OR lease_until < {NOW_MS})
+                        ORDER BY next_attempt LIMIT $2
+                        FOR UPDATE SKIP LOCKED)
+                     UPDATE recipients r SET claimed_by = $3, lease_until = {NOW_MS} + $4
+                     FROM picked, messages m
+                     WHERE r.id = picked.id AND m.id = r.message_id
+                     RETURNING {CLAIMED}"
+                );
+                let st = c.prepare_cached(&sql).await.map_err(pg_error)?;
+                let rows = c
+                    .query(&st, &[&now_ms, &limit, &inner.node, &inner.lease_ms])
+                    .await
+                    .map_err(pg_error)?;
+                claimed(rows)
+            })
+        })
+    }
+
+    fn body(&self, id: &str) -> StoreFuture<'_, Vec<u8>> {
+        let id = id.to_string();
+        self.run(move |_, c| {
+            Box::pin(async move {
+                let tx = c
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await
+                    .map_err(pg_error)?;
+                let head = tx
+                    .query_opt("SELECT size, chunks FROM messages WHERE id = $1", &[&id])
+                    .await
+                    .map_err(pg_error)?
+                    .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+                let size: i64 = head.try_get(0).map_err(pg_error)?;
+                let chunks: i32 = head.try_get(1).map_err(pg_error)?;
+                // One chunk at a time: the body is held once, plus the chunk in flight.
+                let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+                let st = tx
+                    .prepare_cached("SELECT chunk FROM bodies WHERE message_id = $1 AND seq = $2")
+                    .await
+                    .map_err(pg_error)?;
+                for seq in 0..chunks {
+                    let row = tx
+                        .query_opt(&st, &[&id, &seq])
+                        .await
+                        .map_err(pg_error)?
+                        .ok_or_else(|| {
+                            StoreError::Backend(format!("message {id}: body chunk {seq} missing"))
+                        })?;
+                    body.extend_from_slice(row.try_get::<_, &[u8]>(0).map_err(pg_error)?);
+                }
+                tx.commit().await.map_err(pg_error)?;
+                Ok(body)
+            })
+        })
+    }
+
+    fn record(
+        &self,
+        id: &str,
+        updates: Vec<Update>,
+        notifications: Vec<NewMessage>,
+    ) -> StoreFuture<'_, bool> {
+        self.inner.writer.submit(writer::Write::Record {
+            id: id.to_string(),
+            updates,
+            notifications,
+        })
+    }
+
+    fn make_due(&self, domains: Vec<String>, now_ms: i64) -> StoreFuture<'_, u64> {
+        const SQL: &str = "UPDATE recipients SET next_attempt = $1
+            WHERE domain = ANY($2) AND status = 0 AND NOT held
+              AND (claimed_by IS NULL OR lease_until < (extract(epoch from clock_timestamp()) * 1000)::bigint)";
+        self.update_and_wake(SQL, vec![Box::new(now_ms), Box::new(domains)])
+    }
+
+    fn next_due(&self) -> StoreFuture<'_, Option<i64>> {
+        self.run(|inner, c| {
+            Box::pin(async move {
+                // Recipients claimed by other nodes count from when their lease runs out
+                // (that node may have died); this node's own claims are its business.
+                let row = c
+                    .query_one(
+                        "SELECT MIN(CASE WHEN claimed_by IS NULL THEN next_attempt
+                                         ELSE GREATEST(next_attempt, lease_until) END)
+                         FROM recipients
+                         WHERE status = 0 AND NOT held AND (claimed_by IS NULL OR claimed_by <> $1)",
+                        &[&inner.node],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                row.try_get(0).map_err(pg_error)
+            })
+        })
+    }
+
+    fn stats(&self) -> StoreFuture<'_, Stats> {
+        self.run(|_, c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one(
+                        "SELECT (SELECT COUNT(*) FROM messages),
+                                (SELECT COALESCE(SUM(size), 0)::bigint FROM messages),
+                                (SELECT COUNT(*) FROM recipients WHERE status = 0)",
+                        &[],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let n = |i| -> Result<u64, StoreError> {
+                    Ok(u64::try_from(row.try_get::<_, i64>(i).map_err(pg_error)?).unwrap_or(0))
+                };
+                Ok(Stats {
+                    messages: n(0)?,
+                    bytes: n(1)?,
+                    pending_recipients: n(2)?,
+                })
+            })
+        })
+    }
+
+    fn cache_get(&self, key: String) -> StoreFuture<'_, Option<(bool, i64)>> {
+        self.run(move |_, c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt(
+                        "SELECT exists_, expires_at FROM recipient_cache WHERE key = $1",
+                        &[&key],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                match row {
+                    None => Ok(None),
+                    Some(r) => Ok(Some((
+                        r.try_get(0).map_err(pg_error)?,
+                        r.try_get(1).map_err(pg_error)?,
+                    ))),
+                }
+            })
+        })
+    }
+
+    fn cache_put(&self, key: String, exists: bool, expires_ms: i64) -> StoreFuture<'_, ()> {
+        let done = self.inner.writer.submit(writer::Write::CachePut {
+            key,
+            exists,
+            expires_ms,
+        });
+        Box::pin(async move { done.await.map(|_| ()) })
+    }
+
+    fn list(&self, filter: Filter) -> StoreFuture<'_, Vec<Listed>> {
+        self.run(move |_, c| Box::pin(async move { inspect::list(c, &filter).await }))
+    }
+
+    fn show(&self, id: &str) -> StoreFuture<'_, Option<Shown>> {
+        let id = id.to_string();
+        self.run(move |_, c| Box::pin(async move { inspect::show(c, &id).await }))
+    }
+
+    fn act(&self, ids: Vec<String>, action: Action, now_ms: i64) -> StoreFuture<'_, u64> {
+        const FLUSH: &str = "UPDATE recipients SET next_attempt = $2
+            WHERE message_id = ANY($1) AND status = 0 AND NOT held
+              AND (claimed_by IS NULL OR lease_until < (extract(epoch from clock_timestamp()) * 1000)::bigint)";
+        const HOLD: &str = "UPDATE recipients SET held = true WHERE message_id = ANY($1) AND status = 0 AND NOT held";
+        const RELEASE: &str = "UPDATE recipients SET held = false, next_attempt = $2
+            WHERE message_id = ANY($1) AND status = 0 AND held";
+        match action {
+            Action::Flush => self.update_and_wake(FLUSH, vec![Box::new(ids), Box::new(now_ms)]),
+            Action::Release => self.update_and_wake(RELEASE, vec![Box::new(ids), Box::new(now_ms)]),
+            Action::Hold => self.run(move |_, c| {
+                Box::pin(async move { c.execute(HOLD, &[&ids]).await.map_err(pg_error) })
+            }),
+            // Recipients and body chunks go with the message (ON DELETE CASCADE).
+            Action::Delete => self.run(move |_, c| {
+                Box::pin(async move {
+                    c.execute("DELETE FROM messages WHERE id = ANY($1)", &[&ids])
+                        .await
+                        .map_err(pg_error)
+                })
+            }),
+        }
+    }
+
+    fn claim_message(&self, id: &str) -> StoreFuture<'_, Vec<Job>> {
+        let id = id.to_string();
+        self.run(move |inner, c| {
+            Box::pin(async move {
+                let sql = format!(
+                    "WITH picked AS (
+                        SELECT id FROM recipients
+                        WHERE message_id = $1 AND status = 0
+                          AND (claimed_by IS NULL OR lease_until < {NOW_MS})
+                        FOR UPDATE SKIP LOCKED)
+                     UPDATE recipients r SET claimed_by = $2, lease_until = {NOW_MS} + $3
+                     FROM picked, messages m
+                     WHERE r.id = picked.id AND m.id = r.message_id
+                     RETURNING {CLAIMED}"
+                );
+                let rows = c
+                    .query(&sql, &[&id, &inner.node, &inner.lease_ms])
+                    .await
+                    .map_err(pg_error)?;
+                claimed(rows)
+            })
+        })
+    }
+
+    fn depth(&self) -> StoreFuture<'_, Vec<Depth>> {
+        self.run(|_, c| Box::pin(async move { inspect::depth(c).await }))
+    }
+
+    fn forward_wakeups(&self, wake: Arc<tokio::sync::Notify>) {
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(wake::listen(inner, wake));
+    }
+
+    fn primary_down(&self, route: &str) -> StoreFuture<'_, ()> {
+        let route = route.to_string();
+        self.run(move |_, c| {
+            Box::pin(async move {
+                let sql = format!(
+                    "INSERT INTO primaries (route, up, changed_at) VALUES ($1, false, {NOW_MS})
+                     ON CONFLICT (route) DO UPDATE SET up = false, changed_at = EXCLUDED.changed_at
+                     WHERE primaries.up"
+                );
+                c.execute(&sql, &[&route]).await.map_err(pg_error)?;
+                Ok(())
+            })
+        })
+    }
+
+    fn primary_up(&self, route: &str) -> StoreFuture<'_, ()> {
+        let route = route.to_string();
+        self.run(move |_, c| {
+            Box::pin(async move {
+                let sql = format!(
+                    "INSERT INTO primaries (route, up, changed_at) VALUES ($1, true, {NOW_MS})
+                     ON CONFLICT (route) DO UPDATE
+                     SET up = true, changed_at = EXCLUDED.changed_at, probed_by = NULL, probe_until = NULL
+                     WHERE NOT primaries.up"
+                );
+                let tx = c.transaction().await.map_err(pg_error)?;
+                if tx.execute(&sql, &[&route]).await.map_err(pg_error)? > 0 {
+                    notify(&tx).await?;
+                }
+                tx.commit().await.map_err(pg_error)
+            })
+        })
+    }
+
+    fn probe_turn(&self, route: &str, interval_ms: i64) -> StoreFuture<'_, ProbeTurn> {
+        let route = route.to_string();
+        self.run(move |inner, c| {
+            Box::pin(async move {
+                // The turn lasts two intervals, so the node that has it keeps it while it
+                // lives, and another takes over when it stops probing.
+                let sql = format!(
+                    "INSERT INTO primaries (route, up, changed_at, probed_by, probe_until)
+                     VALUES ($1, false, {NOW_MS}, $2, {NOW_MS} + 2 * $3)
+                     ON CONFLICT (route) DO UPDATE
+                     SET probed_by = EXCLUDED.probed_by, probe_until = EXCLUDED.probe_until
+                     WHERE NOT primaries.up AND (primaries.probed_by IS NULL
+                        OR primaries.probed_by = $2 OR primaries.probe_until < {NOW_MS})"
+                );
+                if c.execute(&sql, &[&route, &inner.node, &interval_ms])
+                    .await
+                    .map_err(pg_error)?
+                    > 0
+                {
+                    return Ok(ProbeTurn::Probe);
+                }
+                let up = c
+                    .query_opt("SELECT up FROM primaries WHERE route = $1", &[&route])
+                    .await
+                    .map_err(pg_error)?
+                    .map(|r| r.try_get::<_, bool>(0))
+                    .transpose()
+                    .map_err(pg_error)?;
+                Ok(if up == Some(true) {
+                    ProbeTurn::Up
+                } else {
+                    ProbeTurn::Wait
+                })
+            })
+        })
+    }
+}

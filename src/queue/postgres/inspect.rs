@@ -1,0 +1,151 @@
+//! Operators' queries over the PostgreSQL queue: listings with filters and paging, one
+//! message, depth per domain. The same answers as the embedded store's `queue::inspect`; a
+//! recipient counts as active while a node's lease on it runs.
+
+use super::{NOW_MS, pg_error};
+use crate::queue::inspect::list_limit;
+use crate::queue::{Depth, Filter, Listed, RecipientState, Shown, State, StoreError, status_name};
+use tokio_postgres::Row;
+
+fn count(r: &Row, i: usize) -> Result<u64, tokio_postgres::Error> {
+    Ok(u64::try_from(r.try_get::<_, i64>(i)?).unwrap_or(0))
+}
+
+pub(super) async fn list(
+    c: &tokio_postgres::Client,
+    f: &Filter,
+) -> Result<Vec<Listed>, StoreError> {
+    let active = format!("bool_or(r.claimed_by IS NOT NULL AND r.lease_until >= {NOW_MS})");
+    let sql = format!(
+        "SELECT m.id, m.received_at, m.sender, m.size, string_agg(r.address, ' ' ORDER BY r.id),
+                MIN(r.next_attempt), MAX(r.last_reply), bool_or(r.held), {active}, MAX(r.attempts)
+         FROM messages m JOIN recipients r ON r.message_id = m.id
+         WHERE r.status = 0
+           AND ($1::text IS NULL OR EXISTS (SELECT 1 FROM recipients x
+                 WHERE x.message_id = m.id AND x.status = 0 AND x.domain = $1))
+           AND ($2::text IS NULL OR strpos(lower(m.sender), $2) > 0)
+           AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM recipients x
+                 WHERE x.message_id = m.id AND x.status = 0 AND strpos(lower(x.address), $3) > 0))
+           AND ($4::bigint IS NULL OR m.received_at <= $4)
+           AND ($5::text IS NULL OR m.id > $5)
+         GROUP BY m.id
+         HAVING $6::text IS NULL OR (CASE WHEN bool_or(r.held) THEN 'held'
+                                          WHEN {active} THEN 'active'
+                                          WHEN MAX(r.attempts) > 0 THEN 'deferred'
+                                          ELSE 'queued' END) = $6
+         ORDER BY m.id LIMIT $7"
+    );
+    let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
+    let domain = lower(&f.domain).map(|d| d.trim_end_matches('.').to_string());
+    let limit = i64::try_from(list_limit(f)).unwrap_or(i64::MAX);
+    let rows = c
+        .query(
+            &sql,
+            &[
+                &domain,
+                &lower(&f.sender),
+                &lower(&f.recipient),
+                &f.received_before_ms,
+                &f.after,
+                &f.state.map(State::name),
+                &limit,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    let listed = |r: &Row| -> Result<Listed, tokio_postgres::Error> {
+        let attempts = u32::try_from(r.try_get::<_, i32>(9)?).unwrap_or(0);
+        Ok(Listed {
+            id: r.try_get(0)?,
+            received_at_ms: r.try_get(1)?,
+            sender: r.try_get(2)?,
+            size: count(r, 3)?,
+            pending: r
+                .try_get::<_, Option<String>>(4)?
+                .unwrap_or_default()
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            state: State::of(r.try_get(7)?, r.try_get(8)?, attempts),
+            attempts,
+            next_attempt_ms: r.try_get(5)?,
+            last_reply: r.try_get(6)?,
+        })
+    };
+    rows.iter().map(|r| listed(r).map_err(pg_error)).collect()
+}
+
+pub(super) async fn show(
+    c: &tokio_postgres::Client,
+    id: &str,
+) -> Result<Option<Shown>, StoreError> {
+    let Some(head) = c
+        .query_opt(
+            "SELECT id, received_at, sender, mail_params, client, helo, size FROM messages WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(pg_error)?
+    else {
+        return Ok(None);
+    };
+    let rows = c
+        .query(
+            "SELECT address, status, held, attempts, next_attempt, last_reply
+             FROM recipients WHERE message_id = $1 ORDER BY id",
+            &[&id],
+        )
+        .await
+        .map_err(pg_error)?;
+    let shown = || -> Result<Shown, tokio_postgres::Error> {
+        let mut recipients = Vec::with_capacity(rows.len());
+        for r in &rows {
+            recipients.push(RecipientState {
+                address: r.try_get(0)?,
+                status: status_name(i64::from(r.try_get::<_, i32>(1)?)),
+                held: r.try_get(2)?,
+                attempts: u32::try_from(r.try_get::<_, i32>(3)?).unwrap_or(0),
+                next_attempt_ms: r.try_get(4)?,
+                last_reply: r.try_get(5)?,
+            });
+        }
+        Ok(Shown {
+            id: head.try_get(0)?,
+            received_at_ms: head.try_get(1)?,
+            sender: head.try_get(2)?,
+            mail_params: head.try_get(3)?,
+            client: head.try_get(4)?,
+            helo: head.try_get(5)?,
+            size: count(&head, 6)?,
+            recipients,
+        })
+    };
+    shown().map(Some).map_err(pg_error)
+}
+
+pub(super) async fn depth(c: &tokio_postgres::Client) -> Result<Vec<Depth>, StoreError> {
+    let rows = c
+        .query(
+            "SELECT r.domain, COUNT(DISTINCT r.message_id), COUNT(*), COUNT(*) FILTER (WHERE r.held),
+                (SELECT COALESCE(SUM(m.size), 0)::bigint FROM messages m WHERE m.id IN
+                    (SELECT x.message_id FROM recipients x WHERE x.domain = r.domain AND x.status = 0)),
+                (SELECT MIN(m.received_at) FROM messages m WHERE m.id IN
+                    (SELECT x.message_id FROM recipients x WHERE x.domain = r.domain AND x.status = 0))
+             FROM recipients r WHERE r.status = 0 GROUP BY r.domain ORDER BY r.domain",
+            &[],
+        )
+        .await
+        .map_err(pg_error)?;
+    let depth = |r: &Row| -> Result<Depth, tokio_postgres::Error> {
+        Ok(Depth {
+            domain: r.try_get(0)?,
+            messages: count(r, 1)?,
+            recipients: count(r, 2)?,
+            held: count(r, 3)?,
+            bytes: count(r, 4)?,
+            oldest_ms: r.try_get(5)?,
+        })
+    };
+    rows.iter().map(|r| depth(r).map_err(pg_error)).collect()
+}
