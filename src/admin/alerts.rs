@@ -144,7 +144,8 @@ impl Alerter {
         }
         let routes = self.scheduler.primaries();
         for primary in due {
-            let Some(route) = routes.iter().find(|r| r.primary == primary) else {
+            // Routes to where notifications go are not primaries: no alerts for them.
+            let Some(route) = routes.iter().find(|r| r.primary == primary && r.backed_up) else {
                 outages.remove(&primary);
                 continue;
             };

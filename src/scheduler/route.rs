@@ -48,6 +48,8 @@ const RATE_SAMPLES: usize = 100_000;
 pub struct Snapshot {
     pub primary: String,
     pub domains: Vec<String>,
+    /// A route to a backed-up domain's primary (false: where notifications and alerts go).
+    pub backed_up: bool,
     pub up: bool,
     /// Since when it has been up or down (ms since the epoch).
     pub since_ms: i64,
@@ -203,6 +205,10 @@ impl Route {
         Snapshot {
             primary: self.key.clone(),
             domains: self.domains.clone(),
+            backed_up: match &self.kind {
+                RouteKind::Static(_) => true,
+                RouteKind::Mx { backed_up, .. } => *backed_up,
+            },
             up: s.up,
             since_ms: crate::queue::to_ms(s.since),
             last_probe_ms: s.last_probe.map(crate::queue::to_ms),
