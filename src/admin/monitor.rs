@@ -22,6 +22,9 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) {
     let mut last_sample: Option<tokio::time::Instant> = None;
+    // The drain check reads the queue's depth; on a big queue that takes a while, so it runs
+    // at most a tenth of the time.
+    let mut next_drain_check = tokio::time::Instant::now();
     loop {
         if last_sample.is_none_or(|t| t.elapsed() >= sample_every)
             && let Ok(s) = store.stats().await
@@ -34,9 +37,12 @@ pub async fn run(
             last_sample = Some(tokio::time::Instant::now());
         }
         let draining = events::get().draining();
+        let started = tokio::time::Instant::now();
         if !draining.is_empty()
+            && started >= next_drain_check
             && let Ok(depth) = store.depth().await
         {
+            next_drain_check = started + started.elapsed() * 10;
             let routes = scheduler.primaries();
             for (primary, up_ms) in draining {
                 let Some(route) = routes.iter().find(|r| r.primary == primary) else {

@@ -80,6 +80,7 @@ pub struct Embedded {
     /// Transactions committed (each one sync), for measuring group commit.
     commits: Arc<std::sync::atomic::AtomicU64>,
     reader: Arc<Mutex<Connection>>,
+    reporter: Arc<Mutex<Connection>>,
     path: PathBuf,
 }
 
@@ -119,6 +120,7 @@ impl Embedded {
         conn.execute("UPDATE recipients SET claimed = 0 WHERE claimed = 1", [])
             .map_err(backend)?;
         let reader = open_connection(&path)?;
+        let reporter = open_connection(&path)?;
         let (tx, rx) = mpsc::channel();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = commits.clone();
@@ -130,6 +132,7 @@ impl Embedded {
             writer: tx,
             commits,
             reader: Arc::new(Mutex::new(reader)),
+            reporter: Arc::new(Mutex::new(reporter)),
             path,
         })
     }
@@ -153,11 +156,27 @@ impl Embedded {
         })
     }
 
+    /// A read on the connection deliveries use (bodies, due times, the cache).
     fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> StoreFuture<'_, T> {
-        let reader = self.reader.clone();
+        Self::read_on(self.reader.clone(), f)
+    }
+
+    /// A read for operators (listings, depth, counts) on a connection of its own, so a slow
+    /// report over a big queue never delays a delivery's read.
+    fn report<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        Self::read_on(self.reporter.clone(), f)
+    }
+
+    fn read_on<T: Send + 'static>(
+        reader: Arc<Mutex<Connection>>,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'static, T> {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let conn = reader
@@ -234,12 +253,12 @@ impl Store for Embedded {
     }
 
     fn list(&self, filter: Filter) -> StoreFuture<'_, Vec<Listed>> {
-        self.read(move |c| inspect::list(c, &filter).map_err(backend))
+        self.report(move |c| inspect::list(c, &filter).map_err(backend))
     }
 
     fn show(&self, id: &str) -> StoreFuture<'_, Option<Shown>> {
         let id = id.to_string();
-        self.read(move |c| inspect::show(c, &id).map_err(backend))
+        self.report(move |c| inspect::show(c, &id).map_err(backend))
     }
 
     fn act(&self, ids: Vec<String>, action: Action, now_ms: i64) -> StoreFuture<'_, u64> {
@@ -252,11 +271,11 @@ impl Store for Embedded {
     }
 
     fn depth(&self) -> StoreFuture<'_, Vec<Depth>> {
-        self.read(|c| inspect::depth(c).map_err(backend))
+        self.report(|c| inspect::depth(c).map_err(backend))
     }
 
     fn stats(&self) -> StoreFuture<'_, Stats> {
-        self.read(|c| {
+        self.report(|c| {
             let (messages, bytes): (i64, i64) = c
                 .query_row(
                     "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages",

@@ -127,12 +127,14 @@ pub fn export(c: &Connection, id: &str) -> rusqlite::Result<Option<Vec<u8>>> {
 
 pub fn depth(c: &Connection) -> rusqlite::Result<Vec<Depth>> {
     let mut stmt = c.prepare_cached(
-        "SELECT r.domain, COUNT(DISTINCT r.message_id), COUNT(*), SUM(r.held),
-                (SELECT COALESCE(SUM(m.size), 0) FROM messages m WHERE m.id IN
-                    (SELECT x.message_id FROM recipients x WHERE x.domain = r.domain AND x.status = 0)),
-                (SELECT MIN(m.received_at) FROM messages m WHERE m.id IN
-                    (SELECT x.message_id FROM recipients x WHERE x.domain = r.domain AND x.status = 0))
-         FROM recipients r WHERE r.status = 0 GROUP BY r.domain ORDER BY r.domain",
+        // One pass over the pending recipients: per (domain, message) first, so a message with
+        // several recipients in a domain counts its size once.
+        "SELECT domain, COUNT(*), SUM(n), SUM(h), SUM(size), MIN(received_at) FROM (
+             SELECT r.domain AS domain, COUNT(*) AS n, SUM(r.held) AS h,
+                    m.size AS size, m.received_at AS received_at
+             FROM recipients r JOIN messages m ON m.id = r.message_id
+             WHERE r.status = 0 GROUP BY r.domain, r.message_id)
+         GROUP BY domain ORDER BY domain",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(Depth {
