@@ -57,7 +57,7 @@ async fn conformance_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_at_once_migrate_once() {
     let url = Pg::shared().fresh_db();
-    let opens: Vec<_> = (0..6)
+    let opens: Vec<_> = (0..10)
         .map(|i| {
             let c = config(&url, &format!("n{i}"), Duration::from_secs(60));
             tokio::spawn(async move { Postgres::open(&c).await.map(|_| ()) })
