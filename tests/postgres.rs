@@ -127,6 +127,78 @@ async fn a_restarted_node_releases_its_own_claims() {
     assert_eq!(a.claim_due(2000, 10).await.unwrap().len(), 1);
 }
 
+#[tokio::test]
+async fn tls_to_postgres_is_used_and_verified() {
+    let pg = Pg::shared();
+    let ca = pg.enable_tls();
+    let url = pg.fresh_db();
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let mut require = config(&url, "tls-require", Duration::from_secs(60));
+    require.tls = PgTls::Require;
+    let s = Postgres::open(&require).await.unwrap();
+    suite::cache(&s).await;
+    assert_eq!(
+        pg.sql(
+            &db,
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'mx2 tls-require'"
+        ),
+        "t",
+        "the store's connections are not TLS"
+    );
+    let mut verify = config(&url, "tls-verify", Duration::from_secs(60));
+    verify.tls = PgTls::Verify;
+    verify.ca_file = Some(ca);
+    let v = Postgres::open(&verify).await.unwrap();
+    assert_eq!(v.cache_get("k".into()).await.unwrap(), Some((false, 6000)));
+    let mut unknown_ca = verify.clone();
+    unknown_ca.ca_file = None;
+    unknown_ca.node = "tls-unknown-ca".into();
+    let e = Postgres::open(&unknown_ca)
+        .await
+        .err()
+        .expect("a certificate from an unknown CA was accepted");
+    println!("tls = \"verify\" without the CA: {e}");
+}
+
+#[tokio::test]
+async fn another_nodes_new_mail_and_flush_wake_this_node() {
+    let url = Pg::shared().fresh_db();
+    let a = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let b = Postgres::open(&config(&url, "b", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    a.forward_wakeups(wake.clone());
+    // The first wake-up comes when the listener is connected (anything may have happened).
+    tokio::time::timeout(Duration::from_secs(10), wake.notified())
+        .await
+        .expect("the listener never connected");
+    let heard = |what: &'static str| {
+        let wake = wake.clone();
+        async move {
+            let started = Instant::now();
+            tokio::time::timeout(Duration::from_secs(5), wake.notified())
+                .await
+                .unwrap_or_else(|_| panic!("node a did not hear of {what}"));
+            started.elapsed()
+        }
+    };
+    let waiting = tokio::spawn(heard("new mail"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.insert(suite::message("m1", &[("u@x.test", "x.test")]))
+        .await
+        .unwrap();
+    let new_mail = waiting.await.unwrap();
+    let waiting = tokio::spawn(heard("a flush"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(b.make_due(vec!["x.test".into()], 5).await.unwrap(), 1);
+    let flush = waiting.await.unwrap();
+    println!("wake-ups between nodes: new mail heard after {new_mail:?}, a flush after {flush:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_inserts_share_transactions() {
     let s = Arc::new(store("gc").await);

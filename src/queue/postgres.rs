@@ -64,7 +64,10 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
             db.code().code(),
             db.message()
         )),
-        None => StoreError::Backend(format!("PostgreSQL: {e}")),
+        None => match std::error::Error::source(&e) {
+            Some(cause) => StoreError::Backend(format!("PostgreSQL: {e}: {cause}")),
+            None => StoreError::Backend(format!("PostgreSQL: {e}")),
+        },
     }
 }
 
