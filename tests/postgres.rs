@@ -471,3 +471,77 @@ fn bench_acceptance_and_drain_embedded_vs_postgres() {
         );
     }
 }
+
+/// The stores alone, without SMTP: `CONCURRENCY` tasks insert messages of 10 kB (acceptance),
+/// then 8 workers claim, read the body and record delivery until the queue is empty (drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn bench_store_accept_and_drain_embedded_vs_postgres() {
+    const MESSAGES: usize = 4000;
+    const CONCURRENCY: usize = 32;
+    const WORKERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let embedded: Arc<dyn Store> =
+        Arc::new(mx2::queue::embedded::Embedded::open(dir.path()).unwrap());
+    let url = Pg::shared().fresh_db();
+    let postgres: Arc<dyn Store> = Arc::new(
+        Postgres::open(&config(&url, "bench", Duration::from_secs(300)))
+            .await
+            .unwrap(),
+    );
+    for (name, s) in [("embedded", embedded), ("postgres", postgres)] {
+        let started = Instant::now();
+        let inserters: Vec<_> = (0..CONCURRENCY)
+            .map(|t| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    for i in (t..MESSAGES).step_by(CONCURRENCY) {
+                        let mut m = suite::message(&format!("b{i:05}"), &[("u@x.test", "x.test")]);
+                        m.body = vec![b'x'; 10_000];
+                        m.received_at_ms = mx2::queue::now_ms();
+                        s.insert(m).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in inserters {
+            t.await.unwrap();
+        }
+        let accept = started.elapsed();
+        let started = Instant::now();
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let jobs = s.claim_due(mx2::queue::now_ms(), 32).await.unwrap();
+                        if jobs.is_empty() {
+                            return;
+                        }
+                        for j in jobs {
+                            let body = s.body(&j.queue_id).await.unwrap();
+                            assert_eq!(body.len(), 10_000);
+                            let updates = j.recipients.iter().map(|r| delivered(r.row)).collect();
+                            assert!(s.record(&j.queue_id, updates, vec![]).await.unwrap());
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+        let drain = started.elapsed();
+        assert_eq!(
+            s.stats().await.unwrap().messages,
+            0,
+            "{name}: queue not empty"
+        );
+        println!(
+            "bench store {name}: {MESSAGES} inserts of 10 kB from {CONCURRENCY} tasks in {accept:.2?} = {:.0} msg/s; \
+             drained by {WORKERS} workers (claim 32, read body, record) in {drain:.2?} = {:.0} msg/s",
+            MESSAGES as f64 / accept.as_secs_f64(),
+            MESSAGES as f64 / drain.as_secs_f64()
+        );
+    }
+}
