@@ -57,7 +57,7 @@ async fn conformance_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_at_once_migrate_once() {
     let url = Pg::shared().fresh_db();
-    let opens: Vec<_> = (0..6)
+    let opens: Vec<_> = (0..10)
         .map(|i| {
             let c = config(&url, &format!("n{i}"), Duration::from_secs(60));
             tokio::spawn(async move { Postgres::open(&c).await.map(|_| ()) })
@@ -125,6 +125,78 @@ async fn a_restarted_node_releases_its_own_claims() {
         .await
         .unwrap();
     assert_eq!(a.claim_due(2000, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn tls_to_postgres_is_used_and_verified() {
+    let pg = Pg::shared();
+    let ca = pg.enable_tls();
+    let url = pg.fresh_db();
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let mut require = config(&url, "tls-require", Duration::from_secs(60));
+    require.tls = PgTls::Require;
+    let s = Postgres::open(&require).await.unwrap();
+    suite::cache(&s).await;
+    assert_eq!(
+        pg.sql(
+            &db,
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'mx2 tls-require'"
+        ),
+        "t",
+        "the store's connections are not TLS"
+    );
+    let mut verify = config(&url, "tls-verify", Duration::from_secs(60));
+    verify.tls = PgTls::Verify;
+    verify.ca_file = Some(ca);
+    let v = Postgres::open(&verify).await.unwrap();
+    assert_eq!(v.cache_get("k".into()).await.unwrap(), Some((false, 6000)));
+    let mut unknown_ca = verify.clone();
+    unknown_ca.ca_file = None;
+    unknown_ca.node = "tls-unknown-ca".into();
+    let e = Postgres::open(&unknown_ca)
+        .await
+        .err()
+        .expect("a certificate from an unknown CA was accepted");
+    println!("tls = \"verify\" without the CA: {e}");
+}
+
+#[tokio::test]
+async fn another_nodes_new_mail_and_flush_wake_this_node() {
+    let url = Pg::shared().fresh_db();
+    let a = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let b = Postgres::open(&config(&url, "b", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    a.forward_wakeups(wake.clone());
+    // The first wake-up comes when the listener is connected (anything may have happened).
+    tokio::time::timeout(Duration::from_secs(10), wake.notified())
+        .await
+        .expect("the listener never connected");
+    let heard = |what: &'static str| {
+        let wake = wake.clone();
+        async move {
+            let started = Instant::now();
+            tokio::time::timeout(Duration::from_secs(5), wake.notified())
+                .await
+                .unwrap_or_else(|_| panic!("node a did not hear of {what}"));
+            started.elapsed()
+        }
+    };
+    let waiting = tokio::spawn(heard("new mail"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.insert(suite::message("m1", &[("u@x.test", "x.test")]))
+        .await
+        .unwrap();
+    let new_mail = waiting.await.unwrap();
+    let waiting = tokio::spawn(heard("a flush"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(b.make_due(vec!["x.test".into()], 5).await.unwrap(), 1);
+    let flush = waiting.await.unwrap();
+    println!("wake-ups between nodes: new mail heard after {new_mail:?}, a flush after {flush:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,6 +466,80 @@ fn bench_acceptance_and_drain_embedded_vs_postgres() {
         println!(
             "bench {name}: accepted {MESSAGES} messages of {SIZE} B over {SESSIONS} sessions in {accept:.2?} = {:.0} msg/s; \
              drained to the primary in {drain:.2?} = {:.0} msg/s",
+            MESSAGES as f64 / accept.as_secs_f64(),
+            MESSAGES as f64 / drain.as_secs_f64()
+        );
+    }
+}
+
+/// The stores alone, without SMTP: `CONCURRENCY` tasks insert messages of 10 kB (acceptance),
+/// then 8 workers claim, read the body and record delivery until the queue is empty (drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn bench_store_accept_and_drain_embedded_vs_postgres() {
+    const MESSAGES: usize = 4000;
+    const CONCURRENCY: usize = 32;
+    const WORKERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let embedded: Arc<dyn Store> =
+        Arc::new(mx2::queue::embedded::Embedded::open(dir.path()).unwrap());
+    let url = Pg::shared().fresh_db();
+    let postgres: Arc<dyn Store> = Arc::new(
+        Postgres::open(&config(&url, "bench", Duration::from_secs(300)))
+            .await
+            .unwrap(),
+    );
+    for (name, s) in [("embedded", embedded), ("postgres", postgres)] {
+        let started = Instant::now();
+        let inserters: Vec<_> = (0..CONCURRENCY)
+            .map(|t| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    for i in (t..MESSAGES).step_by(CONCURRENCY) {
+                        let mut m = suite::message(&format!("b{i:05}"), &[("u@x.test", "x.test")]);
+                        m.body = vec![b'x'; 10_000];
+                        m.received_at_ms = mx2::queue::now_ms();
+                        s.insert(m).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in inserters {
+            t.await.unwrap();
+        }
+        let accept = started.elapsed();
+        let started = Instant::now();
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let jobs = s.claim_due(mx2::queue::now_ms(), 32).await.unwrap();
+                        if jobs.is_empty() {
+                            return;
+                        }
+                        for j in jobs {
+                            let body = s.body(&j.queue_id).await.unwrap();
+                            assert_eq!(body.len(), 10_000);
+                            let updates = j.recipients.iter().map(|r| delivered(r.row)).collect();
+                            assert!(s.record(&j.queue_id, updates, vec![]).await.unwrap());
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+        let drain = started.elapsed();
+        assert_eq!(
+            s.stats().await.unwrap().messages,
+            0,
+            "{name}: queue not empty"
+        );
+        println!(
+            "bench store {name}: {MESSAGES} inserts of 10 kB from {CONCURRENCY} tasks in {accept:.2?} = {:.0} msg/s; \
+             drained by {WORKERS} workers (claim 32, read body, record) in {drain:.2?} = {:.0} msg/s",
             MESSAGES as f64 / accept.as_secs_f64(),
             MESSAGES as f64 / drain.as_secs_f64()
         );

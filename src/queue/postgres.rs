@@ -64,7 +64,10 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
             db.code().code(),
             db.message()
         )),
-        None => StoreError::Backend(format!("PostgreSQL: {e}")),
+        None => match std::error::Error::source(&e) {
+            Some(cause) => StoreError::Backend(format!("PostgreSQL: {e}: {cause}")),
+            None => StoreError::Backend(format!("PostgreSQL: {e}")),
+        },
     }
 }
 
@@ -311,37 +314,48 @@ impl Store for Postgres {
         let id = id.to_string();
         self.run(move |_, c| {
             Box::pin(async move {
-                let tx = c
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
+                // The envelope's size and the first chunk in one round trip (most messages
+                // are one chunk), then the others one at a time: the body is held once, plus
+                // the chunk in flight. Bodies never change once stored; a message deleted
+                // meanwhile is not found.
+                let head = c
+                    .prepare_cached(
+                        "SELECT m.size, m.chunks, b.chunk FROM messages m
+                         LEFT JOIN bodies b ON b.message_id = m.id AND b.seq = 0
+                         WHERE m.id = $1",
+                    )
                     .await
                     .map_err(pg_error)?;
-                let head = tx
-                    .query_opt("SELECT size, chunks FROM messages WHERE id = $1", &[&id])
+                let head = c
+                    .query_opt(&head, &[&id])
                     .await
                     .map_err(pg_error)?
                     .ok_or_else(|| StoreError::NotFound(id.clone()))?;
                 let size: i64 = head.try_get(0).map_err(pg_error)?;
                 let chunks: i32 = head.try_get(1).map_err(pg_error)?;
-                // One chunk at a time: the body is held once, plus the chunk in flight.
                 let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-                let st = tx
+                if let Some(first) = head.try_get::<_, Option<&[u8]>>(2).map_err(pg_error)? {
+                    body.extend_from_slice(first);
+                }
+                drop(head);
+                let st = c
                     .prepare_cached("SELECT chunk FROM bodies WHERE message_id = $1 AND seq = $2")
                     .await
                     .map_err(pg_error)?;
-                for seq in 0..chunks {
-                    let row = tx
+                for seq in 1..chunks {
+                    let row = c
                         .query_opt(&st, &[&id, &seq])
                         .await
                         .map_err(pg_error)?
-                        .ok_or_else(|| {
-                            StoreError::Backend(format!("message {id}: body chunk {seq} missing"))
-                        })?;
+                        .ok_or_else(|| StoreError::NotFound(id.clone()))?;
                     body.extend_from_slice(row.try_get::<_, &[u8]>(0).map_err(pg_error)?);
                 }
-                tx.commit().await.map_err(pg_error)?;
+                if i64::try_from(body.len()).ok() != Some(size) {
+                    return Err(StoreError::Backend(format!(
+                        "message {id}: {} bytes of content stored, {size} expected",
+                        body.len()
+                    )));
+                }
                 Ok(body)
             })
         })

@@ -181,6 +181,56 @@ impl Pg {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Turns TLS on (a certificate for 127.0.0.1 and localhost, signed by a test CA; plain
+    /// connections still work); returns the CA certificate's file.
+    pub fn enable_tls(&self) -> PathBuf {
+        static CA: OnceLock<PathBuf> = OnceLock::new();
+        CA.get_or_init(|| {
+            let pki = super::pki::Pki::new();
+            let dir = self.dir.join("tls");
+            std::fs::create_dir_all(&dir).unwrap();
+            let ca = pki.write_ca(&dir);
+            let leaf = pki.leaf(&dir, "server", &["127.0.0.1", "localhost"]);
+            run(
+                {
+                    let mut c = Command::new("chmod");
+                    c.arg("600").arg(&leaf.key);
+                    c
+                },
+                "chmod the server key",
+            );
+            if running_as_root() {
+                run(
+                    {
+                        let mut c = Command::new("chown");
+                        c.arg("-R").arg("postgres:").arg(&dir);
+                        c
+                    },
+                    "chown the server certificate",
+                );
+            }
+            for (key, value) in [("ssl_cert_file", &leaf.cert), ("ssl_key_file", &leaf.key)] {
+                self.sql(
+                    "postgres",
+                    &format!("ALTER SYSTEM SET {key} = '{}'", value.display()),
+                );
+            }
+            self.sql("postgres", "ALTER SYSTEM SET ssl = on");
+            self.sql("postgres", "SELECT pg_reload_conf()");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while self.sql("postgres", "SHOW ssl") != "on" {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "PostgreSQL did not turn TLS on; log:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            ca
+        })
+        .clone()
+    }
+
     /// The server's log, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()

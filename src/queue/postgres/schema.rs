@@ -79,7 +79,9 @@ pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<()
                 if tries < 5
                     && matches!(
                         e.code(),
-                        Some(&SqlState::UNIQUE_VIOLATION) | Some(&SqlState::DUPLICATE_TABLE)
+                        Some(&SqlState::UNIQUE_VIOLATION)
+                            | Some(&SqlState::DUPLICATE_TABLE)
+                            | Some(&SqlState::DUPLICATE_OBJECT)
                     ) =>
             {
                 tries += 1;

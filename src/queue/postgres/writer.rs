@@ -158,9 +158,21 @@ async fn transaction(
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(pg_error)?;
     let mut results = Vec::with_capacity(writes.len());
-    let mut wake = false;
+    // Messages of one chunk, the common case, go in together: three statements in all.
+    let small: Vec<&NewMessage> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Insert(m) if m.body.len() <= CHUNK => Some(&**m),
+            _ => None,
+        })
+        .collect();
+    let mut wake = !small.is_empty();
+    if !small.is_empty() {
+        insert_small(&tx, &small).await?;
+    }
     for w in writes {
         let (removed, due) = match w {
+            Write::Insert(m) if m.body.len() <= CHUNK => (false, true),
             Write::Insert(m) => insert(&tx, m).await.map(|()| (false, true))?,
             Write::Record {
                 id,
@@ -201,34 +213,9 @@ async fn transaction(
     Ok(results)
 }
 
-/// A new message: envelope, body chunks, recipients (due at once).
+/// A new message: envelope, recipients (due at once), body chunks.
 pub(super) async fn insert(tx: &Transaction<'_>, m: &NewMessage) -> Result<(), StoreError> {
-    let chunks = i32::try_from(m.body.len().div_ceil(CHUNK))
-        .map_err(|_| StoreError::Backend("message too large".into()))?;
-    let size = i64::try_from(m.body.len()).unwrap_or(i64::MAX);
-    let st = tx
-        .prepare_cached(
-            "INSERT INTO messages (id, received_at, sender, mail_params, client, helo, size, chunks, auth)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .await
-        .map_err(pg_error)?;
-    tx.execute(
-        &st,
-        &[
-            &m.id,
-            &m.received_at_ms,
-            &m.sender,
-            &m.mail_params,
-            &m.client,
-            &m.helo,
-            &size,
-            &chunks,
-            &m.authenticated,
-        ],
-    )
-    .await
-    .map_err(pg_error)?;
+    insert_envelopes(tx, &[m]).await?;
     let st = tx
         .prepare_cached("INSERT INTO bodies (message_id, seq, chunk) VALUES ($1, $2, $3)")
         .await
@@ -239,21 +226,92 @@ pub(super) async fn insert(tx: &Transaction<'_>, m: &NewMessage) -> Result<(), S
             .await
             .map_err(pg_error)?;
     }
-    let addresses: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
-    let domains: Vec<&str> = m.recipients.iter().map(|r| r.domain.as_str()).collect();
-    let params: Vec<&str> = m.recipients.iter().map(|r| r.params.as_str()).collect();
+    Ok(())
+}
+
+/// New messages of at most one chunk each, all in three statements.
+async fn insert_small(tx: &Transaction<'_>, ms: &[&NewMessage]) -> Result<(), StoreError> {
+    insert_envelopes(tx, ms).await?;
+    let with_body: Vec<&&NewMessage> = ms.iter().filter(|m| !m.body.is_empty()).collect();
+    let ids: Vec<&str> = with_body.iter().map(|m| m.id.as_str()).collect();
+    let bodies: Vec<&[u8]> = with_body.iter().map(|m| m.body.as_slice()).collect();
+    let st = tx
+        .prepare_cached(
+            "INSERT INTO bodies (message_id, seq, chunk)
+             SELECT id, 0, chunk FROM unnest($1::text[], $2::bytea[]) AS t(id, chunk)",
+        )
+        .await
+        .map_err(pg_error)?;
+    tx.execute(&st, &[&ids, &bodies]).await.map_err(pg_error)?;
+    Ok(())
+}
+
+/// The envelopes and recipients of new messages (bodies apart), in two statements.
+async fn insert_envelopes(tx: &Transaction<'_>, ms: &[&NewMessage]) -> Result<(), StoreError> {
+    let col = |f: fn(&NewMessage) -> &str| ms.iter().map(|m| f(m)).collect::<Vec<&str>>();
+    let received: Vec<i64> = ms.iter().map(|m| m.received_at_ms).collect();
+    let sizes: Vec<i64> = ms
+        .iter()
+        .map(|m| i64::try_from(m.body.len()).unwrap_or(i64::MAX))
+        .collect();
+    let chunks = ms
+        .iter()
+        .map(|m| i32::try_from(m.body.len().div_ceil(CHUNK)))
+        .collect::<Result<Vec<i32>, _>>()
+        .map_err(|_| StoreError::Backend("message too large".into()))?;
+    let auth: Vec<Option<bool>> = ms.iter().map(|m| m.authenticated).collect();
+    let st = tx
+        .prepare_cached(
+            "INSERT INTO messages (id, received_at, sender, mail_params, client, helo, size, chunks, auth)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::bigint[], $8::int[], $9::bool[])",
+        )
+        .await
+        .map_err(pg_error)?;
+    tx.execute(
+        &st,
+        &[
+            &col(|m| &m.id),
+            &received,
+            &col(|m| &m.sender),
+            &col(|m| &m.mail_params),
+            &col(|m| &m.client),
+            &col(|m| &m.helo),
+            &sizes,
+            &chunks,
+            &auth,
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    let rcpts: Vec<(&NewMessage, &crate::queue::NewRecipient)> = ms
+        .iter()
+        .flat_map(|m| m.recipients.iter().map(move |r| (*m, r)))
+        .collect();
+    let rcol = |f: fn(&crate::queue::NewRecipient) -> &str| {
+        rcpts.iter().map(|(_, r)| f(r)).collect::<Vec<&str>>()
+    };
+    let ids: Vec<&str> = rcpts.iter().map(|(m, _)| m.id.as_str()).collect();
+    let due: Vec<i64> = rcpts.iter().map(|(m, _)| m.received_at_ms).collect();
     let st = tx
         .prepare_cached(
             "INSERT INTO recipients (message_id, address, domain, params, next_attempt)
-             SELECT $1, a, d, p, $5
-             FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS t(a, d, p, n)
+             SELECT i, a, d, p, t
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+                  WITH ORDINALITY AS u(i, a, d, p, t, n)
              ORDER BY n",
         )
         .await
         .map_err(pg_error)?;
     tx.execute(
         &st,
-        &[&m.id, &addresses, &domains, &params, &m.received_at_ms],
+        &[
+            &ids,
+            &rcol(|r| &r.address),
+            &rcol(|r| &r.domain),
+            &rcol(|r| &r.params),
+            &due,
+        ],
     )
     .await
     .map_err(pg_error)?;
@@ -273,32 +331,30 @@ async fn record(
 ) -> Result<(bool, bool), StoreError> {
     let st = tx
         .prepare_cached(
-            "UPDATE recipients SET status = $1, claimed_by = NULL, lease_until = NULL,
-                    attempts = attempts + $2, next_attempt = $3,
-                    last_reply = COALESCE($4, last_reply), warned = warned OR $7
-             WHERE id = $5 AND message_id = $6 AND claimed_by = $8",
+            "UPDATE recipients r SET status = u.status, claimed_by = NULL, lease_until = NULL,
+                    attempts = r.attempts + u.attempted, next_attempt = u.next_attempt,
+                    last_reply = COALESCE(u.last_reply, r.last_reply), warned = r.warned OR u.warned
+             FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::text[], $6::bool[])
+                  AS u(id, status, attempted, next_attempt, last_reply, warned)
+             WHERE r.id = u.id AND r.message_id = $7 AND r.claimed_by = $8",
         )
         .await
         .map_err(pg_error)?;
-    let mut applied = 0;
-    for u in updates {
-        applied += tx
-            .execute(
-                &st,
-                &[
-                    &(u.status as i32),
-                    &i32::from(u.attempted),
-                    &u.next_attempt_ms,
-                    &u.last_reply,
-                    &u.row,
-                    &id,
-                    &u.warned,
-                    &node,
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-    }
+    let rows: Vec<i64> = updates.iter().map(|u| u.row).collect();
+    let statuses: Vec<i32> = updates.iter().map(|u| u.status as i32).collect();
+    let attempted: Vec<i32> = updates.iter().map(|u| i32::from(u.attempted)).collect();
+    let next: Vec<i64> = updates.iter().map(|u| u.next_attempt_ms).collect();
+    let replies: Vec<Option<&str>> = updates.iter().map(|u| u.last_reply.as_deref()).collect();
+    let warned: Vec<bool> = updates.iter().map(|u| u.warned).collect();
+    let applied = tx
+        .execute(
+            &st,
+            &[
+                &rows, &statuses, &attempted, &next, &replies, &warned, &id, &node,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
     if applied == 0 && !updates.is_empty() {
         warn!(
             queue_id = id,
@@ -310,23 +366,16 @@ async fn record(
     for m in notifications {
         insert(tx, m).await?;
     }
-    let pending = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM recipients WHERE message_id = $1 AND status = 0)",
-            &[&id],
+    let due = !notifications.is_empty() || updates.iter().any(|u| u.status == Status::Pending);
+    // The message leaves the queue when no recipient is pending any more; recipients and
+    // body chunks go with it (ON DELETE CASCADE).
+    let st = tx
+        .prepare_cached(
+            "DELETE FROM messages WHERE id = $1
+             AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = $1 AND status = 0)",
         )
         .await
-        .map_err(pg_error)?
-        .try_get::<_, bool>(0)
         .map_err(pg_error)?;
-    let due = !notifications.is_empty() || updates.iter().any(|u| u.status == Status::Pending);
-    if pending {
-        return Ok((false, due));
-    }
-    // Recipients and body chunks go with the message (ON DELETE CASCADE).
-    let n = tx
-        .execute("DELETE FROM messages WHERE id = $1", &[&id])
-        .await
-        .map_err(pg_error)?;
+    let n = tx.execute(&st, &[&id]).await.map_err(pg_error)?;
     Ok((n > 0, due))
 }
