@@ -147,6 +147,8 @@ impl Primary {
                 match listener.accept() {
                     Ok((mut stream, _)) => {
                         stream.set_nonblocking(false).unwrap();
+                        // Replies go out as written, as a real MTA's do (no Nagle delay).
+                        let _ = stream.set_nodelay(true);
                         {
                             let mut s = st.lock().unwrap();
                             s.connections += 1;
