@@ -17,6 +17,18 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// A count for a fault test: the environment variable `name` when it is set (`bench/faults`
+/// sets large ones), else `default` (small, for CI). A value that is not a number is an error.
+pub fn env_count(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a whole number")),
+        Err(_) => default,
+    }
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -219,6 +231,17 @@ impl Primary {
 
     pub fn stop(mut self) {
         self.halt();
+    }
+
+    /// Stops listening, waits (at most 5 s) until the sessions in flight have ended, and
+    /// returns everything this primary received, including messages that arrived meanwhile.
+    pub fn shut_down(mut self) -> Vec<Received> {
+        self.halt();
+        let start = Instant::now();
+        while self.state.lock().unwrap().active > 0 && start.elapsed() < Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.messages()
     }
 
     fn halt(&mut self) {
