@@ -57,7 +57,11 @@ enum Op {
     Record(String, Vec<Update>, Vec<NewMessage>, Reply<bool>),
     MakeDue(Vec<String>, i64, Reply<u64>),
     CachePut(String, bool, i64, Reply<()>),
+    HoldNewMail(Vec<String>, Option<i64>, Reply<()>),
 }
+
+/// Domains whose new mail is held (their primary is down), and for how long (ms).
+type Held = std::collections::HashMap<String, i64>;
 
 impl Op {
     fn weight(&self) -> usize {
@@ -228,6 +232,10 @@ impl Store for Embedded {
         self.send(|r| Op::CachePut(key, exists, expires_ms, r))
     }
 
+    fn hold_new_mail(&self, domains: Vec<String>, for_ms: Option<i64>) -> StoreFuture<'_, ()> {
+        self.send(|r| Op::HoldNewMail(domains, for_ms, r))
+    }
+
     fn stats(&self) -> StoreFuture<'_, Stats> {
         self.read(|c| {
             let (messages, bytes): (i64, i64) = c
@@ -290,6 +298,7 @@ fn writer_loop(
     rx: mpsc::Receiver<Op>,
     commits: &std::sync::atomic::AtomicU64,
 ) {
+    let mut held = Held::new();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let mut bytes = batch[0].weight();
@@ -303,19 +312,19 @@ fn writer_loop(
             }
         }
         let ops = batch.len();
-        run_batch(&mut conn, batch);
+        run_batch(&mut conn, batch, &mut held);
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::trace!(ops, bytes, "queue commit");
     }
 }
 
-fn run_batch(conn: &mut Connection, batch: Vec<Op>) {
+fn run_batch(conn: &mut Connection, batch: Vec<Op>, held: &mut Held) {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(t) => t,
         Err(e) => {
             let err = Err(backend(e));
             for op in batch {
-                let done = execute_failed(op);
+                let done = execute_failed(op, held);
                 done.answer(&err);
             }
             return;
@@ -326,7 +335,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>) {
         // Each operation in its own savepoint: one failure does not spoil the others.
         let result = match tx.execute_batch("SAVEPOINT op") {
             Ok(()) => {
-                let d = execute(&tx, op);
+                let d = execute(&tx, op, held);
                 let ok = d.is_ok();
                 let end = if ok {
                     "RELEASE op"
@@ -339,7 +348,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>) {
                 d
             }
             Err(e) => {
-                let d = execute_failed(op);
+                let d = execute_failed(op, held);
                 tracing::error!(error = %e, "queue savepoint failed");
                 d
             }
@@ -366,7 +375,7 @@ impl Done {
     }
 }
 
-fn execute_failed(op: Op) -> Done {
+fn execute_failed(op: Op, held: &mut Held) -> Done {
     let e = || StoreError::Backend("transaction could not start".into());
     match op {
         Op::Insert(_, r) => Done::Unit(r, Err(e())),
@@ -374,12 +383,26 @@ fn execute_failed(op: Op) -> Done {
         Op::Record(_, _, _, r) => Done::Bool(r, Err(e())),
         Op::MakeDue(_, _, r) => Done::Count(r, Err(e())),
         Op::CachePut(_, _, _, r) => Done::Unit(r, Err(e())),
+        // Not a change to the file: it takes effect whatever the transaction does.
+        Op::HoldNewMail(domains, for_ms, r) => Done::Unit(r, hold(held, domains, for_ms)),
     }
 }
 
-fn execute(c: &Connection, op: Op) -> Done {
+/// Starts or ends holding new mail for these domains (never fails: nothing is written).
+fn hold(held: &mut Held, domains: Vec<String>, for_ms: Option<i64>) -> Result<(), StoreError> {
+    for d in domains {
+        match for_ms {
+            Some(ms) => held.insert(d, ms),
+            None => held.remove(&d),
+        };
+    }
+    Ok(())
+}
+
+fn execute(c: &Connection, op: Op, held: &mut Held) -> Done {
     match op {
-        Op::Insert(m, r) => Done::Unit(r, insert(c, &m).map_err(backend)),
+        Op::Insert(m, r) => Done::Unit(r, insert(c, &m, held).map_err(backend)),
+        Op::HoldNewMail(domains, for_ms, r) => Done::Unit(r, hold(held, domains, for_ms)),
         Op::Claim(now, limit, r) => Done::Jobs(r, claim(c, now, limit).map_err(backend)),
         Op::Record(id, updates, dsns, r) => {
             Done::Bool(r, record(c, &id, &updates, &dsns).map_err(backend))
@@ -414,7 +437,7 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn insert(c: &Connection, m: &NewMessage) -> rusqlite::Result<()> {
+fn insert(c: &Connection, m: &NewMessage, held: &Held) -> rusqlite::Result<()> {
     c.prepare_cached(
         "INSERT INTO messages (id, received_at, sender, mail_params, client, helo, size, body, auth)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -439,7 +462,7 @@ fn insert(c: &Connection, m: &NewMessage) -> rusqlite::Result<()> {
             r.address,
             r.domain,
             r.params,
-            m.received_at_ms
+            m.received_at_ms + held.get(&r.domain).copied().unwrap_or(0)
         ])?;
     }
     Ok(())
@@ -498,7 +521,8 @@ fn record(
     dsns: &[NewMessage],
 ) -> rusqlite::Result<bool> {
     for m in dsns {
-        insert(c, m)?;
+        // Notifications go to the senders' domains; a held one is held when claimed.
+        insert(c, m, &Held::new())?;
     }
     let mut stmt = c.prepare_cached(
         "UPDATE recipients SET status = ?1, claimed = 0, attempts = attempts + ?2,
@@ -587,6 +611,43 @@ mod tests {
             )
             .unwrap();
         assert!(plan.contains("recipients_message"), "{plan}");
+    }
+
+    #[tokio::test]
+    async fn new_mail_for_a_held_domain_waits_until_the_hold_ends_and_make_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Embedded::open(dir.path()).unwrap();
+        s.hold_new_mail(vec!["x.test".into()], Some(60_000))
+            .await
+            .unwrap();
+        s.insert(message(
+            "held",
+            &[("a@x.test", "x.test"), ("b@y.test", "y.test")],
+        ))
+        .await
+        .unwrap();
+        let jobs = s.claim_due(2000, 100).await.unwrap();
+        assert_eq!(jobs.len(), 1, "only the other domain's recipient is due");
+        assert_eq!(jobs[0].domain, "y.test");
+        assert_eq!(
+            s.next_due().await.unwrap(),
+            Some(61_000),
+            "due after the hold"
+        );
+        // The primary is back: the hold ends, then make_due (the probe's order).
+        s.hold_new_mail(vec!["x.test".into()], None).await.unwrap();
+        s.insert(message("after", &[("c@x.test", "x.test")]))
+            .await
+            .unwrap();
+        assert_eq!(s.make_due(vec!["x.test".into()], 2000).await.unwrap(), 2);
+        let due: Vec<String> = s
+            .claim_due(2000, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.queue_id)
+            .collect();
+        assert_eq!(due, ["after", "held"]);
     }
 
     #[tokio::test]

@@ -124,6 +124,7 @@ impl Flusher for Scheduler {
                     info!(primary = %route.key, "flush requested: treating the primary as up");
                 }
             }
+            self.store.hold_new_mail(domains.clone(), None).await?;
             let n = self.store.make_due(domains, now_ms()).await?;
             self.wake.notify_one();
             Ok(n)
@@ -672,6 +673,15 @@ impl Scheduler {
     async fn probe(self: Arc<Self>, route: Arc<Route>) {
         let mut shutdown = self.shutdown.clone();
         let s = &self.settings;
+        // New mail for the route waits for this probe (or retry_max) from the start, as held
+        // mail does, instead of being claimed and put back one message at a time.
+        if let Err(e) = self
+            .store
+            .hold_new_mail(route.domains.clone(), Some(ms(s.retry_max)))
+            .await
+        {
+            error!(primary = %route.key, error = %e, "cannot hold new mail");
+        }
         loop {
             tokio::select! {
                 _ = shutdown.wait() => return,
@@ -679,6 +689,9 @@ impl Scheduler {
             }
             if self.check(&route, true).await {
                 let down_for = route.mark_up();
+                if let Err(e) = self.store.hold_new_mail(route.domains.clone(), None).await {
+                    error!(primary = %route.key, error = %e, "cannot stop holding new mail");
+                }
                 let due = self
                     .store
                     .make_due(route.domains.clone(), now_ms())
