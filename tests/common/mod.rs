@@ -158,6 +158,9 @@ impl Primary {
                 match listener.accept() {
                     Ok((mut stream, _)) => {
                         stream.set_nonblocking(false).unwrap();
+                        // Replies go out as they are made: with Nagle, the second of pipelined
+                        // replies waited for mx2's delayed ACK (~40 ms a message).
+                        let _ = stream.set_nodelay(true);
                         {
                             let mut s = st.lock().unwrap();
                             s.connections += 1;
@@ -506,7 +509,7 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Reads DATA content laxly: CR, LF and CRLF all end lines; a line that is only "." ends the
-/// data. Lines are unstuffed and joined with CRLF.
+/// data. Lines are unstuffed and joined with CRLF. An error when the data never ends.
 fn read_lax_data(c: &mut PeerConn, stop: &AtomicBool) -> std::io::Result<Vec<u8>> {
     let mut body = Vec::new();
     let mut line = Vec::new();
@@ -542,7 +545,9 @@ fn read_lax_data(c: &mut PeerConn, stop: &AtomicBool) -> std::io::Result<Vec<u8>
             line.push(b);
         }
     }
-    Ok(body)
+    // Closed, or this primary is stopping, before the final dot: the message did not arrive,
+    // and the session ends without a reply (never a 250 for a partial message).
+    Err(std::io::Error::other("no end of data"))
 }
 
 // ---- the client side ------------------------------------------------------------------------
