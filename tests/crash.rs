@@ -11,17 +11,19 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-const CYCLES: usize = 6;
+/// SIGKILL cycles: `MX2_FAULT_CYCLES` (CI runs the default, `bench/faults` runs 20).
+const DEFAULT_CYCLES: usize = 6;
 const CLIENTS: usize = 6;
 
 #[test]
 fn sigkill_under_load_loses_no_acknowledged_message() {
+    let cycles = env_count("MX2_FAULT_CYCLES", DEFAULT_CYCLES).max(2);
     let primary_port = free_port();
     let mut mx2 = Mx2::start(primary_port);
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut primary = None;
-    for cycle in 0..CYCLES {
-        if cycle == CYCLES / 2 {
+    for cycle in 0..cycles {
+        if cycle == cycles / 2 {
             // From here on mx2 is also delivering when it is killed.
             primary = Some(Primary::start(primary_port));
         }
@@ -97,7 +99,7 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
     let duplicates: usize = counts.values().map(|&n| n.saturating_sub(1)).sum();
     let unacked_delivered = counts.keys().filter(|id| !acked.contains(*id)).count();
     println!(
-        "crash test: {CYCLES} SIGKILL cycles, {} messages acknowledged, {} delivered, {} missing, {duplicates} duplicates, {unacked_delivered} delivered without a 250 (killed between commit and reply)",
+        "crash test: {cycles} SIGKILL cycles, {} messages acknowledged, {} delivered, {} missing, {duplicates} duplicates, {unacked_delivered} delivered without a 250 (killed between commit and reply)",
         acked.len(),
         counts.len(),
         missing.len()

@@ -135,9 +135,15 @@ fn a_primary_that_never_answers_times_out_and_nothing_sticks() {
         "log:\n{}",
         mx2.log()
     );
+    let timed_out_after = start.elapsed();
     drop(silent);
+    let back = Instant::now();
     let primary = Primary::start(port);
     let got = primary.wait_for(1, Duration::from_secs(15));
+    println!(
+        "primary that never answers: greeting timeout (1 s) logged {timed_out_after:?} after the message was queued; delivered {:?} after a working primary took its place",
+        back.elapsed()
+    );
     assert_eq!(got.len(), 1, "the worker stayed stuck; log:\n{}", mx2.log());
 }
 
@@ -235,4 +241,102 @@ fn sigterm_under_load_loses_nothing_and_exits_in_time() {
             "acknowledged {id} lost"
         );
     }
+}
+
+#[test]
+fn a_flapping_primary_gets_everything_acknowledged() {
+    // The primary is up for two seconds, down for two, again and again, while clients keep
+    // sending. `MX2_FLAP_SECONDS` sets how long (CI: the default; `bench/faults`: longer).
+    let flap_for = Duration::from_secs(env_count("MX2_FLAP_SECONDS", 8) as u64);
+    let phase = Duration::from_secs(2);
+    let port = free_port();
+    // The load outlasts the per-client message rate (600 a minute): not what is tested here.
+    let mx2 = Mx2::start_with(port, "messages_per_minute_per_ip = 0");
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for t in 0..3 {
+        let (acked, stop, p) = (acked.clone(), stop.clone(), mx2.port);
+        clients.push(std::thread::spawn(move || {
+            let mut c = Client::connect(p);
+            c.cmd("EHLO load.test");
+            for n in 0.. {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let id = format!("flap-t{t}-{n}");
+                let r = c.send_mail(
+                    "a@sender.test",
+                    &["user@example.test"],
+                    &message(&id, &"flap ".repeat(100)),
+                );
+                assert!(r.starts_with("250"), "{id}: {r}");
+                acked.lock().unwrap().push(id);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }));
+    }
+    // Every incarnation of the primary keeps its own messages; all are counted at the end.
+    let mut delivered: Vec<Received> = Vec::new();
+    let mut up_phases_with_mail = 0;
+    let mut phases = 0;
+    let start = Instant::now();
+    while start.elapsed() < flap_for {
+        let primary = Primary::start(port);
+        std::thread::sleep(phase);
+        let got = primary.shut_down();
+        up_phases_with_mail += usize::from(!got.is_empty());
+        delivered.extend(got);
+        phases += 1;
+        std::thread::sleep(phase);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().expect("a client saw a reply other than 250");
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 10, "the load barely ran: {}", acked.len());
+    // The primary comes back for good: everything acknowledged must arrive.
+    let last = Primary::start(port);
+    let id_of = |m: &Received| {
+        m.header("Message-ID")
+            .unwrap_or_default()
+            .trim_matches(|c| c == '<' || c == '>')
+            .trim_end_matches("@test")
+            .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut counts: std::collections::HashMap<String, usize>;
+    loop {
+        counts = Default::default();
+        for m in delivered.iter().chain(last.messages().iter()) {
+            *counts.entry(id_of(m)).or_default() += 1;
+        }
+        if acked.iter().all(|id| counts.contains_key(id)) || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
+    let duplicates: usize = counts.values().map(|&n| n.saturating_sub(1)).sum();
+    println!(
+        "flapping primary: {phases} up/down cycles of {phase:?} over {:?}, {} messages acknowledged, {} delivered while flapping ({up_phases_with_mail} up phases delivered mail), {} missing, {duplicates} duplicates",
+        start.elapsed(),
+        acked.len(),
+        delivered.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged but lost: {missing:?}\nlog:\n{}",
+        mx2.log()
+    );
+    assert!(
+        up_phases_with_mail > 0,
+        "mx2 delivered nothing while the primary flapped; log:\n{}",
+        mx2.log()
+    );
 }

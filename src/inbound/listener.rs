@@ -132,6 +132,12 @@ impl Conn {
             };
         };
         loop {
+            // Nothing buffered: give the buffer back before waiting. Readiness can be spurious
+            // (the read then says WouldBlock), and an idle connection must not sit on the
+            // READ_CHUNK reserved for a read that did not happen, nor on the last one's.
+            if self.buf.is_empty() && self.buf.capacity() > 0 {
+                self.buf = Vec::new();
+            }
             match timeout(limit, tcp.readable()).await {
                 Err(_) => return Err(Input::TimedOut),
                 Ok(Err(_)) => return Ok(false),

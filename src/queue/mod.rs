@@ -171,6 +171,17 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every pending, unclaimed recipient in these domains due at `now_ms`; returns
     /// how many there are.
     fn make_due(&self, domains: Vec<String>, now_ms: i64) -> StoreFuture<'_, u64>;
+    /// While a domain's primary is down: recipients in these domains inserted from now on
+    /// are due `for_ms` after they were received (`None` ends the hold: due at once), as if
+    /// they had been claimed and held, without the two commits that would take. Ordered
+    /// with inserts and [`Store::make_due`]: a message committed after the hold ends is due
+    /// at once, one committed before it is reached by the `make_due` that follows.
+    /// A store may ignore it (the default: PostgreSQL, where the nodes sharing the queue
+    /// each hold their own view): new mail is then parked on its first claim instead.
+    fn hold_new_mail(&self, domains: Vec<String>, for_ms: Option<i64>) -> StoreFuture<'_, ()> {
+        let _ = (domains, for_ms);
+        Box::pin(async { Ok(()) })
+    }
     /// The earliest next-attempt time among pending, unclaimed recipients.
     fn next_due(&self) -> StoreFuture<'_, Option<i64>>;
     fn stats(&self) -> StoreFuture<'_, Stats>;

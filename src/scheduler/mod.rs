@@ -166,6 +166,7 @@ impl Flusher for Scheduler {
                     }
                 }
             }
+            self.store.hold_new_mail(domains.clone(), None).await?;
             let n = self.store.make_due(domains, now_ms()).await?;
             for (primary, down_for) in came_up {
                 crate::events::get().record(crate::events::Kind::PrimaryUp {
@@ -748,6 +749,15 @@ impl Scheduler {
     async fn probe(self: Arc<Self>, route: Arc<Route>) {
         let mut shutdown = self.shutdown.clone();
         let s = &self.settings;
+        // New mail for the route waits for this probe (or retry_max) from the start, as held
+        // mail does, instead of being claimed and put back one message at a time.
+        if let Err(e) = self
+            .store
+            .hold_new_mail(route.domains.clone(), Some(ms(s.retry_max)))
+            .await
+        {
+            error!(primary = %route.key, error = %e, "cannot hold new mail");
+        }
         loop {
             tokio::select! {
                 _ = shutdown.wait() => return,
@@ -757,6 +767,9 @@ impl Scheduler {
             route.probed();
             if ok {
                 let down_for = route.mark_up();
+                if let Err(e) = self.store.hold_new_mail(route.domains.clone(), None).await {
+                    error!(primary = %route.key, error = %e, "cannot stop holding new mail");
+                }
                 let due = self
                     .store
                     .make_due(route.domains.clone(), now_ms())

@@ -18,6 +18,18 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// A count for a fault test: the environment variable `name` when it is set (`bench/faults`
+/// sets large ones), else `default` (small, for CI). A value that is not a number is an error.
+pub fn env_count(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a whole number")),
+        Err(_) => default,
+    }
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -147,7 +159,8 @@ impl Primary {
                 match listener.accept() {
                     Ok((mut stream, _)) => {
                         stream.set_nonblocking(false).unwrap();
-                        // Replies go out as written, as a real MTA's do (no Nagle delay).
+                        // Replies go out as they are made: with Nagle, the second of pipelined
+                        // replies waited for mx2's delayed ACK (~40 ms a message).
                         let _ = stream.set_nodelay(true);
                         {
                             let mut s = st.lock().unwrap();
@@ -222,6 +235,17 @@ impl Primary {
 
     pub fn stop(mut self) {
         self.halt();
+    }
+
+    /// Stops listening, waits (at most 5 s) until the sessions in flight have ended, and
+    /// returns everything this primary received, including messages that arrived meanwhile.
+    pub fn shut_down(mut self) -> Vec<Received> {
+        self.halt();
+        let start = Instant::now();
+        while self.state.lock().unwrap().active > 0 && start.elapsed() < Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.messages()
     }
 
     fn halt(&mut self) {
@@ -486,7 +510,7 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Reads DATA content laxly: CR, LF and CRLF all end lines; a line that is only "." ends the
-/// data. Lines are unstuffed and joined with CRLF.
+/// data. Lines are unstuffed and joined with CRLF. An error when the data never ends.
 fn read_lax_data(c: &mut PeerConn, stop: &AtomicBool) -> std::io::Result<Vec<u8>> {
     let mut body = Vec::new();
     let mut line = Vec::new();
@@ -522,7 +546,9 @@ fn read_lax_data(c: &mut PeerConn, stop: &AtomicBool) -> std::io::Result<Vec<u8>
             line.push(b);
         }
     }
-    Ok(body)
+    // Closed, or this primary is stopping, before the final dot: the message did not arrive,
+    // and the session ends without a reply (never a 250 for a partial message).
+    Err(std::io::Error::other("no end of data"))
 }
 
 // ---- the client side ------------------------------------------------------------------------
