@@ -180,6 +180,12 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
             scheduler: scheduler.clone(),
             hostname: config.hostname.clone(),
             started: std::time::SystemTime::now(),
+            state_dir: match config.storage {
+                crate::config::StorageConfig::Embedded => {
+                    Some(config.state_dir.display().to_string())
+                }
+                crate::config::StorageConfig::Postgres(_) => None,
+            },
             token: config.admin.token.clone(),
             reloader: reloader.clone(),
             history,

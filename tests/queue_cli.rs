@@ -62,4 +62,21 @@ fn list_show_and_export_after_a_crash() {
 
     let (code, _) = mx2_cmd(&["queue", "show", "nosuchid"], &mx2.config);
     assert_eq!(code, 1);
+
+    // Another instance now answers on the admin address this config names (a port clash):
+    // its queue must not be shown as this one's.
+    let other = Mx2::start(free_port());
+    let text = std::fs::read_to_string(&mx2.config).unwrap();
+    let ours = mx2.admin_url().trim_start_matches("http://").to_string();
+    let theirs = other.admin_url().trim_start_matches("http://").to_string();
+    std::fs::write(&mx2.config, text.replace(&ours, &theirs)).unwrap();
+    let (code, out, err) = mx2_command(&["queue", "list", "--json"], &mx2.config);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2, "this instance's queue, read from its file");
+    assert!(
+        String::from_utf8_lossy(&err).contains("belongs to another mx2"),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
 }

@@ -72,6 +72,9 @@ pub struct Admin {
     pub scheduler: Arc<Scheduler>,
     pub hostname: String,
     pub started: SystemTime,
+    /// This server's embedded queue directory (None on PostgreSQL), so `mx2` commands can
+    /// tell whether the API they reached serves the queue their config names.
+    pub state_dir: Option<String>,
     pub token: Option<String>,
     pub reloader: Arc<dyn Reload>,
     pub history: Arc<history::History>,
@@ -96,6 +99,7 @@ pub struct PrimaryStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub hostname: String,
+    pub state_dir: Option<String>,
     pub version: &'static str,
     pub uptime_s: u64,
     pub queue: QueueTotals,
@@ -146,6 +150,7 @@ impl Admin {
             .collect();
         Ok(Status {
             hostname: self.hostname.clone(),
+            state_dir: self.state_dir.clone(),
             version: env!("CARGO_PKG_VERSION"),
             uptime_s: self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
             queue: QueueTotals {

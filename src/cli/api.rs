@@ -27,6 +27,8 @@ pub struct Api {
     pub base: String,
     token: Option<String>,
     pub config: Option<Config>,
+    /// Whether the server at `base` was found to serve this config's queue.
+    checked: std::cell::Cell<bool>,
 }
 
 /// Why a call failed: the server is not there (the caller may read the store instead), or
@@ -69,11 +71,53 @@ impl Api {
             base,
             token,
             config,
+            checked: std::cell::Cell::new(false),
         })
+    }
+
+    /// Makes sure the server that answers at `base` keeps the queue this config names: with
+    /// two instances on one machine, the other one's admin port must not be mistaken for
+    /// this one's (its queue would be shown, or acted on).
+    fn check_identity(&self) -> Result<(), CallError> {
+        let Some(c) = &self.config else {
+            return Ok(());
+        };
+        if self.checked.get() || !matches!(c.storage, crate::config::StorageConfig::Embedded) {
+            return Ok(());
+        }
+        let raw = self.raw("GET", "/api/v1/status", None)?;
+        let v: serde_json::Value = serde_json::from_slice(&raw).unwrap_or_default();
+        let theirs = v["state_dir"].as_str().map(std::path::PathBuf::from);
+        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => a == b,
+        };
+        match theirs {
+            Some(t) if same(&t, &c.state_dir) => {
+                self.checked.set(true);
+                Ok(())
+            }
+            other => Err(CallError::Unreachable(format!(
+                "the admin API at {} belongs to another mx2 (its queue: {}), not the one with state_dir {}",
+                self.base,
+                other.map_or("not an embedded queue".into(), |p| p.display().to_string()),
+                c.state_dir.display()
+            ))),
+        }
     }
 
     /// One call; `body` is JSON. Returns the response body.
     pub fn call(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Vec<u8>, CallError> {
+        self.check_identity()?;
+        self.raw(method, path, body)
+    }
+
+    fn raw(
         &self,
         method: &'static str,
         path: &str,
