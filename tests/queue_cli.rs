@@ -73,7 +73,11 @@ fn list_show_and_export_after_a_crash() {
     let (code, out, err) = mx2_command(&["queue", "list", "--json"], &mx2.config);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 2, "this instance's queue, read from its file");
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        2,
+        "this instance's queue, read from its file"
+    );
     assert!(
         String::from_utf8_lossy(&err).contains("belongs to another mx2"),
         "{}",
