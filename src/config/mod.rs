@@ -840,7 +840,7 @@ impl Ctx<'_> {
 
         let d = raw.delivery;
         let delivery = DeliveryConfig {
-            max_connections_per_primary: positive(self, d.max_connections_per_primary, 10)?,
+            max_connections_per_primary: positive(self, d.max_connections_per_primary, 20)?,
             initial_connections_per_primary: positive(self, d.initial_connections_per_primary, 2)?,
             max_messages_per_second: match d.max_messages_per_second {
                 Some(r) if *r.get_ref() < 0.0 || !r.get_ref().is_finite() => {

@@ -10,6 +10,7 @@ pub const HOLD: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Concurrency {
+    initial: f64,
     limit: f64,
     max: f64,
     hold_until: Option<Instant>,
@@ -18,8 +19,10 @@ pub struct Concurrency {
 impl Concurrency {
     pub fn new(initial: usize, max: usize) -> Self {
         let max = max.max(1) as f64;
+        let initial = (initial.max(1) as f64).min(max);
         Self {
-            limit: (initial.max(1) as f64).min(max),
+            initial,
+            limit: initial,
             max,
             hold_until: None,
         }
@@ -39,6 +42,13 @@ impl Concurrency {
     }
 
     /// The primary pushed back: halve, and hold.
+    /// The primary came back after an outage: start again from the initial limit, without
+    /// a hold. Failures that led up to the outage were the outage, not push-back.
+    pub fn reset(&mut self) {
+        self.limit = self.initial;
+        self.hold_until = None;
+    }
+
     pub fn overload(&mut self, now: Instant) {
         self.limit = (self.limit / 2.0).max(1.0);
         self.hold_until = Some(now + HOLD);
@@ -85,5 +95,20 @@ mod tests {
         }
         assert!(c.allowed() >= 3);
         assert_eq!(Concurrency::new(0, 0).allowed(), 1);
+    }
+
+    #[test]
+    fn a_recovered_primary_starts_again_from_the_initial_limit() {
+        let now = Instant::now();
+        let mut c = Concurrency::new(2, 10);
+        // The outage began with one connection refused while another was open.
+        c.overload(now);
+        assert_eq!(c.allowed(), 1);
+        c.reset();
+        assert_eq!(c.allowed(), 2);
+        c.success(now);
+        c.success(now);
+        c.success(now);
+        assert_eq!(c.allowed(), 3, "no hold after a reset: it grows at once");
     }
 }

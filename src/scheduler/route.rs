@@ -277,6 +277,11 @@ impl Route {
     /// The probe reached the primary. Returns how long it was down.
     pub fn mark_up(&self) -> std::time::Duration {
         let mut s = self.lock();
+        if !s.up {
+            // Connections that failed as the primary went down were the outage, not
+            // push-back: the drain starts from the initial concurrency, free to grow.
+            s.concurrency.reset();
+        }
         s.up = true;
         s.probing = false;
         let down_for = s.since.elapsed().unwrap_or_default();
