@@ -576,12 +576,12 @@ pub fn status(target: &Target, json: bool) -> ExitCode {
             p["primary"].as_str().unwrap_or(""),
             if up { "up" } else { "DOWN" },
             age(p["since_ms"].as_i64().unwrap_or(0)),
-            p["messages"],
+            p["messages"].as_u64().unwrap_or(0),
             p["oldest_age_s"]
                 .as_i64()
                 .map(crate::admin::dashboard::duration)
                 .unwrap_or_else(|| "-".into()),
-            p["delivered_last_minute"],
+            p["delivered_last_minute"].as_u64().unwrap_or(0),
             p["domains"]
                 .as_array()
                 .into_iter()
