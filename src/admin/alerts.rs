@@ -18,6 +18,18 @@ use tracing::{error, info, warn};
 
 /// Attempts per alert before it is given up.
 const ATTEMPTS: u32 = 30;
+/// Alerts waiting to be sent while the webhook does not answer; more are logged and dropped.
+const MAX_WAITING: usize = 1000;
+
+/// Queues an alert for sending; when too many are waiting it is logged instead.
+fn queue(tx: &mpsc::Sender<serde_json::Value>, alert: serde_json::Value) {
+    if let Err(e) = tx.try_send(alert) {
+        let alert = match e {
+            mpsc::error::TrySendError::Full(a) | mpsc::error::TrySendError::Closed(a) => a,
+        };
+        warn!(alert = %alert["text"].as_str().unwrap_or(""), "too many alerts waiting for the webhook; this one is only logged");
+    }
+}
 
 pub struct Alerter {
     pub config: AlertsConfig,
@@ -64,7 +76,7 @@ impl Alerter {
             return;
         }
         let me = Arc::new(self);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(MAX_WAITING);
         tokio::spawn(me.clone().deliver(rx, shutdown.clone()));
         let mut events_rx = events::get().subscribe();
         let mut outages: HashMap<String, Outage> = HashMap::new();
@@ -88,7 +100,7 @@ impl Alerter {
         &self,
         ev: Event,
         outages: &mut HashMap<String, Outage>,
-        tx: &mpsc::UnboundedSender<serde_json::Value>,
+        tx: &mpsc::Sender<serde_json::Value>,
     ) {
         let h = &self.hostname;
         match ev.kind {
@@ -111,7 +123,7 @@ impl Alerter {
                         "is up again after {}; delivering {held} held recipients",
                         super::dashboard::duration(down_for_s as i64)
                     );
-                    let _ = tx.send(payload(h, "primary_up", &primary, ev.at_ms, &detail));
+                    queue(tx, payload(h, "primary_up", &primary, ev.at_ms, &detail));
                 } else {
                     outages.remove(&primary);
                 }
@@ -119,7 +131,7 @@ impl Alerter {
             Kind::Drained { primary, took_s } => {
                 if outages.remove(&primary).is_some_and(|o| o.alerted) {
                     let detail = format!("has been handed everything held for it ({took_s:.1}s)");
-                    let _ = tx.send(payload(h, "drained", &primary, ev.at_ms, &detail));
+                    queue(tx, payload(h, "drained", &primary, ev.at_ms, &detail));
                 }
             }
             Kind::Reload { .. } => {}
@@ -130,7 +142,7 @@ impl Alerter {
     async fn check_overdue(
         &self,
         outages: &mut HashMap<String, Outage>,
-        tx: &mpsc::UnboundedSender<serde_json::Value>,
+        tx: &mpsc::Sender<serde_json::Value>,
     ) {
         let threshold = i64::try_from(self.config.down_after.as_millis()).unwrap_or(i64::MAX);
         let now = now_ms();
@@ -161,20 +173,17 @@ impl Alerter {
                 super::dashboard::duration((now - o.down_ms) / 1000),
                 route.domains.join(", ")
             );
-            let _ = tx.send(payload(
-                &self.hostname,
-                "primary_down",
-                &primary,
-                now,
-                &detail,
-            ));
+            queue(
+                tx,
+                payload(&self.hostname, "primary_down", &primary, now, &detail),
+            );
         }
     }
 
     /// Sends alerts one by one, in order, retrying each.
     async fn deliver(
         self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<serde_json::Value>,
+        mut rx: mpsc::Receiver<serde_json::Value>,
         mut shutdown: Shutdown,
     ) {
         while let Some(alert) = rx.recv().await {
