@@ -7,6 +7,7 @@ pub mod dns;
 pub mod mmdb;
 pub mod pg;
 pub mod pki;
+pub mod postfix;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
