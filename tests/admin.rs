@@ -96,6 +96,20 @@ fn api_and_cli_with_the_primary_down_then_up() {
     assert_eq!(http("GET", &format!("{api}/healthz"), None, None).0, 200);
     let (code, body) = http("GET", &format!("{api}/api/v1/status"), Some(TOKEN), None);
     assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        http("GET", &format!("{api}/api/v1/identity"), None, None).0,
+        401
+    );
+    let (code, body) = http("GET", &format!("{api}/api/v1/identity"), Some(TOKEN), None);
+    assert_eq!(code, 200, "{body}");
+    let who: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        std::path::Path::new(who["state_dir"].as_str().unwrap())
+            .canonicalize()
+            .unwrap(),
+        mx2.dir.join("state").canonicalize().unwrap(),
+        "{body}"
+    );
     let wrong = mx2.dir.join("wrong.token");
     std::fs::write(&wrong, "nope").unwrap();
     let (code, _, err) = cli(&["status", "--token-file", wrong.to_str().unwrap()], &cfg);

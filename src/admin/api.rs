@@ -21,6 +21,7 @@ pub const MAX_BATCH: usize = 10_000;
 pub fn routes() -> Router<Arc<Admin>> {
     Router::new()
         .route("/api/v1/status", get(status))
+        .route("/api/v1/identity", get(identity))
         .route("/api/v1/events", get(events))
         .route("/api/v1/queue", get(list))
         .route("/api/v1/queue/actions", post(batch))
@@ -50,6 +51,18 @@ async fn status(Ctx(a): Ctx<Arc<Admin>>) -> Response {
         Ok(s) => Json(s).into_response(),
         Err(e) => store_error(e),
     }
+}
+
+/// Who answers here, without touching the queue: the command line checks it before every
+/// command so that another instance's admin port is never mistaken for this one's.
+async fn identity(Ctx(a): Ctx<Arc<Admin>>) -> Response {
+    Json(json!({
+        "hostname": a.hostname,
+        "state_dir": a.state_dir,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": a.uptime_s(),
+    }))
+    .into_response()
 }
 
 async fn events() -> Response {

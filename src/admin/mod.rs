@@ -116,6 +116,11 @@ pub struct QueueTotals {
 }
 
 impl Admin {
+    /// Seconds since this process started serving.
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0)
+    }
+
     pub async fn status(&self) -> Result<Status, crate::queue::StoreError> {
         let Stats {
             messages,
@@ -152,7 +157,7 @@ impl Admin {
             hostname: self.hostname.clone(),
             state_dir: self.state_dir.clone(),
             version: env!("CARGO_PKG_VERSION"),
-            uptime_s: self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+            uptime_s: self.uptime_s(),
             queue: QueueTotals {
                 messages,
                 recipients: pending_recipients,

@@ -85,7 +85,7 @@ impl Api {
         if self.checked.get() || !matches!(c.storage, crate::config::StorageConfig::Embedded) {
             return Ok(());
         }
-        let raw = self.raw("GET", "/api/v1/status", None)?;
+        let raw = self.raw("GET", "/api/v1/identity", None)?;
         let v: serde_json::Value = serde_json::from_slice(&raw).unwrap_or_default();
         let theirs = v["state_dir"].as_str().map(std::path::PathBuf::from);
         let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
