@@ -11,6 +11,7 @@ pub mod dsn;
 pub mod events;
 pub mod http;
 pub mod inbound;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod queue;

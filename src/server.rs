@@ -50,6 +50,7 @@ pub enum StartError {
 /// Runs the server until a termination signal; `path` is the configuration file, read
 /// again on reload.
 pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
+    crate::limits::raise_open_files(&config);
     let store = crate::queue::open(&config)
         .await
         .map_err(|source| StartError::Store {

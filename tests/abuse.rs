@@ -226,3 +226,35 @@ fn proxy_headers_are_honoured_from_trusted_balancers_only() {
     let r = read_reply(&mut stranger);
     assert!(r.starts_with("554"), "{r}");
 }
+
+/// Started from a shell whose soft open-file limit is tiny, mx2 raises it to the hard limit:
+/// hundreds of sessions are greeted, and mail still reaches the primary while they are open.
+#[test]
+fn a_low_soft_open_file_limit_is_raised_at_start() {
+    let primary = Primary::start(0);
+    let mut mx2 = Mx2::prepare(|port, state| {
+        test_config(port, primary.port, state, "max_connections_per_ip = 1000")
+    });
+    mx2.wrapper = ["prlimit", "--nofile=64:4096"].map(String::from).to_vec();
+    mx2.spawn();
+    let open: Vec<TcpStream> = (0..300)
+        .map(|i| {
+            let mut s = TcpStream::connect(("127.0.0.1", mx2.port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let r = read_reply(&mut s);
+            assert!(r.starts_with("220"), "session {i}: {r:?}\n{}", mx2.log());
+            s
+        })
+        .collect();
+    let mut c = mx2.client();
+    c.cmd("EHLO busy.test");
+    let r = c.send_mail("a@sender.test", &["user@example.test"], &message("fd", "x"));
+    assert!(r.starts_with("250"), "{r}");
+    primary.wait_for(1, Duration::from_secs(20));
+    assert!(
+        mx2.log().contains("open-file limit raised"),
+        "{}",
+        mx2.log()
+    );
+    drop(open);
+}

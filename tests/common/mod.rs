@@ -644,6 +644,8 @@ pub struct Mx2 {
     pub dir: PathBuf,
     child: Option<Child>,
     pub config: PathBuf,
+    /// A command mx2 runs under (e.g. `prlimit --nofile=64:4096`), empty for none.
+    pub wrapper: Vec<String>,
 }
 
 pub fn mx2_binary() -> &'static str {
@@ -732,18 +734,24 @@ impl Mx2 {
 
     /// Starts mx2 on a config made from its port and state directory.
     pub fn start_config(make: impl FnOnce(u16, &Path) -> String) -> Mx2 {
+        let mut m = Self::prepare(make);
+        m.spawn();
+        m
+    }
+
+    /// An instance with its config written, not started yet (`spawn` starts it).
+    pub fn prepare(make: impl FnOnce(u16, &Path) -> String) -> Mx2 {
         let dir = tempfile::tempdir().unwrap().keep();
         let port = free_port();
         let config = dir.join("mx2.toml");
         std::fs::write(&config, make(port, &dir.join("state"))).unwrap();
-        let mut m = Mx2 {
+        Mx2 {
             port,
             dir,
             child: None,
             config,
-        };
-        m.spawn();
-        m
+            wrapper: Vec::new(),
+        }
     }
 
     /// Starts (again) the binary on this instance's config and waits until it accepts.
@@ -753,7 +761,15 @@ impl Mx2 {
             .append(true)
             .open(self.dir.join("mx2.log"))
             .unwrap();
-        let child = Command::new(mx2_binary())
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(mx2_binary());
+                c
+            }
+            None => Command::new(mx2_binary()),
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("MX2_LOG", "mx2=debug,info")
