@@ -369,6 +369,16 @@ fn writer_loop(
 }
 
 fn run_batch(conn: &mut Connection, batch: Vec<Op>, held: &mut Held) {
+    let mut rest = batch;
+    while !rest.is_empty() {
+        rest = run_transaction(conn, rest, held);
+    }
+}
+
+/// Runs the operations in one transaction, each in its own savepoint so that one failure does
+/// not spoil the others, and answers each once the commit decides. Returns the operations not
+/// run because SQLite abandoned the transaction.
+fn run_transaction(conn: &mut Connection, batch: Vec<Op>, held: &mut Held) -> Vec<Op> {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(t) => t,
         Err(e) => {
@@ -377,17 +387,30 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, held: &mut Held) {
                 let done = execute_failed(op, held);
                 done.answer(&err);
             }
-            return;
+            return Vec::new();
         }
     };
     let mut done = Vec::with_capacity(batch.len());
-    for op in batch {
-        // Each operation in its own savepoint: one failure does not spoil the others.
+    let mut ops = batch.into_iter();
+    while let Some(op) = ops.next() {
         let result = match tx.execute_batch("SAVEPOINT op") {
             Ok(()) => {
                 let d = execute(&tx, op, held);
-                let ok = d.is_ok();
-                let end = if ok {
+                if let Some(e) = d.error().filter(|_| tx.is_autocommit()) {
+                    // On SQLITE_FULL, IOERR or NOMEM SQLite may roll back the whole
+                    // transaction, not just the statement: nothing run in it stands, and
+                    // what would run next would commit on its own. Answer what ran with
+                    // the error (a sender gets 452 and nothing is half-acknowledged), and
+                    // run the rest in a new transaction.
+                    tracing::error!(error = %e, ops = done.len() + 1, "queue transaction rolled back by SQLite");
+                    drop(tx);
+                    let err = Err(e);
+                    for d in done.into_iter().chain(std::iter::once(d)) {
+                        d.answer(&err);
+                    }
+                    return ops.collect();
+                }
+                let end = if d.is_ok() {
                     "RELEASE op"
                 } else {
                     "ROLLBACK TO op; RELEASE op"
@@ -412,15 +435,20 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, held: &mut Held) {
     for d in done {
         d.answer(&commit);
     }
+    Vec::new()
 }
 
 impl Done {
     fn is_ok(&self) -> bool {
+        self.error().is_none()
+    }
+
+    fn error(&self) -> Option<StoreError> {
         match self {
-            Done::Unit(_, r) => r.is_ok(),
-            Done::Jobs(_, r) => r.is_ok(),
-            Done::Bool(_, r) => r.is_ok(),
-            Done::Count(_, r) => r.is_ok(),
+            Done::Unit(_, r) => r.as_ref().err().cloned(),
+            Done::Jobs(_, r) => r.as_ref().err().cloned(),
+            Done::Bool(_, r) => r.as_ref().err().cloned(),
+            Done::Count(_, r) => r.as_ref().err().cloned(),
         }
     }
 }
@@ -693,6 +721,48 @@ mod tests {
             )
             .unwrap();
         assert!(plan.contains("recipients_message"), "{plan}");
+    }
+
+    /// A full disk can make SQLite roll back the whole batch, not just the failing insert:
+    /// every answer must still match what the file holds (no 452 for a committed message,
+    /// no 250 for a lost one).
+    #[test]
+    fn a_batch_rolled_back_by_a_full_disk_answers_what_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Embedded::open(dir.path()).unwrap());
+        let mut c = open_connection(&dir.path().join("queue.sqlite")).unwrap();
+        let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        c.pragma_update(None, "max_page_count", pages + 50).unwrap();
+        let mut answers = Vec::new();
+        let batch = ["before", "big", "after"]
+            .into_iter()
+            .map(|id| {
+                let mut m = suite::message(id, &[("a@x.test", "x.test")]);
+                if id == "big" {
+                    m.body = vec![b'x'; 1 << 20];
+                }
+                let (tx, rx) = oneshot::channel();
+                answers.push((id, rx));
+                Op::Insert(Box::new(m), tx)
+            })
+            .collect();
+        run_batch(&mut c, batch, &mut Held::new());
+        for (id, mut rx) in answers {
+            let answer = rx.try_recv().expect("answered");
+            let stored: i64 = c
+                .query_row("SELECT COUNT(*) FROM messages WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            assert_eq!(
+                answer.is_ok(),
+                stored == 1,
+                "{id}: answered {answer:?}, {stored} stored"
+            );
+            if id == "big" {
+                assert!(matches!(answer, Err(StoreError::Full)), "{answer:?}");
+            }
+        }
     }
 
     #[tokio::test]

@@ -136,7 +136,7 @@ pub struct Stats {
     pub bytes: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("the queue's disk is full")]
     Full,
