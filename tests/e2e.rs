@@ -119,6 +119,37 @@ fn held_while_primary_down_then_delivered_without_a_command() {
     );
 }
 
+/// A primary that answers 421 mid-transaction closes the channel: mx2 defers that mail with
+/// the primary's own reply (not as a broken connection), sends nothing more on the dead
+/// connection, and delivers everything on a new one.
+#[test]
+fn a_421_mid_transaction_defers_with_its_reply_and_reconnects() {
+    let opts = PrimaryOptions {
+        rcpt: Arc::new(|addr, tries| match addr {
+            a if a.starts_with("busy") && tries == 1 => (421, "4.7.0 too busy, closing"),
+            _ => (250, "2.1.5 ok"),
+        }),
+        ..Default::default()
+    };
+    let primary = Primary::start_with(0, opts);
+    let mx2 = Mx2::start(primary.port);
+    let mut c = mx2.client();
+    c.cmd("EHLO client.test");
+    for (who, id) in [("busy@example.test", "busy"), ("user@example.test", "user")] {
+        let r = c.send_mail("a@sender.test", &[who], &message(id, "x"));
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let got = primary.wait_for(2, Duration::from_secs(20));
+    assert_eq!(got.len(), 2, "log:\n{}", mx2.log());
+    assert_eq!(primary.rcpt_tries("busy@example.test"), 2);
+    let log = mx2.log();
+    let deferred = log
+        .lines()
+        .find(|l| l.contains("deferred") && l.contains("busy@example.test"))
+        .unwrap_or_else(|| panic!("no deferral logged:\n{log}"));
+    assert!(deferred.contains("421 4.7.0 too busy"), "{deferred}");
+}
+
 #[test]
 fn transient_rejection_is_retried_and_permanent_is_final() {
     let opts = PrimaryOptions {

@@ -111,6 +111,9 @@ pub struct Client {
     pub caps: Capabilities,
     /// The TLS version and cipher, when the session is encrypted.
     pub tls: Option<String>,
+    /// The server said 421: it is closing the channel (RFC 5321 §3.8), so nothing more may be
+    /// sent on this connection.
+    pub closing: bool,
     t: Timeouts,
 }
 
@@ -185,6 +188,7 @@ impl Client {
             host: name.clone(),
             caps: Capabilities::default(),
             tls: None,
+            closing: false,
             t: t.clone(),
         };
         let greeting = c.read_reply(t.greeting, "the greeting").await?;
@@ -306,7 +310,10 @@ impl Client {
                     line.pop();
                 }
                 match parser.line(&line) {
-                    Ok(Some(reply)) => return Ok(reply),
+                    Ok(Some(reply)) => {
+                        self.closing |= reply.code == 421;
+                        return Ok(reply);
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         return Err(ClientError::protocol(&self.host.clone(), e.to_string()));
@@ -373,7 +380,7 @@ impl Client {
 
     /// Ends the session politely; errors do not matter any more.
     pub async fn quit(mut self) {
-        if self.send(b"QUIT\r\n", "QUIT").await.is_ok() {
+        if !self.closing && self.send(b"QUIT\r\n", "QUIT").await.is_ok() {
             let _ = self
                 .read_reply(Duration::from_secs(5).min(self.t.command), "the QUIT reply")
                 .await;

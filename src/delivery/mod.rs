@@ -162,19 +162,27 @@ pub async fn deliver(
             .read_reply(t.command, "the MAIL reply")
             .await
             .map_err(broken)?;
+        if client.closing {
+            return Ok(all(job, &m));
+        }
         let mut rr = Vec::new();
         for _ in &rcpts {
-            rr.push(
-                client
-                    .read_reply(t.command, "a RCPT reply")
-                    .await
-                    .map_err(broken)?,
-            );
+            let r = client
+                .read_reply(t.command, "a RCPT reply")
+                .await
+                .map_err(broken)?;
+            if client.closing {
+                return Ok(all(job, &r));
+            }
+            rr.push(r);
         }
         let d = client
             .read_reply(t.command, "the DATA reply")
             .await
             .map_err(broken)?;
+        if client.closing {
+            return Ok(all(job, &d));
+        }
         (m, rr, Some(d))
     } else {
         client.send(mail.as_bytes(), "MAIL").await.map_err(broken)?;
@@ -182,26 +190,33 @@ pub async fn deliver(
             .read_reply(t.command, "the MAIL reply")
             .await
             .map_err(broken)?;
+        if client.closing {
+            return Ok(all(job, &m));
+        }
         let mut rr = Vec::new();
         if m.is_positive() {
             for r in &rcpts {
                 client.send(r.as_bytes(), "RCPT").await.map_err(broken)?;
-                rr.push(
-                    client
-                        .read_reply(t.command, "a RCPT reply")
-                        .await
-                        .map_err(broken)?,
-                );
+                let r = client
+                    .read_reply(t.command, "a RCPT reply")
+                    .await
+                    .map_err(broken)?;
+                if client.closing {
+                    return Ok(all(job, &r));
+                }
+                rr.push(r);
             }
         }
         let d = if rr.iter().any(Reply::is_positive) {
             client.send(b"DATA\r\n", "DATA").await.map_err(broken)?;
-            Some(
-                client
-                    .read_reply(t.command, "the DATA reply")
-                    .await
-                    .map_err(broken)?,
-            )
+            let d = client
+                .read_reply(t.command, "the DATA reply")
+                .await
+                .map_err(broken)?;
+            if client.closing {
+                return Ok(all(job, &d));
+            }
+            Some(d)
         } else {
             None
         };
@@ -224,7 +239,9 @@ pub async fn deliver(
                 .await
                 .map_err(broken)?;
         }
-        reset(client).await.map_err(broken)?;
+        if !client.closing {
+            reset(client).await.map_err(broken)?;
+        }
         if !mail_reply.is_positive() {
             return Ok(all(job, &mail_reply));
         }
@@ -264,10 +281,17 @@ fn per_recipient(job: &Job, rcpt_replies: &[Reply], after: Option<&Reply>) -> Ve
             } else {
                 reply.clone()
             };
+            // RFC 5321 §4.5.3.1.10: 552 to RCPT is the old "too many recipients"; treat it as
+            // temporary (the rest go in another transaction).
+            let outcome = if !rr.is_positive() && rr.code == 552 {
+                Outcome::Deferred
+            } else {
+                Outcome::of(&reply)
+            };
             RecipientResult {
                 row: r.row,
                 address: r.address.clone(),
-                outcome: Outcome::of(&reply),
+                outcome,
                 reply: reply.one_line(),
             }
         })
@@ -279,4 +303,70 @@ async fn reset(client: &mut Client) -> Result<(), ClientError> {
     let t = client.timeouts().command;
     client.read_reply(t, "the RSET reply").await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Recipient;
+
+    fn job(addresses: &[&str]) -> Job {
+        Job {
+            queue_id: "q1".into(),
+            domain: "example.test".into(),
+            sender: "s@sender.test".into(),
+            mail_params: String::new(),
+            received_at_ms: 0,
+            size: 10,
+            recipients: addresses
+                .iter()
+                .enumerate()
+                .map(|(i, a)| Recipient {
+                    row: i as i64,
+                    address: a.to_string(),
+                    params: String::new(),
+                    attempts: 0,
+                    warned: false,
+                })
+                .collect(),
+            authenticated: None,
+        }
+    }
+
+    #[test]
+    fn each_recipient_gets_its_own_rcpt_reply_or_the_final_one() {
+        let j = job(&["a@x", "b@x", "c@x", "d@x"]);
+        let rcpt = [
+            Reply::new(250, "2.1.5", "ok"),
+            Reply::new(550, "5.1.1", "no such user"),
+            Reply::new(450, "4.2.0", "greylisted"),
+            Reply::new(552, "5.5.3", "too many recipients"),
+        ];
+        let done = per_recipient(&j, &rcpt, Some(&Reply::new(250, "2.0.0", "queued")));
+        let outcomes: Vec<Outcome> = done.iter().map(|r| r.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Delivered,
+                Outcome::Failed,
+                Outcome::Deferred,
+                // RFC 5321 §4.5.3.1.10: 552 to RCPT is temporary.
+                Outcome::Deferred
+            ]
+        );
+        assert!(done[3].reply.starts_with("552 5.5.3"), "{}", done[3].reply);
+    }
+
+    #[test]
+    fn accepted_recipients_of_an_abandoned_transaction_are_deferred() {
+        let j = job(&["a@x"]);
+        let done = per_recipient(&j, &[Reply::new(250, "2.1.5", "ok")], None);
+        assert_eq!(done[0].outcome, Outcome::Deferred);
+        let failed = per_recipient(
+            &j,
+            &[Reply::new(250, "2.1.5", "ok")],
+            Some(&Reply::new(554, "5.6.0", "content rejected")),
+        );
+        assert_eq!(failed[0].outcome, Outcome::Failed);
+    }
 }

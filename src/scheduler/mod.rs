@@ -602,7 +602,18 @@ impl Scheduler {
                             relayed_without_dsn: !client.caps.dsn,
                             remote: Some(client.host.as_str()),
                         };
-                        self.record_results(&job, &body, cx, results).await
+                        self.record_results(&job, &body, cx, results).await;
+                        if client.closing {
+                            // 421: the primary closed the channel. The job is deferred with
+                            // the primary's words; the connection is gone, and a primary
+                            // that sends people away is pushing back.
+                            self.connection_failed(
+                                &route,
+                                "the primary closed the session with 421",
+                            )
+                            .await;
+                            return;
+                        }
                     }
                     Err(broken) => {
                         self.record_broken(&job, &client.host.to_string(), &broken)

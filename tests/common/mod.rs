@@ -447,6 +447,10 @@ fn serve_primary(
                 rcpt_params.push(rparams);
             }
             reply(&mut c, &format!("{code} {msg}\r\n"))?;
+            if code == 421 {
+                // 421: the server closes the channel (RFC 5321 §3.8), as real ones do.
+                return Ok(());
+            }
         } else if upper == "DATA" {
             if rcpts.is_empty() {
                 reply(&mut c, "554 5.5.1 no valid recipients\r\n")?;
