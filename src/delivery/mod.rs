@@ -9,6 +9,7 @@ pub mod mx;
 use crate::queue::Job;
 use crate::smtp::Reply;
 use client::{Client, ClientError};
+use std::time::Duration;
 
 /// What happened to one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,16 +108,53 @@ fn all(job: &Job, reply: &Reply) -> Vec<RecipientResult> {
         .collect()
 }
 
+/// Why a transaction stopped early: the connection broke, or the server said 421 (it is
+/// closing the channel), whose reply then applies to every recipient.
+enum Stop {
+    Broken(Broken),
+    Closing(Reply),
+}
+
+impl From<Broken> for Stop {
+    fn from(b: Broken) -> Self {
+        Stop::Broken(b)
+    }
+}
+
+fn broken(error: ClientError) -> Broken {
+    Broken {
+        error,
+        after_dot: false,
+    }
+}
+
+/// Reads one reply before the content is sent.
+async fn expect(client: &mut Client, limit: Duration, what: &'static str) -> Result<Reply, Stop> {
+    let r = client.read_reply(limit, what).await.map_err(broken)?;
+    if client.closing {
+        return Err(Stop::Closing(r));
+    }
+    Ok(r)
+}
+
 /// Runs one mail transaction for `job` on an open connection.
 pub async fn deliver(
     client: &mut Client,
     job: &Job,
     body: &[u8],
 ) -> Result<Vec<RecipientResult>, Broken> {
-    let broken = |error| Broken {
-        error,
-        after_dot: false,
-    };
+    match transaction(client, job, body).await {
+        Ok(results) => Ok(results),
+        Err(Stop::Closing(reply)) => Ok(all(job, &reply)),
+        Err(Stop::Broken(b)) => Err(b),
+    }
+}
+
+async fn transaction(
+    client: &mut Client,
+    job: &Job,
+    body: &[u8],
+) -> Result<Vec<RecipientResult>, Stop> {
     if let Some(max) = client.caps.size
         && body.len() as u64 > max
     {
@@ -158,65 +196,26 @@ pub async fn deliver(
             .send(&batch, "MAIL/RCPT/DATA")
             .await
             .map_err(broken)?;
-        let m = client
-            .read_reply(t.command, "the MAIL reply")
-            .await
-            .map_err(broken)?;
-        if client.closing {
-            return Ok(all(job, &m));
-        }
+        let m = expect(client, t.command, "the MAIL reply").await?;
         let mut rr = Vec::new();
         for _ in &rcpts {
-            let r = client
-                .read_reply(t.command, "a RCPT reply")
-                .await
-                .map_err(broken)?;
-            if client.closing {
-                return Ok(all(job, &r));
-            }
-            rr.push(r);
+            rr.push(expect(client, t.command, "a RCPT reply").await?);
         }
-        let d = client
-            .read_reply(t.command, "the DATA reply")
-            .await
-            .map_err(broken)?;
-        if client.closing {
-            return Ok(all(job, &d));
-        }
+        let d = expect(client, t.command, "the DATA reply").await?;
         (m, rr, Some(d))
     } else {
         client.send(mail.as_bytes(), "MAIL").await.map_err(broken)?;
-        let m = client
-            .read_reply(t.command, "the MAIL reply")
-            .await
-            .map_err(broken)?;
-        if client.closing {
-            return Ok(all(job, &m));
-        }
+        let m = expect(client, t.command, "the MAIL reply").await?;
         let mut rr = Vec::new();
         if m.is_positive() {
             for r in &rcpts {
                 client.send(r.as_bytes(), "RCPT").await.map_err(broken)?;
-                let r = client
-                    .read_reply(t.command, "a RCPT reply")
-                    .await
-                    .map_err(broken)?;
-                if client.closing {
-                    return Ok(all(job, &r));
-                }
-                rr.push(r);
+                rr.push(expect(client, t.command, "a RCPT reply").await?);
             }
         }
         let d = if rr.iter().any(Reply::is_positive) {
             client.send(b"DATA\r\n", "DATA").await.map_err(broken)?;
-            let d = client
-                .read_reply(t.command, "the DATA reply")
-                .await
-                .map_err(broken)?;
-            if client.closing {
-                return Ok(all(job, &d));
-            }
-            Some(d)
+            Some(expect(client, t.command, "the DATA reply").await?)
         } else {
             None
         };
@@ -253,6 +252,8 @@ pub async fn deliver(
         return Ok(per_recipient(job, &rcpt_replies, Some(&data_reply)));
     }
     client.send_content(body).await.map_err(broken)?;
+    // The final reply applies to the accepted recipients only, 421 included (the worker
+    // sees `closing` and drops the connection).
     let final_reply = client
         .read_reply(t.data, "the reply to the end of data")
         .await
