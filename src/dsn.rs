@@ -261,11 +261,8 @@ impl Report<'_> {
         push(&mut out, "Content-Type: message/delivery-status");
         push(&mut out, "Content-Transfer-Encoding: 7bit");
         push(&mut out, "");
-        push(
-            &mut out,
-            &format!("Reporting-MTA: dns; {}", self.reporting_mta),
-        );
-        push(&mut out, &format!("X-Mx2-Queue-ID: {}", self.queue_id));
+        // RFC 3464 §2.2's order: Original-Envelope-Id, Reporting-MTA, Arrival-Date, then
+        // extension fields.
         if let Some(envid) = param(self.mail_params, "ENVID").and_then(xtext_decode) {
             push(
                 &mut out,
@@ -274,8 +271,13 @@ impl Report<'_> {
         }
         push(
             &mut out,
+            &format!("Reporting-MTA: dns; {}", self.reporting_mta),
+        );
+        push(
+            &mut out,
             &format!("Arrival-Date: {}", rfc5322_date(self.arrival)),
         );
+        push(&mut out, &format!("X-Mx2-Queue-ID: {}", self.queue_id));
         for r in self.recipients {
             push(&mut out, "");
             if let Some(orcpt) = param(&r.params, "ORCPT")
@@ -294,7 +296,9 @@ impl Report<'_> {
             push(&mut out, &format!("Action: {}", r.action.word()));
             push(&mut out, &format!("Status: {}", r.status));
             if let Some(m) = &r.remote_mta {
-                push(&mut out, &format!("Remote-MTA: dns; {}", clean(m)));
+                // An mta-name is a host name: "primary.example (192.0.2.1:25)" gives its name.
+                let name = m.split(" (").next().unwrap_or(m);
+                push(&mut out, &format!("Remote-MTA: dns; {}", clean(name)));
             }
             if let Some(d) = &r.diagnostic {
                 push(&mut out, &format!("Diagnostic-Code: smtp; {}", clean(d)));
@@ -306,11 +310,14 @@ impl Report<'_> {
         }
         push(&mut out, "");
 
-        // Part 3: the original, or its headers (RET=HDRS, or too large).
+        // Part 3: the original, or its headers: RET=HDRS, too large, or a notice that is not
+        // a failure (RFC 3461 §4.3: RET is about failed DSNs; delay and relay notices carry
+        // headers, as Postfix's do).
         let mut bytes = out.into_bytes();
         let hdrs_only = param(self.mail_params, "RET")
             .is_some_and(|v| v.eq_ignore_ascii_case("HDRS"))
-            || self.original.len() > self.max_original;
+            || self.original.len() > self.max_original
+            || self.recipients.iter().any(|r| r.action != Action::Failed);
         let eight_bit = self.original.iter().any(|&b| b >= 0x80);
         let cte = if eight_bit { "8bit" } else { "7bit" };
         bytes.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
@@ -381,6 +388,48 @@ mod tests {
         assert_eq!(status_of("451 4.7.1 later", false), "4.7.1");
     }
 
+    fn build(rcpts: &[RecipientReport], mail_params: &str, original: &[u8]) -> String {
+        let r = Report {
+            reporting_mta: "mx2.test",
+            queue_id: "q1",
+            original_sender: "a@b.test",
+            mail_params,
+            arrival: SystemTime::UNIX_EPOCH,
+            now: SystemTime::UNIX_EPOCH,
+            recipients: rcpts,
+            original,
+            max_original: 1000,
+            unique: "u1",
+        };
+        String::from_utf8(r.build()).unwrap()
+    }
+
+    #[test]
+    fn per_message_fields_in_rfc_order_and_delay_notices_carry_headers_only() {
+        let rcpts = [RecipientReport {
+            address: "u@example.test".into(),
+            params: String::new(),
+            action: Action::Delayed,
+            status: "4.4.1".into(),
+            diagnostic: None,
+            remote_mta: Some("primary.example.test (192.0.2.1:25)".into()),
+        }];
+        let text = build(&rcpts, "RET=FULL ENVID=e1", b"Subject: hi\r\n\r\nbody\r\n");
+        let at = |f: &str| text.find(f).unwrap_or_else(|| panic!("no {f}:\n{text}"));
+        assert!(at("Original-Envelope-Id: e1") < at("Reporting-MTA: dns; mx2.test"));
+        assert!(at("Reporting-MTA:") < at("Arrival-Date:"));
+        assert!(at("Arrival-Date:") < at("X-Mx2-Queue-ID: q1"));
+        assert!(
+            text.contains("Remote-MTA: dns; primary.example.test\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Content-Type: text/rfc822-headers"), "{text}");
+        assert!(
+            !text.contains("\r\nbody\r\n"),
+            "a delay notice returns headers only"
+        );
+    }
+
     #[test]
     fn report_shape() {
         let original = b"Subject: hi\r\nFrom: a@b.test\r\n\r\nbody\r\n";
@@ -392,19 +441,7 @@ mod tests {
             diagnostic: Some("550 5.1.1 no such user".into()),
             remote_mta: Some("primary.example.test".into()),
         }];
-        let r = Report {
-            reporting_mta: "mx2.test",
-            queue_id: "q1",
-            original_sender: "a@b.test",
-            mail_params: "RET=HDRS ENVID=abc+2B1",
-            arrival: SystemTime::UNIX_EPOCH,
-            now: SystemTime::UNIX_EPOCH,
-            recipients: &rcpts,
-            original,
-            max_original: 1000,
-            unique: "u1",
-        };
-        let text = String::from_utf8(r.build()).unwrap();
+        let text = build(&rcpts, "RET=HDRS ENVID=abc+2B1", original);
         assert!(text.contains("report-type=delivery-status"));
         assert!(text.contains("Original-Envelope-Id: abc+1\r\n"));
         assert!(text.contains("Original-Recipient: rfc822; U+x@example.test\r\n"));

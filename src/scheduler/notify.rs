@@ -138,11 +138,20 @@ impl Notifier {
             unique: &id,
         }
         .build();
+        // The report's own envelope: 8-bit content (an 8-bit original) and a UTF-8 address
+        // must be declared, or a strict primary refuses the notice.
+        let mut params = Vec::new();
+        if body.iter().any(|&b| b >= 0x80) {
+            params.push("BODY=8BITMIME");
+        }
+        if !to.is_ascii() {
+            params.push("SMTPUTF8");
+        }
         Some(NewMessage {
             id,
             received_at_ms: crate::queue::to_ms(now),
             sender: String::new(),
-            mail_params: String::new(),
+            mail_params: params.join(" "),
             client: "local".into(),
             helo: self.hostname.clone(),
             recipients: vec![NewRecipient {
@@ -243,6 +252,48 @@ mod tests {
             0,
         );
         assert_eq!(r[0].action, Action::Relayed);
+    }
+
+    #[test]
+    fn the_notice_declares_8bit_content_and_utf8_addresses() {
+        let n = notifier(None);
+        let r = n.reports(
+            &job("s@x.test", ""),
+            &mut [update(Status::Failed)],
+            Context::default(),
+            0,
+        );
+        let plain = n
+            .message(
+                &job("s@x.test", ""),
+                b"Subject: a\r\n\r\nb\r\n",
+                &r,
+                UNIX_EPOCH,
+            )
+            .unwrap();
+        assert_eq!(plain.mail_params, "");
+        let eight = n
+            .message(
+                &job("s@x.test", ""),
+                "Subject: é\r\n\r\nb\r\n".as_bytes(),
+                &r,
+                UNIX_EPOCH,
+            )
+            .unwrap();
+        assert_eq!(eight.mail_params, "BODY=8BITMIME");
+        let utf8 = n
+            .message(
+                &job("jörg@x.test", ""),
+                b"Subject: a\r\n\r\nb\r\n",
+                &r,
+                UNIX_EPOCH,
+            )
+            .unwrap();
+        assert!(
+            utf8.mail_params.contains("SMTPUTF8"),
+            "{}",
+            utf8.mail_params
+        );
     }
 
     #[test]
