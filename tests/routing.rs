@@ -27,6 +27,30 @@ fn send_one(mx2: &Mx2, id: &str) {
     assert!(r.starts_with("250"), "{r}");
 }
 
+/// An MX host whose address lookup fails drops out of the list; the others still get the
+/// mail (RFC 5321 §5.1), instead of the whole domain being held.
+#[test]
+fn an_mx_host_that_cannot_be_looked_up_is_skipped() {
+    let port = free_port();
+    let dns = DnsServer::start(&[
+        ("example.test", Rec::Mx(10, "broken.example.test")),
+        ("example.test", Rec::Mx(10, "primary.example.test")),
+        ("example.test", Rec::Mx(20, "mx2.test")),
+        ("broken.example.test", Rec::ServFail),
+        ("primary.example.test", Rec::Ip("127.0.0.2")),
+        ("mx2.test", Rec::Ip("127.0.0.9")),
+    ]);
+    let primary = Primary::start_on("127.0.0.2", port, PrimaryOptions::default());
+    let mx2 = mx2_with_dns(&dns, port);
+    send_one(&mx2, "servfail");
+    assert_eq!(
+        primary.wait_for(1, Duration::from_secs(15)).len(),
+        1,
+        "log:\n{}",
+        mx2.log()
+    );
+}
+
 #[test]
 fn delivers_only_to_hosts_more_preferred_than_itself() {
     let port = free_port();

@@ -7,6 +7,7 @@ use crate::dns::{Dns, MxAnswer};
 use crate::smtp::Reply;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use tracing::warn;
 
 /// One address to connect to, with the host name it came from (for logs and TLS).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,11 +128,22 @@ pub async fn resolve(
     mx_port: u16,
 ) -> Result<Vec<Target>, NoRoute> {
     let hold = |e: crate::dns::DnsFailure| NoRoute::Hold(e.to_string());
+    // A host whose addresses cannot be looked up only drops out of the list (RFC 5321 §5.1);
+    // the route is held when no host is left, naming the first failure.
+    let mut failed: Option<String> = None;
+    let mut lookup = async |name: &str| match dns.addresses(name).await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(host = name, error = %e, "cannot look up a mail host's addresses; trying the others");
+            failed.get_or_insert_with(|| e.to_string());
+            Vec::new()
+        }
+    };
     let mut targets = Vec::new();
     match route {
         RouteKind::Static(hosts) => {
             for h in hosts {
-                for ip in dns.addresses(&h.host).await.map_err(hold)? {
+                for ip in lookup(&h.host).await {
                     targets.push(Target {
                         name: h.host.clone(),
                         addr: SocketAddr::new(ip, h.port),
@@ -139,9 +151,9 @@ pub async fn resolve(
                 }
             }
             if targets.is_empty() {
-                return Err(NoRoute::Hold(
-                    "no primary host name resolves to an address".into(),
-                ));
+                return Err(NoRoute::Hold(failed.unwrap_or_else(|| {
+                    "no primary host name resolves to an address".into()
+                })));
             }
         }
         RouteKind::Mx { domain, backed_up } => {
@@ -170,7 +182,7 @@ pub async fn resolve(
             };
             let mut hosts = Vec::new();
             for (preference, name) in records {
-                let addrs = dns.addresses(&name).await.map_err(hold)?;
+                let addrs = lookup(&name).await;
                 hosts.push(MxHost {
                     preference,
                     name,
@@ -187,9 +199,9 @@ pub async fn resolve(
                 }
             }
             if targets.is_empty() {
-                return Err(NoRoute::Hold(format!(
-                    "no MX host of {domain} has an address"
-                )));
+                return Err(NoRoute::Hold(failed.unwrap_or_else(|| {
+                    format!("no MX host of {domain} has an address")
+                })));
             }
         }
     }

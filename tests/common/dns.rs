@@ -22,6 +22,8 @@ pub enum Rec {
     Cname(&'static str),
     /// Owner is the reversed name, e.g. `2.0.0.127.in-addr.arpa`.
     Ptr(&'static str),
+    /// Every query for the owner fails with SERVFAIL (a broken zone).
+    ServFail,
 }
 
 pub struct DnsServer {
@@ -87,6 +89,9 @@ fn answer(zone: &HashMap<String, Vec<Rec>>, query: &[u8]) -> Option<Vec<u8>> {
     let name = question.name().clone();
     match zone.get(&key(&name.to_ascii())) {
         None => m.metadata.response_code = ResponseCode::NXDomain,
+        Some(recs) if recs.iter().any(|r| matches!(r, Rec::ServFail)) => {
+            m.metadata.response_code = ResponseCode::ServFail;
+        }
         Some(recs) => {
             for r in recs {
                 let data = match (r, question.query_type()) {
