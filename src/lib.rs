@@ -13,6 +13,7 @@ pub mod http;
 pub mod inbound;
 pub mod limits;
 pub mod metrics;
+pub mod net;
 pub mod policy;
 pub mod queue;
 pub mod scheduler;

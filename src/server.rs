@@ -22,7 +22,6 @@ use crate::tasks::Tracker;
 use crate::tls::ServerCert;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
@@ -78,12 +77,10 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         .map(|a| (a, false))
         .chain(proxied_addrs)
     {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: *addr,
-                source,
-            })?;
+        let l = crate::net::listen(*addr).map_err(|source| StartError::Listen {
+            addr: *addr,
+            source,
+        })?;
         info!(address = %l.local_addr().unwrap_or(*addr), proxied, "listening for SMTP");
         listeners.push((l, proxied));
     }
@@ -91,7 +88,7 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
     // Bound now, so that it answers as soon as SMTP does.
     let admin_listener = match config.admin.listen {
         None => None,
-        Some(addr) => match TcpListener::bind(addr).await {
+        Some(addr) => match crate::net::listen(addr) {
             Ok(l) => Some(l),
             // Mail matters more than the dashboard: keep accepting it.
             Err(e) => {
