@@ -258,3 +258,51 @@ fn a_low_soft_open_file_limit_is_raised_at_start() {
     );
     drop(open);
 }
+
+/// A client that pipelines commands and never reads the replies: once its socket buffers are
+/// full, mx2's write waits at most command_timeout, then the connection (and its slot) goes.
+#[test]
+fn a_client_that_never_reads_its_replies_loses_its_slot() {
+    let primary = Primary::start(0);
+    let mx2 = Mx2::start_with(
+        primary.port,
+        "max_connections_per_ip = 1\ncommand_timeout = \"2s\"",
+    );
+    // The start-up probe's connection may still hold the slot for a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut hog = mx2.client();
+    hog.cmd("EHLO hog.test");
+    let mut raw = hog.into_stream();
+    raw.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let chunk = b"NOOP\r\n".repeat(10_000);
+    let mut sent = 0usize;
+    // mx2 stops reading once it cannot write: the writes then stall.
+    while sent < 256 << 20 {
+        match raw.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(sent < 256 << 20, "mx2 kept reading without ever being read");
+    let stalled = std::time::Instant::now();
+    let mut second = loop {
+        let mut s = connect_from("127.0.0.1", mx2.port);
+        let r = read_reply(&mut s);
+        if r.starts_with("220") {
+            break s;
+        }
+        assert!(
+            stalled.elapsed() < Duration::from_secs(20),
+            "the slot was never freed: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!(
+        "slot freed {:?} after the client stopped reading ({} bytes of commands sent)",
+        stalled.elapsed(),
+        sent
+    );
+    assert!(cmd(&mut second, "EHLO other.test").starts_with("250"));
+    drop(raw);
+}

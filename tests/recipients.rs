@@ -244,3 +244,44 @@ fn standby_refuses_while_the_primary_is_up() {
         mx2.log()
     );
 }
+
+/// Guessing addresses is an error like any other: after max_errors refusals the session is
+/// closed with 421 (no unlimited directory harvesting), and the replies to a pipelined batch
+/// come back without waiting for the tarpit to add up.
+#[test]
+fn guessing_recipients_ends_the_session_after_max_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("rcpts.txt");
+    std::fs::write(&list, "alice@example.test\n").unwrap();
+    let tail = format!(
+        "[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{}\"]\nrecipients = \"list\"\nrecipient_files = [\"{}\"]\n",
+        free_port(),
+        list.display()
+    );
+    let mx2 = Mx2::start_config(|p, state| config_with(p, state, "max_errors = 5", &tail));
+    let mut c = mx2.client();
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    let mut batch = String::from("MAIL FROM:<a@sender.test>\r\nRCPT TO:<alice@example.test>\r\n");
+    for i in 0..10 {
+        batch.push_str(&format!("RCPT TO:<guess{i}@example.test>\r\n"));
+    }
+    c.send_raw(batch.as_bytes());
+    let mut replies = Vec::new();
+    loop {
+        let r = c.reply();
+        if r.contains("<closed>") {
+            break;
+        }
+        replies.push(r);
+        assert!(replies.len() <= 12, "{replies:?}");
+    }
+    let refused = replies
+        .iter()
+        .filter(|r| r.starts_with("550 5.1.1"))
+        .count();
+    assert_eq!(refused, 4, "{replies:?}");
+    assert!(
+        replies.last().is_some_and(|r| r.starts_with("421 4.7.0")),
+        "{replies:?}"
+    );
+}

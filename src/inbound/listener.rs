@@ -101,6 +101,9 @@ struct Conn {
     out: Vec<u8>,
     /// Discarding the rest of an over-long line.
     skipping: bool,
+    /// How long a reply may wait for the client to read it: one that never reads must not
+    /// hold its connection slot forever.
+    write_limit: Duration,
 }
 
 impl Conn {
@@ -113,7 +116,14 @@ impl Conn {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
+            timeout(self.write_limit, self.stream.write_all(&self.out))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client does not read its replies",
+                    )
+                })??;
             self.out.clear();
         }
         Ok(())
@@ -220,8 +230,9 @@ async fn connection(
         buf: Vec::new(),
         out: Vec::new(),
         skipping: false,
+        write_limit: inbound.command_timeout,
     };
-    let mut peer = peer;
+    let mut peer = crate::net::canonical(peer);
     if proxied {
         if !inbound.proxy_trusted.iter().any(|c| c.contains(peer.ip())) {
             info!(client = %peer.ip(), "connection refused: PROXY listener, and not a trusted load balancer");
@@ -239,7 +250,7 @@ async fn connection(
         )
         .await
         {
-            Ok(Some(real)) => peer = real,
+            Ok(Some(real)) => peer = crate::net::canonical(real),
             Ok(None) => {}
             Err(e) => {
                 info!(balancer = %peer.ip(), error = %e, "connection refused");
@@ -341,17 +352,26 @@ async fn connection(
                 conn.queue(&reply);
             }
             Action::CheckRecipient(pending) => {
+                // The replies already due go out before a check that may take a while (a
+                // callout), so a pipelining client is not left waiting for them.
+                if conn.flush().await.is_err() {
+                    break;
+                }
                 let verdict = Box::pin(
                     inbound
                         .recipients
                         .check(&pending.mailbox, &pending.recipient.domain),
                 )
                 .await;
-                let reply = session.recipient_checked(*pending, verdict);
-                if reply.code >= 400 {
-                    info!(client = %peer.ip(), reply = %reply, "recipient refused");
+                let action = session.recipient_checked(*pending, verdict);
+                if let Action::Reply(r) | Action::Close(r) = &action
+                    && r.code >= 400
+                {
+                    info!(client = %peer.ip(), reply = %r, "recipient refused");
                 }
-                conn.queue(&reply);
+                if !act_simple(&mut conn, action) {
+                    break;
+                }
             }
             Action::StartTls(reply) => {
                 conn.queue(&reply);
@@ -365,8 +385,12 @@ async fn connection(
                 }
             }
         }
-        // Tarpit: from the third error on, each error reply comes later.
+        // Tarpit: from the third error on, the session waits before reading on. The replies
+        // so far go out first, so a pipelining client's wait for them does not add up.
         if session.errors() > errors_before && session.errors() >= 3 {
+            if conn.flush().await.is_err() {
+                break;
+            }
             let delay = inbound
                 .error_delay
                 .saturating_mul((session.errors() - 2) as u32)
@@ -378,7 +402,7 @@ async fn connection(
         }
     }
     let _ = conn.flush().await;
-    let _ = conn.stream.shutdown().await;
+    let _ = timeout(conn.write_limit, conn.stream.shutdown()).await;
 }
 
 /// Reads the PROXY header a trusted load balancer sends first. Ok(None): a health check

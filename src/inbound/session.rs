@@ -476,14 +476,13 @@ impl Session {
     }
 
     /// The answer to an [`Action::CheckRecipient`].
-    pub fn recipient_checked(&mut self, pending: PendingRcpt, verdict: Verdict) -> Reply {
+    /// A refusal counts as an error: a client guessing addresses is closed after
+    /// `max_errors` like any other.
+    pub fn recipient_checked(&mut self, pending: PendingRcpt, verdict: Verdict) -> Action {
         match verdict {
-            Verdict::Accept => self.add_recipient(pending.recipient),
-            Verdict::Reject(r) => {
-                self.errors += 1;
-                r
-            }
-            Verdict::TempFail(r) => r,
+            Verdict::Accept => Action::Reply(self.add_recipient(pending.recipient)),
+            Verdict::Reject(r) => self.error(r),
+            Verdict::TempFail(r) => Action::Reply(r),
         }
     }
 

@@ -596,6 +596,11 @@ impl Client {
         }
     }
 
+    /// The connection itself, for tests that misbehave on it.
+    pub fn into_stream(self) -> TcpStream {
+        self.w
+    }
+
     pub fn send_raw(&mut self, bytes: &[u8]) {
         let _ = self.w.write_all(bytes);
     }
