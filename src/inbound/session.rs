@@ -8,7 +8,7 @@ use crate::dsn;
 use crate::policy::Policy;
 use crate::policy::recipients::Verdict;
 use crate::queue::{NewMessage, NewRecipient, QueueId, to_ms};
-use crate::smtp::address::{parse_mailbox, parse_reverse_path};
+use crate::smtp::address::{AddressError, parse_mailbox, parse_reverse_path};
 use crate::smtp::command::{self, Command, CommandError, Param};
 use crate::smtp::{Reply, ReversePath};
 use std::net::IpAddr;
@@ -352,9 +352,7 @@ impl Session {
         }
         let sender = match parse_reverse_path(path, utf8) {
             Ok(s) => s,
-            Err(e) => {
-                return self.error(Reply::new(553, "5.1.7", format!("bad sender address: {e}")));
-            }
+            Err(e) => return self.error(bad_address(&e, 553, "5.1.7", "sender")),
         };
         let params = params.into_iter().filter(|p| p.keyword != "SIZE").collect();
         self.tx = Some(Transaction {
@@ -428,13 +426,7 @@ impl Session {
         }
         let mailbox = match parse_mailbox(path, utf8) {
             Ok(m) => m,
-            Err(e) => {
-                return self.error(Reply::new(
-                    501,
-                    "5.1.3",
-                    format!("bad recipient address: {e}"),
-                ));
-            }
+            Err(e) => return self.error(bad_address(&e, 501, "5.1.3", "recipient")),
         };
         let domain = match self.policy.check_recipient(&mailbox) {
             Ok(d) => d,
@@ -465,11 +457,9 @@ impl Session {
         let Some(tx) = self.tx.as_mut() else {
             return Reply::new(503, "5.5.1", "need MAIL before RCPT");
         };
-        if !tx
-            .recipients
-            .iter()
-            .any(|x| x.address.eq_ignore_ascii_case(&r.address))
-        {
+        // The same recipient twice is kept once. Local parts are compared as written: only
+        // the primary may decide that John and john are one mailbox (RFC 5321 §2.4).
+        if !tx.recipients.iter().any(|x| same_recipient(x, &r)) {
             tx.recipients.push(r);
         }
         Reply::new(250, "2.1.5", "recipient OK")
@@ -685,6 +675,28 @@ impl Session {
     }
 }
 
+/// Same local part (exactly) at the same domain (any case, trailing dot or not).
+fn same_recipient(a: &NewRecipient, b: &NewRecipient) -> bool {
+    let split = |r: &NewRecipient| {
+        let at = r.address.rfind('@').unwrap_or(r.address.len());
+        r.address.split_at(at).0.to_string()
+    };
+    a.domain == b.domain && split(a) == split(b)
+}
+
+/// The reply to an address that does not parse. A non-ASCII address without SMTPUTF8 gets
+/// RFC 6531 §3.5's `553 5.6.7`.
+fn bad_address(e: &AddressError, code: u16, status: &str, what: &str) -> Reply {
+    match e {
+        AddressError::NeedsUtf8 => Reply::new(
+            553,
+            "5.6.7",
+            format!("non-ASCII {what} address: send MAIL FROM with SMTPUTF8"),
+        ),
+        e => Reply::new(code, status, format!("bad {what} address: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -725,6 +737,25 @@ mod tests {
     }
 
     #[test]
+    fn overlong_helo_names_and_utf8_addresses_without_smtputf8_are_refused() {
+        let mut s = session();
+        let long = format!("EHLO {}.test", "a".repeat(300));
+        assert_eq!(run(&mut s, &long), 501);
+        assert_eq!(run(&mut s, "EHLO client.test"), 250);
+        let a = s.command("MAIL FROM:<jörg@sender.test>".as_bytes());
+        assert!(
+            matches!(&a, Action::Reply(r) if r.code == 553 && r.status == "5.6.7"),
+            "{a:?}"
+        );
+        assert_eq!(run(&mut s, "MAIL FROM:<a@sender.test>"), 250);
+        let a = s.command("RCPT TO:<jörg@example.test>".as_bytes());
+        assert!(
+            matches!(&a, Action::Reply(r) if r.code == 553 && r.status == "5.6.7"),
+            "{a:?}"
+        );
+    }
+
+    #[test]
     fn full_transaction() {
         let mut s = session();
         assert_eq!(s.greeting().code, 220);
@@ -734,6 +765,7 @@ mod tests {
             250
         );
         assert_eq!(run(&mut s, "RCPT TO:<u@example.test>"), 250);
+        assert_eq!(run(&mut s, "RCPT TO:<u@EXAMPLE.test>"), 250);
         assert_eq!(run(&mut s, "RCPT TO:<U@example.test>"), 250);
         assert_eq!(run(&mut s, "DATA"), 354);
         let mut d = s.data_decoder();
@@ -741,7 +773,14 @@ mod tests {
         let m = commit(s.data_done(d, SystemTime::UNIX_EPOCH, "q1".into()));
         assert_eq!(m.sender, "a@sender.test");
         assert_eq!(m.mail_params, "BODY=8BITMIME");
-        assert_eq!(m.recipients.len(), 1, "duplicate recipient folded");
+        assert_eq!(
+            m.recipients
+                .iter()
+                .map(|r| r.address.as_str())
+                .collect::<Vec<_>>(),
+            ["u@example.test", "U@example.test"],
+            "the same recipient twice is kept once; local parts keep their case"
+        );
         assert!(
             m.body
                 .starts_with(b"Received: from client.test ([192.0.2.7])")

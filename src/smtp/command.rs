@@ -82,7 +82,9 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
     };
     match verb.as_str() {
         "EHLO" | "HELO" => {
-            if arg.is_empty() || arg.contains(' ') || !arg.is_ascii() {
+            // A domain is at most 255 octets (RFC 5321 §4.5.3.1.2); a longer name would
+            // make mx2's Received: line exceed RFC 5322's 998.
+            if arg.is_empty() || arg.len() > 255 || arg.contains([' ', '\t']) || !arg.is_ascii() {
                 return Err(CommandError::Syntax(if verb == "EHLO" {
                     "EHLO domain"
                 } else {
