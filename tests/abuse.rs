@@ -306,3 +306,39 @@ fn a_client_that_never_reads_its_replies_loses_its_slot() {
     assert!(cmd(&mut second, "EHLO other.test").starts_with("250"));
     drop(raw);
 }
+
+/// A client that trickles a command one byte at a time cannot stretch it past
+/// command_timeout: the whole line must arrive within it.
+#[test]
+fn a_command_trickled_byte_by_byte_times_out() {
+    let primary = Primary::start(0);
+    let mx2 = Mx2::start_with(primary.port, "command_timeout = \"2s\"");
+    let mut s = connect_from("127.0.0.1", mx2.port);
+    assert!(read_reply(&mut s).starts_with("220"));
+    s.set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut got = Vec::new();
+    for b in b"NOOP ".iter().chain(b"x".repeat(100).iter()) {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if got.ends_with(b"\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    println!("closed after {:?}: {text}", start.elapsed());
+    assert!(text.starts_with("421 4.4.2"), "{text:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+}

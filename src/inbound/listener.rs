@@ -178,7 +178,10 @@ impl Conn {
         self.buf.contains(&b'\n')
     }
 
+    /// The next command line. `limit` bounds the whole line, not each read: a client that
+    /// trickles a byte at a time cannot stretch one command past it.
     async fn next_line(&mut self, max: usize, limit: Duration, shutdown: &mut Shutdown) -> Input {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
                 let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
@@ -202,10 +205,11 @@ impl Conn {
                 return Input::Closed;
             }
             self.shrink();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let filled = tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Input::Shutdown,
-                f = self.fill(limit) => f,
+                f = self.fill(left) => f,
             };
             match filled {
                 Ok(true) => {}
