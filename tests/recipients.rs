@@ -54,6 +54,9 @@ fn list_from_a_file_is_authoritative_and_reloads() {
     assert!(rcpt(&mx2, "bob@example.test").starts_with("250"));
     let r = rcpt(&mx2, "mallory@example.test");
     assert!(r.starts_with("550 5.1.1"), "{r}");
+    // RFC 5321 §4.5.1: the postmaster is always accepted.
+    let r = rcpt(&mx2, "PostMaster@example.test");
+    assert!(r.starts_with("250"), "{r}");
     // The file changes: picked up without a restart.
     std::fs::write(&list, "alice@example.test\nmallory@example.test\n").unwrap();
     assert!(

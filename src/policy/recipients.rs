@@ -210,6 +210,10 @@ impl Recipients {
             return Verdict::Accept;
         }
         let local = rcpt.local_unquoted();
+        // RFC 5321 §4.5.1: every domain accepts mail for its postmaster, listed or not.
+        if local.eq_ignore_ascii_case("postmaster") {
+            return Verdict::Accept;
+        }
         let k = key(&local, domain, &d.policy);
         let address = rcpt.to_string();
         if d.policy.list {
