@@ -437,7 +437,9 @@ impl Session {
         }
         let pending = PendingRcpt {
             recipient: NewRecipient {
-                address: mailbox.to_string(),
+                // A trailing dot ("example.com.") is not RFC 5321 Domain syntax: relayed
+                // without it, so strict primaries take it and duplicates fold.
+                address: format!("{}@{}", mailbox.local, mailbox.domain.trim_end_matches('.')),
                 domain,
                 params: params
                     .iter()
@@ -766,6 +768,7 @@ mod tests {
         );
         assert_eq!(run(&mut s, "RCPT TO:<u@example.test>"), 250);
         assert_eq!(run(&mut s, "RCPT TO:<u@EXAMPLE.test>"), 250);
+        assert_eq!(run(&mut s, "RCPT TO:<u@example.test.>"), 250);
         assert_eq!(run(&mut s, "RCPT TO:<U@example.test>"), 250);
         assert_eq!(run(&mut s, "DATA"), 354);
         let mut d = s.data_decoder();
