@@ -184,6 +184,12 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
                 }
                 crate::config::StorageConfig::Postgres(_) => None,
             },
+            queue_id: match config.storage {
+                crate::config::StorageConfig::Embedded => {
+                    crate::queue::embedded::guard::queue_id(&config.state_dir)
+                }
+                crate::config::StorageConfig::Postgres(_) => None,
+            },
             token: config.admin.token.clone(),
             reloader: reloader.clone(),
             history,

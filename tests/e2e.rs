@@ -529,3 +529,45 @@ fn the_drain_backs_off_when_the_primary_pushes_back() {
         primary.refused()
     );
 }
+
+/// Issue 13, item 10: logs written to a file (or the journal) carry no ANSI colour codes, in
+/// text or JSON.
+#[test]
+fn logs_to_a_file_have_no_colour_codes() {
+    for format in ["text", "json"] {
+        let mut mx2 = Mx2::start_config(|port, state| {
+            config_with(
+                port,
+                state,
+                "",
+                &format!(
+                    "[log]\nformat = \"{format}\"\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{}\"]\n",
+                    free_port()
+                ),
+            )
+        });
+        let mut c = mx2.client();
+        assert_eq!(c.code("EHLO client.test"), 250);
+        let r = c.send_mail(
+            "a@sender.test",
+            &["user@example.test"],
+            &message("log1", "x"),
+        );
+        assert!(r.starts_with("250"), "{r}");
+        mx2.terminate();
+        let log = mx2.log();
+        assert!(log.lines().count() > 2, "{format}: {log}");
+        assert!(
+            !log.contains('\x1b'),
+            "{format}: colour codes in a log file:\n{log}"
+        );
+        if format == "json" {
+            for line in log.lines().filter(|l| !l.trim().is_empty()) {
+                assert!(
+                    serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                    "not JSON: {line}"
+                );
+            }
+        }
+    }
+}

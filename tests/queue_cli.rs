@@ -84,3 +84,48 @@ fn list_show_and_export_after_a_crash() {
         String::from_utf8_lossy(&err)
     );
 }
+
+/// Issue 13, item 11: the server started with a relative config path, the command given the
+/// absolute one from elsewhere: the command must know its own server (no "belongs to
+/// another mx2", no falling back to the file), and flush must work.
+#[test]
+fn the_command_knows_its_server_however_the_config_path_is_spelt() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf_dir = dir.path().join("conf");
+    std::fs::create_dir(&conf_dir).unwrap();
+    let port = free_port();
+    let text = test_config(port, free_port(), std::path::Path::new("state"), "");
+    let admin = text[text.find("[admin]").unwrap()..]
+        .split('"')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    std::fs::write(conf_dir.join("mx2.toml"), text).unwrap();
+    let mut server = std::process::Command::new(mx2_binary())
+        .args(["serve", "--config", "conf/mx2.toml"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        || std::net::TcpStream::connect(&admin).is_err()
+    {
+        assert!(start.elapsed().as_secs() < 20, "mx2 did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let absolute = conf_dir.join("mx2.toml");
+    let out = std::process::Command::new(mx2_binary())
+        .args(["queue", "flush", "--config"])
+        .arg(&absolute)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("belongs to another"), "{said}");
+}

@@ -59,6 +59,7 @@ async fn identity(Ctx(a): Ctx<Arc<Admin>>) -> Response {
     Json(json!({
         "hostname": a.hostname,
         "state_dir": a.state_dir,
+        "queue_id": a.queue_id,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": a.uptime_s(),
     }))

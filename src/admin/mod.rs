@@ -75,6 +75,8 @@ pub struct Admin {
     /// This server's embedded queue directory (None on PostgreSQL), so `mx2` commands can
     /// tell whether the API they reached serves the queue their config names.
     pub state_dir: Option<String>,
+    /// The embedded queue's identity (its marker), compared by `mx2` commands before paths.
+    pub queue_id: Option<String>,
     pub token: Option<String>,
     pub reloader: Arc<dyn Reload>,
     pub history: Arc<history::History>,

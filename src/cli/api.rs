@@ -88,12 +88,23 @@ impl Api {
         let raw = self.raw("GET", "/api/v1/identity", None)?;
         let v: serde_json::Value = serde_json::from_slice(&raw).unwrap_or_default();
         let theirs = v["state_dir"].as_str().map(std::path::PathBuf::from);
+        // The queue's identity decides when both sides can tell it (paths may be spelt
+        // differently); otherwise the paths, canonical where they exist.
+        let ours_id = crate::queue::embedded::guard::queue_id(&c.state_dir);
+        let same_queue = match (ours_id.as_deref(), v["queue_id"].as_str()) {
+            (Some(a), Some(b)) => Some(a == b),
+            _ => None,
+        };
         let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
             (Ok(x), Ok(y)) => x == y,
             _ => a == b,
         };
         match theirs {
-            Some(t) if same(&t, &c.state_dir) => {
+            _ if same_queue == Some(true) => {
+                self.checked.set(true);
+                Ok(())
+            }
+            Some(t) if same_queue.is_none() && same(&t, &c.state_dir) => {
                 self.checked.set(true);
                 Ok(())
             }

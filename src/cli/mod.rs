@@ -3,6 +3,7 @@
 
 mod api;
 mod queue;
+mod recover;
 
 use crate::config::{Config, LogFormat};
 use clap::{Parser, Subcommand};
@@ -102,8 +103,13 @@ fn init_logging(config: &Config) {
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_new(&config.log.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    // Colour only for a person at a terminal: never in a file, the journal or JSON.
+    let colour = matches!(config.log.format, LogFormat::Text)
+        && std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),

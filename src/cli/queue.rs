@@ -109,6 +109,23 @@ pub enum QueueCmd {
     Delete(Bulk),
     /// Give up on messages now: their senders get a bounce as the domain's policy allows.
     Bounce(Bulk),
+    /// Accept queue.sqlite as it reads now as the queue (after restoring a backup or
+    /// salvaging a damaged file). The server must be stopped; a copy of the files is kept.
+    Adopt {
+        /// The configuration file (for state_dir).
+        #[arg(short, long, default_value = "/etc/mx2/mx2.toml")]
+        config: std::path::PathBuf,
+    },
+    /// Start over with an empty queue: move the queue's files into state_dir/damaged-TIME.
+    /// The server must be stopped; the mail in those files is then lost to mx2.
+    Reset {
+        /// The configuration file (for state_dir).
+        #[arg(short, long, default_value = "/etc/mx2/mx2.toml")]
+        config: std::path::PathBuf,
+        /// Say that you mean it.
+        #[arg(long)]
+        i_understand: bool,
+    },
 }
 
 /// Messages named by id, or selected by filters, or all of them.
@@ -529,6 +546,11 @@ pub fn run(cmd: QueueCmd) -> ExitCode {
         QueueCmd::Release(b) => bulk("release", "released", b),
         QueueCmd::Delete(b) => bulk("delete", "deleted", b),
         QueueCmd::Bounce(b) => bulk("bounce", "bounced", b),
+        QueueCmd::Adopt { config } => super::recover::adopt(&config),
+        QueueCmd::Reset {
+            config,
+            i_understand,
+        } => super::recover::reset(&config, i_understand),
     }
 }
 

@@ -529,8 +529,14 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, &path.display().to_string(), base)
+        // Relative paths in the file are beside it, and kept absolute: the server and a
+        // command run from another directory must name the same files.
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        Self::parse(&text, &path.display().to_string(), &base)
     }
 
     /// Parses configuration text; `name` is used in error messages, `base` resolves relative paths.

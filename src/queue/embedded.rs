@@ -3,6 +3,8 @@
 //! durability; it gathers whatever is waiting, runs it in one transaction, syncs once, and
 //! answers them all. Reads use a separate connection.
 
+pub mod guard;
+
 use super::{
     Action, ClaimedRow, Depth, Filter, Job, Listed, NewMessage, Recipient, Shown, Stats, Status,
     Store, StoreError, StoreFuture, Update, inspect, into_jobs,
@@ -45,6 +47,10 @@ CREATE TABLE IF NOT EXISTS recipients (
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(status, claimed, next_attempt);
 CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
 CREATE INDEX IF NOT EXISTS recipients_domain ON recipients(domain, status);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS recipient_cache (
     key TEXT PRIMARY KEY,
     exists_ INTEGER NOT NULL,
@@ -81,6 +87,8 @@ impl Op {
 /// The SQLite-backed queue.
 pub struct Embedded {
     writer: mpsc::Sender<Op>,
+    /// The writer thread, joined on drop: it holds the queue's lock until it has finished.
+    thread: Option<std::thread::JoinHandle<()>>,
     /// Transactions committed (each one sync), for measuring group commit.
     commits: Arc<std::sync::atomic::AtomicU64>,
     reader: Arc<Mutex<Connection>>,
@@ -107,9 +115,69 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// The queue's identity as the database holds it (`meta`), read on a read-only connection;
+/// None for a file without one (written by an mx2 without markers). A file SQLite cannot
+/// read is reported as damaged.
+pub(crate) fn identity(path: &Path) -> Result<Option<guard::Marker>, StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let damaged = |e: rusqlite::Error| {
+        StoreError::Damaged(format!(
+            "the queue in {} is damaged: SQLite cannot read {}: {e}\n{}",
+            dir.display(),
+            path.display(),
+            guard::recovery_help(dir)
+        ))
+    };
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(damaged)?;
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(30));
+    let has_meta: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(damaged)?;
+    if has_meta == 0 {
+        return Ok(None);
+    }
+    read_identity(&conn).map_err(damaged)
+}
+
+fn read_identity(c: &Connection) -> rusqlite::Result<Option<guard::Marker>> {
+    let get = |key: &str| -> rusqlite::Result<Option<String>> {
+        c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+    };
+    Ok(match (get("queue_id")?, get("commits")?) {
+        (Some(queue_id), Some(commits)) => Some(guard::Marker {
+            queue_id,
+            commits: commits.parse().unwrap_or(0),
+        }),
+        _ => None,
+    })
+}
+
+/// The queue's identity, given one if the file has none yet.
+fn ensure_identity(c: &Connection) -> rusqlite::Result<guard::Marker> {
+    if let Some(m) = read_identity(c)? {
+        return Ok(m);
+    }
+    let m = guard::Marker {
+        queue_id: uuid::Uuid::now_v7().to_string(),
+        commits: 0,
+    };
+    c.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('queue_id', ?1), ('commits', '0')",
+        [&m.queue_id],
+    )?;
+    Ok(m)
+}
+
 impl Embedded {
     /// Opens (creating if needed) the queue in `state_dir`. Claims left by a previous run are
-    /// released: this process is the only one using the file.
+    /// released: this process is the only one using the file (it holds the marker's lock).
+    /// A queue whose files hold less than it acknowledged is refused ([`guard`]).
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|e| {
             StoreError::Backend(format!(
@@ -117,10 +185,17 @@ impl Embedded {
                 state_dir.display()
             ))
         })?;
-        let path = state_dir.join("queue.sqlite");
+        let (guard, found) = guard::Guard::acquire(state_dir)?;
+        let path = state_dir.join(guard::DB_FILE);
+        if let guard::Found::Existing(Some(marker)) = &found {
+            // Read before anything writes: a read-only connection never rewrites the log.
+            guard::verify(state_dir, marker, identity(&path)?.as_ref())?;
+        }
         let conn = open_connection(&path)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         migrate(&conn).map_err(backend)?;
+        let marker = ensure_identity(&conn).map_err(backend)?;
+        guard.store(&marker)?;
         conn.execute("UPDATE recipients SET claimed = 0 WHERE claimed = 1", [])
             .map_err(backend)?;
         let reader = open_connection(&path)?;
@@ -128,12 +203,18 @@ impl Embedded {
         let (tx, rx) = mpsc::channel();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = commits.clone();
-        std::thread::Builder::new()
+        let writer = Writer {
+            conn,
+            guard,
+            marker,
+        };
+        let thread = std::thread::Builder::new()
             .name("mx2-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, &counter))
+            .spawn(move || writer_loop(writer, rx, &counter))
             .map_err(|e| StoreError::Backend(format!("cannot start the store writer: {e}")))?;
         Ok(Self {
             writer: tx,
+            thread: Some(thread),
             commits,
             reader: Arc::new(Mutex::new(reader)),
             reporter: Arc::new(Mutex::new(reporter)),
@@ -191,6 +272,80 @@ impl Embedded {
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))?
         })
+    }
+}
+
+/// What `mx2 queue adopt` found in the file it accepted.
+#[derive(Debug)]
+pub struct Adopted {
+    pub messages: u64,
+    pub recipients: u64,
+    pub commits: u64,
+    /// Where a copy of the files as they were was kept.
+    pub copy: PathBuf,
+}
+
+/// Accepts the database in `state_dir` as it reads now as the queue (after a backup was
+/// restored or a damaged file salvaged): checks it whole, gives it an identity if it has
+/// none, and sets the marker to it. A copy of the files as they were is kept first. Fails
+/// while a server holds the queue.
+pub fn adopt(state_dir: &Path) -> Result<Adopted, StoreError> {
+    // The marker is what is being replaced: only the lock matters here.
+    let guard = guard::Guard::lock_only(state_dir)?;
+    let path = state_dir.join(guard::DB_FILE);
+    if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
+        return Err(StoreError::Backend(format!(
+            "{} is missing or empty: there is nothing to adopt (restore a backup there first, \
+             or start empty with `mx2 queue reset --i-understand`)",
+            path.display()
+        )));
+    }
+    let copy = guard::copy_aside(state_dir).map_err(StoreError::Backend)?;
+    let conn = open_connection(&path)?;
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(backend)?;
+    if check != "ok" {
+        return Err(StoreError::Backend(format!(
+            "{} fails SQLite's integrity check ({check}): salvage it first with sqlite3 .recover \
+             (README, \"Backup and recovery\")",
+            path.display()
+        )));
+    }
+    conn.execute_batch(SCHEMA).map_err(backend)?;
+    migrate(&conn).map_err(backend)?;
+    let marker = ensure_identity(&conn).map_err(backend)?;
+    let count = |sql: &str| -> Result<u64, StoreError> {
+        conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
+            .map_err(backend)
+    };
+    let messages = count("SELECT COUNT(*) FROM messages")?;
+    let recipients = count("SELECT COUNT(*) FROM recipients WHERE status = 0")?;
+    guard.store(&marker)?;
+    Ok(Adopted {
+        messages,
+        recipients,
+        commits: marker.commits,
+        copy,
+    })
+}
+
+/// Moves the queue's files aside (into `state_dir/damaged-TIME`) so that the next start
+/// creates an empty queue. Fails while a server holds the queue.
+pub fn reset(state_dir: &Path) -> Result<(PathBuf, Vec<String>), StoreError> {
+    let _lock = guard::Guard::lock_only(state_dir)?;
+    guard::move_aside(state_dir).map_err(StoreError::Backend)
+}
+
+impl Drop for Embedded {
+    /// Lets the writer finish what it was given and release the queue, so that the queue can
+    /// be opened again as soon as this returns.
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.writer, mpsc::channel().0));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -339,11 +494,14 @@ impl Done {
     }
 }
 
-fn writer_loop(
-    mut conn: Connection,
-    rx: mpsc::Receiver<Op>,
-    commits: &std::sync::atomic::AtomicU64,
-) {
+/// The writer thread's state: its connection, and the marker it keeps up with each commit.
+struct Writer {
+    conn: Connection,
+    guard: guard::Guard,
+    marker: guard::Marker,
+}
+
+fn writer_loop(mut w: Writer, rx: mpsc::Receiver<Op>, commits: &std::sync::atomic::AtomicU64) {
     let mut held = Held::new();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -359,7 +517,7 @@ fn writer_loop(
         }
         let ops = batch.len();
         let started = std::time::Instant::now();
-        run_batch(&mut conn, batch, &mut held);
+        run_batch(&mut w, batch, &mut held);
         crate::metrics::get()
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -368,18 +526,21 @@ fn writer_loop(
     }
 }
 
-fn run_batch(conn: &mut Connection, batch: Vec<Op>, held: &mut Held) {
+fn run_batch(w: &mut Writer, batch: Vec<Op>, held: &mut Held) {
     let mut rest = batch;
     while !rest.is_empty() {
-        rest = run_transaction(conn, rest, held);
+        rest = run_transaction(w, rest, held);
     }
 }
 
 /// Runs the operations in one transaction, each in its own savepoint so that one failure does
 /// not spoil the others, and answers each once the commit decides. Returns the operations not
 /// run because SQLite abandoned the transaction.
-fn run_transaction(conn: &mut Connection, batch: Vec<Op>, held: &mut Held) -> Vec<Op> {
-    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+fn run_transaction(w: &mut Writer, batch: Vec<Op>, held: &mut Held) -> Vec<Op> {
+    let tx = match w
+        .conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+    {
         Ok(t) => t,
         Err(e) => {
             let err = Err(backend(e));
@@ -428,9 +589,22 @@ fn run_transaction(conn: &mut Connection, batch: Vec<Op>, held: &mut Held) -> Ve
         };
         done.push(result);
     }
+    // The commit count moves with the transaction; the marker follows once it is durable.
+    let next = w.marker.commits + 1;
+    let counted = tx
+        .execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'commits'",
+            [next.to_string()],
+        )
+        .is_ok_and(|n| n == 1);
     let commit = tx.commit().map_err(backend);
-    if let Err(e) = &commit {
-        tracing::error!(error = %e, "queue commit failed");
+    match &commit {
+        Ok(()) if counted => {
+            w.marker.commits = next;
+            w.guard.record(&w.marker);
+        }
+        Ok(()) => {}
+        Err(e) => tracing::error!(error = %e, "queue commit failed"),
     }
     for d in done {
         d.answer(&commit);
@@ -730,9 +904,16 @@ mod tests {
     fn a_batch_rolled_back_by_a_full_disk_answers_what_the_file_holds() {
         let dir = tempfile::tempdir().unwrap();
         drop(Embedded::open(dir.path()).unwrap());
-        let mut c = open_connection(&dir.path().join("queue.sqlite")).unwrap();
+        let c = open_connection(&dir.path().join("queue.sqlite")).unwrap();
         let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
         c.pragma_update(None, "max_page_count", pages + 50).unwrap();
+        let marker = read_identity(&c).unwrap().expect("an identity");
+        let (guard, _) = guard::Guard::acquire(dir.path()).unwrap();
+        let mut w = Writer {
+            conn: c,
+            guard,
+            marker,
+        };
         let mut answers = Vec::new();
         let batch = ["before", "big", "after"]
             .into_iter()
@@ -746,10 +927,11 @@ mod tests {
                 Op::Insert(Box::new(m), tx)
             })
             .collect();
-        run_batch(&mut c, batch, &mut Held::new());
+        run_batch(&mut w, batch, &mut Held::new());
         for (id, mut rx) in answers {
             let answer = rx.try_recv().expect("answered");
-            let stored: i64 = c
+            let stored: i64 = w
+                .conn
                 .query_row("SELECT COUNT(*) FROM messages WHERE id = ?1", [id], |r| {
                     r.get(0)
                 })

@@ -157,7 +157,15 @@ pub struct Inspector {
 impl Inspector {
     /// Opens `state_dir/queue.sqlite` without creating anything.
     pub fn open(state_dir: &Path) -> Result<Self, String> {
-        let path = state_dir.join("queue.sqlite");
+        let path = state_dir.join(super::embedded::guard::DB_FILE);
+        // A damaged queue is reported, and left as it is for recovery.
+        if let super::embedded::guard::Found::Existing(Some(marker)) =
+            super::embedded::guard::inspect(state_dir).map_err(|e| e.to_string())?
+        {
+            let in_db = super::embedded::identity(&path).map_err(|e| e.to_string())?;
+            super::embedded::guard::verify(state_dir, &marker, in_db.as_ref())
+                .map_err(|e| e.to_string())?;
+        }
         if !path.exists() {
             return Err(format!(
                 "{}: no queue here (is state_dir right?)",

@@ -146,6 +146,9 @@ pub enum StoreError {
     Closed,
     #[error("message {0} not found in the queue")]
     NotFound(String),
+    /// The queue's files hold less than it acknowledged (the whole story and the way out).
+    #[error("{0}")]
+    Damaged(String),
 }
 
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
