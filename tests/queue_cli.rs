@@ -129,3 +129,55 @@ fn the_command_knows_its_server_however_the_config_path_is_spelt() {
     assert!(out.status.success(), "{said}");
     assert!(!said.contains("belongs to another"), "{said}");
 }
+
+/// Issue 13, items 12 and 13: a listing cut by its limit says how many there are and how to
+/// see them; a bulk action reports one true number of messages.
+#[test]
+fn listings_say_what_they_leave_out_and_actions_count_messages() {
+    let mut mx2 = Mx2::start(free_port()); // the primary stays down
+    let mut c = mx2.client();
+    c.cmd("EHLO client.test");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let r = c.send_mail(
+            "a@sender.test",
+            &["one@example.test", "two@example.test"],
+            &message(&format!("cut{n}"), "x"),
+        );
+        assert!(r.starts_with("250"), "{r}");
+        ids.push(r.rsplit(' ').next().unwrap().to_string());
+    }
+    let config = mx2.config.clone();
+    let run = |args: &[&str]| {
+        let (code, out, err) = mx2_command(args, &config);
+        let out = String::from_utf8_lossy(&out).into_owned();
+        assert_eq!(code, 0, "{out}{}", String::from_utf8_lossy(&err));
+        (out, String::from_utf8_lossy(&err).into_owned())
+    };
+    let (out, _) = run(&["queue", "list", "--limit", "2"]);
+    assert!(
+        out.contains("showing 2 of 3 message(s) waiting; see more with --limit 3"),
+        "{out}"
+    );
+    let (_, err) = run(&["queue", "list", "--limit", "2", "--json"]);
+    assert!(err.contains("showing 2 of 3"), "{err}");
+    let (out, _) = run(&["queue", "list"]);
+    assert!(
+        out.contains("3 message(s) waiting") && !out.contains("showing"),
+        "{out}"
+    );
+
+    // Two recipients each: counts are of messages, one number.
+    let (out, _) = run(&["queue", "hold", &ids[0]]);
+    assert!(out.trim_end().ends_with("held 1 message(s)"), "{out}");
+    let (out, _) = run(&["queue", "release", "--all"]);
+    assert!(
+        out.contains("released 1 message(s); 2 of the 3 selected needed no change"),
+        "{out}"
+    );
+
+    // The same from the file, with the server stopped.
+    mx2.kill9();
+    let (out, _) = run(&["queue", "list", "--limit", "1"]);
+    assert!(out.contains("showing 1 of 3 message(s) waiting"), "{out}");
+}

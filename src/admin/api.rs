@@ -24,6 +24,7 @@ pub fn routes() -> Router<Arc<Admin>> {
         .route("/api/v1/identity", get(identity))
         .route("/api/v1/events", get(events))
         .route("/api/v1/queue", get(list))
+        .route("/api/v1/queue/count", get(count))
         .route("/api/v1/queue/actions", post(batch))
         .route("/api/v1/queue/{id}", get(show).delete(delete_one))
         .route("/api/v1/queue/{id}/eml", get(export))
@@ -139,6 +140,18 @@ async fn list(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>)
                 .flatten();
             Json(json!({ "messages": messages, "next": next })).into_response()
         }
+        Err(e) => store_error(e),
+    }
+}
+
+/// How many messages the listing's filters select: `{"total": n}`.
+async fn count(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let filter = match filter_from(&q) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    match a.store.count(filter).await {
+        Ok(n) => Json(json!({ "total": n })).into_response(),
         Err(e) => store_error(e),
     }
 }

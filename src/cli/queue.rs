@@ -279,7 +279,17 @@ fn print_list(list: &[ListedRow]) {
             println!("{:>96}{r}", "");
         }
     }
-    println!("{} message(s) waiting", list.len());
+}
+
+/// The listing's last line: how many are shown of how many there are, and how to see more.
+fn listing_summary(shown: usize, total: u64) -> String {
+    if total <= shown as u64 {
+        return format!("{shown} message(s) waiting");
+    }
+    format!(
+        "showing {shown} of {total} message(s) waiting; see more with --limit {total}, or narrow \
+         the listing with --domain, --sender, --recipient, --older-than or --state"
+    )
 }
 
 fn print_shown(m: &Shown) {
@@ -365,6 +375,18 @@ impl ShownRow {
     }
 }
 
+/// What a bulk action did, in messages: those changed, and (when some were not) how many of
+/// those selected needed no change (already held, not held, in delivery, or gone).
+fn bulk_summary(past: &str, selected: usize, changed: u64) -> String {
+    let unchanged = (selected as u64).saturating_sub(changed);
+    match unchanged {
+        0 => format!("{past} {changed} message(s)"),
+        n => {
+            format!("{past} {changed} message(s); {n} of the {selected} selected needed no change")
+        }
+    }
+}
+
 /// Applies a bulk action in batches, with progress on standard error.
 fn bulk(action: &str, past: &str, b: Bulk) -> ExitCode {
     let api = match api(&b.target) {
@@ -411,7 +433,7 @@ fn bulk(action: &str, past: &str, b: Bulk) -> ExitCode {
     if progress {
         eprintln!();
     }
-    println!("{past} {total} message(s) ({affected} recipient(s) or message(s) changed)");
+    println!("{}", bulk_summary(past, total, affected));
     ExitCode::SUCCESS
 }
 
@@ -441,13 +463,35 @@ pub fn run(cmd: QueueCmd) -> ExitCode {
                 Ok(l) => l,
                 Err(c) => return c,
             };
+            // A full listing may not be all: say how many there are.
+            let total = if list.len() >= limit.min(crate::queue::inspect::MAX_LIST) {
+                let filters = select.query();
+                match read(
+                    &api,
+                    offline,
+                    |api| {
+                        let v = api.json("GET", &format!("/api/v1/queue/count?{filters}"), None)?;
+                        Ok(v["total"].as_u64().unwrap_or(0))
+                    },
+                    |q| q.count(&crate::admin::api_filter(&filters)?),
+                ) {
+                    Ok(n) => n.max(list.len() as u64),
+                    Err(c) => return c,
+                }
+            } else {
+                list.len() as u64
+            };
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&list).unwrap_or_default()
                 );
+                if total > list.len() as u64 {
+                    eprintln!("mx2: {}", listing_summary(list.len(), total));
+                }
             } else {
                 print_list(&list);
+                println!("{}", listing_summary(list.len(), total));
             }
             ExitCode::SUCCESS
         }

@@ -415,6 +415,10 @@ impl Store for Embedded {
         self.report(move |c| inspect::list(c, &filter).map_err(backend))
     }
 
+    fn count(&self, filter: Filter) -> StoreFuture<'_, u64> {
+        self.report(move |c| inspect::count(c, &filter).map_err(backend))
+    }
+
     fn show(&self, id: &str) -> StoreFuture<'_, Option<Shown>> {
         let id = id.to_string();
         self.report(move |c| inspect::show(c, &id).map_err(backend))
@@ -842,7 +846,7 @@ fn make_due(c: &Connection, domains: &[String], now: i64) -> rusqlite::Result<u6
 fn act(c: &Connection, ids: &[String], action: Action, now: i64) -> rusqlite::Result<u64> {
     let mut n = 0;
     for id in ids {
-        n += match action {
+        let changed = match action {
             Action::Flush => c
                 .prepare_cached(
                     "UPDATE recipients SET next_attempt = ?2
@@ -866,7 +870,8 @@ fn act(c: &Connection, ids: &[String], action: Action, now: i64) -> rusqlite::Re
                 c.prepare_cached("DELETE FROM messages WHERE id = ?1")?
                     .execute([id])?
             }
-        } as u64;
+        };
+        n += u64::from(changed > 0);
     }
     Ok(n)
 }

@@ -4,7 +4,7 @@
 //! while the server is stopped (after a crash, say), as `postqueue -p` does.
 
 use super::{Depth, Filter, Listed, RecipientState, Shown, State, status_name};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 
 /// The most messages one listing returns.
@@ -20,13 +20,9 @@ pub fn list_limit(f: &Filter) -> usize {
     }
 }
 
-pub fn list(c: &Connection, f: &Filter) -> rusqlite::Result<Vec<Listed>> {
-    let limit = list_limit(f);
-    let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
-    let mut stmt = c.prepare_cached(
-        "SELECT m.id, m.received_at, m.sender, m.size, GROUP_CONCAT(r.address, ' '),
-                MIN(r.next_attempt), MAX(r.last_reply), MAX(r.held), MAX(r.claimed), MAX(r.attempts)
-         FROM messages m JOIN recipients r ON r.message_id = m.id
+/// The messages a filter selects (parameters ?1 to ?6), grouped by message: what a listing
+/// shows and a count counts.
+const MATCHING: &str = "FROM messages m JOIN recipients r ON r.message_id = m.id
          WHERE r.status = 0
            AND (?1 IS NULL OR EXISTS (SELECT 1 FROM recipients x
                  WHERE x.message_id = m.id AND x.status = 0 AND x.domain = ?1))
@@ -39,42 +35,65 @@ pub fn list(c: &Connection, f: &Filter) -> rusqlite::Result<Vec<Listed>> {
          HAVING ?6 IS NULL OR (CASE WHEN MAX(r.held) = 1 THEN 'held'
                                     WHEN MAX(r.claimed) = 1 THEN 'active'
                                     WHEN MAX(r.attempts) > 0 THEN 'deferred'
-                                    ELSE 'queued' END) = ?6
-         ORDER BY m.id LIMIT ?7",
-    )?;
-    let rows = stmt.query_map(
-        params![
-            lower(&f.domain).map(|d| d.trim_end_matches('.').to_string()),
-            lower(&f.sender),
-            lower(&f.recipient),
-            f.received_before_ms,
-            f.after,
-            f.state.map(State::name),
-            limit as i64
-        ],
-        |r| {
-            let held = r.get::<_, i64>(7)? != 0;
-            let active = r.get::<_, i64>(8)? != 0;
-            let attempts = r.get::<_, i64>(9)? as u32;
-            Ok(Listed {
-                id: r.get(0)?,
-                received_at_ms: r.get(1)?,
-                sender: r.get(2)?,
-                size: r.get::<_, i64>(3)? as u64,
-                pending: r
-                    .get::<_, Option<String>>(4)?
-                    .unwrap_or_default()
-                    .split(' ')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-                state: State::of(held, active, attempts),
-                attempts,
-                next_attempt_ms: r.get(5)?,
-                last_reply: r.get(6)?,
-            })
-        },
-    )?;
+                                    ELSE 'queued' END) = ?6";
+
+/// The filter's values for [`MATCHING`], in order.
+fn matching_params(f: &Filter) -> [rusqlite::types::Value; 6] {
+    use rusqlite::types::Value;
+    let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
+    let text = |s: Option<String>| s.map_or(Value::Null, Value::Text);
+    [
+        text(lower(&f.domain).map(|d| d.trim_end_matches('.').to_string())),
+        text(lower(&f.sender)),
+        text(lower(&f.recipient)),
+        f.received_before_ms.map_or(Value::Null, Value::Integer),
+        text(f.after.clone()),
+        text(f.state.map(|s| State::name(s).to_string())),
+    ]
+}
+
+/// How many messages the filter selects (its limit aside).
+pub fn count(c: &Connection, f: &Filter) -> rusqlite::Result<u64> {
+    let sql = format!("SELECT COUNT(*) FROM (SELECT m.id {MATCHING})");
+    c.prepare_cached(&sql)?
+        .query_row(rusqlite::params_from_iter(matching_params(f)), |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|n| n.max(0) as u64)
+}
+
+pub fn list(c: &Connection, f: &Filter) -> rusqlite::Result<Vec<Listed>> {
+    let limit = list_limit(f);
+    let sql = format!(
+        "SELECT m.id, m.received_at, m.sender, m.size, GROUP_CONCAT(r.address, ' '),
+                MIN(r.next_attempt), MAX(r.last_reply), MAX(r.held), MAX(r.claimed), MAX(r.attempts)
+         {MATCHING} ORDER BY m.id LIMIT ?7"
+    );
+    let mut stmt = c.prepare_cached(&sql)?;
+    let mut values = matching_params(f).to_vec();
+    values.push(rusqlite::types::Value::Integer(limit as i64));
+    let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
+        let held = r.get::<_, i64>(7)? != 0;
+        let active = r.get::<_, i64>(8)? != 0;
+        let attempts = r.get::<_, i64>(9)? as u32;
+        Ok(Listed {
+            id: r.get(0)?,
+            received_at_ms: r.get(1)?,
+            sender: r.get(2)?,
+            size: r.get::<_, i64>(3)? as u64,
+            pending: r
+                .get::<_, Option<String>>(4)?
+                .unwrap_or_default()
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            state: State::of(held, active, attempts),
+            attempts,
+            next_attempt_ms: r.get(5)?,
+            last_reply: r.get(6)?,
+        })
+    })?;
     rows.collect()
 }
 
@@ -185,6 +204,10 @@ impl Inspector {
 
     pub fn list(&self, filter: &Filter) -> Result<Vec<Listed>, String> {
         list(&self.conn, filter).map_err(|e| e.to_string())
+    }
+
+    pub fn count(&self, filter: &Filter) -> Result<u64, String> {
+        count(&self.conn, filter).map_err(|e| e.to_string())
     }
 
     pub fn show(&self, id: &str) -> Result<Option<Shown>, String> {

@@ -198,11 +198,14 @@ pub trait Store: Send + Sync + 'static {
     /// Messages with pending recipients that match `filter`, oldest first (by queue id,
     /// which is time-ordered), at most `filter.limit`, after `filter.after`.
     fn list(&self, filter: Filter) -> StoreFuture<'_, Vec<Listed>>;
+    /// How many messages `filter` selects, its limit aside (to say "showing 1000 of 3148").
+    fn count(&self, filter: Filter) -> StoreFuture<'_, u64>;
     /// One message with every recipient's state; None when it is not in the queue.
     fn show(&self, id: &str) -> StoreFuture<'_, Option<Shown>>;
     /// Applies an operator's action to the pending recipients of these messages (claimed
     /// ones, in delivery right now, are left alone except by `Delete`); returns how many
-    /// recipients (or, for `Delete`, messages) it touched.
+    /// messages it changed (a message none of whose recipients needed the change, or that is
+    /// not in the queue, does not count).
     fn act(&self, ids: Vec<String>, action: Action, now_ms: i64) -> StoreFuture<'_, u64>;
     /// Claims every pending, unclaimed recipient of one message, held or not, due or not
     /// (to bounce it now); grouped into jobs by domain.

@@ -184,7 +184,8 @@ impl Postgres {
         })
     }
 
-    /// One statement changing recipients, then a wake-up for every node when it changed any,
+    /// One statement changing recipients and selecting how many it changed (recipients or
+    /// messages, as the statement counts), then a wake-up for every node when it changed any,
     /// in one transaction.
     fn update_and_wake(
         &self,
@@ -198,7 +199,8 @@ impl Postgres {
                     .iter()
                     .map(|p| p.as_ref() as &(dyn ToSql + Sync))
                     .collect();
-                let n = tx.execute(sql, &refs).await.map_err(pg_error)?;
+                let row = tx.query_one(sql, &refs).await.map_err(pg_error)?;
+                let n = row.get::<_, i64>(0).max(0) as u64;
                 if n > 0 {
                     notify(&tx).await?;
                 }
@@ -375,9 +377,10 @@ impl Store for Postgres {
     }
 
     fn make_due(&self, domains: Vec<String>, now_ms: i64) -> StoreFuture<'_, u64> {
-        const SQL: &str = "UPDATE recipients SET next_attempt = $1
+        const SQL: &str = "WITH changed AS (UPDATE recipients SET next_attempt = $1
             WHERE domain = ANY($2) AND status = 0 AND NOT held
-              AND (claimed_by IS NULL OR lease_until < (extract(epoch from clock_timestamp()) * 1000)::bigint)";
+              AND (claimed_by IS NULL OR lease_until < (extract(epoch from clock_timestamp()) * 1000)::bigint)
+            RETURNING 1) SELECT COUNT(*) FROM changed";
         self.update_and_wake(SQL, vec![Box::new(now_ms), Box::new(domains)])
     }
 
@@ -459,23 +462,36 @@ impl Store for Postgres {
         self.run(move |_, c| Box::pin(async move { inspect::list(c, &filter).await }))
     }
 
+    fn count(&self, filter: Filter) -> StoreFuture<'_, u64> {
+        self.run(move |_, c| Box::pin(async move { inspect::matching_count(c, &filter).await }))
+    }
+
     fn show(&self, id: &str) -> StoreFuture<'_, Option<Shown>> {
         let id = id.to_string();
         self.run(move |_, c| Box::pin(async move { inspect::show(c, &id).await }))
     }
 
     fn act(&self, ids: Vec<String>, action: Action, now_ms: i64) -> StoreFuture<'_, u64> {
-        const FLUSH: &str = "UPDATE recipients SET next_attempt = $2
+        // Each counts the messages it changed, not their recipients.
+        const FLUSH: &str = "WITH changed AS (UPDATE recipients SET next_attempt = $2
             WHERE message_id = ANY($1) AND status = 0 AND NOT held
-              AND (claimed_by IS NULL OR lease_until < (extract(epoch from clock_timestamp()) * 1000)::bigint)";
-        const HOLD: &str = "UPDATE recipients SET held = true WHERE message_id = ANY($1) AND status = 0 AND NOT held";
-        const RELEASE: &str = "UPDATE recipients SET held = false, next_attempt = $2
-            WHERE message_id = ANY($1) AND status = 0 AND held";
+              AND (claimed_by IS NULL OR lease_until < (extract(epoch from clock_timestamp()) * 1000)::bigint)
+            RETURNING message_id) SELECT COUNT(DISTINCT message_id) FROM changed";
+        const HOLD: &str = "WITH changed AS (UPDATE recipients SET held = true
+            WHERE message_id = ANY($1) AND status = 0 AND NOT held
+            RETURNING message_id) SELECT COUNT(DISTINCT message_id) FROM changed";
+        const RELEASE: &str =
+            "WITH changed AS (UPDATE recipients SET held = false, next_attempt = $2
+            WHERE message_id = ANY($1) AND status = 0 AND held
+            RETURNING message_id) SELECT COUNT(DISTINCT message_id) FROM changed";
         match action {
             Action::Flush => self.update_and_wake(FLUSH, vec![Box::new(ids), Box::new(now_ms)]),
             Action::Release => self.update_and_wake(RELEASE, vec![Box::new(ids), Box::new(now_ms)]),
             Action::Hold => self.run(move |_, c| {
-                Box::pin(async move { c.execute(HOLD, &[&ids]).await.map_err(pg_error) })
+                Box::pin(async move {
+                    let row = c.query_one(HOLD, &[&ids]).await.map_err(pg_error)?;
+                    Ok(row.get::<_, i64>(0).max(0) as u64)
+                })
             }),
             // Recipients and body chunks go with the message (ON DELETE CASCADE).
             Action::Delete => self.run(move |_, c| {

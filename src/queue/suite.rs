@@ -171,8 +171,29 @@ pub async fn operator_actions(s: &dyn Store) {
         "paging"
     );
 
-    // Hold keeps a message from every claim until it is released.
-    assert_eq!(s.act(vec!["m1".into()], Action::Hold, 0).await.unwrap(), 2);
+    // A count selects as a listing does, its limit aside.
+    assert_eq!(s.count(Filter::default()).await.unwrap(), 3);
+    assert_eq!(
+        s.count(Filter {
+            domain: Some("x.test".into()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap(),
+        2
+    );
+
+    // Hold keeps a message from every claim until it is released. Actions count messages
+    // (m1 has two recipients), and one that needed no change does not count.
+    assert_eq!(s.act(vec!["m1".into()], Action::Hold, 0).await.unwrap(), 1);
+    assert_eq!(
+        s.act(vec!["m1".into(), "nope".into()], Action::Hold, 0)
+            .await
+            .unwrap(),
+        0,
+        "already held"
+    );
     assert_eq!(
         f(Filter {
             state: Some(State::Held),
@@ -235,7 +256,7 @@ pub async fn operator_actions(s: &dyn Store) {
         s.act(vec!["m1".into()], Action::Release, 20_000)
             .await
             .unwrap(),
-        2
+        1
     );
     let due = s.claim_due(20_000, 100).await.unwrap();
     assert_eq!(

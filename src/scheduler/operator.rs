@@ -19,7 +19,7 @@ impl Scheduler {
     pub async fn act(&self, ids: Vec<String>, action: Action) -> Result<u64, StoreError> {
         let n = ids.len();
         let touched = self.store.act(ids, action, now_ms()).await?;
-        info!(action = ?action, messages = n, touched, "operator action");
+        info!(action = ?action, messages = n, changed = touched, "operator action");
         if matches!(action, Action::Flush | Action::Release) {
             self.wake();
         }
@@ -28,7 +28,7 @@ impl Scheduler {
 
     /// Gives up on these messages now: every pending recipient fails with a notification to
     /// the sender as the domain's bounce policy allows. Recipients in delivery right now are
-    /// left to finish. Returns how many recipients were returned.
+    /// left to finish. Returns how many messages had recipients returned.
     pub async fn bounce(&self, ids: Vec<String>) -> Result<u64, StoreError> {
         let reply = format!(
             "554 5.0.0 delivery cancelled by the administrator of {}",
@@ -36,7 +36,9 @@ impl Scheduler {
         );
         let mut n = 0;
         for id in ids {
-            for job in self.store.claim_message(&id).await? {
+            let jobs = self.store.claim_message(&id).await?;
+            n += u64::from(!jobs.is_empty());
+            for job in jobs {
                 let updates = job
                     .recipients
                     .iter()
@@ -45,7 +47,6 @@ impl Scheduler {
                         Update::new(r.row, Status::Failed, false, now_ms(), Some(reply.clone()))
                     })
                     .collect::<Vec<_>>();
-                n += updates.len() as u64;
                 self.record(&job, updates, None, Context::default()).await;
             }
         }

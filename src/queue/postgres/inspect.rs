@@ -11,15 +11,16 @@ fn count(r: &Row, i: usize) -> Result<u64, tokio_postgres::Error> {
     Ok(u64::try_from(r.try_get::<_, i64>(i)?).unwrap_or(0))
 }
 
-pub(super) async fn list(
-    c: &tokio_postgres::Client,
-    f: &Filter,
-) -> Result<Vec<Listed>, StoreError> {
-    let active = format!("bool_or(r.claimed_by IS NOT NULL AND r.lease_until >= {NOW_MS})");
-    let sql = format!(
-        "SELECT m.id, m.received_at, m.sender, m.size, string_agg(r.address, ' ' ORDER BY r.id),
-                MIN(r.next_attempt), MAX(r.last_reply), bool_or(r.held), {active}, MAX(r.attempts)
-         FROM messages m JOIN recipients r ON r.message_id = m.id
+fn active() -> String {
+    format!("bool_or(r.claimed_by IS NOT NULL AND r.lease_until >= {NOW_MS})")
+}
+
+/// The messages a filter selects (parameters $1 to $6), grouped by message: what a listing
+/// shows and a count counts.
+fn matching() -> String {
+    let active = active();
+    format!(
+        "FROM messages m JOIN recipients r ON r.message_id = m.id
          WHERE r.status = 0
            AND ($1::text IS NULL OR EXISTS (SELECT 1 FROM recipients x
                  WHERE x.message_id = m.id AND x.status = 0 AND x.domain = $1))
@@ -32,27 +33,72 @@ pub(super) async fn list(
          HAVING $6::text IS NULL OR (CASE WHEN bool_or(r.held) THEN 'held'
                                           WHEN {active} THEN 'active'
                                           WHEN MAX(r.attempts) > 0 THEN 'deferred'
-                                          ELSE 'queued' END) = $6
-         ORDER BY m.id LIMIT $7"
+                                          ELSE 'queued' END) = $6"
+    )
+}
+
+/// The filter's values for [`matching`], in order.
+struct Matching {
+    domain: Option<String>,
+    sender: Option<String>,
+    recipient: Option<String>,
+    before: Option<i64>,
+    after: Option<String>,
+    state: Option<&'static str>,
+}
+
+impl Matching {
+    fn of(f: &Filter) -> Self {
+        let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
+        Self {
+            domain: lower(&f.domain).map(|d| d.trim_end_matches('.').to_string()),
+            sender: lower(&f.sender),
+            recipient: lower(&f.recipient),
+            before: f.received_before_ms,
+            after: f.after.clone(),
+            state: f.state.map(State::name),
+        }
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 6] {
+        [
+            &self.domain,
+            &self.sender,
+            &self.recipient,
+            &self.before,
+            &self.after,
+            &self.state,
+        ]
+    }
+}
+
+/// How many messages the filter selects (its limit aside).
+pub(super) async fn matching_count(
+    c: &tokio_postgres::Client,
+    f: &Filter,
+) -> Result<u64, StoreError> {
+    let sql = format!("SELECT COUNT(*) FROM (SELECT m.id {}) t", matching());
+    let m = Matching::of(f);
+    let row = c.query_one(&sql, &m.params()).await.map_err(pg_error)?;
+    count(&row, 0).map_err(pg_error)
+}
+
+pub(super) async fn list(
+    c: &tokio_postgres::Client,
+    f: &Filter,
+) -> Result<Vec<Listed>, StoreError> {
+    let sql = format!(
+        "SELECT m.id, m.received_at, m.sender, m.size, string_agg(r.address, ' ' ORDER BY r.id),
+                MIN(r.next_attempt), MAX(r.last_reply), bool_or(r.held), {}, MAX(r.attempts)
+         {} ORDER BY m.id LIMIT $7",
+        active(),
+        matching()
     );
-    let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
-    let domain = lower(&f.domain).map(|d| d.trim_end_matches('.').to_string());
     let limit = i64::try_from(list_limit(f)).unwrap_or(i64::MAX);
-    let rows = c
-        .query(
-            &sql,
-            &[
-                &domain,
-                &lower(&f.sender),
-                &lower(&f.recipient),
-                &f.received_before_ms,
-                &f.after,
-                &f.state.map(State::name),
-                &limit,
-            ],
-        )
-        .await
-        .map_err(pg_error)?;
+    let m = Matching::of(f);
+    let mut params = m.params().to_vec();
+    params.push(&limit);
+    let rows = c.query(&sql, &params).await.map_err(pg_error)?;
     let listed = |r: &Row| -> Result<Listed, tokio_postgres::Error> {
         let attempts = u32::try_from(r.try_get::<_, i32>(9)?).unwrap_or(0);
         Ok(Listed {
