@@ -422,6 +422,9 @@ impl Reloader {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
         let mut state = self.state.lock().await;
         self.core.scheduler.reconfigure(&config)?;
         let generation = self.core.start(&config).await;

@@ -193,6 +193,9 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             println!("{}: OK", config.display());
+            for w in &c.warnings {
+                println!("  warning: {w}");
+            }
             println!("  hostname   {}", c.hostname);
             println!("  state_dir  {}", c.state_dir.display());
             println!(
@@ -225,6 +228,9 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(&c);
+            for w in &c.warnings {
+                tracing::warn!("{w}");
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

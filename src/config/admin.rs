@@ -72,6 +72,7 @@ pub(super) struct RawAlerts {
 /// Reads a secret from a file: trimmed, not empty.
 fn secret(cx: &Ctx<'_>, v: &Spanned<String>, base: &Path) -> Result<String, ConfigError> {
     let p = base.join(v.get_ref());
+    cx.secret_file(Ok(v.span()), &p);
     let text = std::fs::read_to_string(&p).map_err(|e| {
         cx.at(
             v.span(),

@@ -3,6 +3,7 @@
 
 mod admin;
 mod cidr;
+mod secrets;
 mod storage;
 mod units;
 
@@ -42,6 +43,9 @@ pub enum ConfigError {
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Problems that do not stop mx2 (a secret file others can read): logged at start and
+    /// reload, printed by `mx2 config check`.
+    pub warnings: Vec<String>,
     pub hostname: String,
     pub state_dir: PathBuf,
     pub log: LogConfig,
@@ -541,7 +545,11 @@ impl Config {
 
     /// Parses configuration text; `name` is used in error messages, `base` resolves relative paths.
     pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError> {
-        let cx = Ctx { text, name };
+        let cx = Ctx {
+            text,
+            name,
+            warnings: Default::default(),
+        };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             cx.at(span, e.message().trim_end())
@@ -553,9 +561,23 @@ impl Config {
 struct Ctx<'a> {
     text: &'a str,
     name: &'a str,
+    /// What is wrong but not fatal (secret files others can read), for the operator.
+    warnings: std::cell::RefCell<Vec<String>>,
 }
 
 impl Ctx<'_> {
+    /// Notes a secret file that other users can read: at the key's place when it is known,
+    /// else under the key's name.
+    fn secret_file(&self, at: Result<std::ops::Range<usize>, &str>, path: &Path) {
+        if let Some(why) = secrets::exposure(path) {
+            let warning = match at {
+                Ok(span) => self.at(span, &why).to_string(),
+                Err(key) => format!("{}: key `{key}`: {why}", self.name),
+            };
+            self.warnings.borrow_mut().push(warning);
+        }
+    }
+
     /// An error pointing at a byte span of the file, naming the key found there.
     fn at(&self, span: std::ops::Range<usize>, message: &str) -> ConfigError {
         let start = span.start.min(self.text.len());
@@ -618,6 +640,9 @@ impl Ctx<'_> {
             policy.url = Some(u.get_ref().clone());
         }
         policy.url_token_file = d.recipient_url_token_file.as_ref().map(path);
+        if let Some(f) = &policy.url_token_file {
+            self.secret_file(Err("recipient_url_token_file"), f);
+        }
         if policy.list && policy.files.is_empty() && policy.url.is_none() {
             let span = d.recipients.as_ref().map_or(d.name.span(), |v| v.span());
             return Err(self.at(
@@ -968,10 +993,13 @@ impl Ctx<'_> {
             let auth = match (&d.auth_user, &d.auth_password_file) {
                 (None, None) => None,
                 (Some(u), Some(f)) => {
+                    let span = f.span();
                     let f = PathBuf::from(f.get_ref());
+                    let password_file = if f.is_relative() { base.join(f) } else { f };
+                    self.secret_file(Ok(span), &password_file);
                     Some(AuthConfig {
                         user: u.get_ref().clone(),
-                        password_file: if f.is_relative() { base.join(f) } else { f },
+                        password_file,
                     })
                 }
                 (Some(u), None) => {
@@ -1052,6 +1080,9 @@ impl Ctx<'_> {
             cert: path(t.cert),
             key: path(t.key),
         });
+        if let Some(t) = &tls {
+            self.secret_file(Err("tls.key"), &t.key);
+        }
 
         let admin = self.admin(raw.admin, base)?;
         let alerts = self.alerts(raw.alerts, base)?;
@@ -1073,6 +1104,7 @@ impl Ctx<'_> {
             tls,
             domains,
             storage,
+            warnings: self.warnings.take(),
         })
     }
 }

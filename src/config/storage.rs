@@ -126,7 +126,10 @@ impl Ctx<'_> {
                     .map_err(|e| self.at(u.span(), &format!("not a PostgreSQL URL: {e}")))?;
                 Some(u.get_ref().clone())
             }
-            (None, Some(_)) => None,
+            (None, Some(f)) => {
+                self.secret_file(Ok(f.span()), &path(f.get_ref()));
+                None
+            }
         };
         let tls = match raw.tls.as_ref().map(|t| (t, t.get_ref().as_str())) {
             None | Some((_, "disable")) => PgTls::Disable,
