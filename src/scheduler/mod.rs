@@ -589,7 +589,8 @@ impl Scheduler {
                     Ok(b) => b,
                     Err(e) => {
                         error!(queue_id = %job.queue_id, error = %e, "cannot read the message content");
-                        self.put_back(job, now_ms() + ms(s.retry_min)).await;
+                        let later = self.after(&job, s.retry_min);
+                        self.put_back(job, later).await;
                         continue;
                     }
                 };
@@ -677,13 +678,13 @@ impl Scheduler {
     }
 
     /// Puts jobs for a down route back, due when the probe finds the primary up again (then
-    /// made due at once) or retry_max from now, whichever comes first.
+    /// made due at once), retry_max from now, or when the job expires, whichever comes first.
     async fn hold(&self, route: &Route, jobs: Vec<Job>, why: &str) {
         if jobs.is_empty() {
             return;
         }
-        let later = now_ms() + ms(self.settings.retry_max);
         for job in jobs {
+            let later = self.after(&job, self.settings.retry_max);
             self.put_back_because(job, later, Some(why)).await;
         }
         // The probe may have found the primary up while these were still claimed (its
@@ -760,11 +761,11 @@ impl Scheduler {
     async fn probe(self: Arc<Self>, route: Arc<Route>) {
         let mut shutdown = self.shutdown.clone();
         let s = &self.settings;
-        // New mail for the route waits for this probe (or retry_max) from the start, as held
-        // mail does, instead of being claimed and put back one message at a time.
+        // New mail for the route waits for this probe (or retry_max, or its expiry) from the
+        // start, as held mail does, instead of being claimed and put back one at a time.
         if let Err(e) = self
             .store
-            .hold_new_mail(route.domains.clone(), Some(ms(s.retry_max)))
+            .hold_new_mail(route.domains.clone(), Some(ms(s.retry_max.min(s.lifetime))))
             .await
         {
             error!(primary = %route.key, error = %e, "cannot hold new mail");
@@ -822,15 +823,19 @@ impl Scheduler {
         }
     }
 
-    fn next_attempt(&self, attempts_done: u32) -> i64 {
+    /// `delay` from now, but never after the job expires: the claim that finds it expired
+    /// then comes at its lifetime (see [`backoff::next_attempt_at`]).
+    fn after(&self, job: &Job, delay: Duration) -> i64 {
+        backoff::next_attempt_at(now_ms(), delay, job.received_at_ms, self.settings.lifetime)
+    }
+
+    /// When to try a job again after `attempts_done` attempts failed.
+    fn next_attempt(&self, job: &Job, attempts_done: u32) -> i64 {
         let s = &self.settings;
-        now_ms()
-            + ms(backoff::retry_delay(
-                attempts_done,
-                s.retry_min,
-                s.retry_max,
-                fastrand::f64(),
-            ))
+        self.after(
+            job,
+            backoff::retry_delay(attempts_done, s.retry_min, s.retry_max, fastrand::f64()),
+        )
     }
 
     async fn record_results(
@@ -860,7 +865,7 @@ impl Scheduler {
                 }
                 Outcome::Deferred => {
                     crate::metrics::get().delivery("deferred");
-                    let next = self.next_attempt(rcpt.attempts + 1);
+                    let next = self.next_attempt(job, rcpt.attempts + 1);
                     info!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %r.reply, retry_in_s = (next - now_ms()) / 1000, "deferred");
                     (Status::Pending, next)
                 }
@@ -889,7 +894,7 @@ impl Scheduler {
             .iter()
             .map(|r| {
                 info!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %reply, "deferred");
-                Update::new(r.row, Status::Pending, true, self.next_attempt(r.attempts + 1), Some(reply.clone()))
+                Update::new(r.row, Status::Pending, true, self.next_attempt(job, r.attempts + 1), Some(reply.clone()))
             })
             .collect();
         self.record(
