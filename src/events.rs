@@ -10,8 +10,8 @@ use tokio::sync::broadcast;
 
 /// Events kept for the dashboard and the API.
 const RECENT: usize = 200;
-/// Outages kept per primary.
-const OUTAGES: usize = 20;
+/// Outages kept per primary, here and in the store.
+pub const OUTAGES_KEPT: usize = 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -94,7 +94,7 @@ impl Events {
                         down_ms: at_ms,
                         ..Default::default()
                     });
-                    if list.len() > OUTAGES {
+                    if list.len() > OUTAGES_KEPT {
                         list.pop_front();
                     }
                 }
@@ -121,6 +121,16 @@ impl Events {
             }
         }
         let _ = self.tx.send(event);
+    }
+
+    /// Takes a primary's outages as recorded before a restart (oldest first), unless this
+    /// process already saw some of its own.
+    pub fn restore(&self, primary: &str, recorded: Vec<Outage>) {
+        let mut outages = lock(&self.outages);
+        let list = outages.entry(primary.to_string()).or_default();
+        if list.is_empty() {
+            list.extend(recorded.into_iter().rev().take(OUTAGES_KEPT).rev());
+        }
     }
 
     /// Recent events, newest first.
@@ -210,5 +220,36 @@ mod tests {
             rx.try_recv().unwrap().kind,
             Kind::PrimaryDown { .. }
         ));
+    }
+
+    #[test]
+    fn restored_outages_are_taken_once_and_bounded() {
+        let e = Events::default();
+        let open = |down_ms| Outage {
+            down_ms,
+            ..Default::default()
+        };
+        let recorded: Vec<Outage> = (0..OUTAGES_KEPT as i64 + 5).map(open).collect();
+        e.restore("p", recorded.clone());
+        assert_eq!(e.outages("p"), recorded[5..].to_vec(), "the newest kept");
+        e.restore("p", vec![open(99)]);
+        assert_eq!(
+            e.outages("p").len(),
+            OUTAGES_KEPT,
+            "seen already: unchanged"
+        );
+        e.record_at(
+            100,
+            Kind::PrimaryUp {
+                primary: "p".into(),
+                down_for_s: 1,
+                held: 3,
+            },
+        );
+        assert_eq!(
+            e.outages("p").last().unwrap().up_ms,
+            Some(100),
+            "closes the restored one"
+        );
     }
 }

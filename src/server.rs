@@ -123,6 +123,8 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         deliveries.clone(),
     )
     .map_err(StartError::Tls)?;
+    // Before delivery and status start: a primary down when mx2 stopped is still down.
+    scheduler.restore_health().await;
     let scheduler_task = tokio::spawn(scheduler.clone().run());
 
     let core = Core {

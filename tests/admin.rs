@@ -257,6 +257,83 @@ fn metrics_follow_the_queue() {
     assert!(!m.contains_key("mx2_queue_messages{domain=\"example.test\"}"));
 }
 
+/// One primary's entry in `GET /api/v1/status`.
+fn primary_status(api: &str, primary: &str) -> serde_json::Value {
+    let (code, body) = http("GET", &format!("{api}/api/v1/status"), Some(TOKEN), None);
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["primaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["primary"] == primary)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {primary} in {body}"))
+}
+
+#[test]
+fn a_primary_keeps_its_health_and_outages_across_restarts() {
+    let primary_port = free_port();
+    let mut mx2 = start(primary_port, "");
+    let api = mx2.admin_url();
+    let key = format!("127.0.0.1:{primary_port}");
+    let up_metric = format!("mx2_primary_up{{primary=\"{key}\"}}");
+    let stale_metric = format!("mx2_primary_up_stale{{primary=\"{key}\"}}");
+    send(&mx2, "a@sender.test", "user1@example.test", "one");
+    wait_until(
+        "the primary to be seen down",
+        Duration::from_secs(10),
+        || primary_status(&api, &key)["up"] == false,
+    );
+    let before = primary_status(&api, &key);
+    let down_ms = before["outages"][0]["down_ms"].as_i64().unwrap();
+    assert_eq!(before["since_ms"].as_i64(), Some(down_ms), "{before}");
+    assert_eq!(before["stale"], false, "{before}");
+
+    // Restarted while the primary is still down: the very first answer says down, since
+    // when it went down, with its outage, and so does the metric.
+    let (code, _) = mx2.terminate();
+    assert_eq!(code, Some(0));
+    mx2.spawn();
+    let started = Instant::now();
+    let after = primary_status(&api, &key);
+    let m = scrape(&api);
+    println!("{:?} after the restart: {after}", started.elapsed());
+    assert_eq!(after["up"], false, "{after}");
+    assert_eq!(after["since_ms"].as_i64(), Some(down_ms), "{after}");
+    assert_eq!(after["outages"], before["outages"], "{after}");
+    assert!(after["stale"].is_boolean(), "{after}");
+    assert_eq!(m[&up_metric], 0.0);
+    assert!(m.contains_key(&stale_metric));
+    // The probe confirms it (no longer last known), and it is the same outage.
+    wait_until("the first probe", Duration::from_secs(10), || {
+        primary_status(&api, &key)["stale"] == false
+    });
+    let probed = primary_status(&api, &key);
+    assert_eq!(probed["up"], false, "{probed}");
+    assert_eq!(probed["outages"], before["outages"], "{probed}");
+    assert_eq!(scrape(&api)[&stale_metric], 0.0);
+
+    // It comes back, everything is delivered: the outage closes, and a restart keeps it.
+    let primary = Primary::start(primary_port);
+    primary.wait_for(1, Duration::from_secs(20));
+    wait_until("the drain to be recorded", Duration::from_secs(10), || {
+        !primary_status(&api, &key)["outages"][0]["drained_ms"].is_null()
+    });
+    let back = primary_status(&api, &key);
+    let outage = &back["outages"][0];
+    assert_eq!(outage["down_ms"].as_i64(), Some(down_ms), "{back}");
+    assert_eq!(back["since_ms"], outage["up_ms"], "{back}");
+    assert_eq!(outage["held"], 1, "{back}");
+    mx2.terminate();
+    mx2.spawn();
+    let again = primary_status(&api, &key);
+    assert_eq!(again["up"], true, "{again}");
+    assert_eq!(again["since_ms"], back["since_ms"], "{again}");
+    assert_eq!(again["outages"], back["outages"], "{again}");
+    assert_eq!(scrape(&api)[&up_metric], 1.0);
+}
+
 /// An HTTP server that answers 503 to its first request and 200 after, keeping the bodies.
 fn webhook_receiver() -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

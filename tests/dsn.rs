@@ -270,3 +270,56 @@ fn expired_mail_is_bounced_and_delay_warned_first() {
     );
     assert!(s.primary.messages().is_empty());
 }
+
+/// Sends one message for example.test and returns when it was accepted.
+fn send_one(s: &Setup, id: &str) -> std::time::Instant {
+    let mut c = s.mx2.client();
+    c.cmd("EHLO client.test");
+    let r = c.send_mail(
+        "alice@sender.test",
+        &["user@example.test"],
+        &message(id, "x"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    std::time::Instant::now()
+}
+
+/// The expiry notice comes at the lifetime, not one retry interval later: with lifetime 4 s
+/// and retries 30 s to 1 min apart, the sender hears within a few seconds of 4 s.
+fn expires_within_seconds_of_its_lifetime(primary: PrimaryOptions, primary_up: bool, case: &str) {
+    let lifetime = Duration::from_secs(4);
+    let s = setup(
+        primary,
+        "[queue]\nretry_min = \"30s\"\nretry_max = \"1m\"\nlifetime = \"4s\"",
+        primary_up,
+    );
+    let accepted = send_one(&s, case);
+    let dsns = s.sender_mx.wait_for(1, lifetime + Duration::from_secs(15));
+    let took = accepted.elapsed();
+    println!("{case}: expiry notice {took:?} after acceptance (lifetime {lifetime:?})");
+    assert_eq!(dsns.len(), 1, "{case}: no notice; log:\n{}", s.mx2.log());
+    let (status, _, _) = parse_report(&dsns[0].body);
+    assert!(
+        status.contains("Action: failed") && status.contains("Status: 4.4.7"),
+        "{case}: {status}"
+    );
+    assert!(
+        took >= lifetime - Duration::from_millis(500) && took <= lifetime + Duration::from_secs(4),
+        "{case}: expired {took:?} after acceptance, lifetime {lifetime:?}; log:\n{}",
+        s.mx2.log()
+    );
+}
+
+#[test]
+fn mail_deferred_by_the_primary_expires_at_its_lifetime() {
+    let deferring = PrimaryOptions {
+        rcpt: Arc::new(|_, _| (451, "4.3.0 try again later")),
+        ..Default::default()
+    };
+    expires_within_seconds_of_its_lifetime(deferring, true, "4xx");
+}
+
+#[test]
+fn mail_held_for_a_down_primary_expires_at_its_lifetime() {
+    expires_within_seconds_of_its_lifetime(PrimaryOptions::default(), false, "down");
+}

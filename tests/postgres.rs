@@ -54,6 +54,11 @@ async fn conformance_cache() {
     suite::cache(&store("suite").await).await;
 }
 
+#[tokio::test]
+async fn conformance_outages() {
+    suite::outages(&store("suite").await).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_at_once_migrate_once() {
     let url = Pg::shared().fresh_db();
@@ -67,7 +72,11 @@ async fn nodes_starting_at_once_migrate_once() {
         o.await.unwrap().unwrap();
     }
     let db = url.rsplit('/').next().unwrap();
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "1");
+    assert_eq!(
+        Pg::shared().sql(db, "SELECT version FROM mx2_schema"),
+        "2",
+        "step 2: primary_outages"
+    );
     assert_eq!(Pg::shared().sql(db, "SELECT COUNT(*) FROM mx2_schema"), "1");
 }
 
@@ -108,6 +117,54 @@ async fn a_dead_nodes_lease_expires_and_its_late_result_is_ignored() {
     assert_eq!(shown.recipients[0].status, "pending");
     assert!(b.record("m1", vec![delivered(row)], vec![]).await.unwrap());
     assert_eq!(b.stats().await.unwrap().messages, 0);
+}
+
+/// Nodes share one outage history per primary: the first node to see a change records it
+/// (two nodes finding the primary down open one outage), and every node reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_one_outage_history() {
+    use mx2::queue::OutageChange::{Began, Ended};
+    let url = Pg::shared().fresh_db();
+    let lease = Duration::from_secs(300);
+    let a = Arc::new(Postgres::open(&config(&url, "a", lease)).await.unwrap());
+    let b = Arc::new(Postgres::open(&config(&url, "b", lease)).await.unwrap());
+    let at_once: Vec<_> = (0..10)
+        .map(|i| {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { s.record_outage("p:25", Began { at_ms: 1000 + i }).await })
+        })
+        .collect();
+    for t in at_once {
+        t.await.unwrap().unwrap();
+    }
+    let seen = b.outages(20).await.unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].outages.len(), 1, "one outage: {seen:?}");
+    assert!(seen[0].outages[0].up_ms.is_none());
+    b.record_outage(
+        "p:25",
+        Ended {
+            at_ms: 3000,
+            held: 5,
+        },
+    )
+    .await
+    .unwrap();
+    a.record_outage(
+        "p:25",
+        Ended {
+            at_ms: 3500,
+            held: 6,
+        },
+    )
+    .await
+    .unwrap();
+    let seen = a.outages(20).await.unwrap();
+    assert_eq!(
+        (seen[0].outages[0].up_ms, seen[0].outages[0].held),
+        (Some(3000), Some(5)),
+        "the first node to see it up recorded it"
+    );
 }
 
 #[tokio::test]

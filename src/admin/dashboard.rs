@@ -99,11 +99,16 @@ async fn page(a: &Admin) -> Result<Page, crate::queue::StoreError> {
             PrimaryRow {
                 name: r.primary.clone(),
                 up: r.up,
-                state: if r.up {
-                    format!("UP since {}", ago(r.since_ms))
-                } else {
-                    format!("DOWN since {}", ago(r.since_ms))
-                },
+                state: format!(
+                    "{} since {}{}",
+                    if r.up { "UP" } else { "DOWN" },
+                    ago(r.since_ms),
+                    if r.stale {
+                        " (last known before mx2 started; not checked yet)"
+                    } else {
+                        ""
+                    }
+                ),
                 domains: r.domains.join(", "),
                 held: format!(
                     "{} messages, {} recipients, {}",

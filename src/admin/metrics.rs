@@ -78,6 +78,11 @@ pub async fn text(a: &Admin) -> Result<String, crate::queue::StoreError> {
         "mx2_primary_last_change_timestamp_seconds",
         "When the primary last went up or down (Unix time)",
     );
+    let stale = gauge_family(
+        &mut r,
+        "mx2_primary_up_stale",
+        "1 while mx2_primary_up is the state recorded before mx2 started, not yet confirmed by a probe or a delivery",
+    );
     let rate = gauge_family(
         &mut r,
         "mx2_primary_delivered_last_minute",
@@ -92,6 +97,7 @@ pub async fn text(a: &Admin) -> Result<String, crate::queue::StoreError> {
         let l = vec![("primary", p.route.primary.clone())];
         up.get_or_create(&l).set(i64::from(p.route.up));
         changed.get_or_create(&l).set(p.route.since_ms / 1000);
+        stale.get_or_create(&l).set(i64::from(p.route.stale));
         rate.get_or_create(&l)
             .set(p.route.delivered_last_minute as i64);
         connections

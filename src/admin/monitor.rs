@@ -1,15 +1,16 @@
 //! The monitor: samples the queue's depth for the dashboard's chart, and notices when a
-//! primary that came back has been handed everything held for it (the `drained` event).
+//! primary that came back has been handed everything held for it (the `drained` event,
+//! recorded in the store's outage history too).
 //! Runs whether or not the admin listener does, since alerts depend on it.
 
 use super::history::{History, Sample};
 use crate::events::{self, Kind};
-use crate::queue::{Store, now_ms};
+use crate::queue::{OutageChange, Store, now_ms};
 use crate::scheduler::Scheduler;
 use crate::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::info;
+use tracing::{info, warn};
 
 /// How often the monitor looks.
 const TICK: Duration = Duration::from_secs(1);
@@ -56,7 +57,20 @@ pub async fn run(
                 if route.up && waiting == 0 {
                     let took_s = (now_ms() - up_ms).max(0) as f64 / 1000.0;
                     info!(primary = %primary, took_s, "everything held for the primary is delivered");
-                    events::get().record(Kind::Drained { primary, took_s });
+                    let at_ms = now_ms();
+                    events::get().record_at(
+                        at_ms,
+                        Kind::Drained {
+                            primary: primary.clone(),
+                            took_s,
+                        },
+                    );
+                    if let Err(e) = store
+                        .record_outage(&primary, OutageChange::Drained { at_ms })
+                        .await
+                    {
+                        warn!(primary = %primary, error = %e, "cannot record the end of the drain in the queue");
+                    }
                 }
             }
         }

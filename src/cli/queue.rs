@@ -633,14 +633,21 @@ pub fn status(target: &Target, json: bool) -> ExitCode {
         "\n{:<28}  {:<5}  {:>12}  {:>9}  {:>8}  {:>9}  DOMAINS",
         "PRIMARY", "STATE", "SINCE", "MESSAGES", "OLDEST", "DELIV/MIN"
     );
-    let mut down = 0;
+    let (mut down, mut stale) = (0, 0);
     for p in v["primaries"].as_array().into_iter().flatten() {
         let up = p["up"].as_bool().unwrap_or(false);
         down += usize::from(!up);
+        let last_known = p["stale"].as_bool().unwrap_or(false);
+        stale += usize::from(last_known);
         println!(
             "{:<28}  {:<5}  {:>12}  {:>9}  {:>8}  {:>9}  {}",
             p["primary"].as_str().unwrap_or(""),
-            if up { "up" } else { "DOWN" },
+            match (up, last_known) {
+                (true, false) => "up",
+                (true, true) => "up?",
+                (false, false) => "DOWN",
+                (false, true) => "DOWN?",
+            },
             age(p["since_ms"].as_i64().unwrap_or(0)),
             p["messages"].as_u64().unwrap_or(0),
             p["oldest_age_s"]
@@ -659,6 +666,11 @@ pub fn status(target: &Target, json: bool) -> ExitCode {
     }
     if down > 0 {
         println!("\n{down} primary(ies) down: their mail is held and delivered when they answer");
+    }
+    if stale > 0 {
+        println!(
+            "?: last known state, recorded before mx2 started; not confirmed by a probe or a delivery yet"
+        );
     }
     ExitCode::SUCCESS
 }

@@ -4,10 +4,11 @@
 //! answers them all. Reads use a separate connection.
 
 pub mod guard;
+mod outages;
 
 use super::{
-    Action, ClaimedRow, Depth, Filter, Job, Listed, NewMessage, Recipient, Shown, Stats, Status,
-    Store, StoreError, StoreFuture, Update, inspect, into_jobs,
+    Action, ClaimedRow, Depth, Filter, Job, Listed, NewMessage, OutageChange, Recipient,
+    RouteOutages, Shown, Stats, Status, Store, StoreError, StoreFuture, Update, inspect, into_jobs,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use std::path::{Path, PathBuf};
@@ -69,6 +70,7 @@ enum Op {
     Act(Vec<String>, Action, i64, Reply<u64>),
     ClaimMessage(String, Reply<Vec<Job>>),
     HoldNewMail(Vec<String>, Option<i64>, Reply<()>),
+    Outage(String, OutageChange, Reply<()>),
 }
 
 /// Domains whose new mail is held (their primary is down), and for how long (ms).
@@ -193,6 +195,7 @@ impl Embedded {
         }
         let conn = open_connection(&path)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        conn.execute_batch(outages::SCHEMA).map_err(backend)?;
         migrate(&conn).map_err(backend)?;
         let marker = ensure_identity(&conn).map_err(backend)?;
         guard.store(&marker)?;
@@ -441,6 +444,15 @@ impl Store for Embedded {
         self.send(|r| Op::HoldNewMail(domains, for_ms, r))
     }
 
+    fn record_outage(&self, route: &str, change: OutageChange) -> StoreFuture<'_, ()> {
+        let route = route.to_string();
+        self.send(|r| Op::Outage(route, change, r))
+    }
+
+    fn outages(&self, per_route: usize) -> StoreFuture<'_, Vec<RouteOutages>> {
+        self.report(move |c| outages::load(c, per_route).map_err(backend))
+    }
+
     fn stats(&self) -> StoreFuture<'_, Stats> {
         self.report(|c| {
             let (messages, bytes): (i64, i64) = c
@@ -641,6 +653,7 @@ fn execute_failed(op: Op, held: &mut Held) -> Done {
         Op::CachePut(_, _, _, r) => Done::Unit(r, Err(e())),
         Op::Act(_, _, _, r) => Done::Count(r, Err(e())),
         Op::ClaimMessage(_, r) => Done::Jobs(r, Err(e())),
+        Op::Outage(_, _, r) => Done::Unit(r, Err(e())),
         // Not a change to the file: it takes effect whatever the transaction does.
         Op::HoldNewMail(domains, for_ms, r) => Done::Unit(r, hold(held, domains, for_ms)),
     }
@@ -675,6 +688,9 @@ fn execute(c: &Connection, op: Op, held: &mut Held) -> Done {
         ),
         Op::Act(ids, action, now, r) => Done::Count(r, act(c, &ids, action, now).map_err(backend)),
         Op::ClaimMessage(id, r) => Done::Jobs(r, claim_message(c, &id).map_err(backend)),
+        Op::Outage(route, change, r) => {
+            Done::Unit(r, outages::record(c, &route, change).map_err(backend))
+        }
     }
 }
 
@@ -993,6 +1009,12 @@ mod tests {
     async fn conformance_operator_actions() {
         let dir = tempfile::tempdir().unwrap();
         suite::operator_actions(&Embedded::open(dir.path()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_outages() {
+        let dir = tempfile::tempdir().unwrap();
+        suite::outages(&Embedded::open(dir.path()).unwrap()).await;
     }
 
     #[tokio::test]

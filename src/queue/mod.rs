@@ -231,6 +231,59 @@ pub trait Store: Send + Sync + 'static {
     fn probe_turn(&self, _route: &str, _interval_ms: i64) -> StoreFuture<'_, ProbeTurn> {
         Box::pin(async { Ok(ProbeTurn::Probe) })
     }
+
+    // ---- primary health, kept across restarts ----
+
+    /// Records a change in the outage history of the primary of `route` (written only when
+    /// its health changes, never per probe). `Began` opens an outage unless one is open;
+    /// `Ended` closes the open one; `Drained` marks the last closed one drained. Each route
+    /// keeps its last [`crate::events::OUTAGES_KEPT`] outages. On a shared store (PostgreSQL)
+    /// the history is the cluster's: the first node to see a change records it.
+    fn record_outage(&self, route: &str, change: OutageChange) -> StoreFuture<'_, ()>;
+    /// Every route's recorded outages, oldest first, at most `per_route` each. A route whose
+    /// last outage has no `up_ms` was last known down, since its `down_ms`.
+    fn outages(&self, per_route: usize) -> StoreFuture<'_, Vec<RouteOutages>>;
+}
+
+/// A change in a primary's health, for [`Store::record_outage`] (times in ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutageChange {
+    /// The primary stopped answering.
+    Began { at_ms: i64 },
+    /// It answers again; `held` recipients were made due at once.
+    Ended { at_ms: i64, held: u64 },
+    /// Everything held for it during the outage was handed over.
+    Drained { at_ms: i64 },
+}
+
+/// One route's recorded outages, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteOutages {
+    pub route: String,
+    pub outages: Vec<crate::events::Outage>,
+}
+
+/// Outage rows ordered by route, then oldest first, grouped per route, each route's last
+/// `per_route` kept.
+pub(crate) fn group_outages(
+    rows: Vec<(String, crate::events::Outage)>,
+    per_route: usize,
+) -> Vec<RouteOutages> {
+    let mut out: Vec<RouteOutages> = Vec::new();
+    for (route, outage) in rows {
+        match out.last_mut().filter(|l| l.route == route) {
+            Some(l) => l.outages.push(outage),
+            None => out.push(RouteOutages {
+                route,
+                outages: vec![outage],
+            }),
+        }
+    }
+    for l in &mut out {
+        let extra = l.outages.len().saturating_sub(per_route);
+        l.outages.drain(..extra);
+    }
+    out
 }
 
 /// What a node does about a primary that is down (see [`Store::probe_turn`]).

@@ -4,18 +4,20 @@
 //! renews its leases while it lives and clears its own at start. Acceptances share
 //! transactions (group commit, [`writer`]); bodies are stored in 1 MiB chunks. Other nodes
 //! hear of new work through LISTEN/NOTIFY ([`wake`]), with the scheduler's polling as the
-//! fallback that guarantees progress. Primary health is shared in the `primaries` table.
+//! fallback that guarantees progress. Primary health is shared in the `primaries` table, and
+//! its outage history in `primary_outages` ([`outages`]).
 //! Lease times are the database server's clock, so nodes' clocks cannot disagree about them.
 //! This module owns the SQL; it talks to PostgreSQL and nothing else.
 
 mod inspect;
+mod outages;
 mod schema;
 mod wake;
 mod writer;
 
 use super::{
-    Action, ClaimedRow, Depth, Filter, Job, Listed, NewMessage, ProbeTurn, Recipient, Shown, Stats,
-    Store, StoreError, StoreFuture, Update, into_jobs,
+    Action, ClaimedRow, Depth, Filter, Job, Listed, NewMessage, OutageChange, ProbeTurn, Recipient,
+    RouteOutages, Shown, Stats, Store, StoreError, StoreFuture, Update, into_jobs,
 };
 use crate::config::{PgTls, PostgresConfig, TlsMode, TlsPolicy};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -606,5 +608,14 @@ impl Store for Postgres {
                 })
             })
         })
+    }
+
+    fn record_outage(&self, route: &str, change: OutageChange) -> StoreFuture<'_, ()> {
+        let route = route.to_string();
+        self.run(move |_, c| Box::pin(async move { outages::record(c, &route, change).await }))
+    }
+
+    fn outages(&self, per_route: usize) -> StoreFuture<'_, Vec<RouteOutages>> {
+        self.run(move |_, c| Box::pin(async move { outages::load(c, per_route).await }))
     }
 }

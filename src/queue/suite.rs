@@ -3,7 +3,11 @@
 //! real server). Each case wants a fresh, empty store. Test support only: it panics on any
 //! difference.
 
-use super::{Action, Filter, NewMessage, NewRecipient, State, Status, Store, Update};
+use super::{
+    Action, Filter, NewMessage, NewRecipient, OutageChange, RouteOutages, State, Status, Store,
+    Update,
+};
+use crate::events::{OUTAGES_KEPT, Outage};
 
 /// A message with these (address, domain) recipients, received at `received_at_ms`.
 pub fn message(id: &str, rcpts: &[(&str, &str)]) -> NewMessage {
@@ -303,4 +307,106 @@ pub async fn cache(s: &dyn Store) {
     assert_eq!(s.cache_get("k".into()).await.unwrap(), Some((true, 5000)));
     s.cache_put("k".into(), false, 6000).await.unwrap();
     assert_eq!(s.cache_get("k".into()).await.unwrap(), Some((false, 6000)));
+}
+
+/// A primary's outage history: one open outage at a time, closed with what was held, marked
+/// drained; every route on its own; only the last [`OUTAGES_KEPT`] kept.
+pub async fn outages(s: &dyn Store) {
+    use OutageChange::*;
+    assert!(s.outages(OUTAGES_KEPT).await.unwrap().is_empty());
+    let a = "127.0.0.1:2526";
+    s.record_outage(a, Began { at_ms: 1000 }).await.unwrap();
+    // Another node (or a second failing connection) seeing it down again changes nothing.
+    s.record_outage(a, Began { at_ms: 1500 }).await.unwrap();
+    // Nothing to drain while it is still down.
+    s.record_outage(a, Drained { at_ms: 1600 }).await.unwrap();
+    s.record_outage("mx:other.test", Began { at_ms: 1700 })
+        .await
+        .unwrap();
+    let open = Outage {
+        down_ms: 1000,
+        ..Default::default()
+    };
+    let other = RouteOutages {
+        route: "mx:other.test".into(),
+        outages: vec![Outage {
+            down_ms: 1700,
+            ..Default::default()
+        }],
+    };
+    assert_eq!(
+        s.outages(OUTAGES_KEPT).await.unwrap(),
+        vec![
+            RouteOutages {
+                route: a.into(),
+                outages: vec![open.clone()],
+            },
+            other.clone()
+        ],
+        "last known: both down, since their first report"
+    );
+    s.record_outage(
+        a,
+        Ended {
+            at_ms: 5000,
+            held: 7,
+        },
+    )
+    .await
+    .unwrap();
+    s.record_outage(
+        a,
+        Ended {
+            at_ms: 5100,
+            held: 9,
+        },
+    )
+    .await
+    .unwrap();
+    s.record_outage(a, Drained { at_ms: 6500 }).await.unwrap();
+    s.record_outage(a, Drained { at_ms: 6900 }).await.unwrap();
+    let closed = Outage {
+        down_ms: 1000,
+        up_ms: Some(5000),
+        held: Some(7),
+        drained_ms: Some(6500),
+    };
+    assert_eq!(
+        s.outages(OUTAGES_KEPT).await.unwrap()[0].outages,
+        vec![closed.clone()],
+        "the first report of each change counts"
+    );
+    // Down again: a new outage; the history is bounded, newest kept.
+    for i in 0..OUTAGES_KEPT as i64 + 3 {
+        let t = 10_000 + i * 1000;
+        s.record_outage(a, Began { at_ms: t }).await.unwrap();
+        s.record_outage(
+            a,
+            Ended {
+                at_ms: t + 500,
+                held: 1,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    s.record_outage(a, Began { at_ms: 99_000 }).await.unwrap();
+    let all = s.outages(OUTAGES_KEPT).await.unwrap();
+    assert_eq!(all[1], other, "other routes are left alone");
+    let mine = &all[0].outages;
+    assert_eq!(mine.len(), OUTAGES_KEPT);
+    assert_eq!(
+        mine.last().unwrap(),
+        &Outage {
+            down_ms: 99_000,
+            ..Default::default()
+        }
+    );
+    assert!(
+        mine.windows(2).all(|w| w[0].down_ms < w[1].down_ms),
+        "oldest first"
+    );
+    assert!(!mine.contains(&closed), "the oldest went");
+    let last_two = s.outages(2).await.unwrap();
+    assert_eq!(last_two[0].outages, mine[OUTAGES_KEPT - 2..].to_vec());
 }

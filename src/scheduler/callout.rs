@@ -89,8 +89,8 @@ impl Scheduler {
                 let reachable = self.check(&route, false).await;
                 if !reachable && route.mark_down() == super::route::Transition::WentDown {
                     warn!(primary = %route.key, "primary is down (standby check); accepting mail for its domains");
-                    let me = self.clone();
-                    tokio::spawn(me.probe(route));
+                    self.began_outage(&route, "the standby check found it unreachable")
+                        .await;
                 }
             }
         }

@@ -15,7 +15,8 @@ use crate::delivery::client::{Client, Timeouts};
 use crate::delivery::mx::{self, Identity, NoRoute, RouteKind, Target};
 use crate::delivery::{Broken, Outcome, RecipientResult, deliver};
 use crate::dns::Dns;
-use crate::queue::{Job, ProbeTurn, Status, Store, Update, now_ms};
+use crate::events::{Kind, OUTAGES_KEPT};
+use crate::queue::{Job, OutageChange, ProbeTurn, RouteOutages, Status, Store, Update, now_ms};
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use crate::tasks::Tracker;
@@ -159,7 +160,7 @@ impl Flusher for Scheduler {
                 if !route.is_up() {
                     let down_for = route.mark_up();
                     info!(primary = %route.key, "flush requested: treating the primary as up");
-                    came_up.push((route.key.clone(), down_for));
+                    came_up.push((route.clone(), down_for));
                     // Nodes sharing the queue learn it too.
                     if let Err(e) = self.store.primary_up(&route.key).await {
                         warn!(primary = %route.key, error = %e, "cannot share the primary's health");
@@ -168,12 +169,8 @@ impl Flusher for Scheduler {
             }
             self.store.hold_new_mail(domains.clone(), None).await?;
             let n = self.store.make_due(domains, now_ms()).await?;
-            for (primary, down_for) in came_up {
-                crate::events::get().record(crate::events::Kind::PrimaryUp {
-                    primary,
-                    down_for_s: down_for.as_secs(),
-                    held: n,
-                });
+            for (route, down_for) in came_up {
+                self.ended_outage(&route, down_for, n).await;
             }
             self.wake.notify_one();
             Ok(n)
@@ -589,7 +586,8 @@ impl Scheduler {
                     Ok(b) => b,
                     Err(e) => {
                         error!(queue_id = %job.queue_id, error = %e, "cannot read the message content");
-                        self.put_back(job, now_ms() + ms(s.retry_min)).await;
+                        let later = self.after(&job, s.retry_min);
+                        self.put_back(job, later).await;
                         continue;
                     }
                 };
@@ -659,31 +657,100 @@ impl Scheduler {
         jobs: Vec<Job>,
     ) {
         if transition == Transition::WentDown {
-            crate::events::get().record(crate::events::Kind::PrimaryDown {
-                primary: route.key.clone(),
-                reason: reason.to_string(),
-            });
             warn!(primary = %route.key, reason, "primary is down; holding its mail and probing every {:?}", self.settings.probe_interval);
-            if let Err(e) = self.store.primary_down(&route.key).await {
-                warn!(primary = %route.key, error = %e, "cannot share the primary's health");
-            }
-            let me = self.clone();
-            let r = route.clone();
-            tokio::spawn(async move { me.probe(r).await });
+            self.began_outage(route, reason).await;
         } else {
             debug!(primary = %route.key, reason, "connection failed");
         }
         self.hold(route, jobs, &format!("held: {reason}")).await;
     }
 
+    /// A route went down (a delivery or a check failed): tells the event log, the recorded
+    /// history and the nodes sharing the queue, and starts probing it.
+    pub(super) async fn began_outage(self: &Arc<Self>, route: &Arc<Route>, reason: &str) {
+        let at_ms = route.since_ms();
+        crate::events::get().record_at(
+            at_ms,
+            Kind::PrimaryDown {
+                primary: route.key.clone(),
+                reason: reason.to_string(),
+            },
+        );
+        self.record_outage(&route.key, OutageChange::Began { at_ms })
+            .await;
+        if let Err(e) = self.store.primary_down(&route.key).await {
+            warn!(primary = %route.key, error = %e, "cannot share the primary's health");
+        }
+        let me = self.clone();
+        let r = route.clone();
+        tokio::spawn(async move { me.probe(r, false).await });
+    }
+
+    /// A route answers again after `down_for`; `held` recipients were made due.
+    async fn ended_outage(&self, route: &Route, down_for: Duration, held: u64) {
+        let at_ms = route.since_ms();
+        crate::events::get().record_at(
+            at_ms,
+            Kind::PrimaryUp {
+                primary: route.key.clone(),
+                down_for_s: down_for.as_secs(),
+                held,
+            },
+        );
+        self.record_outage(&route.key, OutageChange::Ended { at_ms, held })
+            .await;
+    }
+
+    async fn record_outage(&self, route: &str, change: OutageChange) {
+        if let Err(e) = self.store.record_outage(route, change).await {
+            warn!(primary = route, error = %e, "cannot record the primary's health in the queue; after a restart it would be reported as it was before this change");
+        }
+    }
+
+    /// Takes each configured primary's health and outage history as recorded before this
+    /// process started. A primary last known down stays down (its mail held) and is probed
+    /// at once; until a probe or a delivery confirms it, status shows the record marked
+    /// stale. Call before [`Scheduler::run`], so no mail is handed to a primary known down.
+    pub async fn restore_health(self: &Arc<Self>) {
+        let recorded = match self.store.outages(OUTAGES_KEPT).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot read the primaries' recorded health; every primary counts as up until a delivery or probe fails");
+                return;
+            }
+        };
+        let routes = self.all_routes();
+        for RouteOutages {
+            route: key,
+            outages,
+        } in recorded
+        {
+            let (Some(route), Some(last)) = (routes.iter().find(|r| r.key == key), outages.last())
+            else {
+                continue;
+            };
+            let (up, since_ms) = match last.up_ms {
+                Some(up_ms) => (true, up_ms),
+                None => (false, last.down_ms),
+            };
+            crate::events::get().restore(&key, outages);
+            if route.restore(up, since_ms) == Transition::WentDown {
+                info!(primary = %key, down_since_ms = since_ms, "primary was down when mx2 last ran; holding its mail and probing it now");
+                let me = self.clone();
+                let r = route.clone();
+                tokio::spawn(async move { me.probe(r, true).await });
+            }
+        }
+    }
+
     /// Puts jobs for a down route back, due when the probe finds the primary up again (then
-    /// made due at once) or retry_max from now, whichever comes first.
+    /// made due at once), retry_max from now, or when the job expires, whichever comes first.
     async fn hold(&self, route: &Route, jobs: Vec<Job>, why: &str) {
         if jobs.is_empty() {
             return;
         }
-        let later = now_ms() + ms(self.settings.retry_max);
         for job in jobs {
+            let later = self.after(&job, self.settings.retry_max);
             self.put_back_because(job, later, Some(why)).await;
         }
         // The probe may have found the primary up while these were still claimed (its
@@ -755,25 +822,29 @@ impl Scheduler {
         }
     }
 
-    /// Probes a down route every `probe_interval` until it answers (banner and EHLO), then
-    /// makes everything held for it due at once.
-    async fn probe(self: Arc<Self>, route: Arc<Route>) {
+    /// Probes a down route every `probe_interval` (the first time at once when `at_once`)
+    /// until it answers (banner and EHLO), then makes everything held for it due at once.
+    async fn probe(self: Arc<Self>, route: Arc<Route>, at_once: bool) {
         let mut shutdown = self.shutdown.clone();
         let s = &self.settings;
-        // New mail for the route waits for this probe (or retry_max) from the start, as held
-        // mail does, instead of being claimed and put back one message at a time.
+        // New mail for the route waits for this probe (or retry_max, or its expiry) from the
+        // start, as held mail does, instead of being claimed and put back one at a time.
         if let Err(e) = self
             .store
-            .hold_new_mail(route.domains.clone(), Some(ms(s.retry_max)))
+            .hold_new_mail(route.domains.clone(), Some(ms(s.retry_max.min(s.lifetime))))
             .await
         {
             error!(primary = %route.key, error = %e, "cannot hold new mail");
         }
+        let mut wait = !at_once;
         loop {
-            tokio::select! {
-                _ = shutdown.wait() => return,
-                _ = tokio::time::sleep(s.probe_interval) => {}
+            if wait {
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tokio::time::sleep(s.probe_interval) => {}
+                }
             }
+            wait = true;
             let ok = self.shared_check(&route).await;
             route.probed();
             if ok {
@@ -790,11 +861,7 @@ impl Scheduler {
                         0
                     });
                 info!(primary = %route.key, down_for = ?down_for, recipients_due = due, "primary is up again; delivering what is held");
-                crate::events::get().record(crate::events::Kind::PrimaryUp {
-                    primary: route.key.clone(),
-                    down_for_s: down_for.as_secs(),
-                    held: due,
-                });
+                self.ended_outage(&route, down_for, due).await;
                 self.wake.notify_one();
                 return;
             }
@@ -822,15 +889,19 @@ impl Scheduler {
         }
     }
 
-    fn next_attempt(&self, attempts_done: u32) -> i64 {
+    /// `delay` from now, but never after the job expires: the claim that finds it expired
+    /// then comes at its lifetime (see [`backoff::next_attempt_at`]).
+    fn after(&self, job: &Job, delay: Duration) -> i64 {
+        backoff::next_attempt_at(now_ms(), delay, job.received_at_ms, self.settings.lifetime)
+    }
+
+    /// When to try a job again after `attempts_done` attempts failed.
+    fn next_attempt(&self, job: &Job, attempts_done: u32) -> i64 {
         let s = &self.settings;
-        now_ms()
-            + ms(backoff::retry_delay(
-                attempts_done,
-                s.retry_min,
-                s.retry_max,
-                fastrand::f64(),
-            ))
+        self.after(
+            job,
+            backoff::retry_delay(attempts_done, s.retry_min, s.retry_max, fastrand::f64()),
+        )
     }
 
     async fn record_results(
@@ -860,7 +931,7 @@ impl Scheduler {
                 }
                 Outcome::Deferred => {
                     crate::metrics::get().delivery("deferred");
-                    let next = self.next_attempt(rcpt.attempts + 1);
+                    let next = self.next_attempt(job, rcpt.attempts + 1);
                     info!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %r.reply, retry_in_s = (next - now_ms()) / 1000, "deferred");
                     (Status::Pending, next)
                 }
@@ -889,7 +960,7 @@ impl Scheduler {
             .iter()
             .map(|r| {
                 info!(queue_id = %job.queue_id, rcpt = %r.address, primary = host, reply = %reply, "deferred");
-                Update::new(r.row, Status::Pending, true, self.next_attempt(r.attempts + 1), Some(reply.clone()))
+                Update::new(r.row, Status::Pending, true, self.next_attempt(job, r.attempts + 1), Some(reply.clone()))
             })
             .collect();
         self.record(

@@ -1,5 +1,6 @@
 //! A route: the primary hosts that one or more domains deliver to, its health (up, or down
-//! since when), and the jobs waiting for one of its connections.
+//! since when; after a restart, the last known health until a probe or a delivery confirms
+//! it), and the jobs waiting for one of its connections.
 
 use super::concurrency::Concurrency;
 use crate::delivery::auth::Credentials;
@@ -29,6 +30,8 @@ struct State {
     up: bool,
     since: SystemTime,
     probing: bool,
+    /// `up` and `since` are what was recorded before a restart, not seen by this process yet.
+    stale: bool,
     concurrency: Concurrency,
     /// With a rate cap: the earliest time the next message may start.
     next_slot: Option<Instant>,
@@ -53,6 +56,9 @@ pub struct Snapshot {
     pub up: bool,
     /// Since when it has been up or down (ms since the epoch).
     pub since_ms: i64,
+    /// `up` and `since_ms` are the last known state, recorded before this process started;
+    /// no probe or delivery has confirmed them yet.
+    pub stale: bool,
     pub last_probe_ms: Option<i64>,
     pub connections: usize,
     pub connections_allowed: usize,
@@ -121,6 +127,7 @@ impl Route {
                 up: true,
                 since: SystemTime::now(),
                 probing: false,
+                stale: false,
                 concurrency,
                 next_slot: None,
                 last_probe: None,
@@ -183,6 +190,7 @@ impl Route {
     /// A message went through: the route may grow.
     pub fn success(&self, now: Instant) {
         let mut s = self.lock();
+        s.stale = false;
         s.concurrency.success(now);
         while s.delivered.len() >= RATE_SAMPLES
             || s.delivered
@@ -196,7 +204,26 @@ impl Route {
 
     /// A health check ran.
     pub fn probed(&self) {
-        self.lock().last_probe = Some(SystemTime::now());
+        let mut s = self.lock();
+        s.last_probe = Some(SystemTime::now());
+        s.stale = false;
+    }
+
+    /// Takes the health recorded before a restart (up or down since `since_ms`), marked as
+    /// last known until a probe or a delivery confirms it. Returns `WentDown` when the route
+    /// was down: the caller starts its probe.
+    pub fn restore(&self, up: bool, since_ms: i64) -> Transition {
+        let mut s = self.lock();
+        s.since =
+            std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(since_ms).unwrap_or(0));
+        s.stale = true;
+        if up || !s.up {
+            s.up = up;
+            return Transition::Same;
+        }
+        s.up = false;
+        s.probing = true;
+        Transition::WentDown
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -211,6 +238,7 @@ impl Route {
             },
             up: s.up,
             since_ms: crate::queue::to_ms(s.since),
+            stale: s.stale,
             last_probe_ms: s.last_probe.map(crate::queue::to_ms),
             connections: s.workers,
             connections_allowed: s.concurrency.allowed(),
@@ -253,6 +281,7 @@ impl Route {
     }
 
     fn down(s: &mut State) -> Transition {
+        s.stale = false;
         if s.up {
             s.up = false;
             s.since = SystemTime::now();
@@ -284,9 +313,15 @@ impl Route {
         }
         s.up = true;
         s.probing = false;
+        s.stale = false;
         let down_for = s.since.elapsed().unwrap_or_default();
         s.since = SystemTime::now();
         down_for
+    }
+
+    /// Since when the route has been up or down (ms since the epoch).
+    pub fn since_ms(&self) -> i64 {
+        crate::queue::to_ms(self.lock().since)
     }
 
     pub fn is_up(&self) -> bool {
@@ -387,5 +422,34 @@ mod tests {
         r.mark_up();
         assert!(r.is_up());
         assert_eq!(r.push(job("d")), Pushed::StartWorker);
+    }
+
+    #[test]
+    fn restored_health_is_last_known_until_confirmed() {
+        let r = route();
+        assert!(!r.snapshot().stale, "a new route is not a record");
+        assert_eq!(
+            r.restore(false, 5000),
+            Transition::WentDown,
+            "start a probe"
+        );
+        let s = r.snapshot();
+        assert!(!s.up && s.stale && s.since_ms == 5000, "{s:?}");
+        assert!(matches!(r.push(job("a")), Pushed::Down(_)), "held");
+        assert_eq!(r.mark_down(), Transition::Same, "the probe is running");
+        r.probed();
+        let s = r.snapshot();
+        assert!(!s.up && !s.stale && s.since_ms == 5000, "{s:?}");
+        assert!(
+            r.mark_up() >= Duration::from_secs(1),
+            "down since the record"
+        );
+
+        let r = route();
+        assert_eq!(r.restore(true, 7000), Transition::Same);
+        let s = r.snapshot();
+        assert!(s.up && s.stale && s.since_ms == 7000, "{s:?}");
+        r.success(Instant::now());
+        assert!(!r.snapshot().stale);
     }
 }

@@ -10,7 +10,8 @@ use tokio_postgres::error::SqlState;
 use tracing::info;
 
 /// Migration steps; step N brings the schema from version N to N + 1. Append only.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE messages (
     id TEXT COLLATE \"C\" PRIMARY KEY,
     received_at BIGINT NOT NULL,
@@ -59,7 +60,9 @@ CREATE TABLE primaries (
     probed_by TEXT,
     probe_until BIGINT
 );
-"];
+",
+    super::outages::SCHEMA,
+];
 
 /// The schema version this mx2 writes.
 pub const VERSION: i32 = MIGRATIONS.len() as i32;
