@@ -1,12 +1,14 @@
 //! The admin HTTP server: the JSON API (`/api/v1/…`), Prometheus `/metrics`, the dashboard
 //! at `/`, and `/healthz`. Every request but `/healthz` needs the bearer token when one is
-//! configured (a browser may give it as the password of HTTP Basic auth). It reads the
-//! queue through the `Store` trait and acts through the scheduler; it never touches SMTP.
+//! configured (a browser may give it as the password of HTTP Basic auth). Slow and idle
+//! connections are bounded ([`listener`]). It reads the queue through the `Store` trait and acts through
+//! the scheduler; it never touches SMTP.
 
 pub mod alerts;
 mod api;
 pub mod dashboard;
 pub mod history;
+pub mod listener;
 mod metrics;
 pub mod monitor;
 
@@ -24,7 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
-use tracing::{error, info};
+use tracing::info;
 
 /// A listing filter from a URL query string (`domain=x&state=held`), as the API reads it.
 pub fn api_filter(query: &str) -> Result<crate::queue::Filter, String> {
@@ -234,17 +236,11 @@ pub fn router(admin: Arc<Admin>) -> Router {
 }
 
 /// Serves the admin API on `listener` until shutdown.
-pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, mut shutdown: Shutdown) {
+pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, shutdown: Shutdown) {
     if let Ok(a) = listener.local_addr() {
         info!(address = %a, token = admin.token.is_some(), "admin API, /metrics and dashboard listening");
     }
-    let app = router(admin);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
-    {
-        error!(error = %e, "admin server stopped");
-    }
+    listener::run(listener, router(admin), listener::LIMITS, shutdown).await;
 }
 
 #[cfg(test)]
