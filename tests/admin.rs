@@ -542,6 +542,113 @@ fn raw_http(addr: &str, request: &str) -> (u16, String) {
     (status, answer)
 }
 
+/// A POST as a browser sends it for `<form method=POST enctype=text/plain action=…>` on a
+/// page at `origin`.
+fn form_post(addr: &str, path: &str, origin: Option<&str>) -> (u16, String) {
+    let origin = origin.map_or(String::new(), |o| {
+        format!("Origin: {o}\r\nSec-Fetch-Site: cross-site\r\n")
+    });
+    raw_http(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{origin}Content-Type: text/plain\r\nContent-Length: 4\r\nConnection: close\r\n\r\na=b\n"
+        ),
+    )
+}
+
+fn get_with_host(addr: &str, path: &str, host: &str) -> (u16, String) {
+    raw_http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Item 2 of issue 13: with the default config (admin on loopback, no token), a web page
+/// elsewhere can neither act on the queue through the operator's browser (form POSTs) nor
+/// read it through DNS rebinding (a foreign `Host`); mx2's own commands still work.
+#[test]
+fn pages_on_other_sites_cannot_act_on_or_read_the_queue() {
+    let primary_port = free_port();
+    let admin_port = free_port();
+    let mx2 = Mx2::start_config(|port, state| {
+        let tail = format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\nallowed_hosts = [\"mx2.example.net\"]\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\n"
+        );
+        config_with(port, state, "", &tail)
+    });
+    let cfg = mx2.config.clone();
+    let addr = format!("127.0.0.1:{admin_port}");
+    let id = send(&mx2, "a@sender.test", "user1@example.test", "one");
+    let (code, _, err) = cli(&["queue", "hold", &id], &cfg);
+    assert_eq!(code, 0, "{err}");
+
+    // Forged from another site: refused, and the message is still there.
+    let delete = format!("/api/v1/queue/{id}/delete");
+    for origin in [Some("http://attacker.example"), None] {
+        let (code, answer) = form_post(&addr, &delete, origin);
+        assert_eq!(code, 403, "{answer}");
+        assert!(answer.contains("refused"), "{answer}");
+    }
+    assert_eq!(queue_ids(&cfg, &["--state", "held"]), vec![id.clone()]);
+    let (code, answer) = form_post(&addr, "/api/v1/flush", Some("http://attacker.example"));
+    assert_eq!(code, 403, "{answer}");
+    let (code, answer) = form_post(&addr, "/api/v1/reload", None);
+    assert_eq!(code, 403, "{answer}");
+    assert!(answer.contains("X-Mx2-Request"), "{answer}");
+    // Even with a JSON body, a request a browser made for another site is refused.
+    let (code, answer) = raw_http(
+        &addr,
+        &format!(
+            "POST /api/v1/flush HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nSec-Fetch-Site: cross-site\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(code, 403, "{answer}");
+    let (code, events) = http("GET", &format!("http://{addr}/api/v1/events"), None, None);
+    assert_eq!(code, 200);
+    assert!(
+        !events.contains("reload"),
+        "a refused reload did not run: {events}"
+    );
+
+    // DNS rebinding: the page's own name in Host gets nothing.
+    for path in ["/api/v1/queue", &format!("/api/v1/queue/{id}/eml"), "/"] {
+        let (code, answer) = get_with_host(&addr, path, &format!("attacker.example:{admin_port}"));
+        assert_eq!(code, 421, "{path}: {answer}");
+        assert!(!answer.contains(&id), "{answer}");
+        assert!(answer.contains("admin.allowed_hosts"), "{answer}");
+    }
+    // This server's names: its address, localhost, a configured name; or no Host at all.
+    for host in [
+        addr.clone(),
+        format!("localhost:{admin_port}"),
+        "mx2.example.net".to_string(),
+    ] {
+        let (code, answer) = get_with_host(&addr, "/api/v1/queue", &host);
+        assert_eq!(code, 200, "{host}: {answer}");
+        assert!(answer.contains(&id), "{answer}");
+    }
+    let (code, answer) = raw_http(&addr, "GET /api/v1/queue HTTP/1.0\r\n\r\n");
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains(&id), "{answer}");
+
+    // Programs and mx2's own commands still act.
+    let (code, answer) = raw_http(
+        &addr,
+        &format!(
+            "POST /api/v1/queue/{id}/release HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nX-Mx2-Request: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(code, 200, "{answer}");
+    for args in [&["queue", "flush"][..], &["reload"]] {
+        let (code, out, err) = cli(args, &cfg);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    let (code, out, err) = cli(&["queue", "delete", &id], &cfg);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted 1"), "{out}");
+    assert!(queue_ids(&cfg, &[]).is_empty());
+}
+
 /// How many files `pid` has open (Linux).
 fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
@@ -606,8 +713,10 @@ fn slow_admin_clients_cannot_take_the_file_descriptors_smtp_needs() {
         }
         if idle_closed.is_none() {
             match idle.read(&mut buf) {
+                Ok(0) => idle_closed = Some(idle_since.elapsed()),
+                Ok(_) => {} // the rest of its answer
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                _ => idle_closed = Some(idle_since.elapsed()),
+                Err(_) => idle_closed = Some(idle_since.elapsed()),
             }
         }
         // Once the flood is in: what mx2 holds, and whether SMTP and the admin port answer.

@@ -11,9 +11,12 @@
 //!
 //! On shutdown it stops accepting and lets each connection finish the request in hand.
 
+use super::guard::Local;
 use crate::shutdown::Shutdown;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
@@ -104,7 +107,14 @@ async fn connection(
     mut shutdown: Shutdown,
     _slot: OwnedSemaphorePermit,
 ) {
-    let service = TowerToHyperService::new(app);
+    let local = tcp.local_addr().ok().map(Local);
+    let app = TowerToHyperService::new(app);
+    let service = service_fn(move |mut req: hyper::Request<Incoming>| {
+        if let Some(l) = local {
+            req.extensions_mut().insert(l);
+        }
+        app.call(req)
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
