@@ -143,3 +143,64 @@ async fn connection(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads until the peer closes (or 10 s pass); what came, and when it closed.
+    async fn until_closed(s: &mut TcpStream) -> (String, Duration) {
+        let start = Instant::now();
+        let mut all = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all)).await;
+        (String::from_utf8_lossy(&all).into_owned(), start.elapsed())
+    }
+
+    #[tokio::test]
+    async fn a_trickled_body_and_one_connection_too_many_are_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", axum::routing::post(|body: String| async move { body }));
+        let limits = Limits {
+            header_timeout: Duration::from_secs(5),
+            max_connections: 1,
+            lifetime: Duration::from_secs(1),
+        };
+        let (trigger, shutdown) = crate::shutdown::channel();
+        tokio::spawn(run(listener, app, limits, shutdown));
+
+        // Headers in time, then a body that never comes: the lifetime ends it.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The only slot is taken: the next one is told so and closed at once.
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let (answer, took) = until_closed(&mut second).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        let (_, took) = until_closed(&mut slow).await;
+        println!("trickled body closed after {took:?} (lifetime 1 s)");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+
+        // Its slot is free again; after shutdown the port is closed.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        third
+            .write_all(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+            )
+            .await
+            .unwrap();
+        let (answer, _) = until_closed(&mut third).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"),
+            "{answer:?}"
+        );
+        trigger.fire();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
+}
