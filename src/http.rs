@@ -36,6 +36,21 @@ struct Url {
     path: String,
 }
 
+impl Url {
+    /// The `Host` header: IPv6 in brackets, the port unless it is the scheme's default.
+    fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match (self.https, self.port) {
+            (true, 443) | (false, 80) => host,
+            (_, port) => format!("{host}:{port}"),
+        }
+    }
+}
+
 fn parse_url(url: &str) -> Option<Url> {
     let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
         (true, r)
@@ -134,9 +149,13 @@ pub async fn request(
                 )
             })
             .unwrap_or_default();
+        // `X-Mx2-Request` tells mx2's admin API that a program, not a web page on another
+        // site, sent this (it refuses changes without it or a JSON body); elsewhere it is
+        // an inert header like `User-Agent`.
         let mut request = format!(
-            "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: mx2\r\nAccept: text/plain, application/json\r\n{auth}{content}Connection: close\r\n\r\n",
-            u.path, u.host
+            "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: mx2\r\nX-Mx2-Request: 1\r\nAccept: text/plain, application/json\r\n{auth}{content}Connection: close\r\n\r\n",
+            u.path,
+            u.authority()
         )
         .into_bytes();
         if let Some(b) = &body {
@@ -262,8 +281,15 @@ mod tests {
                 && u.port == 8443
                 && u.path == "/rcpts.txt?x=1"
         );
+        assert_eq!(u.authority(), "primary.example.com:8443");
         let u = parse_url("http://127.0.0.1").unwrap();
         assert_eq!((u.port, u.path.as_str()), (80, "/"));
+        assert_eq!(u.authority(), "127.0.0.1");
+        let u = parse_url("http://[::1]:8025/api").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.authority().as_str()),
+            ("::1", "[::1]:8025")
+        );
         assert!(parse_url("ftp://x").is_none());
     }
 

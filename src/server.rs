@@ -193,6 +193,7 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
                 crate::config::StorageConfig::Postgres(_) => None,
             },
             token: config.admin.token.clone(),
+            allowed_hosts: config.admin.allowed_hosts.clone(),
             reloader: reloader.clone(),
             history,
         });

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -645,4 +645,277 @@ fn secret_files_readable_by_others_are_warned_about() {
     let (_, out, _) = mx2_command(&["config", "check"], &mx2.config);
     let out = String::from_utf8_lossy(&out).into_owned();
     assert!(!out.contains("warning:"), "{out}");
+}
+
+/// Sends `request` as it is to `addr` (ip:port) and reads to the end: (status, whole answer).
+fn raw_http(addr: &str, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+/// A POST as a browser sends it for `<form method=POST enctype=text/plain action=…>` on a
+/// page at `origin`.
+fn form_post(addr: &str, path: &str, origin: Option<&str>) -> (u16, String) {
+    let origin = origin.map_or(String::new(), |o| {
+        format!("Origin: {o}\r\nSec-Fetch-Site: cross-site\r\n")
+    });
+    raw_http(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{origin}Content-Type: text/plain\r\nContent-Length: 4\r\nConnection: close\r\n\r\na=b\n"
+        ),
+    )
+}
+
+fn get_with_host(addr: &str, path: &str, host: &str) -> (u16, String) {
+    raw_http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Item 2 of issue 13: with the default config (admin on loopback, no token), a web page
+/// elsewhere can neither act on the queue through the operator's browser (form POSTs) nor
+/// read it through DNS rebinding (a foreign `Host`); mx2's own commands still work.
+#[test]
+fn pages_on_other_sites_cannot_act_on_or_read_the_queue() {
+    let primary_port = free_port();
+    let admin_port = free_port();
+    let mx2 = Mx2::start_config(|port, state| {
+        let tail = format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\nallowed_hosts = [\"mx2.example.net\"]\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\n"
+        );
+        config_with(port, state, "", &tail)
+    });
+    let cfg = mx2.config.clone();
+    let addr = format!("127.0.0.1:{admin_port}");
+    let id = send(&mx2, "a@sender.test", "user1@example.test", "one");
+    let (code, _, err) = cli(&["queue", "hold", &id], &cfg);
+    assert_eq!(code, 0, "{err}");
+
+    // Forged from another site: refused, and the message is still there.
+    let delete = format!("/api/v1/queue/{id}/delete");
+    for origin in [Some("http://attacker.example"), None] {
+        let (code, answer) = form_post(&addr, &delete, origin);
+        assert_eq!(code, 403, "{answer}");
+        assert!(answer.contains("refused"), "{answer}");
+    }
+    assert_eq!(queue_ids(&cfg, &["--state", "held"]), vec![id.clone()]);
+    let (code, answer) = form_post(&addr, "/api/v1/flush", Some("http://attacker.example"));
+    assert_eq!(code, 403, "{answer}");
+    let (code, answer) = form_post(&addr, "/api/v1/reload", None);
+    assert_eq!(code, 403, "{answer}");
+    assert!(answer.contains("X-Mx2-Request"), "{answer}");
+    // Even with a JSON body, a request a browser made for another site is refused.
+    let (code, answer) = raw_http(
+        &addr,
+        &format!(
+            "POST /api/v1/flush HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nSec-Fetch-Site: cross-site\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(code, 403, "{answer}");
+    let (code, events) = http("GET", &format!("http://{addr}/api/v1/events"), None, None);
+    assert_eq!(code, 200);
+    assert!(
+        !events.contains("reload"),
+        "a refused reload did not run: {events}"
+    );
+
+    // DNS rebinding: the page's own name in Host gets nothing.
+    for path in ["/api/v1/queue", &format!("/api/v1/queue/{id}/eml"), "/"] {
+        let (code, answer) = get_with_host(&addr, path, &format!("attacker.example:{admin_port}"));
+        assert_eq!(code, 421, "{path}: {answer}");
+        assert!(!answer.contains(&id), "{answer}");
+        assert!(answer.contains("admin.allowed_hosts"), "{answer}");
+    }
+    // This server's names: its address, localhost, a configured name; or no Host at all.
+    for host in [
+        addr.clone(),
+        format!("localhost:{admin_port}"),
+        "mx2.example.net".to_string(),
+    ] {
+        let (code, answer) = get_with_host(&addr, "/api/v1/queue", &host);
+        assert_eq!(code, 200, "{host}: {answer}");
+        assert!(answer.contains(&id), "{answer}");
+    }
+    let (code, answer) = raw_http(&addr, "GET /api/v1/queue HTTP/1.0\r\n\r\n");
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains(&id), "{answer}");
+
+    // Programs and mx2's own commands still act.
+    let (code, answer) = raw_http(
+        &addr,
+        &format!(
+            "POST /api/v1/queue/{id}/release HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nX-Mx2-Request: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(code, 200, "{answer}");
+    for args in [&["queue", "flush"][..], &["reload"]] {
+        let (code, out, err) = cli(args, &cfg);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    let (code, out, err) = cli(&["queue", "delete", &id], &cfg);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted 1"), "{out}");
+    assert!(queue_ids(&cfg, &[]).is_empty());
+}
+
+/// How many files `pid` has open (Linux).
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Item 3 of issue 13: clients that open the admin port and send half a request head, or sit
+/// idle between requests, are closed after the header timeout (10 s); beyond 256 at once
+/// they are closed at once. Meanwhile SMTP on the same mx2, whose open-file limit is 400,
+/// still greets.
+#[test]
+fn slow_admin_clients_cannot_take_the_file_descriptors_smtp_needs() {
+    const SLOW: usize = 450;
+    const CAP: usize = 256;
+    let mut mx2 = Mx2::prepare(|port, state| test_config(port, free_port(), state, ""));
+    mx2.wrapper = ["prlimit", "--nofile=400:400"].map(String::from).to_vec();
+    mx2.spawn();
+    let api = mx2.admin_url();
+    let addr = api.strip_prefix("http://").unwrap().to_string();
+    let before = open_files(mx2.pid());
+
+    // A keep-alive client that asks once, then says nothing.
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    write!(idle, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut first = [0u8; 512];
+    let n = idle.read(&mut first).unwrap();
+    assert!(
+        String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    let idle_since = Instant::now();
+
+    let opened = Instant::now();
+    let mut slow: Vec<Option<TcpStream>> = (0..SLOW)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+            s.set_nonblocking(true).unwrap();
+            Some(s)
+        })
+        .collect();
+    let mut closed_after: Vec<Option<Duration>> = vec![None; SLOW];
+    let mut answers = vec![Vec::new(); SLOW];
+    let mut idle_closed: Option<Duration> = None;
+    idle.set_nonblocking(true).unwrap();
+    let mut during: Option<(usize, String, u16)> = None;
+    let mut buf = [0u8; 1024];
+    while opened.elapsed() < Duration::from_secs(40) {
+        for (i, s) in slow.iter_mut().enumerate() {
+            let Some(stream) = s else { continue };
+            match stream.read(&mut buf) {
+                Ok(0) => {}
+                Ok(n) => {
+                    answers[i].extend_from_slice(&buf[..n]);
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => {}
+            }
+            closed_after[i] = Some(opened.elapsed());
+            *s = None;
+        }
+        if idle_closed.is_none() {
+            match idle.read(&mut buf) {
+                Ok(0) => idle_closed = Some(idle_since.elapsed()),
+                Ok(_) => {} // the rest of its answer
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => idle_closed = Some(idle_since.elapsed()),
+            }
+        }
+        // Once the flood is in: what mx2 holds, and whether SMTP and the admin port answer.
+        if during.is_none() && opened.elapsed() > Duration::from_secs(2) {
+            let files = open_files(mx2.pid());
+            let mut smtp = TcpStream::connect(("127.0.0.1", mx2.port)).unwrap();
+            smtp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut greeting = [0u8; 256];
+            let n = smtp.read(&mut greeting).unwrap_or(0);
+            let greeting = String::from_utf8_lossy(&greeting[..n]).into_owned();
+            let over = raw_http(
+                &addr,
+                &format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+            )
+            .0;
+            during = Some((files, greeting, over));
+        }
+        if slow.iter().all(Option::is_none) && idle_closed.is_some() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (files, greeting, over) = during.expect("checked during the flood");
+    let at_once: Vec<Duration> = closed_after
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|t| *t < Duration::from_secs(5))
+        .collect();
+    let timed_out: Vec<Duration> = closed_after
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|t| *t >= Duration::from_secs(5))
+        .collect();
+    let answered_503 = answers
+        .iter()
+        .filter(|a| a.starts_with(b"HTTP/1.1 503"))
+        .count();
+    println!(
+        "mx2 open files: {before} before, {files} with {SLOW} slow clients; closed at once: {} ({answered_503} saw 503); closed after {:?}..{:?}: {}; still open: {}; idle keep-alive closed after {idle_closed:?}; admin port during the flood: {over}",
+        at_once.len(),
+        timed_out.iter().min(),
+        timed_out.iter().max(),
+        timed_out.len(),
+        slow.iter().flatten().count(),
+    );
+    assert!(
+        greeting.starts_with("220"),
+        "SMTP during the flood: {greeting:?}\n{}",
+        mx2.log()
+    );
+    assert!(files <= before + CAP + 20, "mx2 held {files} files");
+    assert!(
+        at_once.len() >= SLOW - CAP,
+        "only {} closed at once",
+        at_once.len()
+    );
+    assert_eq!(
+        slow.iter().flatten().count(),
+        0,
+        "slow clients still open after 40 s"
+    );
+    assert!(
+        timed_out.iter().all(|t| *t < Duration::from_secs(25)),
+        "header timeout (10 s) overrun: {:?}",
+        timed_out.iter().max()
+    );
+    assert_ne!(
+        over, 200,
+        "the admin port took one more connection over its cap"
+    );
+    let idle_closed = idle_closed.expect("the idle keep-alive connection was closed");
+    assert!(
+        idle_closed >= Duration::from_secs(5) && idle_closed < Duration::from_secs(25),
+        "idle keep-alive closed after {idle_closed:?}"
+    );
+    // Nothing stays behind: the port serves again.
+    let (code, body) = http("GET", &format!("{api}/healthz"), None, None);
+    assert_eq!(code, 200, "{body}");
 }

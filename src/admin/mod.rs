@@ -1,12 +1,17 @@
 //! The admin HTTP server: the JSON API (`/api/v1/…`), Prometheus `/metrics`, the dashboard
-//! at `/`, and `/healthz`. Every request but `/healthz` needs the bearer token when one is
-//! configured (a browser may give it as the password of HTTP Basic auth). It reads the
-//! queue through the `Store` trait and acts through the scheduler; it never touches SMTP.
+//! at `/`, and `/healthz`. Every request but `/healthz` must name this server in `Host`, and
+//! a state-changing one must be something a web page on another site cannot send
+//! ([`guard`]); every request but `/healthz` needs the bearer token when one is configured
+//! (a browser may give it as the password of HTTP Basic auth). Slow and idle connections
+//! are bounded ([`listener`]). It reads the queue through the `Store` trait and acts through
+//! the scheduler; it never touches SMTP.
 
 pub mod alerts;
 mod api;
 pub mod dashboard;
+pub mod guard;
 pub mod history;
+pub mod listener;
 mod metrics;
 pub mod monitor;
 
@@ -16,7 +21,7 @@ use crate::scheduler::route::Snapshot;
 use crate::shutdown::Shutdown;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -24,7 +29,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
-use tracing::{error, info};
+use tracing::info;
 
 /// A listing filter from a URL query string (`domain=x&state=held`), as the API reads it.
 pub fn api_filter(query: &str) -> Result<crate::queue::Filter, String> {
@@ -78,6 +83,9 @@ pub struct Admin {
     /// The embedded queue's identity (its marker), compared by `mx2` commands before paths.
     pub queue_id: Option<String>,
     pub token: Option<String>,
+    /// Names besides its addresses and `localhost` that requests may give in `Host`
+    /// (`admin.allowed_hosts`).
+    pub allowed_hosts: Vec<String>,
     pub reloader: Arc<dyn Reload>,
     pub history: Arc<history::History>,
 }
@@ -211,6 +219,53 @@ async fn authenticate(State(a): State<Arc<Admin>>, req: Request, next: Next) -> 
     r
 }
 
+/// A header's value as text; one that is not text reads as a value nothing accepts.
+fn text(v: &HeaderValue) -> &str {
+    v.to_str().unwrap_or("\u{fffd}")
+}
+
+/// Refuses requests that do not name this server (DNS rebinding) and state-changing ones a
+/// page on another site could have sent (CSRF): see [`guard`].
+async fn screen(State(a): State<Arc<Admin>>, req: Request, next: Next) -> Response {
+    let hosts = guard::Hosts {
+        names: &a.allowed_hosts,
+        local: req.extensions().get::<guard::Local>().map(|l| l.0),
+    };
+    if req.uri().path() != "/healthz"
+        && let Some(name) = foreign_host(&req, &hosts)
+    {
+        return api::error(
+            StatusCode::MISDIRECTED_REQUEST,
+            &guard::wrong_host(name, &hosts),
+        );
+    }
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let h = req.headers();
+        let claims = guard::Claims {
+            host: h.get(header::HOST).map(text),
+            origin: h.get(header::ORIGIN).map(text),
+            sec_fetch_site: h.get("sec-fetch-site").map(text),
+            content_type: h.get(header::CONTENT_TYPE).map(text),
+            marked: h.contains_key(guard::REQUEST_HEADER),
+        };
+        if let Err(why) = guard::forgery_check(&claims, &hosts) {
+            return api::error(StatusCode::FORBIDDEN, &why);
+        }
+    }
+    next.run(req).await
+}
+
+/// The first name the request gives (`Host`, or an absolute request target) that is not
+/// this server's.
+fn foreign_host<'r>(req: &'r Request, hosts: &guard::Hosts<'_>) -> Option<&'r str> {
+    req.headers()
+        .get_all(header::HOST)
+        .iter()
+        .map(text)
+        .chain(req.uri().authority().map(|a| a.as_str()))
+        .find(|name| !guard::host_allowed(name, hosts))
+}
+
 async fn healthz(State(a): State<Arc<Admin>>) -> Response {
     match a.store.stats().await {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
@@ -232,21 +287,16 @@ pub fn router(admin: Arc<Admin>) -> Router {
             admin.clone(),
             authenticate,
         ))
+        .layer(axum::middleware::from_fn_with_state(admin.clone(), screen))
         .with_state(admin)
 }
 
 /// Serves the admin API on `listener` until shutdown.
-pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, mut shutdown: Shutdown) {
+pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, shutdown: Shutdown) {
     if let Ok(a) = listener.local_addr() {
-        info!(address = %a, token = admin.token.is_some(), "admin API, /metrics and dashboard listening");
+        info!(address = %a, token = admin.token.is_some(), allowed_hosts = ?admin.allowed_hosts, "admin API, /metrics and dashboard listening");
     }
-    let app = router(admin);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
-    {
-        error!(error = %e, "admin server stopped");
-    }
+    listener::run(listener, router(admin), listener::LIMITS, shutdown).await;
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// The bearer token every request but `/healthz` must carry; None: open (loopback only).
     pub token: Option<String>,
+    /// Names (lower case, no trailing dot) and addresses that requests may give in `Host`
+    /// besides the address they reached, loopback addresses and `localhost`.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -22,6 +25,7 @@ impl Default for AdminConfig {
         Self {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 8025))),
             token: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -57,6 +61,8 @@ impl Default for AlertsConfig {
 pub(super) struct RawAdmin {
     listen: Option<Spanned<String>>,
     token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    allowed_hosts: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -87,6 +93,28 @@ fn secret(cx: &Ctx<'_>, v: &Spanned<String>, base: &Path) -> Result<String, Conf
         return Err(cx.at(v.span(), &format!("{} is empty", p.display())));
     }
     Ok(token)
+}
+
+/// One `admin.allowed_hosts` entry as requests' `Host` is compared with it: a host name in
+/// lower case without a trailing dot, or an IP address; no port, no wildcard.
+fn allowed_host(entry: &str) -> Result<String, String> {
+    let e = entry.trim();
+    if let Ok(ip) = e.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Ok(ip.to_canonical().to_string());
+    }
+    let name = e.trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "`{entry}` is not a host name or IP address, e.g. \"mx2.example.net\" (no scheme, port or wildcard)"
+        ));
+    }
+    Ok(name)
 }
 
 impl Ctx<'_> {
@@ -120,7 +148,16 @@ impl Ctx<'_> {
                 ),
             ));
         }
-        Ok(AdminConfig { listen, token })
+        let allowed_hosts = raw
+            .allowed_hosts
+            .iter()
+            .map(|h| allowed_host(h.get_ref()).map_err(|e| self.at(h.span(), &e)))
+            .collect::<Result<_, _>>()?;
+        Ok(AdminConfig {
+            listen,
+            token,
+            allowed_hosts,
+        })
     }
 
     pub(super) fn alerts(&self, raw: RawAlerts, base: &Path) -> Result<AlertsConfig, ConfigError> {
@@ -198,6 +235,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn allowed_hosts_are_names_or_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            parse("", dir.path())
+                .unwrap()
+                .admin
+                .allowed_hosts
+                .is_empty()
+        );
+        let c = parse(
+            "[admin]\nallowed_hosts = [\"MX2.Example.net.\", \"[2001:DB8::1]\", \"192.0.2.1\"]",
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.admin.allowed_hosts,
+            ["mx2.example.net", "2001:db8::1", "192.0.2.1"]
+        );
+        for bad in [
+            "*.example.net",
+            "http://x.example",
+            "x.example:8025",
+            "",
+            "a..b",
+        ] {
+            let err =
+                parse(&format!("[admin]\nallowed_hosts = [\"{bad}\"]"), dir.path()).unwrap_err();
+            assert!(
+                err.contains("admin.allowed_hosts") && err.contains("not a host name"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
