@@ -292,12 +292,14 @@ impl Core {
                         config.smtp.allow.clone(),
                         config.smtp.messages_per_minute_per_ip,
                         config.smtp.recipients_per_minute_per_ip,
-                    ),
+                    )
+                    .with_ipv6_prefix(config.smtp.ipv6_prefix_length),
             ),
             store: self.store.clone(),
             limits: ConnectionLimits::new(
                 config.smtp.max_connections,
                 config.smtp.max_connections_per_ip,
+                config.smtp.ipv6_prefix_length,
             ),
             max_line_length: config.smtp.max_line_length,
             command_timeout: config.smtp.command_timeout,

@@ -227,6 +227,51 @@ fn proxy_headers_are_honoured_from_trusted_balancers_only() {
     assert!(r.starts_with("554"), "{r}");
 }
 
+/// IPv6 clients are counted per /64 (`ipv6_prefix_length`): through a trusted balancer's PROXY
+/// headers, two addresses of one /64 share the per-client connection and message limits, and
+/// an address in another /64 has its own.
+#[test]
+fn ipv6_clients_in_one_prefix_share_their_limits() {
+    let primary = Primary::start(0);
+    let px = free_port();
+    let _mx2 = Mx2::start_with(
+        primary.port,
+        &format!(
+            "proxy_listen = [\"127.0.0.1:{px}\"]\nproxy_trusted = [\"127.0.0.1/32\"]\nmax_connections_per_ip = 2\nmessages_per_minute_per_ip = 1"
+        ),
+    );
+    let via = |client: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", px)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("PROXY TCP6 {client} 2001:db8:ffff::25 40000 25\r\n").as_bytes())
+            .unwrap();
+        let r = read_reply(&mut s);
+        (s, r)
+    };
+    let (mut a, r) = via("2001:db8:0:1::a");
+    assert!(r.starts_with("220"), "{r}");
+    let (mut b, r) = via("2001:db8:0:1:ffff::b");
+    assert!(r.starts_with("220"), "{r}");
+    let (_, r) = via("2001:db8:0:1::c");
+    assert!(
+        r.starts_with("421 4.7.0") && r.contains("your address"),
+        "a third connection from the same /64: {r}"
+    );
+    let (mut other, r) = via("2001:db8:0:2::a");
+    assert!(r.starts_with("220"), "another /64: {r}");
+    for s in [&mut a, &mut b, &mut other] {
+        assert!(cmd(s, "EHLO v6.test").starts_with("250"));
+    }
+    assert!(cmd(&mut a, "MAIL FROM:<a@sender.test>").starts_with("250"));
+    let r = cmd(&mut b, "MAIL FROM:<b@sender.test>");
+    assert!(
+        r.starts_with("451 4.7.1"),
+        "the /64's one message a minute is taken: {r}"
+    );
+    let r = cmd(&mut other, "MAIL FROM:<c@sender.test>");
+    assert!(r.starts_with("250"), "another /64 has its own: {r}");
+}
+
 /// Started from a shell whose soft open-file limit is tiny, mx2 raises it to the hard limit:
 /// hundreds of sessions are greeted, and mail still reaches the primary while they are open.
 #[test]

@@ -123,6 +123,8 @@ pub struct SmtpConfig {
     pub etrn_clients: Option<Vec<Cidr>>,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// IPv6 clients are counted per prefix of this length by the per-client limits.
+    pub ipv6_prefix_length: u8,
     pub shutdown_grace: Duration,
     /// Wait this long before the banner; a client that talks first is refused (early talker).
     pub greeting_delay: Duration,
@@ -445,6 +447,7 @@ struct RawSmtp {
     etrn_clients: Option<Vec<Spanned<String>>>,
     command_timeout: Option<Span>,
     data_timeout: Option<Span>,
+    ipv6_prefix_length: Option<Spanned<u8>>,
     shutdown_grace: Option<Span>,
     greeting_delay: Option<Span>,
     max_errors: Option<Spanned<usize>>,
@@ -733,6 +736,16 @@ impl Ctx<'_> {
             None => 4096,
         };
         let etrn_clients = self.cidrs(s.etrn_clients)?;
+        let ipv6_prefix_length = match s.ipv6_prefix_length {
+            Some(v) if !(1..=128).contains(v.get_ref()) => {
+                return Err(self.at(
+                    v.span(),
+                    "ipv6_prefix_length must be from 1 to 128 (64: one limit per /64, 128: per address)",
+                ));
+            }
+            Some(v) => v.into_inner(),
+            None => 64,
+        };
         let smtp = SmtpConfig {
             listen,
             max_message_size,
@@ -743,6 +756,7 @@ impl Ctx<'_> {
             etrn_clients,
             command_timeout: s.command_timeout.map_or(Duration::from_secs(300), |v| v.0),
             data_timeout: s.data_timeout.map_or(Duration::from_secs(180), |v| v.0),
+            ipv6_prefix_length,
             shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |v| v.0),
             greeting_delay: s.greeting_delay.map_or(Duration::from_secs(1), |v| v.0),
             max_errors: positive(self, s.max_errors, 20)?,
@@ -1225,6 +1239,22 @@ primary = ["127.0.0.1:2526"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("needs `primary"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_prefix_length_has_a_default_and_is_checked() {
+        assert_eq!(parse(MINIMAL).unwrap().smtp.ipv6_prefix_length, 64);
+        let c = parse(&format!("[smtp]\nipv6_prefix_length = 128\n{MINIMAL}")).unwrap();
+        assert_eq!(c.smtp.ipv6_prefix_length, 128);
+        for line in ["ipv6_prefix_length = 0", "ipv6_prefix_length = 129"] {
+            let e = parse(&format!("[smtp]\n{line}\n{MINIMAL}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("test.toml:2:") && e.contains("ipv6_prefix_length"),
+                "{line}: {e}"
+            );
+        }
     }
 
     #[test]

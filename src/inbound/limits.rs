@@ -1,5 +1,6 @@
-//! Connection limits: a cap on all inbound connections and one per client IP. A slot is held
-//! by a guard for the life of the connection.
+//! Connection limits: a cap on all inbound connections and one per client (an IPv4 address
+//! or an IPv6 prefix, see [`crate::net::client_key`]). A slot is held by a guard for the life
+//! of the connection.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -9,6 +10,8 @@ use std::sync::{Arc, Mutex};
 pub struct ConnectionLimits {
     max_total: usize,
     max_per_ip: usize,
+    /// IPv6 clients are counted per prefix of this many bits.
+    ipv6_prefix: u8,
     state: Mutex<Counts>,
 }
 
@@ -29,14 +32,15 @@ pub enum Refused {
 #[derive(Debug)]
 pub struct Slot {
     limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
+    key: IpAddr,
 }
 
 impl ConnectionLimits {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+    pub fn new(max_total: usize, max_per_ip: usize, ipv6_prefix: u8) -> Arc<Self> {
         Arc::new(Self {
             max_total,
             max_per_ip,
+            ipv6_prefix,
             state: Mutex::new(Counts::default()),
         })
     }
@@ -46,7 +50,8 @@ impl ConnectionLimits {
         if s.total >= self.max_total {
             return Err(Refused::Total);
         }
-        let n = s.per_ip.entry(ip).or_insert(0);
+        let key = crate::net::client_key(ip, self.ipv6_prefix);
+        let n = s.per_ip.entry(key).or_insert(0);
         if *n >= self.max_per_ip {
             return Err(Refused::PerIp);
         }
@@ -54,7 +59,7 @@ impl ConnectionLimits {
         s.total += 1;
         Ok(Slot {
             limits: self.clone(),
-            ip,
+            key,
         })
     }
 
@@ -68,10 +73,10 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut s = self.limits.state.lock().unwrap_or_else(|p| p.into_inner());
         s.total = s.total.saturating_sub(1);
-        if let Some(n) = s.per_ip.get_mut(&self.ip) {
+        if let Some(n) = s.per_ip.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                s.per_ip.remove(&self.ip);
+                s.per_ip.remove(&self.key);
             }
         }
     }
@@ -83,7 +88,7 @@ mod tests {
 
     #[test]
     fn caps_and_release() {
-        let l = ConnectionLimits::new(3, 2);
+        let l = ConnectionLimits::new(3, 2, 64);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let s1 = l.acquire(a).unwrap();
@@ -93,5 +98,27 @@ mod tests {
         assert_eq!(l.acquire(b).unwrap_err(), Refused::Total);
         drop(s1);
         assert!(l.acquire(a).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let l = ConnectionLimits::new(100, 2, 64);
+        let _a = l.acquire(ip("2001:db8:0:1::1")).unwrap();
+        let _b = l.acquire(ip("2001:db8:0:1:ffff::2")).unwrap();
+        assert_eq!(
+            l.acquire(ip("2001:db8:0:1::3")).unwrap_err(),
+            Refused::PerIp,
+            "a third address in the same /64"
+        );
+        assert!(l.acquire(ip("2001:db8:0:2::1")).is_ok(), "another /64");
+        let per_address = ConnectionLimits::new(100, 1, 128);
+        let _c = per_address.acquire(ip("2001:db8::1")).unwrap();
+        assert!(
+            per_address.acquire(ip("2001:db8::2")).is_ok(),
+            "128: each address apart"
+        );
+        drop((_a, _b));
+        assert_eq!(l.current(), 0, "slots are released under their key");
     }
 }
