@@ -116,6 +116,67 @@ fn early_talkers_are_refused() {
     );
 }
 
+/// Runs `f(0..n)` on at most `width` threads at a time; the results in order.
+fn in_batches<T: Send>(n: usize, width: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let mut out = Vec::with_capacity(n);
+    let f = &f;
+    for start in (0..n).step_by(width) {
+        let end = (start + width).min(n);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (start..end).map(|i| s.spawn(move || f(i))).collect();
+            out.extend(handles.into_iter().map(|h| h.join().unwrap()));
+        });
+    }
+    out
+}
+
+/// The greeting delay holds in every trial, not most: 100 of 100 polite clients get their
+/// 220 no earlier than greeting_delay after connecting, and 100 of 100 clients that send EHLO
+/// at once get 554 5.5.1 (a spurious readable wake-up used to end the wait early).
+#[test]
+fn greeting_delay_holds_for_every_client() {
+    let primary = Primary::start(0);
+    let mx2 = Mx2::start_with(
+        primary.port,
+        "greeting_delay = \"1s\"\nmax_connections_per_ip = 200",
+    );
+    let polite = in_batches(100, 25, |_| {
+        let start = std::time::Instant::now();
+        let mut s = connect_from("127.0.0.1", mx2.port);
+        let r = read_reply(&mut s);
+        (start.elapsed(), r)
+    });
+    let waits: Vec<Duration> = polite.iter().map(|(d, _)| *d).collect();
+    let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+    println!("polite clients: 220 after {min:?} (min) to {max:?} (max)");
+    let early: Vec<&(Duration, String)> = polite
+        .iter()
+        .filter(|(d, r)| !r.starts_with("220") || *d < Duration::from_millis(950))
+        .collect();
+    assert!(
+        early.is_empty(),
+        "{} of 100 polite clients were not greeted after the 1 s delay, e.g. {:?}",
+        early.len(),
+        &early[..early.len().min(5)]
+    );
+    let eager = in_batches(100, 25, |_| {
+        let mut s = connect_from("127.0.0.1", mx2.port);
+        s.write_all(b"EHLO eager.test\r\n").unwrap();
+        read_reply(&mut s)
+    });
+    let served: Vec<&String> = eager
+        .iter()
+        .filter(|r| !r.starts_with("554 5.5.1"))
+        .collect();
+    println!("early talkers refused: {} of 100", 100 - served.len());
+    assert!(
+        served.is_empty(),
+        "{} of 100 early talkers were not refused, e.g. {:?}",
+        served.len(),
+        &served[..served.len().min(5)]
+    );
+}
+
 #[test]
 fn dnsbl_listed_clients_are_refused_naming_the_list() {
     let dns = DnsServer::start(&[("1.0.0.127.bl.test", Rec::Ip("127.0.0.2"))]);
@@ -225,6 +286,54 @@ fn proxy_headers_are_honoured_from_trusted_balancers_only() {
         .unwrap();
     let r = read_reply(&mut stranger);
     assert!(r.starts_with("554"), "{r}");
+}
+
+/// A trusted balancer's connection without a valid PROXY header is answered with 421 and a
+/// reason (it used to be closed with nothing sent), and logged with the balancer's address.
+#[test]
+fn a_missing_or_bad_proxy_header_gets_421_with_the_reason() {
+    let primary = Primary::start(0);
+    let px = free_port();
+    let mx2 = Mx2::start_with(
+        primary.port,
+        &format!(
+            "proxy_listen = [\"127.0.0.1:{px}\"]\nproxy_trusted = [\"127.0.0.1/32\"]\ncommand_timeout = \"2s\""
+        ),
+    );
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", px)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let start = std::time::Instant::now();
+    let mut silent = connect();
+    let r = read_reply(&mut silent);
+    println!("silent balancer: {r:?} after {:?}", start.elapsed());
+    assert!(r.starts_with("421 4.7.0") && r.contains("timed out"), "{r}");
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut garbage = connect();
+    garbage.write_all(b"EHLO not-a-balancer.test\r\n").unwrap();
+    let r = read_reply(&mut garbage);
+    println!("garbage: {r:?}");
+    assert!(r.starts_with("421 4.7.0") && r.contains("malformed"), "{r}");
+    let mut closed = connect();
+    closed.write_all(b"PROXY TCP4 192.0.2.1").unwrap();
+    closed.shutdown(std::net::Shutdown::Write).unwrap();
+    let r = read_reply(&mut closed);
+    println!("closed half-way: {r:?}");
+    assert!(r.starts_with("421 4.7.0") && r.contains("closed"), "{r}");
+    let log = mx2.log();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("no valid PROXY header") && l.contains("127.0.0.1:"))
+            .count()
+            == 3,
+        "{log}"
+    );
 }
 
 /// IPv6 clients are counted per /64 (`ipv6_prefix_length`): through a trusted balancer's PROXY

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
 /// Bytes reserved per read.
@@ -127,6 +127,12 @@ impl Conn {
             self.out.clear();
         }
         Ok(())
+    }
+
+    /// Closes after the replies queued so far: flushes them, then ends the stream.
+    async fn close(&mut self) {
+        let _ = self.flush().await;
+        let _ = timeout(self.write_limit, self.stream.shutdown()).await;
     }
 
     /// Reads more input; Ok(false) at end of stream. Waits for readiness before reserving
@@ -245,7 +251,7 @@ async fn connection(
                 "5.7.0",
                 "this port is for the load balancer only",
             ));
-            let _ = conn.flush().await;
+            conn.close().await;
             return;
         }
         match read_proxy_header(
@@ -256,8 +262,10 @@ async fn connection(
         {
             Ok(Some(real)) => peer = crate::net::canonical(real),
             Ok(None) => {}
-            Err(e) => {
-                info!(balancer = %peer.ip(), error = %e, "connection refused");
+            Err(why) => {
+                info!(balancer = %peer, reason = %why, "connection refused: no valid PROXY header");
+                conn.queue(&Reply::no_proxy_header(&why));
+                conn.close().await;
                 return;
             }
         }
@@ -271,13 +279,13 @@ async fn connection(
             };
             info!(client = %peer.ip(), reason = text, "connection refused");
             conn.queue(&Reply::new(421, "4.7.0", text));
-            let _ = conn.flush().await;
+            conn.close().await;
             return;
         }
     };
     let mut session = Session::new(inbound.session.clone(), inbound.policy.clone(), peer.ip());
     if !inbound.policy.is_allowed(peer.ip()) && !Box::pin(screen(&mut conn, &inbound, peer)).await {
-        let _ = conn.flush().await;
+        conn.close().await;
         return;
     }
     conn.queue(&session.greeting());
@@ -405,25 +413,28 @@ async fn connection(
             break;
         }
     }
-    let _ = conn.flush().await;
-    let _ = timeout(conn.write_limit, conn.stream.shutdown()).await;
+    conn.close().await;
 }
 
 /// Reads the PROXY header a trusted load balancer sends first. Ok(None): a health check
-/// (`UNKNOWN`/`LOCAL`), keep the balancer's address.
+/// (`UNKNOWN`/`LOCAL`), keep the balancer's address. Err says why there is none.
 async fn read_proxy_header(conn: &mut Conn, limit: Duration) -> Result<Option<SocketAddr>, String> {
+    let deadline = Instant::now() + limit;
     loop {
         match super::proxy::parse(&conn.buf) {
             Ok(Some(h)) => {
                 conn.buf.drain(..h.len);
                 return Ok(h.source);
             }
-            Ok(None) => match conn.fill(limit).await {
+            Ok(None) => match conn
+                .fill(deadline.saturating_duration_since(Instant::now()))
+                .await
+            {
                 Ok(true) => {}
-                Ok(false) => return Err("closed before the PROXY header".into()),
-                Err(_) => return Err("timed out waiting for the PROXY header".into()),
+                Ok(false) => return Err("closed before the header was complete".into()),
+                Err(_) => return Err(format!("timed out after {limit:?} waiting for it")),
             },
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(format!("malformed: {}", e.0)),
         }
     }
 }
@@ -448,26 +459,40 @@ async fn screen(conn: &mut Conn, inbound: &Inbound, peer: SocketAddr) -> bool {
     if inbound.greeting_delay.is_zero() {
         return true;
     }
-    let Some(tcp) = conn.stream.plain() else {
-        return true;
-    };
-    if let Ok(Ok(())) = timeout(inbound.greeting_delay, tcp.readable()).await {
-        let mut probe = [0u8; 1];
-        match tcp.try_read(&mut probe) {
-            Ok(0) => return false,
-            Ok(_) => {
-                info!(client = %peer.ip(), "connection refused: client talked before the greeting");
-                conn.queue(&Reply::new(
-                    554,
-                    "5.5.1",
-                    "protocol error: talking before the greeting",
-                ));
-                return false;
-            }
-            Err(_) => {}
+    match quiet_for(conn, inbound.greeting_delay).await {
+        Quiet::Yes => true,
+        Quiet::Talked => {
+            info!(client = %peer.ip(), "connection refused: client talked before the greeting");
+            conn.queue(&Reply::new(
+                554,
+                "5.5.1",
+                "protocol error: talking before the greeting",
+            ));
+            false
         }
+        Quiet::Gone => false,
     }
-    true
+}
+
+/// How a client spent the greeting delay.
+enum Quiet {
+    Yes,
+    Talked,
+    Gone,
+}
+
+/// Waits the whole `delay` unless the client sends something or closes first. Peeks, so no
+/// byte is taken from the stream, and a spurious readable wake-up does not end the wait.
+async fn quiet_for(conn: &Conn, delay: Duration) -> Quiet {
+    let Some(tcp) = conn.stream.plain() else {
+        return Quiet::Yes;
+    };
+    let mut probe = [0u8; 1];
+    match timeout(delay, tcp.peek(&mut probe)).await {
+        Err(_) => Quiet::Yes,
+        Ok(Ok(0)) | Ok(Err(_)) => Quiet::Gone,
+        Ok(Ok(_)) => Quiet::Talked,
+    }
 }
 
 /// Queues a reply action; false when the connection must close.
