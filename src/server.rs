@@ -304,6 +304,7 @@ impl Core {
             max_line_length: config.smtp.max_line_length,
             command_timeout: config.smtp.command_timeout,
             data_timeout: config.smtp.data_timeout,
+            min_data_rate: config.smtp.min_data_rate,
             new_mail: self.wake.clone(),
             flusher: self.scheduler.clone(),
             tls: self.acceptor.clone(),

@@ -381,6 +381,86 @@ fn ipv6_clients_in_one_prefix_share_their_limits() {
     assert!(r.starts_with("250"), "another /64 has its own: {r}");
 }
 
+/// Sends 10 bytes every 200 ms until mx2 answers (at most 15 s): the reply and how long it
+/// took.
+fn trickle(s: &mut TcpStream) -> (String, Duration) {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut got = Vec::new();
+    while start.elapsed() < Duration::from_secs(15) && !got.ends_with(b"\r\n") {
+        if s.write_all(b"trickle..\n").is_err() {
+            break;
+        }
+        // The read timeout paces the writes.
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), start.elapsed())
+}
+
+/// Message content trickled below `min_data_rate` is cut off: with data_timeout 2 s and
+/// 1000 bytes/s, content (DATA, or a BDAT chunk) must be complete within 2 s plus 1 s per
+/// 1000 bytes, so a client sending 10 bytes every 200 ms gets 421 4.4.2 after about 2 s and
+/// nothing is queued; a client that sends at once is unaffected. (data_timeout alone bounds
+/// each read only.)
+#[test]
+fn content_trickled_below_the_minimum_data_rate_is_cut_off() {
+    let primary = Primary::start(0);
+    let mx2 = Mx2::start_with(primary.port, "data_timeout = \"2s\"\nmin_data_rate = 1000");
+    let start_transaction = |name: &str| {
+        let mut c = mx2.client();
+        for line in [
+            &format!("EHLO {name}.test"),
+            "MAIL FROM:<slow@sender.test>",
+            "RCPT TO:<user@example.test>",
+        ] {
+            assert!(c.cmd(line).starts_with("250"), "{line}");
+        }
+        c
+    };
+    let mut data = start_transaction("data");
+    assert!(data.cmd("DATA").starts_with("354"));
+    let mut s = data.into_stream();
+    s.write_all(&message("slow", "")).unwrap();
+    let (text, took) = trickle(&mut s);
+    println!("DATA trickled: cut off after {took:?}: {text:?}");
+    assert!(text.starts_with("421 4.4.2"), "{text:?}\n{}", mx2.log());
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    let mut bdat = start_transaction("bdat");
+    bdat.send_raw(b"BDAT 100000 LAST\r\n");
+    let (text, took) = trickle(&mut bdat.into_stream());
+    println!("BDAT chunk trickled: cut off after {took:?}: {text:?}");
+    assert!(text.starts_with("421 4.4.2"), "{text:?}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    assert!(mx2.log().contains("arriving too slowly"), "{}", mx2.log());
+    let mut fast = mx2.client();
+    fast.cmd("EHLO fast.test");
+    let body = "0123456789abcdef".repeat(12_500);
+    let r = fast.send_mail(
+        "fast@sender.test",
+        &["user@example.test"],
+        &message("fast", &body),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    primary.wait_for(1, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let ids: Vec<String> = primary
+        .messages()
+        .iter()
+        .filter_map(|m| m.header("Message-ID"))
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["<fast@test>".to_string()],
+        "only the fast message"
+    );
+}
+
 /// Started from a shell whose soft open-file limit is tiny, mx2 raises it to the hard limit:
 /// hundreds of sessions are greeted, and mail still reaches the primary while they are open.
 #[test]

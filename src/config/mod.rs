@@ -123,6 +123,9 @@ pub struct SmtpConfig {
     pub etrn_clients: Option<Vec<Cidr>>,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// Content must arrive at this many bytes per second on average (after a first
+    /// `data_timeout`); 0: no minimum. As Postfix's `smtpd_min_data_rate`.
+    pub min_data_rate: u64,
     /// IPv6 clients are counted per prefix of this length by the per-client limits.
     pub ipv6_prefix_length: u8,
     pub shutdown_grace: Duration,
@@ -447,6 +450,7 @@ struct RawSmtp {
     etrn_clients: Option<Vec<Spanned<String>>>,
     command_timeout: Option<Span>,
     data_timeout: Option<Span>,
+    min_data_rate: Option<u64>,
     ipv6_prefix_length: Option<Spanned<u8>>,
     shutdown_grace: Option<Span>,
     greeting_delay: Option<Span>,
@@ -756,6 +760,7 @@ impl Ctx<'_> {
             etrn_clients,
             command_timeout: s.command_timeout.map_or(Duration::from_secs(300), |v| v.0),
             data_timeout: s.data_timeout.map_or(Duration::from_secs(180), |v| v.0),
+            min_data_rate: s.min_data_rate.unwrap_or(500),
             ipv6_prefix_length,
             shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |v| v.0),
             greeting_delay: s.greeting_delay.map_or(Duration::from_secs(1), |v| v.0),
@@ -1244,6 +1249,7 @@ primary = ["127.0.0.1:2526"]
     #[test]
     fn ipv6_prefix_length_has_a_default_and_is_checked() {
         assert_eq!(parse(MINIMAL).unwrap().smtp.ipv6_prefix_length, 64);
+        assert_eq!(parse(MINIMAL).unwrap().smtp.min_data_rate, 500);
         let c = parse(&format!("[smtp]\nipv6_prefix_length = 128\n{MINIMAL}")).unwrap();
         assert_eq!(c.smtp.ipv6_prefix_length, 128);
         for line in ["ipv6_prefix_length = 0", "ipv6_prefix_length = 129"] {

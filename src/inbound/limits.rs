@@ -1,10 +1,11 @@
 //! Connection limits: a cap on all inbound connections and one per client (an IPv4 address
 //! or an IPv6 prefix, see [`crate::net::client_key`]). A slot is held by a guard for the life
-//! of the connection.
+//! of the connection. Also the time budget of message content (the minimum data rate).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 #[derive(Debug)]
 pub struct ConnectionLimits {
@@ -82,6 +83,17 @@ impl Drop for Slot {
     }
 }
 
+/// The most time DATA content (or one BDAT chunk) may take once `received` bytes of it have
+/// arrived: `data_timeout` plus one second per `min_rate` bytes, as Postfix's
+/// `smtpd_min_data_rate`. None: no minimum rate (`min_rate` 0).
+pub fn data_budget(data_timeout: Duration, received: u64, min_rate: u64) -> Option<Duration> {
+    if min_rate == 0 {
+        return None;
+    }
+    let earned = Duration::from_micros(received.saturating_mul(1_000_000) / min_rate);
+    Some(data_timeout.saturating_add(earned))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +132,21 @@ mod tests {
         );
         drop((_a, _b));
         assert_eq!(l.current(), 0, "slots are released under their key");
+    }
+
+    #[test]
+    fn data_budget_grows_with_the_bytes_received() {
+        let t = Duration::from_secs(180);
+        assert_eq!(data_budget(t, 0, 500), Some(t));
+        assert_eq!(
+            data_budget(t, 5_000, 500),
+            Some(t + Duration::from_secs(10))
+        );
+        assert_eq!(
+            data_budget(Duration::from_secs(2), 250, 1000),
+            Some(Duration::from_millis(2250))
+        );
+        assert_eq!(data_budget(t, 1 << 40, 0), None, "0: no minimum");
+        assert!(data_budget(t, u64::MAX, 1).is_some(), "no overflow");
     }
 }

@@ -1,9 +1,10 @@
 //! The inbound listener: accepts connections, applies connection limits and per-phase
-//! timeouts, moves bytes between the socket and the [`Session`], and commits messages to the
-//! store before the session may say 250.
+//! timeouts (and a minimum data rate for content),
+//! moves bytes between the socket and the [`Session`], and commits messages to the store
+//! before the session may say 250.
 
 use super::data::Decoder;
-use super::limits::{ConnectionLimits, Refused};
+use super::limits::{ConnectionLimits, Refused, data_budget};
 use super::session::{Action, Content, Session, SessionConfig};
 use crate::policy::Policy;
 use crate::policy::authres::MailAuth;
@@ -35,6 +36,8 @@ pub struct Inbound {
     pub max_line_length: usize,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// Content must arrive at this many bytes/s on average after data_timeout (0: no minimum).
+    pub min_data_rate: u64,
     /// Woken after each committed message, so the scheduler looks at it at once.
     pub new_mail: Arc<Notify>,
     /// Starts delivery for ETRN.
@@ -84,6 +87,23 @@ pub async fn run(
         let shutdown = shutdown.clone();
         tasks.spawn(async move { connection(stream, peer, inbound, shutdown, proxied).await });
     }
+}
+
+/// `t + d`, or far in the future when that does not fit (a timeout of years).
+fn after(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .unwrap_or_else(|| t + Duration::from_secs(100 * 365 * 86_400))
+}
+
+/// A wait for input that ended without any.
+struct TimedOut;
+
+/// Which limit a wait for input ran into.
+enum Expired {
+    /// The idle or command limit.
+    Idle,
+    /// The fixed deadline the caller set (the minimum data rate).
+    Deadline,
 }
 
 /// What reading the next command line produced.
@@ -136,13 +156,13 @@ impl Conn {
     }
 
     /// Reads more input; Ok(false) at end of stream. Waits for readiness before reserving
-    /// buffer space, so an idle connection holds no read buffer.
-    async fn fill(&mut self, limit: Duration) -> Result<bool, Input> {
+    /// buffer space, so an idle connection holds no read buffer. Cancel-safe.
+    async fn fill(&mut self, limit: Duration) -> Result<bool, TimedOut> {
         let Some(tcp) = self.stream.plain() else {
             // TLS: read through the TLS layer.
             self.buf.reserve(READ_CHUNK);
             return match timeout(limit, self.stream.read_buf(&mut self.buf)).await {
-                Err(_) => Err(Input::TimedOut),
+                Err(_) => Err(TimedOut),
                 Ok(Ok(0)) | Ok(Err(_)) => Ok(false),
                 Ok(Ok(_)) => Ok(true),
             };
@@ -155,7 +175,7 @@ impl Conn {
                 self.buf = Vec::new();
             }
             match timeout(limit, tcp.readable()).await {
-                Err(_) => return Err(Input::TimedOut),
+                Err(_) => return Err(TimedOut),
                 Ok(Err(_)) => return Ok(false),
                 Ok(Ok(())) => {}
             }
@@ -167,6 +187,23 @@ impl Conn {
                 Err(_) => return Ok(false),
             }
         }
+    }
+
+    /// Waits for more input: Ok(true) when some arrived, Ok(false) at end of stream. Gives up
+    /// once `normal` has passed since `began`, or at `deadline`.
+    async fn read_more(
+        &mut self,
+        normal: Duration,
+        began: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<bool, Expired> {
+        let idle_end = after(began, normal);
+        let (end, why) = match deadline {
+            Some(d) if d < idle_end => (d, Expired::Deadline),
+            _ => (idle_end, Expired::Idle),
+        };
+        let left = end.saturating_duration_since(Instant::now());
+        self.fill(left).await.map_err(|TimedOut| why)
     }
 
     /// Gives back buffer memory once a burst is over.
@@ -187,7 +224,7 @@ impl Conn {
     /// The next command line. `limit` bounds the whole line, not each read: a client that
     /// trickles a byte at a time cannot stretch one command past it.
     async fn next_line(&mut self, max: usize, limit: Duration, shutdown: &mut Shutdown) -> Input {
-        let deadline = tokio::time::Instant::now() + limit;
+        let began = Instant::now();
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
                 let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
@@ -211,16 +248,15 @@ impl Conn {
                 return Input::Closed;
             }
             self.shrink();
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let filled = tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Input::Shutdown,
-                f = self.fill(left) => f,
+                f = self.read_more(limit, began, None) => f,
             };
             match filled {
                 Ok(true) => {}
                 Ok(false) => return Input::Closed,
-                Err(e) => return e,
+                Err(_) => return Input::TimedOut,
             }
         }
     }
@@ -325,7 +361,7 @@ async fn connection(
                 }
                 let decoder = session.data_decoder();
                 let Some(decoder) =
-                    Box::pin(read_data(&mut conn, decoder, &inbound, &mut session)).await
+                    Box::pin(read_data(&mut conn, decoder, &inbound, &mut session, peer)).await
                 else {
                     break;
                 };
@@ -343,7 +379,7 @@ async fn connection(
                 }
             }
             Action::ReadChunk { size, last } => {
-                if !Box::pin(read_chunk(&mut conn, &mut session, size, &inbound)).await {
+                if !Box::pin(read_chunk(&mut conn, &mut session, size, &inbound, peer)).await {
                     break;
                 }
                 let done = |s: &mut Session, id| s.chunk_done(last, size, SystemTime::now(), id);
@@ -419,17 +455,14 @@ async fn connection(
 /// Reads the PROXY header a trusted load balancer sends first. Ok(None): a health check
 /// (`UNKNOWN`/`LOCAL`), keep the balancer's address. Err says why there is none.
 async fn read_proxy_header(conn: &mut Conn, limit: Duration) -> Result<Option<SocketAddr>, String> {
-    let deadline = Instant::now() + limit;
+    let began = Instant::now();
     loop {
         match super::proxy::parse(&conn.buf) {
             Ok(Some(h)) => {
                 conn.buf.drain(..h.len);
                 return Ok(h.source);
             }
-            Ok(None) => match conn
-                .fill(deadline.saturating_duration_since(Instant::now()))
-                .await
-            {
+            Ok(None) => match conn.read_more(limit, began, None).await {
                 Ok(true) => {}
                 Ok(false) => return Err("closed before the header was complete".into()),
                 Err(_) => return Err(format!("timed out after {limit:?} waiting for it")),
@@ -598,18 +631,71 @@ fn hard_cap(inbound: &Inbound) -> u64 {
         .saturating_add(1 << 20)
 }
 
+/// Bounds the time message content (DATA, or one BDAT chunk) takes: each read waits at most
+/// data_timeout, and the whole at most data_timeout plus one second
+/// per min_data_rate bytes received.
+struct ContentClock {
+    started: Instant,
+    received: u64,
+}
+
+impl ContentClock {
+    fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            received: 0,
+        }
+    }
+
+    /// Waits for more content. False: the connection is finished (the reply is queued).
+    async fn read_more(
+        &self,
+        conn: &mut Conn,
+        inbound: &Inbound,
+        session: &Session,
+        peer: SocketAddr,
+    ) -> bool {
+        let deadline = data_budget(inbound.data_timeout, self.received, inbound.min_data_rate)
+            .map(|b| after(self.started, b));
+        match conn
+            .read_more(inbound.data_timeout, Instant::now(), deadline)
+            .await
+        {
+            Ok(more) => more,
+            Err(Expired::Idle) => {
+                conn.queue(&session.timed_out());
+                false
+            }
+            Err(Expired::Deadline) => {
+                info!(
+                    client = %peer.ip(),
+                    bytes = self.received,
+                    seconds = self.started.elapsed().as_secs(),
+                    min_data_rate = inbound.min_data_rate,
+                    "message content arriving too slowly: transaction ended, connection closed"
+                );
+                conn.queue(&session.data_too_slow(inbound.min_data_rate));
+                false
+            }
+        }
+    }
+}
+
 /// Reads DATA content up to `<CRLF>.<CRLF>`. None: the connection is finished.
 async fn read_data(
     conn: &mut Conn,
     mut decoder: Decoder,
     inbound: &Inbound,
     session: &mut Session,
+    peer: SocketAddr,
 ) -> Option<Decoder> {
+    let mut clock = ContentClock::start();
     loop {
         if let Some(n) = decoder.feed(&conn.buf) {
             conn.buf.drain(..n);
             return Some(decoder);
         }
+        clock.received += conn.buf.len() as u64;
         conn.buf.clear();
         if decoder.total() > hard_cap(inbound) {
             conn.queue(&Reply::new(
@@ -619,19 +705,20 @@ async fn read_data(
             ));
             return None;
         }
-        match conn.fill(inbound.data_timeout).await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(_) => {
-                conn.queue(&session.timed_out());
-                return None;
-            }
+        if !clock.read_more(conn, inbound, session, peer).await {
+            return None;
         }
     }
 }
 
 /// Reads one BDAT chunk of `size` bytes into the session's decoder. False: close.
-async fn read_chunk(conn: &mut Conn, session: &mut Session, size: u64, inbound: &Inbound) -> bool {
+async fn read_chunk(
+    conn: &mut Conn,
+    session: &mut Session,
+    size: u64,
+    inbound: &Inbound,
+    peer: SocketAddr,
+) -> bool {
     if size > hard_cap(inbound) {
         conn.queue(&Reply::new(
             552,
@@ -641,6 +728,7 @@ async fn read_chunk(conn: &mut Conn, session: &mut Session, size: u64, inbound: 
         return false;
     }
     let mut left = size;
+    let mut clock = ContentClock::start();
     loop {
         let take = (conn.buf.len() as u64).min(left) as usize;
         if take > 0 {
@@ -649,17 +737,13 @@ async fn read_chunk(conn: &mut Conn, session: &mut Session, size: u64, inbound: 
             }
             conn.buf.drain(..take);
             left -= take as u64;
+            clock.received += take as u64;
         }
         if left == 0 {
             return true;
         }
-        match conn.fill(inbound.data_timeout).await {
-            Ok(true) => {}
-            Ok(false) => return false,
-            Err(_) => {
-                conn.queue(&session.timed_out());
-                return false;
-            }
+        if !clock.read_more(conn, inbound, session, peer).await {
+            return false;
         }
     }
 }
