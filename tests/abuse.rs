@@ -461,6 +461,54 @@ fn content_trickled_below_the_minimum_data_rate_is_cut_off() {
     );
 }
 
+/// Stress mode: with more than 80 % of max_connections open, idle connections are closed
+/// after stress_timeout rather than command_timeout (5 min), the gauge says so, and a new
+/// client is then served.
+#[test]
+fn idle_connections_are_closed_early_under_stress() {
+    let primary = Primary::start(0);
+    let mx2 = Mx2::start_with(
+        primary.port,
+        "max_connections = 20\nmax_connections_per_ip = 100\nstress_timeout = \"2s\"\ncommand_timeout = \"5m\"",
+    );
+    let metrics = || http("GET", &format!("{}/metrics", mx2.admin_url()), None, None).1;
+    assert!(metrics().contains("mx2_smtp_stress 0"), "{}", metrics());
+    let mut idle: Vec<TcpStream> = (0..18)
+        .map(|i| {
+            let mut s = connect_from("127.0.0.1", mx2.port);
+            let r = read_reply(&mut s);
+            assert!(r.starts_with("220"), "connection {i}: {r}");
+            s
+        })
+        .collect();
+    let opened = std::time::Instant::now();
+    assert!(metrics().contains("mx2_smtp_stress 1"), "{}", metrics());
+    let closed: Vec<(String, Duration)> = idle
+        .iter_mut()
+        .map(|s| (read_reply(s), opened.elapsed()))
+        .collect();
+    let last = closed.iter().map(|(_, d)| *d).max().unwrap();
+    println!(
+        "18 idle connections of 20 allowed: all closed within {last:?} of the last one opening"
+    );
+    for (r, _) in &closed {
+        assert!(r.starts_with("421 4.4.2"), "{r}");
+    }
+    assert!(last < Duration::from_secs(6), "{last:?}");
+    let mut c = mx2.client();
+    c.cmd("EHLO after.test");
+    let r = c.send_mail(
+        "a@sender.test",
+        &["user@example.test"],
+        &message("after-stress", "x"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let log = mx2.log();
+    assert!(log.contains("SMTP under stress"), "{log}");
+    assert!(log.contains("no longer under stress"), "{log}");
+    assert!(metrics().contains("mx2_smtp_stress 0"), "{}", metrics());
+}
+
 /// Started from a shell whose soft open-file limit is tiny, mx2 raises it to the hard limit:
 /// hundreds of sessions are greeted, and mail still reaches the primary while they are open.
 #[test]

@@ -1,10 +1,10 @@
 //! The inbound listener: accepts connections, applies connection limits and per-phase
-//! timeouts (and a minimum data rate for content),
+//! timeouts (shortened under stress, see [`Pressure`]; a minimum data rate for content),
 //! moves bytes between the socket and the [`Session`], and commits messages to the store
 //! before the session may say 250.
 
 use super::data::Decoder;
-use super::limits::{ConnectionLimits, Refused, data_budget};
+use super::limits::{ConnectionLimits, Pressure, Refused, data_budget};
 use super::session::{Action, Content, Session, SessionConfig};
 use crate::policy::Policy;
 use crate::policy::authres::MailAuth;
@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
 /// Bytes reserved per read.
@@ -38,6 +38,8 @@ pub struct Inbound {
     pub data_timeout: Duration,
     /// Content must arrive at this many bytes/s on average after data_timeout (0: no minimum).
     pub min_data_rate: u64,
+    /// Under stress, waits for the client last at most this long.
+    pub stress_timeout: Duration,
     /// Woken after each committed message, so the scheduler looks at it at once.
     pub new_mail: Arc<Notify>,
     /// Starts delivery for ETRN.
@@ -100,7 +102,7 @@ struct TimedOut;
 
 /// Which limit a wait for input ran into.
 enum Expired {
-    /// The idle or command limit.
+    /// The idle or command limit (shortened under stress).
     Idle,
     /// The fixed deadline the caller set (the minimum data rate).
     Deadline,
@@ -121,9 +123,11 @@ struct Conn {
     out: Vec<u8>,
     /// Discarding the rest of an over-long line.
     skipping: bool,
-    /// How long a reply may wait for the client to read it: one that never reads must not
-    /// hold its connection slot forever.
+    /// How long a reply may wait for the client to read it (cut under stress): one that
+    /// never reads must not hold its connection slot forever.
     write_limit: Duration,
+    /// Shortens the waits for the client while the server is under stress.
+    pressure: Pressure,
 }
 
 impl Conn {
@@ -136,7 +140,8 @@ impl Conn {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            timeout(self.write_limit, self.stream.write_all(&self.out))
+            let limit = self.pressure.current(self.write_limit);
+            timeout(limit, self.stream.write_all(&self.out))
                 .await
                 .map_err(|_| {
                     std::io::Error::new(
@@ -190,20 +195,31 @@ impl Conn {
     }
 
     /// Waits for more input: Ok(true) when some arrived, Ok(false) at end of stream. Gives up
-    /// once `normal` has passed since `began`, or at `deadline`.
+    /// once `normal` has passed since `began`, or at `deadline`. Under stress, `normal` is
+    /// cut to the stress timeout, also when stress starts during the wait; a wait that was
+    /// cut stays cut (so stress ends by closing idle connections, not by sparing the last
+    /// ones), the next wait takes the limit current then.
     async fn read_more(
         &mut self,
         normal: Duration,
         began: Instant,
         deadline: Option<Instant>,
     ) -> Result<bool, Expired> {
-        let idle_end = after(began, normal);
-        let (end, why) = match deadline {
-            Some(d) if d < idle_end => (d, Expired::Deadline),
-            _ => (idle_end, Expired::Idle),
-        };
-        let left = end.saturating_duration_since(Instant::now());
-        self.fill(left).await.map_err(|TimedOut| why)
+        let mut pressure = self.pressure.clone();
+        let mut limit = normal;
+        loop {
+            limit = limit.min(pressure.limit(normal));
+            let idle_end = after(began, limit);
+            let (end, why) = match deadline {
+                Some(d) if d < idle_end => (d, Expired::Deadline),
+                _ => (idle_end, Expired::Idle),
+            };
+            let left = end.saturating_duration_since(Instant::now());
+            tokio::select! {
+                _ = pressure.changed() => continue,
+                f = self.fill(left) => return f.map_err(|TimedOut| why),
+            }
+        }
     }
 
     /// Gives back buffer memory once a burst is over.
@@ -277,6 +293,7 @@ async fn connection(
         out: Vec::new(),
         skipping: false,
         write_limit: inbound.command_timeout,
+        pressure: Pressure::new(&inbound.limits, inbound.stress_timeout),
     };
     let mut peer = crate::net::canonical(peer);
     if proxied {
@@ -514,17 +531,28 @@ enum Quiet {
     Gone,
 }
 
-/// Waits the whole `delay` unless the client sends something or closes first. Peeks, so no
-/// byte is taken from the stream, and a spurious readable wake-up does not end the wait.
+/// Waits the whole `delay` (cut under stress, as [`Conn::read_more`] does) unless the client
+/// sends something or closes first. Peeks, so no byte is taken from the stream, and a
+/// spurious readable wake-up does not end the wait.
 async fn quiet_for(conn: &Conn, delay: Duration) -> Quiet {
     let Some(tcp) = conn.stream.plain() else {
         return Quiet::Yes;
     };
+    let began = Instant::now();
+    let mut pressure = conn.pressure.clone();
+    let mut limit = delay;
     let mut probe = [0u8; 1];
-    match timeout(delay, tcp.peek(&mut probe)).await {
-        Err(_) => Quiet::Yes,
-        Ok(Ok(0)) | Ok(Err(_)) => Quiet::Gone,
-        Ok(Ok(_)) => Quiet::Talked,
+    loop {
+        limit = limit.min(pressure.limit(delay));
+        let end = after(began, limit);
+        tokio::select! {
+            _ = pressure.changed() => continue,
+            peeked = timeout_at(end, tcp.peek(&mut probe)) => return match peeked {
+                Err(_) => Quiet::Yes,
+                Ok(Ok(0)) | Ok(Err(_)) => Quiet::Gone,
+                Ok(Ok(_)) => Quiet::Talked,
+            },
+        }
     }
 }
 
@@ -632,7 +660,7 @@ fn hard_cap(inbound: &Inbound) -> u64 {
 }
 
 /// Bounds the time message content (DATA, or one BDAT chunk) takes: each read waits at most
-/// data_timeout, and the whole at most data_timeout plus one second
+/// data_timeout (shortened under stress), and the whole at most data_timeout plus one second
 /// per min_data_rate bytes received.
 struct ContentClock {
     started: Instant,
