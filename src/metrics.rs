@@ -15,6 +15,8 @@ type Labels = Vec<(&'static str, String)>;
 pub struct Metrics {
     pub connections: Gauge,
     pub connections_total: Counter,
+    /// 1 while the SMTP listener is under stress (shortened timeouts), else 0.
+    pub smtp_stress: Gauge,
     pub accepted_messages: Counter,
     pub accepted_bytes: Counter,
     /// Negative replies by command and reply code.
@@ -34,6 +36,7 @@ impl Metrics {
         Self {
             connections: Gauge::default(),
             connections_total: Counter::default(),
+            smtp_stress: Gauge::default(),
             accepted_messages: Counter::default(),
             accepted_bytes: Counter::default(),
             rejections: Family::default(),
@@ -55,6 +58,11 @@ impl Metrics {
             "mx2_smtp_connections",
             "SMTP connections accepted since start",
             self.connections_total.clone(),
+        );
+        r.register(
+            "mx2_smtp_stress",
+            "1 while SMTP connections exceed the stress threshold and timeouts are shortened",
+            self.smtp_stress.clone(),
         );
         r.register(
             "mx2_messages_accepted",

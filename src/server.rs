@@ -7,7 +7,7 @@ use crate::admin::history::History;
 use crate::admin::{self, Admin, Reload, monitor};
 use crate::config::Config;
 use crate::dns::Dns;
-use crate::inbound::limits::ConnectionLimits;
+use crate::inbound::limits::{ConnectionLimits, LimitSettings};
 use crate::inbound::listener::{self, Inbound};
 use crate::inbound::session::SessionConfig;
 use crate::policy::Policy;
@@ -128,6 +128,7 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
     let scheduler_task = tokio::spawn(scheduler.clone().run());
 
     let core = Core {
+        limits: ConnectionLimits::new(limit_settings(&config)),
         store: store.clone(),
         scheduler: scheduler.clone(),
         dns: dns.clone(),
@@ -229,8 +230,20 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
 const HISTORY_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 const HISTORY_SAMPLES: usize = 720;
 
+/// The connection limits a configuration sets.
+fn limit_settings(config: &Config) -> LimitSettings {
+    LimitSettings {
+        max_total: config.smtp.max_connections,
+        max_per_client: config.smtp.max_connections_per_ip,
+        ipv6_prefix: config.smtp.ipv6_prefix_length,
+        stress_threshold: config.smtp.stress_threshold,
+    }
+}
+
 /// What lives as long as the process; each configuration generation is built on it.
 struct Core {
+    /// Shared by all generations, so the counts (and stress) hold across reloads.
+    limits: Arc<ConnectionLimits>,
     store: Arc<dyn Store>,
     scheduler: Arc<Scheduler>,
     dns: Arc<Dns>,
@@ -301,16 +314,19 @@ impl Core {
                         config.smtp.allow.clone(),
                         config.smtp.messages_per_minute_per_ip,
                         config.smtp.recipients_per_minute_per_ip,
-                    ),
+                    )
+                    .with_ipv6_prefix(config.smtp.ipv6_prefix_length),
             ),
             store: self.store.clone(),
-            limits: ConnectionLimits::new(
-                config.smtp.max_connections,
-                config.smtp.max_connections_per_ip,
-            ),
+            limits: {
+                self.limits.configure(limit_settings(config));
+                self.limits.clone()
+            },
             max_line_length: config.smtp.max_line_length,
             command_timeout: config.smtp.command_timeout,
             data_timeout: config.smtp.data_timeout,
+            min_data_rate: config.smtp.min_data_rate,
+            stress_timeout: config.smtp.stress_timeout,
             new_mail: self.wake.clone(),
             flusher: self.scheduler.clone(),
             tls: self.acceptor.clone(),

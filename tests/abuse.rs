@@ -116,6 +116,67 @@ fn early_talkers_are_refused() {
     );
 }
 
+/// Runs `f(0..n)` on at most `width` threads at a time; the results in order.
+fn in_batches<T: Send>(n: usize, width: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let mut out = Vec::with_capacity(n);
+    let f = &f;
+    for start in (0..n).step_by(width) {
+        let end = (start + width).min(n);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (start..end).map(|i| s.spawn(move || f(i))).collect();
+            out.extend(handles.into_iter().map(|h| h.join().unwrap()));
+        });
+    }
+    out
+}
+
+/// The greeting delay holds in every trial, not most: 100 of 100 polite clients get their
+/// 220 no earlier than greeting_delay after connecting, and 100 of 100 clients that send EHLO
+/// at once get 554 5.5.1 (a spurious readable wake-up used to end the wait early).
+#[test]
+fn greeting_delay_holds_for_every_client() {
+    let primary = Primary::start(0);
+    let mx2 = Mx2::start_with(
+        primary.port,
+        "greeting_delay = \"1s\"\nmax_connections_per_ip = 200",
+    );
+    let polite = in_batches(100, 25, |_| {
+        let start = std::time::Instant::now();
+        let mut s = connect_from("127.0.0.1", mx2.port);
+        let r = read_reply(&mut s);
+        (start.elapsed(), r)
+    });
+    let waits: Vec<Duration> = polite.iter().map(|(d, _)| *d).collect();
+    let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+    println!("polite clients: 220 after {min:?} (min) to {max:?} (max)");
+    let early: Vec<&(Duration, String)> = polite
+        .iter()
+        .filter(|(d, r)| !r.starts_with("220") || *d < Duration::from_millis(950))
+        .collect();
+    assert!(
+        early.is_empty(),
+        "{} of 100 polite clients were not greeted after the 1 s delay, e.g. {:?}",
+        early.len(),
+        &early[..early.len().min(5)]
+    );
+    let eager = in_batches(100, 25, |_| {
+        let mut s = connect_from("127.0.0.1", mx2.port);
+        s.write_all(b"EHLO eager.test\r\n").unwrap();
+        read_reply(&mut s)
+    });
+    let served: Vec<&String> = eager
+        .iter()
+        .filter(|r| !r.starts_with("554 5.5.1"))
+        .collect();
+    println!("early talkers refused: {} of 100", 100 - served.len());
+    assert!(
+        served.is_empty(),
+        "{} of 100 early talkers were not refused, e.g. {:?}",
+        served.len(),
+        &served[..served.len().min(5)]
+    );
+}
+
 #[test]
 fn dnsbl_listed_clients_are_refused_naming_the_list() {
     let dns = DnsServer::start(&[("1.0.0.127.bl.test", Rec::Ip("127.0.0.2"))]);
@@ -225,6 +286,227 @@ fn proxy_headers_are_honoured_from_trusted_balancers_only() {
         .unwrap();
     let r = read_reply(&mut stranger);
     assert!(r.starts_with("554"), "{r}");
+}
+
+/// A trusted balancer's connection without a valid PROXY header is answered with 421 and a
+/// reason (it used to be closed with nothing sent), and logged with the balancer's address.
+#[test]
+fn a_missing_or_bad_proxy_header_gets_421_with_the_reason() {
+    let primary = Primary::start(0);
+    let px = free_port();
+    let mx2 = Mx2::start_with(
+        primary.port,
+        &format!(
+            "proxy_listen = [\"127.0.0.1:{px}\"]\nproxy_trusted = [\"127.0.0.1/32\"]\ncommand_timeout = \"2s\""
+        ),
+    );
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", px)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let start = std::time::Instant::now();
+    let mut silent = connect();
+    let r = read_reply(&mut silent);
+    println!("silent balancer: {r:?} after {:?}", start.elapsed());
+    assert!(r.starts_with("421 4.7.0") && r.contains("timed out"), "{r}");
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut garbage = connect();
+    garbage.write_all(b"EHLO not-a-balancer.test\r\n").unwrap();
+    let r = read_reply(&mut garbage);
+    println!("garbage: {r:?}");
+    assert!(r.starts_with("421 4.7.0") && r.contains("malformed"), "{r}");
+    let mut closed = connect();
+    closed.write_all(b"PROXY TCP4 192.0.2.1").unwrap();
+    closed.shutdown(std::net::Shutdown::Write).unwrap();
+    let r = read_reply(&mut closed);
+    println!("closed half-way: {r:?}");
+    assert!(r.starts_with("421 4.7.0") && r.contains("closed"), "{r}");
+    let log = mx2.log();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("no valid PROXY header") && l.contains("127.0.0.1:"))
+            .count()
+            == 3,
+        "{log}"
+    );
+}
+
+/// IPv6 clients are counted per /64 (`ipv6_prefix_length`): through a trusted balancer's PROXY
+/// headers, two addresses of one /64 share the per-client connection and message limits, and
+/// an address in another /64 has its own.
+#[test]
+fn ipv6_clients_in_one_prefix_share_their_limits() {
+    let primary = Primary::start(0);
+    let px = free_port();
+    let _mx2 = Mx2::start_with(
+        primary.port,
+        &format!(
+            "proxy_listen = [\"127.0.0.1:{px}\"]\nproxy_trusted = [\"127.0.0.1/32\"]\nmax_connections_per_ip = 2\nmessages_per_minute_per_ip = 1"
+        ),
+    );
+    let via = |client: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", px)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("PROXY TCP6 {client} 2001:db8:ffff::25 40000 25\r\n").as_bytes())
+            .unwrap();
+        let r = read_reply(&mut s);
+        (s, r)
+    };
+    let (mut a, r) = via("2001:db8:0:1::a");
+    assert!(r.starts_with("220"), "{r}");
+    let (mut b, r) = via("2001:db8:0:1:ffff::b");
+    assert!(r.starts_with("220"), "{r}");
+    let (_, r) = via("2001:db8:0:1::c");
+    assert!(
+        r.starts_with("421 4.7.0") && r.contains("your address"),
+        "a third connection from the same /64: {r}"
+    );
+    let (mut other, r) = via("2001:db8:0:2::a");
+    assert!(r.starts_with("220"), "another /64: {r}");
+    for s in [&mut a, &mut b, &mut other] {
+        assert!(cmd(s, "EHLO v6.test").starts_with("250"));
+    }
+    assert!(cmd(&mut a, "MAIL FROM:<a@sender.test>").starts_with("250"));
+    let r = cmd(&mut b, "MAIL FROM:<b@sender.test>");
+    assert!(
+        r.starts_with("451 4.7.1"),
+        "the /64's one message a minute is taken: {r}"
+    );
+    let r = cmd(&mut other, "MAIL FROM:<c@sender.test>");
+    assert!(r.starts_with("250"), "another /64 has its own: {r}");
+}
+
+/// Sends 10 bytes every 200 ms until mx2 answers (at most 15 s): the reply and how long it
+/// took.
+fn trickle(s: &mut TcpStream) -> (String, Duration) {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut got = Vec::new();
+    while start.elapsed() < Duration::from_secs(15) && !got.ends_with(b"\r\n") {
+        if s.write_all(b"trickle..\n").is_err() {
+            break;
+        }
+        // The read timeout paces the writes.
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), start.elapsed())
+}
+
+/// Message content trickled below `min_data_rate` is cut off: with data_timeout 2 s and
+/// 1000 bytes/s, content (DATA, or a BDAT chunk) must be complete within 2 s plus 1 s per
+/// 1000 bytes, so a client sending 10 bytes every 200 ms gets 421 4.4.2 after about 2 s and
+/// nothing is queued; a client that sends at once is unaffected. (data_timeout alone bounds
+/// each read only.)
+#[test]
+fn content_trickled_below_the_minimum_data_rate_is_cut_off() {
+    let primary = Primary::start(0);
+    let mx2 = Mx2::start_with(primary.port, "data_timeout = \"2s\"\nmin_data_rate = 1000");
+    let start_transaction = |name: &str| {
+        let mut c = mx2.client();
+        for line in [
+            &format!("EHLO {name}.test"),
+            "MAIL FROM:<slow@sender.test>",
+            "RCPT TO:<user@example.test>",
+        ] {
+            assert!(c.cmd(line).starts_with("250"), "{line}");
+        }
+        c
+    };
+    let mut data = start_transaction("data");
+    assert!(data.cmd("DATA").starts_with("354"));
+    let mut s = data.into_stream();
+    s.write_all(&message("slow", "")).unwrap();
+    let (text, took) = trickle(&mut s);
+    println!("DATA trickled: cut off after {took:?}: {text:?}");
+    assert!(text.starts_with("421 4.4.2"), "{text:?}\n{}", mx2.log());
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    let mut bdat = start_transaction("bdat");
+    bdat.send_raw(b"BDAT 100000 LAST\r\n");
+    let (text, took) = trickle(&mut bdat.into_stream());
+    println!("BDAT chunk trickled: cut off after {took:?}: {text:?}");
+    assert!(text.starts_with("421 4.4.2"), "{text:?}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    assert!(mx2.log().contains("arriving too slowly"), "{}", mx2.log());
+    let mut fast = mx2.client();
+    fast.cmd("EHLO fast.test");
+    let body = "0123456789abcdef".repeat(12_500);
+    let r = fast.send_mail(
+        "fast@sender.test",
+        &["user@example.test"],
+        &message("fast", &body),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    primary.wait_for(1, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let ids: Vec<String> = primary
+        .messages()
+        .iter()
+        .filter_map(|m| m.header("Message-ID"))
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["<fast@test>".to_string()],
+        "only the fast message"
+    );
+}
+
+/// Stress mode: with more than 80 % of max_connections open, idle connections are closed
+/// after stress_timeout rather than command_timeout (5 min), the gauge says so, and a new
+/// client is then served.
+#[test]
+fn idle_connections_are_closed_early_under_stress() {
+    let primary = Primary::start(0);
+    let mx2 = Mx2::start_with(
+        primary.port,
+        "max_connections = 20\nmax_connections_per_ip = 100\nstress_timeout = \"2s\"\ncommand_timeout = \"5m\"",
+    );
+    let metrics = || http("GET", &format!("{}/metrics", mx2.admin_url()), None, None).1;
+    assert!(metrics().contains("mx2_smtp_stress 0"), "{}", metrics());
+    let mut idle: Vec<TcpStream> = (0..18)
+        .map(|i| {
+            let mut s = connect_from("127.0.0.1", mx2.port);
+            let r = read_reply(&mut s);
+            assert!(r.starts_with("220"), "connection {i}: {r}");
+            s
+        })
+        .collect();
+    let opened = std::time::Instant::now();
+    assert!(metrics().contains("mx2_smtp_stress 1"), "{}", metrics());
+    let closed: Vec<(String, Duration)> = idle
+        .iter_mut()
+        .map(|s| (read_reply(s), opened.elapsed()))
+        .collect();
+    let last = closed.iter().map(|(_, d)| *d).max().unwrap();
+    println!(
+        "18 idle connections of 20 allowed: all closed within {last:?} of the last one opening"
+    );
+    for (r, _) in &closed {
+        assert!(r.starts_with("421 4.4.2"), "{r}");
+    }
+    assert!(last < Duration::from_secs(6), "{last:?}");
+    let mut c = mx2.client();
+    c.cmd("EHLO after.test");
+    let r = c.send_mail(
+        "a@sender.test",
+        &["user@example.test"],
+        &message("after-stress", "x"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let log = mx2.log();
+    assert!(log.contains("SMTP under stress"), "{log}");
+    assert!(log.contains("no longer under stress"), "{log}");
+    assert!(metrics().contains("mx2_smtp_stress 0"), "{}", metrics());
 }
 
 /// Started from a shell whose soft open-file limit is tiny, mx2 raises it to the hard limit:

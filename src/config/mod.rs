@@ -127,6 +127,15 @@ pub struct SmtpConfig {
     pub etrn_clients: Option<Vec<Cidr>>,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// Content must arrive at this many bytes per second on average (after a first
+    /// `data_timeout`); 0: no minimum. As Postfix's `smtpd_min_data_rate`.
+    pub min_data_rate: u64,
+    /// Above this share of `max_connections` open, the server is under stress...
+    pub stress_threshold: f64,
+    /// ...and idle, command and greeting waits last at most this long.
+    pub stress_timeout: Duration,
+    /// IPv6 clients are counted per prefix of this length by the per-client limits.
+    pub ipv6_prefix_length: u8,
     pub shutdown_grace: Duration,
     /// Wait this long before the banner; a client that talks first is refused (early talker).
     pub greeting_delay: Duration,
@@ -449,6 +458,10 @@ struct RawSmtp {
     etrn_clients: Option<Vec<Spanned<String>>>,
     command_timeout: Option<Span>,
     data_timeout: Option<Span>,
+    min_data_rate: Option<u64>,
+    stress_threshold: Option<Spanned<f64>>,
+    stress_timeout: Option<Span>,
+    ipv6_prefix_length: Option<Spanned<u8>>,
     shutdown_grace: Option<Span>,
     greeting_delay: Option<Span>,
     max_errors: Option<Spanned<usize>>,
@@ -764,6 +777,26 @@ impl Ctx<'_> {
             None => 4096,
         };
         let etrn_clients = self.cidrs(s.etrn_clients)?;
+        let stress_threshold = match s.stress_threshold {
+            Some(v) if !(*v.get_ref() > 0.0 && *v.get_ref() <= 1.0) => {
+                return Err(self.at(
+                    v.span(),
+                    "stress_threshold is a share of max_connections: more than 0, at most 1 (e.g. 0.8)",
+                ));
+            }
+            Some(v) => v.into_inner(),
+            None => 0.8,
+        };
+        let ipv6_prefix_length = match s.ipv6_prefix_length {
+            Some(v) if !(1..=128).contains(v.get_ref()) => {
+                return Err(self.at(
+                    v.span(),
+                    "ipv6_prefix_length must be from 1 to 128 (64: one limit per /64, 128: per address)",
+                ));
+            }
+            Some(v) => v.into_inner(),
+            None => 64,
+        };
         let smtp = SmtpConfig {
             listen,
             max_message_size,
@@ -774,6 +807,10 @@ impl Ctx<'_> {
             etrn_clients,
             command_timeout: s.command_timeout.map_or(Duration::from_secs(300), |v| v.0),
             data_timeout: s.data_timeout.map_or(Duration::from_secs(180), |v| v.0),
+            min_data_rate: s.min_data_rate.unwrap_or(500),
+            stress_threshold,
+            stress_timeout: s.stress_timeout.map_or(Duration::from_secs(10), |v| v.0),
+            ipv6_prefix_length,
             shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |v| v.0),
             greeting_delay: s.greeting_delay.map_or(Duration::from_secs(1), |v| v.0),
             max_errors: positive(self, s.max_errors, 20)?,
@@ -1263,6 +1300,45 @@ primary = ["127.0.0.1:2526"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("needs `primary"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_prefix_length_has_a_default_and_is_checked() {
+        assert_eq!(parse(MINIMAL).unwrap().smtp.ipv6_prefix_length, 64);
+        assert_eq!(parse(MINIMAL).unwrap().smtp.min_data_rate, 500);
+        let c = parse(&format!("[smtp]\nipv6_prefix_length = 128\n{MINIMAL}")).unwrap();
+        assert_eq!(c.smtp.ipv6_prefix_length, 128);
+        for line in ["ipv6_prefix_length = 0", "ipv6_prefix_length = 129"] {
+            let e = parse(&format!("[smtp]\n{line}\n{MINIMAL}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("test.toml:2:") && e.contains("ipv6_prefix_length"),
+                "{line}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn stress_settings_have_defaults_and_are_checked() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.smtp.stress_threshold, 0.8);
+        assert_eq!(c.smtp.stress_timeout, Duration::from_secs(10));
+        let c = parse(&format!(
+            "[smtp]\nstress_threshold = 0.5\nstress_timeout = \"3s\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.smtp.stress_threshold, 0.5);
+        assert_eq!(c.smtp.stress_timeout, Duration::from_secs(3));
+        for line in ["stress_threshold = 1.5", "stress_threshold = 0.0"] {
+            let e = parse(&format!("[smtp]\n{line}\n{MINIMAL}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("test.toml:2:") && e.contains("stress_threshold"),
+                "{line}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The inbound listener: accepts connections, applies connection limits and per-phase
-//! timeouts, moves bytes between the socket and the [`Session`], and commits messages to the
-//! store before the session may say 250.
+//! timeouts (shortened under stress, see [`Pressure`]; a minimum data rate for content),
+//! moves bytes between the socket and the [`Session`], and commits messages to the store
+//! before the session may say 250.
 
 use super::data::Decoder;
-use super::limits::{ConnectionLimits, Refused};
+use super::limits::{ConnectionLimits, Pressure, Refused, data_budget};
 use super::session::{Action, Content, Session, SessionConfig};
 use crate::policy::Policy;
 use crate::policy::authres::MailAuth;
@@ -20,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
 /// Bytes reserved per read.
@@ -35,6 +36,10 @@ pub struct Inbound {
     pub max_line_length: usize,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// Content must arrive at this many bytes/s on average after data_timeout (0: no minimum).
+    pub min_data_rate: u64,
+    /// Under stress, waits for the client last at most this long.
+    pub stress_timeout: Duration,
     /// Woken after each committed message, so the scheduler looks at it at once.
     pub new_mail: Arc<Notify>,
     /// Starts delivery for ETRN.
@@ -86,6 +91,23 @@ pub async fn run(
     }
 }
 
+/// `t + d`, or far in the future when that does not fit (a timeout of years).
+fn after(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .unwrap_or_else(|| t + Duration::from_secs(100 * 365 * 86_400))
+}
+
+/// A wait for input that ended without any.
+struct TimedOut;
+
+/// Which limit a wait for input ran into.
+enum Expired {
+    /// The idle or command limit (shortened under stress).
+    Idle,
+    /// The fixed deadline the caller set (the minimum data rate).
+    Deadline,
+}
+
 /// What reading the next command line produced.
 enum Input {
     Line(Vec<u8>),
@@ -101,9 +123,11 @@ struct Conn {
     out: Vec<u8>,
     /// Discarding the rest of an over-long line.
     skipping: bool,
-    /// How long a reply may wait for the client to read it: one that never reads must not
-    /// hold its connection slot forever.
+    /// How long a reply may wait for the client to read it (cut under stress): one that
+    /// never reads must not hold its connection slot forever.
     write_limit: Duration,
+    /// Shortens the waits for the client while the server is under stress.
+    pressure: Pressure,
 }
 
 impl Conn {
@@ -116,7 +140,8 @@ impl Conn {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            timeout(self.write_limit, self.stream.write_all(&self.out))
+            let limit = self.pressure.current(self.write_limit);
+            timeout(limit, self.stream.write_all(&self.out))
                 .await
                 .map_err(|_| {
                     std::io::Error::new(
@@ -129,14 +154,20 @@ impl Conn {
         Ok(())
     }
 
+    /// Closes after the replies queued so far: flushes them, then ends the stream.
+    async fn close(&mut self) {
+        let _ = self.flush().await;
+        let _ = timeout(self.write_limit, self.stream.shutdown()).await;
+    }
+
     /// Reads more input; Ok(false) at end of stream. Waits for readiness before reserving
-    /// buffer space, so an idle connection holds no read buffer.
-    async fn fill(&mut self, limit: Duration) -> Result<bool, Input> {
+    /// buffer space, so an idle connection holds no read buffer. Cancel-safe.
+    async fn fill(&mut self, limit: Duration) -> Result<bool, TimedOut> {
         let Some(tcp) = self.stream.plain() else {
             // TLS: read through the TLS layer.
             self.buf.reserve(READ_CHUNK);
             return match timeout(limit, self.stream.read_buf(&mut self.buf)).await {
-                Err(_) => Err(Input::TimedOut),
+                Err(_) => Err(TimedOut),
                 Ok(Ok(0)) | Ok(Err(_)) => Ok(false),
                 Ok(Ok(_)) => Ok(true),
             };
@@ -149,7 +180,7 @@ impl Conn {
                 self.buf = Vec::new();
             }
             match timeout(limit, tcp.readable()).await {
-                Err(_) => return Err(Input::TimedOut),
+                Err(_) => return Err(TimedOut),
                 Ok(Err(_)) => return Ok(false),
                 Ok(Ok(())) => {}
             }
@@ -159,6 +190,34 @@ impl Conn {
                 Ok(_) => return Ok(true),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => return Ok(false),
+            }
+        }
+    }
+
+    /// Waits for more input: Ok(true) when some arrived, Ok(false) at end of stream. Gives up
+    /// once `normal` has passed since `began`, or at `deadline`. Under stress, `normal` is
+    /// cut to the stress timeout, also when stress starts during the wait; a wait that was
+    /// cut stays cut (so stress ends by closing idle connections, not by sparing the last
+    /// ones), the next wait takes the limit current then.
+    async fn read_more(
+        &mut self,
+        normal: Duration,
+        began: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<bool, Expired> {
+        let mut pressure = self.pressure.clone();
+        let mut limit = normal;
+        loop {
+            limit = limit.min(pressure.limit(normal));
+            let idle_end = after(began, limit);
+            let (end, why) = match deadline {
+                Some(d) if d < idle_end => (d, Expired::Deadline),
+                _ => (idle_end, Expired::Idle),
+            };
+            let left = end.saturating_duration_since(Instant::now());
+            tokio::select! {
+                _ = pressure.changed() => continue,
+                f = self.fill(left) => return f.map_err(|TimedOut| why),
             }
         }
     }
@@ -181,7 +240,7 @@ impl Conn {
     /// The next command line. `limit` bounds the whole line, not each read: a client that
     /// trickles a byte at a time cannot stretch one command past it.
     async fn next_line(&mut self, max: usize, limit: Duration, shutdown: &mut Shutdown) -> Input {
-        let deadline = tokio::time::Instant::now() + limit;
+        let began = Instant::now();
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
                 let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
@@ -205,16 +264,15 @@ impl Conn {
                 return Input::Closed;
             }
             self.shrink();
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let filled = tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Input::Shutdown,
-                f = self.fill(left) => f,
+                f = self.read_more(limit, began, None) => f,
             };
             match filled {
                 Ok(true) => {}
                 Ok(false) => return Input::Closed,
-                Err(e) => return e,
+                Err(_) => return Input::TimedOut,
             }
         }
     }
@@ -235,6 +293,7 @@ async fn connection(
         out: Vec::new(),
         skipping: false,
         write_limit: inbound.command_timeout,
+        pressure: Pressure::new(&inbound.limits, inbound.stress_timeout),
     };
     let mut peer = crate::net::canonical(peer);
     if proxied {
@@ -245,7 +304,7 @@ async fn connection(
                 "5.7.0",
                 "this port is for the load balancer only",
             ));
-            let _ = conn.flush().await;
+            conn.close().await;
             return;
         }
         match read_proxy_header(
@@ -256,8 +315,10 @@ async fn connection(
         {
             Ok(Some(real)) => peer = crate::net::canonical(real),
             Ok(None) => {}
-            Err(e) => {
-                info!(balancer = %peer.ip(), error = %e, "connection refused");
+            Err(why) => {
+                info!(balancer = %peer, reason = %why, "connection refused: no valid PROXY header");
+                conn.queue(&Reply::no_proxy_header(&why));
+                conn.close().await;
                 return;
             }
         }
@@ -271,13 +332,13 @@ async fn connection(
             };
             info!(client = %peer.ip(), reason = text, "connection refused");
             conn.queue(&Reply::new(421, "4.7.0", text));
-            let _ = conn.flush().await;
+            conn.close().await;
             return;
         }
     };
     let mut session = Session::new(inbound.session.clone(), inbound.policy.clone(), peer.ip());
     if !inbound.policy.is_allowed(peer.ip()) && !Box::pin(screen(&mut conn, &inbound, peer)).await {
-        let _ = conn.flush().await;
+        conn.close().await;
         return;
     }
     conn.queue(&session.greeting());
@@ -317,7 +378,7 @@ async fn connection(
                 }
                 let decoder = session.data_decoder();
                 let Some(decoder) =
-                    Box::pin(read_data(&mut conn, decoder, &inbound, &mut session)).await
+                    Box::pin(read_data(&mut conn, decoder, &inbound, &mut session, peer)).await
                 else {
                     break;
                 };
@@ -335,7 +396,7 @@ async fn connection(
                 }
             }
             Action::ReadChunk { size, last } => {
-                if !Box::pin(read_chunk(&mut conn, &mut session, size, &inbound)).await {
+                if !Box::pin(read_chunk(&mut conn, &mut session, size, &inbound, peer)).await {
                     break;
                 }
                 let done = |s: &mut Session, id| s.chunk_done(last, size, SystemTime::now(), id);
@@ -405,25 +466,25 @@ async fn connection(
             break;
         }
     }
-    let _ = conn.flush().await;
-    let _ = timeout(conn.write_limit, conn.stream.shutdown()).await;
+    conn.close().await;
 }
 
 /// Reads the PROXY header a trusted load balancer sends first. Ok(None): a health check
-/// (`UNKNOWN`/`LOCAL`), keep the balancer's address.
+/// (`UNKNOWN`/`LOCAL`), keep the balancer's address. Err says why there is none.
 async fn read_proxy_header(conn: &mut Conn, limit: Duration) -> Result<Option<SocketAddr>, String> {
+    let began = Instant::now();
     loop {
         match super::proxy::parse(&conn.buf) {
             Ok(Some(h)) => {
                 conn.buf.drain(..h.len);
                 return Ok(h.source);
             }
-            Ok(None) => match conn.fill(limit).await {
+            Ok(None) => match conn.read_more(limit, began, None).await {
                 Ok(true) => {}
-                Ok(false) => return Err("closed before the PROXY header".into()),
-                Err(_) => return Err("timed out waiting for the PROXY header".into()),
+                Ok(false) => return Err("closed before the header was complete".into()),
+                Err(_) => return Err(format!("timed out after {limit:?} waiting for it")),
             },
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(format!("malformed: {}", e.0)),
         }
     }
 }
@@ -448,26 +509,51 @@ async fn screen(conn: &mut Conn, inbound: &Inbound, peer: SocketAddr) -> bool {
     if inbound.greeting_delay.is_zero() {
         return true;
     }
+    match quiet_for(conn, inbound.greeting_delay).await {
+        Quiet::Yes => true,
+        Quiet::Talked => {
+            info!(client = %peer.ip(), "connection refused: client talked before the greeting");
+            conn.queue(&Reply::new(
+                554,
+                "5.5.1",
+                "protocol error: talking before the greeting",
+            ));
+            false
+        }
+        Quiet::Gone => false,
+    }
+}
+
+/// How a client spent the greeting delay.
+enum Quiet {
+    Yes,
+    Talked,
+    Gone,
+}
+
+/// Waits the whole `delay` (cut under stress, as [`Conn::read_more`] does) unless the client
+/// sends something or closes first. Peeks, so no byte is taken from the stream, and a
+/// spurious readable wake-up does not end the wait.
+async fn quiet_for(conn: &Conn, delay: Duration) -> Quiet {
     let Some(tcp) = conn.stream.plain() else {
-        return true;
+        return Quiet::Yes;
     };
-    if let Ok(Ok(())) = timeout(inbound.greeting_delay, tcp.readable()).await {
-        let mut probe = [0u8; 1];
-        match tcp.try_read(&mut probe) {
-            Ok(0) => return false,
-            Ok(_) => {
-                info!(client = %peer.ip(), "connection refused: client talked before the greeting");
-                conn.queue(&Reply::new(
-                    554,
-                    "5.5.1",
-                    "protocol error: talking before the greeting",
-                ));
-                return false;
-            }
-            Err(_) => {}
+    let began = Instant::now();
+    let mut pressure = conn.pressure.clone();
+    let mut limit = delay;
+    let mut probe = [0u8; 1];
+    loop {
+        limit = limit.min(pressure.limit(delay));
+        let end = after(began, limit);
+        tokio::select! {
+            _ = pressure.changed() => continue,
+            peeked = timeout_at(end, tcp.peek(&mut probe)) => return match peeked {
+                Err(_) => Quiet::Yes,
+                Ok(Ok(0)) | Ok(Err(_)) => Quiet::Gone,
+                Ok(Ok(_)) => Quiet::Talked,
+            },
         }
     }
-    true
 }
 
 /// Queues a reply action; false when the connection must close.
@@ -573,18 +659,71 @@ fn hard_cap(inbound: &Inbound) -> u64 {
         .saturating_add(1 << 20)
 }
 
+/// Bounds the time message content (DATA, or one BDAT chunk) takes: each read waits at most
+/// data_timeout (shortened under stress), and the whole at most data_timeout plus one second
+/// per min_data_rate bytes received.
+struct ContentClock {
+    started: Instant,
+    received: u64,
+}
+
+impl ContentClock {
+    fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            received: 0,
+        }
+    }
+
+    /// Waits for more content. False: the connection is finished (the reply is queued).
+    async fn read_more(
+        &self,
+        conn: &mut Conn,
+        inbound: &Inbound,
+        session: &Session,
+        peer: SocketAddr,
+    ) -> bool {
+        let deadline = data_budget(inbound.data_timeout, self.received, inbound.min_data_rate)
+            .map(|b| after(self.started, b));
+        match conn
+            .read_more(inbound.data_timeout, Instant::now(), deadline)
+            .await
+        {
+            Ok(more) => more,
+            Err(Expired::Idle) => {
+                conn.queue(&session.timed_out());
+                false
+            }
+            Err(Expired::Deadline) => {
+                info!(
+                    client = %peer.ip(),
+                    bytes = self.received,
+                    seconds = self.started.elapsed().as_secs(),
+                    min_data_rate = inbound.min_data_rate,
+                    "message content arriving too slowly: transaction ended, connection closed"
+                );
+                conn.queue(&session.data_too_slow(inbound.min_data_rate));
+                false
+            }
+        }
+    }
+}
+
 /// Reads DATA content up to `<CRLF>.<CRLF>`. None: the connection is finished.
 async fn read_data(
     conn: &mut Conn,
     mut decoder: Decoder,
     inbound: &Inbound,
     session: &mut Session,
+    peer: SocketAddr,
 ) -> Option<Decoder> {
+    let mut clock = ContentClock::start();
     loop {
         if let Some(n) = decoder.feed(&conn.buf) {
             conn.buf.drain(..n);
             return Some(decoder);
         }
+        clock.received += conn.buf.len() as u64;
         conn.buf.clear();
         if decoder.total() > hard_cap(inbound) {
             conn.queue(&Reply::new(
@@ -594,19 +733,20 @@ async fn read_data(
             ));
             return None;
         }
-        match conn.fill(inbound.data_timeout).await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(_) => {
-                conn.queue(&session.timed_out());
-                return None;
-            }
+        if !clock.read_more(conn, inbound, session, peer).await {
+            return None;
         }
     }
 }
 
 /// Reads one BDAT chunk of `size` bytes into the session's decoder. False: close.
-async fn read_chunk(conn: &mut Conn, session: &mut Session, size: u64, inbound: &Inbound) -> bool {
+async fn read_chunk(
+    conn: &mut Conn,
+    session: &mut Session,
+    size: u64,
+    inbound: &Inbound,
+    peer: SocketAddr,
+) -> bool {
     if size > hard_cap(inbound) {
         conn.queue(&Reply::new(
             552,
@@ -616,6 +756,7 @@ async fn read_chunk(conn: &mut Conn, session: &mut Session, size: u64, inbound: 
         return false;
     }
     let mut left = size;
+    let mut clock = ContentClock::start();
     loop {
         let take = (conn.buf.len() as u64).min(left) as usize;
         if take > 0 {
@@ -624,17 +765,13 @@ async fn read_chunk(conn: &mut Conn, session: &mut Session, size: u64, inbound: 
             }
             conn.buf.drain(..take);
             left -= take as u64;
+            clock.received += take as u64;
         }
         if left == 0 {
             return true;
         }
-        match conn.fill(inbound.data_timeout).await {
-            Ok(true) => {}
-            Ok(false) => return false,
-            Err(_) => {
-                conn.queue(&session.timed_out());
-                return false;
-            }
+        if !clock.read_more(conn, inbound, session, peer).await {
+            return false;
         }
     }
 }

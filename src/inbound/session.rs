@@ -667,6 +667,19 @@ impl Session {
         )
     }
 
+    /// The reply when message content arrives slower than `min_rate` bytes per second (after
+    /// the first data_timeout): the transaction ends and the connection closes.
+    pub fn data_too_slow(&self, min_rate: u64) -> Reply {
+        Reply::new(
+            421,
+            "4.4.2",
+            format!(
+                "{} message content arriving too slowly (under {min_rate} bytes/s), closing connection",
+                self.cfg.hostname
+            ),
+        )
+    }
+
     /// The reply when a phase times out.
     pub fn timed_out(&self) -> Reply {
         Reply::new(

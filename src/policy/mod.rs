@@ -32,6 +32,8 @@ pub struct Policy {
     allow: Vec<Cidr>,
     messages: RateLimiter,
     recipients: RateLimiter,
+    /// Rate limits and ETRN count IPv6 clients per prefix of this length.
+    ipv6_prefix: u8,
 }
 
 impl Policy {
@@ -44,6 +46,7 @@ impl Policy {
             allow: Vec::new(),
             messages: RateLimiter::new(0),
             recipients: RateLimiter::new(0),
+            ipv6_prefix: 64,
         }
     }
 
@@ -64,6 +67,17 @@ impl Policy {
         self
     }
 
+    /// Counts IPv6 clients per prefix of `bits` (128: per address) in the rate limits and ETRN.
+    pub fn with_ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = bits;
+        self
+    }
+
+    /// The key a client is counted under.
+    fn key(&self, client: IpAddr) -> IpAddr {
+        crate::net::client_key(client, self.ipv6_prefix)
+    }
+
     /// Does a recipient of this domain need an asynchronous check?
     pub fn needs_check(&self, domain: &str) -> bool {
         self.checked.contains(domain)
@@ -76,7 +90,7 @@ impl Policy {
 
     /// Counts a message (MAIL) against the client's per-minute budget.
     pub fn take_message(&self, client: IpAddr, now: Instant) -> Result<(), Reply> {
-        if self.is_allowed(client) || self.messages.take(client, now) {
+        if self.is_allowed(client) || self.messages.take(self.key(client), now) {
             return Ok(());
         }
         Err(Reply::new(
@@ -88,7 +102,7 @@ impl Policy {
 
     /// Counts a recipient (RCPT) against the client's per-minute budget.
     pub fn take_recipient(&self, client: IpAddr, now: Instant) -> Result<(), Reply> {
-        if self.is_allowed(client) || self.recipients.take(client, now) {
+        if self.is_allowed(client) || self.recipients.take(self.key(client), now) {
             return Ok(());
         }
         Err(Reply::new(
@@ -114,11 +128,12 @@ impl Policy {
                 "ETRN is not allowed from your address",
             ));
         }
+        let key = self.key(client);
         let mut last = self.etrn_last.lock().unwrap_or_else(|p| p.into_inner());
         if last.len() > 10_000 {
             last.retain(|_, t| now.duration_since(*t) < ETRN_INTERVAL);
         }
-        if let Some(t) = last.get(&client)
+        if let Some(t) = last.get(&key)
             && now.duration_since(*t) < ETRN_INTERVAL
         {
             return Err(Reply::new(
@@ -127,7 +142,7 @@ impl Policy {
                 "too many ETRN requests; try again in a second",
             ));
         }
-        last.insert(client, now);
+        last.insert(key, now);
         Ok(())
     }
 
@@ -206,6 +221,38 @@ mod tests {
                 .code,
             459
         );
+    }
+
+    #[test]
+    fn ipv6_clients_share_limits_per_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let now = Instant::now();
+        let p = Policy::new(["example.test".to_string()]).with_limits(Vec::new(), 2, 0);
+        assert!(p.take_message(ip("2001:db8:0:1::1"), now).is_ok());
+        assert!(p.take_message(ip("2001:db8:0:1::2"), now).is_ok());
+        assert_eq!(
+            p.take_message(ip("2001:db8:0:1:ffff::3"), now)
+                .unwrap_err()
+                .code,
+            451,
+            "a third address in the same /64 shares the budget"
+        );
+        assert!(
+            p.take_message(ip("2001:db8:0:2::1"), now).is_ok(),
+            "another /64"
+        );
+        assert!(p.check_etrn(ip("2001:db8:0:1::1"), now).is_ok());
+        assert_eq!(
+            p.check_etrn(ip("2001:db8:0:1::9"), now).unwrap_err().code,
+            458
+        );
+        assert!(p.check_etrn(ip("2001:db8:0:2::9"), now).is_ok());
+        let per_address = Policy::new(["example.test".to_string()])
+            .with_limits(Vec::new(), 1, 0)
+            .with_ipv6_prefix(128);
+        assert!(per_address.take_message(ip("2001:db8::1"), now).is_ok());
+        assert!(per_address.take_message(ip("2001:db8::2"), now).is_ok());
+        assert!(per_address.take_message(ip("2001:db8::1"), now).is_err());
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Per-client token buckets: how many messages and recipients one address may send per
-//! minute. Pure apart from the lock; the caller passes the time.
+//! Per-client token buckets: how many messages and recipients one client may send per
+//! minute. A client is the key the caller passes: its address, or its IPv6 prefix
+//! ([`crate::net::client_key`], as `Policy` does). Pure apart from the lock; the caller passes
+//! the time.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,7 +26,7 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `ip`; false when its bucket is empty.
+    /// Takes one token for the client `ip` (its counting key); false when its bucket is empty.
     pub fn take(&self, ip: IpAddr, now: Instant) -> bool {
         if self.per_minute <= 0.0 {
             return true;
