@@ -91,6 +91,47 @@ fn json_output_is_machine_readable() {
     );
 }
 
+/// Issue 13, item 16: MX hosts at private, loopback or link-local addresses are failures.
+#[test]
+fn mx_hosts_the_internet_cannot_reach_fail() {
+    let dns = DnsServer::start(&[
+        ("private.test", Rec::Mx(10, "mx1.private.test")),
+        ("private.test", Rec::Mx(20, "mx2.backup.test")),
+        ("mx1.private.test", Rec::Ip("10.1.2.3")),
+        ("mx2.backup.test", Rec::Ip("198.51.100.20")),
+        ("20.100.51.198.in-addr.arpa", Rec::Ptr("mx2.backup.test")),
+        ("inside.test", Rec::Mx(10, "mx1.good.test")),
+        ("inside.test", Rec::Mx(20, "mx2.inside.test")),
+        ("mx1.good.test", Rec::Ip("192.0.2.10")),
+        ("10.2.0.192.in-addr.arpa", Rec::Ptr("mx1.good.test")),
+        ("mx2.inside.test", Rec::Ip("127.0.0.1")),
+        ("mx2.inside.test", Rec::Ip("fe80::1")),
+    ]);
+    for (domain, unreachable) in [
+        ("private.test", vec![("10.1.2.3", "private")]),
+        (
+            "inside.test",
+            vec![("127.0.0.1", "loopback"), ("fe80::1", "link-local")],
+        ),
+    ] {
+        let (code, text) = check(&dns, domain, true);
+        assert_eq!(code, 2, "{domain}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["verdict"], "fail", "{domain}");
+        for (ip, kind) in unreachable {
+            let f = v["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["check"] == format!("mx.unreachable.{ip}"))
+                .unwrap_or_else(|| panic!("{domain}: no finding for {ip}: {v:#}"));
+            assert_eq!(f["level"], "fail");
+            assert!(f["message"].as_str().unwrap().contains(kind), "{f}");
+            assert!(f["fix"].is_string(), "{f}");
+        }
+    }
+}
+
 /// An mx2 backing up `domain`, also listening on `ip:port` with the given certificate files.
 fn backup_mx2(
     domain: &str,

@@ -81,6 +81,7 @@ pub async fn run(domain: &str, dns: &Dns, opts: &Options) -> Report {
                 format!("MX target {name} is an IP address, not a host name (RFC 5321 §5.1)"),
                 Some("point the MX record at a host name that has A/AAAA records"),
             );
+            reachable(&mut r, &name, ip);
             host.addresses.push(Address {
                 ip,
                 ptr: Vec::new(),
@@ -117,6 +118,7 @@ pub async fn run(domain: &str, dns: &Dns, opts: &Options) -> Report {
             );
         }
         for ip in ips {
+            reachable(&mut r, &name, ip);
             let ptr = dns.ptr(ip).await.unwrap_or_default();
             if ptr.is_empty() {
                 r.add(
@@ -193,6 +195,66 @@ pub async fn run(domain: &str, dns: &Dns, opts: &Options) -> Report {
         Some(path) => geoip::run(&mut r, path),
     }
     r
+}
+
+/// An MX host's address that senders on the internet cannot reach is a failure: mail to it
+/// goes nowhere (or to a machine on the sender's own network).
+fn reachable(r: &mut Report, name: &str, ip: IpAddr) {
+    if let Some(kind) = unreachable_kind(ip) {
+        r.add(
+            format!("mx.unreachable.{ip}"),
+            Level::Fail,
+            format!(
+                "MX host {name} resolves to {ip}, a {kind} address that senders on the internet cannot reach"
+            ),
+            Some(&format!(
+                "publish {name}'s public address (an internal address belongs in split-horizon DNS, not in the public zone)"
+            )),
+        );
+    }
+}
+
+/// What kind of address `ip` is when it is not one the internet routes to a host.
+pub fn unreachable_kind(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_private() {
+                Some("private (RFC 1918)")
+            } else if v4.is_link_local() {
+                Some("link-local")
+            } else if v4.is_unspecified() || a == 0 {
+                Some("unspecified (\"this network\")")
+            } else if a == 100 && (64..128).contains(&b) {
+                Some("shared (carrier-grade NAT, RFC 6598)")
+            } else if v4.is_multicast() || v4.is_broadcast() || a >= 240 {
+                Some("multicast or reserved")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return unreachable_kind(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if v6.is_unspecified() {
+                Some("unspecified")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("unique local (private, RFC 4193)")
+            } else if first & 0xffc0 == 0xfe80 {
+                Some("link-local")
+            } else if v6.is_multicast() {
+                Some("multicast")
+            } else {
+                None
+            }
+        }
+    }
 }
 
 /// Enough MX hosts, with a clear primary and a backup of higher preference.
@@ -309,5 +371,38 @@ fn diversity(r: &mut Report) {
             msg,
             Some("run the backup MX in another network, with another provider, in another site"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unreachable_kind;
+
+    #[test]
+    fn addresses_the_internet_cannot_reach() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.0.5",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(unreachable_kind(ip.parse().unwrap()).is_some(), "{ip}");
+        }
+        for ip in [
+            "192.0.2.10",
+            "8.8.8.8",
+            "100.128.0.1",
+            "2001:db8::1",
+            "2a00::1",
+        ] {
+            assert_eq!(unreachable_kind(ip.parse().unwrap()), None, "{ip}");
+        }
     }
 }
