@@ -483,6 +483,14 @@ fn idle_connections_are_closed_early_under_stress() {
         .collect();
     let opened = std::time::Instant::now();
     assert!(metrics().contains("mx2_smtp_stress 1"), "{}", metrics());
+    let status = http(
+        "GET",
+        &format!("{}/api/v1/status", mx2.admin_url()),
+        None,
+        None,
+    )
+    .1;
+    assert!(status.contains("\"smtp_stress\":true"), "{status}");
     let closed: Vec<(String, Duration)> = idle
         .iter_mut()
         .map(|s| (read_reply(s), opened.elapsed()))

@@ -112,6 +112,8 @@ pub struct Status {
     pub state_dir: Option<String>,
     pub version: &'static str,
     pub uptime_s: u64,
+    /// Whether SMTP is in stress mode (connections above `stress_threshold`, short waits).
+    pub smtp_stress: bool,
     pub queue: QueueTotals,
     pub primaries: Vec<PrimaryStatus>,
     pub domains: Vec<Depth>,
@@ -168,6 +170,7 @@ impl Admin {
             state_dir: self.state_dir.clone(),
             version: env!("CARGO_PKG_VERSION"),
             uptime_s: self.uptime_s(),
+            smtp_stress: crate::metrics::get().smtp_stress.get() != 0,
             queue: QueueTotals {
                 messages,
                 recipients: pending_recipients,

@@ -629,6 +629,11 @@ pub fn status(target: &Target, json: bool) -> ExitCode {
             .map(crate::admin::dashboard::duration)
             .unwrap_or_else(|| "-".into())
     );
+    if v["smtp_stress"].as_bool() == Some(true) {
+        println!(
+            "SMTP under stress: connections above [smtp] stress_threshold, waits for clients cut to stress_timeout"
+        );
+    }
     println!(
         "\n{:<28}  {:<5}  {:>12}  {:>9}  {:>8}  {:>9}  DOMAINS",
         "PRIMARY", "STATE", "SINCE", "MESSAGES", "OLDEST", "DELIV/MIN"
