@@ -114,7 +114,7 @@ async fn a_dead_nodes_lease_expires_and_its_late_result_is_ignored() {
     let a = Postgres::open(&config(&url, "a", lease)).await.unwrap();
     assert!(!a.record("m1", vec![delivered(row)], vec![]).await.unwrap());
     let shown = b.show("m1").await.unwrap().unwrap();
-    assert_eq!(shown.recipients[0].status, "pending");
+    assert_eq!(shown.recipients[0].status, mx2::queue::Status::Pending);
     assert!(b.record("m1", vec![delivered(row)], vec![]).await.unwrap());
     assert_eq!(b.stats().await.unwrap().messages, 0);
 }

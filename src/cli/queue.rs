@@ -203,8 +203,8 @@ fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Call
 }
 
 /// Every message that matches, following the API's pages.
-fn list_all(api: &Api, select: &Select, limit: usize) -> Result<Vec<ListedRow>, CallError> {
-    let mut out: Vec<ListedRow> = Vec::new();
+fn list_all(api: &Api, select: &Select, limit: usize) -> Result<Vec<Listed>, CallError> {
+    let mut out: Vec<Listed> = Vec::new();
     let mut after: Option<String> = None;
     while out.len() < limit {
         let page = (limit - out.len()).min(crate::queue::inspect::MAX_LIST);
@@ -218,7 +218,7 @@ fn list_all(api: &Api, select: &Select, limit: usize) -> Result<Vec<ListedRow>, 
             q.push_str(&format!("&after={}", encode(a)));
         }
         let v = api.json("GET", &q, None)?;
-        let rows: Vec<ListedRow> = parse(v["messages"].clone())?;
+        let rows: Vec<Listed> = parse(v["messages"].clone())?;
         let done = rows.len() < page || v["next"].is_null();
         after = rows.last().map(|r| r.id.clone());
         out.extend(rows);
@@ -229,37 +229,7 @@ fn list_all(api: &Api, select: &Select, limit: usize) -> Result<Vec<ListedRow>, 
     Ok(out)
 }
 
-/// A listing row as both the API and the file give it.
-#[derive(serde::Deserialize, serde::Serialize)]
-struct ListedRow {
-    id: String,
-    received_at_ms: i64,
-    sender: String,
-    size: u64,
-    pending: Vec<String>,
-    state: String,
-    attempts: u32,
-    next_attempt_ms: Option<i64>,
-    last_reply: Option<String>,
-}
-
-impl From<Listed> for ListedRow {
-    fn from(m: Listed) -> Self {
-        Self {
-            id: m.id,
-            received_at_ms: m.received_at_ms,
-            sender: m.sender,
-            size: m.size,
-            pending: m.pending,
-            state: m.state.name().to_string(),
-            attempts: m.attempts,
-            next_attempt_ms: m.next_attempt_ms,
-            last_reply: m.last_reply,
-        }
-    }
-}
-
-fn print_list(list: &[ListedRow]) {
+fn print_list(list: &[Listed]) {
     println!(
         "{:<32}  {:>7}  {:>9}  {:<8}  {:<30}  RECIPIENTS / LAST REPLY",
         "QUEUE ID", "AGE", "SIZE", "STATE", "SENDER"
@@ -271,7 +241,7 @@ fn print_list(list: &[ListedRow]) {
             m.id,
             age(m.received_at_ms),
             m.size,
-            m.state,
+            m.state.name(),
             sender,
             m.pending.join(" ")
         );
@@ -309,68 +279,13 @@ fn print_shown(m: &Shown) {
         println!(
             "recipient  <{}> {}{} after {} attempt(s); next try {}",
             r.address,
-            r.status,
+            r.status.name(),
             if r.held { " (held)" } else { "" },
             r.attempts,
             when(r.next_attempt_ms)
         );
         if let Some(reply) = &r.last_reply {
             println!("           last reply: {reply}");
-        }
-    }
-}
-
-/// `Shown` as the API sends it (the status is a string there).
-#[derive(serde::Deserialize)]
-struct ShownRow {
-    id: String,
-    received_at_ms: i64,
-    sender: String,
-    mail_params: String,
-    client: String,
-    helo: String,
-    size: u64,
-    recipients: Vec<RecipientRow>,
-}
-
-#[derive(serde::Deserialize)]
-struct RecipientRow {
-    address: String,
-    status: String,
-    held: bool,
-    attempts: u32,
-    next_attempt_ms: i64,
-    last_reply: Option<String>,
-}
-
-impl ShownRow {
-    fn into_shown(self) -> Shown {
-        Shown {
-            id: self.id,
-            received_at_ms: self.received_at_ms,
-            sender: self.sender,
-            mail_params: self.mail_params,
-            client: self.client,
-            helo: self.helo,
-            size: self.size,
-            recipients: self
-                .recipients
-                .into_iter()
-                .map(|r| crate::queue::RecipientState {
-                    status: match r.status.as_str() {
-                        "pending" => "pending",
-                        "delivered" => "delivered",
-                        "failed" => "failed",
-                        "expired" => "expired",
-                        _ => "unknown",
-                    },
-                    address: r.address,
-                    held: r.held,
-                    attempts: r.attempts,
-                    next_attempt_ms: r.next_attempt_ms,
-                    last_reply: r.last_reply,
-                })
-                .collect(),
         }
     }
 }
@@ -457,7 +372,6 @@ pub fn run(cmd: QueueCmd) -> ExitCode {
                 |q| {
                     let f = crate::admin::api_filter(&select.query()).map_err(|e| e.to_string())?;
                     q.list(&Filter { limit, ..f })
-                        .map(|l| l.into_iter().map(ListedRow::from).collect())
                 },
             ) {
                 Ok(l) => l,
@@ -511,8 +425,8 @@ pub fn run(cmd: QueueCmd) -> ExitCode {
                 offline,
                 |api| {
                     api.json("GET", &path, None)
-                        .and_then(parse::<ShownRow>)
-                        .map(|s| Some(s.into_shown()))
+                        .and_then(parse::<Shown>)
+                        .map(Some)
                 },
                 |q| q.show(&id),
             );

@@ -3,7 +3,7 @@
 //! `mx2 queue list|show|export --config`, which opens the file directly so that it works
 //! while the server is stopped (after a crash, say), as `postqueue -p` does.
 
-use super::{Depth, Filter, Listed, RecipientState, Shown, State, status_name};
+use super::{Depth, Filter, Listed, RecipientState, Shown, State, Status};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 
@@ -126,7 +126,10 @@ pub fn show(c: &Connection, id: &str) -> rusqlite::Result<Option<Shown>> {
     let rows = stmt.query_map([id], |r| {
         Ok(RecipientState {
             address: r.get(0)?,
-            status: status_name(r.get(1)?),
+            status: {
+                let n: i64 = r.get(1)?;
+                Status::from_stored(n).ok_or(rusqlite::Error::IntegralValueOutOfRange(1, n))?
+            },
             held: r.get::<_, i64>(2)? != 0,
             attempts: r.get::<_, i64>(3)? as u32,
             next_attempt_ms: r.get(4)?,

@@ -60,8 +60,9 @@ pub struct NewRecipient {
     pub params: String,
 }
 
-/// A recipient's state in the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A recipient's state in the queue (stored as its number, shown as its lower-case name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Pending = 0,
     Delivered = 1,
@@ -399,8 +400,8 @@ pub enum Action {
     Delete,
 }
 
-/// One line of a queue listing.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// One line of a queue listing (as the API sends it and the command line reads it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Listed {
     pub id: String,
     pub received_at_ms: i64,
@@ -415,18 +416,18 @@ pub struct Listed {
 }
 
 /// One recipient of a shown message.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecipientState {
     pub address: String,
-    pub status: &'static str,
+    pub status: Status,
     pub held: bool,
     pub attempts: u32,
     pub next_attempt_ms: i64,
     pub last_reply: Option<String>,
 }
 
-/// A whole message as an operator sees it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// A whole message as an operator sees it (as the API sends it and the command line reads it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Shown {
     pub id: String,
     pub received_at_ms: i64,
@@ -450,13 +451,25 @@ pub struct Depth {
     pub oldest_ms: Option<i64>,
 }
 
-/// The name of a recipient status as stored.
-pub fn status_name(s: i64) -> &'static str {
-    match s {
-        0 => "pending",
-        1 => "delivered",
-        2 => "failed",
-        3 => "expired",
-        _ => "unknown",
+impl Status {
+    /// The status a stored number stands for; None for a number no mx2 writes.
+    pub fn from_stored(n: i64) -> Option<Status> {
+        Some(match n {
+            0 => Status::Pending,
+            1 => Status::Delivered,
+            2 => Status::Failed,
+            3 => Status::Expired,
+            _ => return None,
+        })
+    }
+
+    /// The name operators see (as in JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+            Status::Expired => "expired",
+        }
     }
 }

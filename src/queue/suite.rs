@@ -280,7 +280,7 @@ pub async fn operator_actions(s: &dyn Store) {
     // Shown: every recipient with its state.
     let shown = s.show("m2").await.unwrap().unwrap();
     assert_eq!(shown.recipients.len(), 1);
-    assert_eq!(shown.recipients[0].status, "pending");
+    assert_eq!(shown.recipients[0].status, Status::Pending);
     assert_eq!(shown.recipients[0].attempts, 1);
     assert_eq!(shown.recipients[0].last_reply.as_deref(), Some("250 ok"));
     assert!(s.show("nope").await.unwrap().is_none());

@@ -4,7 +4,7 @@
 
 use super::{NOW_MS, pg_error};
 use crate::queue::inspect::list_limit;
-use crate::queue::{Depth, Filter, Listed, RecipientState, Shown, State, StoreError, status_name};
+use crate::queue::{Depth, Filter, Listed, RecipientState, Shown, State, Status, StoreError};
 use tokio_postgres::Row;
 
 fn count(r: &Row, i: usize) -> Result<u64, tokio_postgres::Error> {
@@ -144,30 +144,38 @@ pub(super) async fn show(
         )
         .await
         .map_err(pg_error)?;
-    let shown = || -> Result<Shown, tokio_postgres::Error> {
+    let shown = || -> Result<Shown, StoreError> {
         let mut recipients = Vec::with_capacity(rows.len());
         for r in &rows {
+            let stored = r.try_get::<_, i32>(1).map_err(pg_error)?;
+            let status = Status::from_stored(i64::from(stored)).ok_or_else(|| {
+                StoreError::Backend(format!("message {id}: unknown recipient status {stored}"))
+            })?;
+            let column = |e| pg_error(e);
             recipients.push(RecipientState {
-                address: r.try_get(0)?,
-                status: status_name(i64::from(r.try_get::<_, i32>(1)?)),
-                held: r.try_get(2)?,
-                attempts: u32::try_from(r.try_get::<_, i32>(3)?).unwrap_or(0),
-                next_attempt_ms: r.try_get(4)?,
-                last_reply: r.try_get(5)?,
+                address: r.try_get(0).map_err(column)?,
+                status,
+                held: r.try_get(2).map_err(column)?,
+                attempts: u32::try_from(r.try_get::<_, i32>(3).map_err(column)?).unwrap_or(0),
+                next_attempt_ms: r.try_get(4).map_err(column)?,
+                last_reply: r.try_get(5).map_err(column)?,
             });
         }
-        Ok(Shown {
-            id: head.try_get(0)?,
-            received_at_ms: head.try_get(1)?,
-            sender: head.try_get(2)?,
-            mail_params: head.try_get(3)?,
-            client: head.try_get(4)?,
-            helo: head.try_get(5)?,
-            size: count(&head, 6)?,
-            recipients,
-        })
+        let head = || -> Result<Shown, tokio_postgres::Error> {
+            Ok(Shown {
+                id: head.try_get(0)?,
+                received_at_ms: head.try_get(1)?,
+                sender: head.try_get(2)?,
+                mail_params: head.try_get(3)?,
+                client: head.try_get(4)?,
+                helo: head.try_get(5)?,
+                size: count(&head, 6)?,
+                recipients,
+            })
+        };
+        head().map_err(pg_error)
     };
-    shown().map(Some).map_err(pg_error)
+    shown().map(Some)
 }
 
 pub(super) async fn depth(c: &tokio_postgres::Client) -> Result<Vec<Depth>, StoreError> {
