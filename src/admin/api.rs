@@ -3,7 +3,7 @@
 //! recent events, and reload. Errors are JSON `{"error": "..."}` with a fitting status.
 
 use super::Admin;
-use crate::queue::{Action, Filter, State, StoreError, inspect};
+use crate::queue::{Action, DEFAULT_LIST, Filter, MAX_LIST, State, StoreError};
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State as Ctx};
@@ -108,10 +108,8 @@ pub fn filter_from(q: &HashMap<String, String>) -> Result<Filter, String> {
                 f.limit = v
                     .parse::<usize>()
                     .ok()
-                    .filter(|n| (1..=inspect::MAX_LIST).contains(n))
-                    .ok_or_else(|| {
-                        format!("limit `{v}`: a number from 1 to {}", inspect::MAX_LIST)
-                    })?
+                    .filter(|n| (1..=MAX_LIST).contains(n))
+                    .ok_or_else(|| format!("limit `{v}`: a number from 1 to {}", MAX_LIST))?
             }
             other => {
                 return Err(format!(
@@ -129,7 +127,7 @@ async fn list(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>)
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let limit = match filter.limit {
-        0 => inspect::DEFAULT_LIST,
+        0 => DEFAULT_LIST,
         n => n,
     };
     match a.store.list(filter).await {

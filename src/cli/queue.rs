@@ -5,7 +5,7 @@
 
 use super::api::{Api, CallError, Target, encode};
 use crate::inbound::received::rfc5322_date;
-use crate::queue::inspect::Inspector;
+use crate::queue::embedded::inspect::Inspector;
 use crate::queue::{Filter, Listed, Shown, now_ms};
 use clap::Subcommand;
 use serde_json::json;
@@ -207,7 +207,7 @@ fn list_all(api: &Api, select: &Select, limit: usize) -> Result<Vec<Listed>, Cal
     let mut out: Vec<Listed> = Vec::new();
     let mut after: Option<String> = None;
     while out.len() < limit {
-        let page = (limit - out.len()).min(crate::queue::inspect::MAX_LIST);
+        let page = (limit - out.len()).min(crate::queue::MAX_LIST);
         let mut q = format!("/api/v1/queue?limit={page}");
         let filters = select.query();
         if !filters.is_empty() {
@@ -378,7 +378,7 @@ pub fn run(cmd: QueueCmd) -> ExitCode {
                 Err(c) => return c,
             };
             // A full listing may not be all: say how many there are.
-            let total = if list.len() >= limit.min(crate::queue::inspect::MAX_LIST) {
+            let total = if list.len() >= limit.min(crate::queue::MAX_LIST) {
                 let filters = select.query();
                 match read(
                     &api,

@@ -4,7 +4,6 @@
 //! the disk and PostgreSQL through its backends and nothing else.
 
 pub mod embedded;
-pub mod inspect;
 pub mod postgres;
 #[doc(hidden)]
 pub mod suite;
@@ -333,6 +332,19 @@ pub(crate) fn into_jobs(mut rows: Vec<ClaimedRow>) -> Vec<Job> {
             .push(r.recipient);
     }
     jobs.into_values().collect()
+}
+
+/// The most messages one listing returns.
+pub const MAX_LIST: usize = 10_000;
+/// A listing's size when the caller does not say.
+pub const DEFAULT_LIST: usize = 100;
+
+/// How many messages a listing returns at most.
+pub fn list_limit(f: &Filter) -> usize {
+    match f.limit {
+        0 => DEFAULT_LIST,
+        n => n.min(MAX_LIST),
+    }
 }
 
 /// Which messages an operator asks for. Text filters match case-insensitively anywhere in

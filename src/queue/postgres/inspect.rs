@@ -3,7 +3,7 @@
 //! recipient counts as active while a node's lease on it runs.
 
 use super::{NOW_MS, pg_error};
-use crate::queue::inspect::list_limit;
+use crate::queue::list_limit;
 use crate::queue::{Depth, Filter, Listed, RecipientState, Shown, State, Status, StoreError};
 use tokio_postgres::Row;
 

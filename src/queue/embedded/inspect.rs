@@ -3,22 +3,9 @@
 //! `mx2 queue list|show|export --config`, which opens the file directly so that it works
 //! while the server is stopped (after a crash, say), as `postqueue -p` does.
 
-use super::{Depth, Filter, Listed, RecipientState, Shown, State, Status};
+use crate::queue::{Depth, Filter, Listed, RecipientState, Shown, State, Status, list_limit};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
-
-/// The most messages one listing returns.
-pub const MAX_LIST: usize = 10_000;
-/// A listing's size when the caller does not say.
-pub const DEFAULT_LIST: usize = 100;
-
-/// How many messages a listing returns at most.
-pub fn list_limit(f: &Filter) -> usize {
-    match f.limit {
-        0 => DEFAULT_LIST,
-        n => n.min(MAX_LIST),
-    }
-}
 
 /// The messages a filter selects (parameters ?1 to ?6), grouped by message: what a listing
 /// shows and a count counts.
@@ -179,14 +166,13 @@ pub struct Inspector {
 impl Inspector {
     /// Opens `state_dir/queue.sqlite` without creating anything.
     pub fn open(state_dir: &Path) -> Result<Self, String> {
-        let path = state_dir.join(super::embedded::guard::DB_FILE);
+        let path = state_dir.join(super::guard::DB_FILE);
         // A damaged queue is reported, and left as it is for recovery.
-        if let super::embedded::guard::Found::Existing(Some(marker)) =
-            super::embedded::guard::inspect(state_dir).map_err(|e| e.to_string())?
+        if let super::guard::Found::Existing(Some(marker)) =
+            super::guard::inspect(state_dir).map_err(|e| e.to_string())?
         {
-            let in_db = super::embedded::identity(&path).map_err(|e| e.to_string())?;
-            super::embedded::guard::verify(state_dir, &marker, in_db.as_ref())
-                .map_err(|e| e.to_string())?;
+            let in_db = super::identity(&path).map_err(|e| e.to_string())?;
+            super::guard::verify(state_dir, &marker, in_db.as_ref()).map_err(|e| e.to_string())?;
         }
         if !path.exists() {
             return Err(format!(
@@ -201,7 +187,7 @@ impl Inspector {
         .map_err(|e| format!("{}: {e}", path.display()))?;
         let _ = conn.busy_timeout(std::time::Duration::from_secs(10));
         // A queue written by an older mx2 may lack columns the queries read.
-        super::embedded::migrate(&conn).map_err(|e| format!("{}: {e}", path.display()))?;
+        super::migrate(&conn).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Self { conn })
     }
 

@@ -1,0 +1,188 @@
+//! The statements behind each of the embedded queue's write operations: insert a message,
+//! claim due recipients, record delivery outcomes (with the notifications they call for),
+//! make a domain's mail due, and operators' actions. Each runs inside the writer's
+//! transaction; none commits or syncs on its own.
+
+use super::writer::Held;
+use crate::queue::{Action, ClaimedRow, Job, NewMessage, Recipient, Status, Update, into_jobs};
+use rusqlite::{Connection, params};
+
+pub(super) fn insert(c: &Connection, m: &NewMessage, held: &Held) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO messages (id, received_at, sender, mail_params, client, helo, size, body, auth)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        m.id,
+        m.received_at_ms,
+        m.sender,
+        m.mail_params,
+        m.client,
+        m.helo,
+        m.body.len() as i64,
+        m.body,
+        m.authenticated.map(i64::from)
+    ])?;
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO recipients (message_id, address, domain, params, next_attempt) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for r in &m.recipients {
+        stmt.execute(params![
+            m.id,
+            r.address,
+            r.domain,
+            r.params,
+            m.received_at_ms + held.get(&r.domain).copied().unwrap_or(0)
+        ])?;
+    }
+    Ok(())
+}
+
+/// The columns [`claim_rows`] reads, in its order.
+const CLAIM_COLUMNS: &str = "SELECT r.id, r.message_id, r.address, r.domain, r.params, r.attempts,
+                m.sender, m.mail_params, m.received_at, m.size, r.warned, m.auth
+         FROM recipients r JOIN messages m ON m.id = r.message_id";
+
+pub(super) fn claim(c: &Connection, now: i64, limit: usize) -> rusqlite::Result<Vec<Job>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "{CLAIM_COLUMNS}
+         WHERE r.status = 0 AND r.claimed = 0 AND r.held = 0 AND r.next_attempt <= ?1
+         ORDER BY r.next_attempt LIMIT ?2"
+    ))?;
+    claim_rows(c, stmt.query(params![now, limit as i64])?)
+}
+
+pub(super) fn claim_message(c: &Connection, id: &str) -> rusqlite::Result<Vec<Job>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "{CLAIM_COLUMNS} WHERE r.message_id = ?1 AND r.status = 0 AND r.claimed = 0"
+    ))?;
+    claim_rows(c, stmt.query([id])?)
+}
+
+/// Marks the selected recipient rows claimed and groups them into jobs.
+fn claim_rows(c: &Connection, mut rows: rusqlite::Rows<'_>) -> rusqlite::Result<Vec<Job>> {
+    let mut claimed = Vec::new();
+    while let Some(row) = rows.next()? {
+        claimed.push(ClaimedRow {
+            job: Job {
+                queue_id: row.get(1)?,
+                domain: row.get(3)?,
+                sender: row.get(6)?,
+                mail_params: row.get(7)?,
+                received_at_ms: row.get(8)?,
+                size: row.get::<_, i64>(9)? as u64,
+                recipients: Vec::new(),
+                authenticated: row.get::<_, Option<i64>>(11)?.map(|v| v != 0),
+            },
+            recipient: Recipient {
+                row: row.get(0)?,
+                address: row.get(2)?,
+                params: row.get(4)?,
+                attempts: row.get::<_, i64>(5)? as u32,
+                warned: row.get::<_, i64>(10)? != 0,
+            },
+        });
+    }
+    drop(rows);
+    let mut mark = c.prepare_cached("UPDATE recipients SET claimed = 1 WHERE id = ?1")?;
+    for r in &claimed {
+        mark.execute([r.recipient.row])?;
+    }
+    Ok(into_jobs(claimed))
+}
+
+pub(super) fn record(
+    c: &Connection,
+    id: &str,
+    updates: &[Update],
+    dsns: &[NewMessage],
+) -> rusqlite::Result<bool> {
+    for m in dsns {
+        // Notifications go to the senders' domains; a held one is held when claimed.
+        insert(c, m, &Held::new())?;
+    }
+    let mut stmt = c.prepare_cached(
+        "UPDATE recipients SET status = ?1, claimed = 0, attempts = attempts + ?2,
+                next_attempt = ?3, last_reply = COALESCE(?4, last_reply), warned = MAX(warned, ?7)
+         WHERE id = ?5 AND message_id = ?6",
+    )?;
+    for u in updates {
+        stmt.execute(params![
+            u.status as i64,
+            i64::from(u.attempted),
+            u.next_attempt_ms,
+            u.last_reply,
+            u.row,
+            id,
+            i64::from(u.warned)
+        ])?;
+    }
+    let pending: i64 = c
+        .prepare_cached(PENDING_OF_MESSAGE)?
+        .query_row(params![id, Status::Pending as i64], |r| r.get(0))?;
+    if pending > 0 {
+        return Ok(false);
+    }
+    c.prepare_cached("DELETE FROM recipients WHERE message_id = ?1")?
+        .execute([id])?;
+    let n = c
+        .prepare_cached("DELETE FROM messages WHERE id = ?1")?
+        .execute([id])?;
+    Ok(n > 0)
+}
+
+/// A message's recipients still pending. The `+` keeps SQLite on the `message_id` index:
+/// left to itself it picks `recipients_due` (status first) and counts through every pending
+/// recipient in the queue, once per delivery (drains of 20,000 messages went quadratic).
+pub(super) const PENDING_OF_MESSAGE: &str =
+    "SELECT COUNT(*) FROM recipients WHERE message_id = ?1 AND +status = ?2";
+
+pub(super) fn make_due(c: &Connection, domains: &[String], now: i64) -> rusqlite::Result<u64> {
+    let mut stmt = c.prepare_cached(
+        "UPDATE recipients SET next_attempt = ?1
+         WHERE domain = ?2 AND status = 0 AND claimed = 0 AND held = 0",
+    )?;
+    let mut n = 0;
+    for d in domains {
+        n += stmt.execute(params![now, d])? as u64;
+    }
+    Ok(n)
+}
+
+pub(super) fn act(
+    c: &Connection,
+    ids: &[String],
+    action: Action,
+    now: i64,
+) -> rusqlite::Result<u64> {
+    let mut n = 0;
+    for id in ids {
+        let changed = match action {
+            Action::Flush => c
+                .prepare_cached(
+                    "UPDATE recipients SET next_attempt = ?2
+                     WHERE message_id = ?1 AND status = 0 AND claimed = 0 AND held = 0",
+                )?
+                .execute(params![id, now])?,
+            Action::Hold => c
+                .prepare_cached(
+                    "UPDATE recipients SET held = 1 WHERE message_id = ?1 AND status = 0 AND held = 0",
+                )?
+                .execute([id])?,
+            Action::Release => c
+                .prepare_cached(
+                    "UPDATE recipients SET held = 0, next_attempt = ?2
+                     WHERE message_id = ?1 AND status = 0 AND held = 1",
+                )?
+                .execute(params![id, now])?,
+            Action::Delete => {
+                c.prepare_cached("DELETE FROM recipients WHERE message_id = ?1")?
+                    .execute([id])?;
+                c.prepare_cached("DELETE FROM messages WHERE id = ?1")?
+                    .execute([id])?
+            }
+        };
+        n += u64::from(changed > 0);
+    }
+    Ok(n)
+}

@@ -1,0 +1,261 @@
+//! The embedded queue's writer thread: group commit. Callers hand it operations and await
+//! their durability; it gathers whatever is waiting (up to a count and a size), runs it in
+//! one transaction with a savepoint per operation, syncs once, moves the queue's commit count
+//! and marker, and answers every caller with what the commit decided. The statements
+//! themselves are in `ops`; it never reads for operators (that is `inspect`).
+
+use super::ops::{act, claim, claim_message, insert, make_due, record};
+use super::{backend, guard, outages};
+use crate::queue::{Action, Job, NewMessage, OutageChange, StoreError, Update};
+use rusqlite::{Connection, params};
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+/// Most operations, and most content bytes, gathered into one commit.
+const MAX_BATCH_OPS: usize = 512;
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub(super) enum Op {
+    Insert(Box<NewMessage>, Reply<()>),
+    Claim(i64, usize, Reply<Vec<Job>>),
+    Record(String, Vec<Update>, Vec<NewMessage>, Reply<bool>),
+    MakeDue(Vec<String>, i64, Reply<u64>),
+    CachePut(String, bool, i64, Reply<()>),
+    Act(Vec<String>, Action, i64, Reply<u64>),
+    ClaimMessage(String, Reply<Vec<Job>>),
+    HoldNewMail(Vec<String>, Option<i64>, Reply<()>),
+    Outage(String, OutageChange, Reply<()>),
+}
+
+/// Domains whose new mail is held (their primary is down), and for how long (ms).
+pub(super) type Held = std::collections::HashMap<String, i64>;
+
+impl Op {
+    fn weight(&self) -> usize {
+        match self {
+            Op::Insert(m, _) => m.body.len(),
+            Op::Record(_, _, dsns, _) => dsns.iter().map(|m| m.body.len()).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// An operation's result, held until the batch's commit decides whether it stands.
+pub(super) enum Done {
+    Unit(Reply<()>, Result<(), StoreError>),
+    Jobs(Reply<Vec<Job>>, Result<Vec<Job>, StoreError>),
+    Bool(Reply<bool>, Result<bool, StoreError>),
+    Count(Reply<u64>, Result<u64, StoreError>),
+}
+
+impl Done {
+    fn answer(self, commit: &Result<(), StoreError>) {
+        fn pick<T>(
+            r: Result<T, StoreError>,
+            commit: &Result<(), StoreError>,
+        ) -> Result<T, StoreError> {
+            match commit {
+                Ok(()) => r,
+                Err(StoreError::Full) => Err(StoreError::Full),
+                Err(e) => Err(StoreError::Backend(e.to_string())),
+            }
+        }
+        // A caller that went away (connection dropped) is no error here.
+        match self {
+            Done::Unit(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Jobs(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Bool(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Count(tx, r) => drop(tx.send(pick(r, commit))),
+        }
+    }
+}
+
+/// The writer thread's state: its connection, and the marker it keeps up with each commit.
+pub(super) struct Writer {
+    pub(super) conn: Connection,
+    pub(super) guard: guard::Guard,
+    pub(super) marker: guard::Marker,
+}
+
+pub(super) fn writer_loop(
+    mut w: Writer,
+    rx: mpsc::Receiver<Op>,
+    commits: &std::sync::atomic::AtomicU64,
+) {
+    let mut held = Held::new();
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let mut bytes = batch[0].weight();
+        while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(op) => {
+                    bytes += op.weight();
+                    batch.push(op);
+                }
+                Err(_) => break,
+            }
+        }
+        let ops = batch.len();
+        let started = std::time::Instant::now();
+        run_batch(&mut w, batch, &mut held);
+        crate::metrics::get()
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::trace!(ops, bytes, "queue commit");
+    }
+}
+
+pub(super) fn run_batch(w: &mut Writer, batch: Vec<Op>, held: &mut Held) {
+    let mut rest = batch;
+    while !rest.is_empty() {
+        rest = run_transaction(w, rest, held);
+    }
+}
+
+/// Runs the operations in one transaction, each in its own savepoint so that one failure does
+/// not spoil the others, and answers each once the commit decides. Returns the operations not
+/// run because SQLite abandoned the transaction.
+fn run_transaction(w: &mut Writer, batch: Vec<Op>, held: &mut Held) -> Vec<Op> {
+    let tx = match w
+        .conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            let err = Err(backend(e));
+            for op in batch {
+                let done = execute_failed(op, held);
+                done.answer(&err);
+            }
+            return Vec::new();
+        }
+    };
+    let mut done = Vec::with_capacity(batch.len());
+    let mut ops = batch.into_iter();
+    while let Some(op) = ops.next() {
+        let result = match tx.execute_batch("SAVEPOINT op") {
+            Ok(()) => {
+                let d = execute(&tx, op, held);
+                if let Some(e) = d.error().filter(|_| tx.is_autocommit()) {
+                    // On SQLITE_FULL, IOERR or NOMEM SQLite may roll back the whole
+                    // transaction, not just the statement: nothing run in it stands, and
+                    // what would run next would commit on its own. Answer what ran with
+                    // the error (a sender gets 452 and nothing is half-acknowledged), and
+                    // run the rest in a new transaction.
+                    tracing::error!(error = %e, ops = done.len() + 1, "queue transaction rolled back by SQLite");
+                    drop(tx);
+                    let err = Err(e);
+                    for d in done.into_iter().chain(std::iter::once(d)) {
+                        d.answer(&err);
+                    }
+                    return ops.collect();
+                }
+                let end = if d.is_ok() {
+                    "RELEASE op"
+                } else {
+                    "ROLLBACK TO op; RELEASE op"
+                };
+                if let Err(e) = tx.execute_batch(end) {
+                    tracing::error!(error = %e, "queue savepoint failed");
+                }
+                d
+            }
+            Err(e) => {
+                let d = execute_failed(op, held);
+                tracing::error!(error = %e, "queue savepoint failed");
+                d
+            }
+        };
+        done.push(result);
+    }
+    // The commit count moves with the transaction; the marker follows once it is durable.
+    let next = w.marker.commits + 1;
+    let counted = tx
+        .execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'commits'",
+            [next.to_string()],
+        )
+        .is_ok_and(|n| n == 1);
+    let commit = tx.commit().map_err(backend);
+    match &commit {
+        Ok(()) if counted => {
+            w.marker.commits = next;
+            w.guard.record(&w.marker);
+        }
+        Ok(()) => {}
+        Err(e) => tracing::error!(error = %e, "queue commit failed"),
+    }
+    for d in done {
+        d.answer(&commit);
+    }
+    Vec::new()
+}
+
+impl Done {
+    fn is_ok(&self) -> bool {
+        self.error().is_none()
+    }
+
+    fn error(&self) -> Option<StoreError> {
+        match self {
+            Done::Unit(_, r) => r.as_ref().err().cloned(),
+            Done::Jobs(_, r) => r.as_ref().err().cloned(),
+            Done::Bool(_, r) => r.as_ref().err().cloned(),
+            Done::Count(_, r) => r.as_ref().err().cloned(),
+        }
+    }
+}
+
+fn execute_failed(op: Op, held: &mut Held) -> Done {
+    let e = || StoreError::Backend("transaction could not start".into());
+    match op {
+        Op::Insert(_, r) => Done::Unit(r, Err(e())),
+        Op::Claim(_, _, r) => Done::Jobs(r, Err(e())),
+        Op::Record(_, _, _, r) => Done::Bool(r, Err(e())),
+        Op::MakeDue(_, _, r) => Done::Count(r, Err(e())),
+        Op::CachePut(_, _, _, r) => Done::Unit(r, Err(e())),
+        Op::Act(_, _, _, r) => Done::Count(r, Err(e())),
+        Op::ClaimMessage(_, r) => Done::Jobs(r, Err(e())),
+        Op::Outage(_, _, r) => Done::Unit(r, Err(e())),
+        // Not a change to the file: it takes effect whatever the transaction does.
+        Op::HoldNewMail(domains, for_ms, r) => Done::Unit(r, hold(held, domains, for_ms)),
+    }
+}
+
+/// Starts or ends holding new mail for these domains (never fails: nothing is written).
+fn hold(held: &mut Held, domains: Vec<String>, for_ms: Option<i64>) -> Result<(), StoreError> {
+    for d in domains {
+        match for_ms {
+            Some(ms) => held.insert(d, ms),
+            None => held.remove(&d),
+        };
+    }
+    Ok(())
+}
+
+fn execute(c: &Connection, op: Op, held: &mut Held) -> Done {
+    match op {
+        Op::Insert(m, r) => Done::Unit(r, insert(c, &m, held).map_err(backend)),
+        Op::HoldNewMail(domains, for_ms, r) => Done::Unit(r, hold(held, domains, for_ms)),
+        Op::Claim(now, limit, r) => Done::Jobs(r, claim(c, now, limit).map_err(backend)),
+        Op::Record(id, updates, dsns, r) => {
+            Done::Bool(r, record(c, &id, &updates, &dsns).map_err(backend))
+        }
+        Op::MakeDue(domains, now, r) => Done::Count(r, make_due(c, &domains, now).map_err(backend)),
+        Op::CachePut(key, exists, expires, r) => Done::Unit(
+            r,
+            c.prepare_cached("INSERT OR REPLACE INTO recipient_cache (key, exists_, expires_at) VALUES (?1, ?2, ?3)")
+                .and_then(|mut st| st.execute(params![key, i64::from(exists), expires]))
+                .map(|_| ())
+                .map_err(backend),
+        ),
+        Op::Act(ids, action, now, r) => Done::Count(r, act(c, &ids, action, now).map_err(backend)),
+        Op::ClaimMessage(id, r) => Done::Jobs(r, claim_message(c, &id).map_err(backend)),
+        Op::Outage(route, change, r) => {
+            Done::Unit(r, outages::record(c, &route, change).map_err(backend))
+        }
+    }
+}
