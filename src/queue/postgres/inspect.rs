@@ -1,5 +1,5 @@
 //! Operators' queries over the PostgreSQL queue: listings with filters and paging, one
-//! message, depth per domain. The same answers as the embedded store's `queue::inspect`; a
+//! message, depth per domain. The same answers as the embedded store's `embedded::inspect`; a
 //! recipient counts as active while a node's lease on it runs.
 
 use super::{NOW_MS, pg_error};
