@@ -1,7 +1,7 @@
 //! Delivery status notifications (RFC 3461/3464): what the sender asked for (NOTIFY, RET,
 //! ENVID, ORCPT) and building the multipart/report message. Pure: no I/O, no clock.
 
-use crate::inbound::received::rfc5322_date;
+use crate::date::rfc5322_date;
 use std::time::SystemTime;
 
 /// Decodes xtext (RFC 3461 §4): `+HH` is a byte in hex.

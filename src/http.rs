@@ -86,20 +86,56 @@ pub async fn get(
     limit: Duration,
     ca_file: Option<&std::path::Path>,
 ) -> Result<Vec<u8>, HttpError> {
-    request("GET", url, bearer, None, Some(dns), limit, ca_file).await
+    send(Request {
+        bearer,
+        dns: Some(dns),
+        ca_file,
+        ..Request::new("GET", url, limit)
+    })
+    .await
 }
 
-/// Sends one request; Ok is the body of a 2xx response. Without `dns` the URL's host must
-/// be an IP address.
-pub async fn request(
-    method: &'static str,
-    url: &str,
-    bearer: Option<&str>,
-    body: Option<Body<'_>>,
-    dns: Option<&Dns>,
-    limit: Duration,
-    ca_file: Option<&std::path::Path>,
-) -> Result<Vec<u8>, HttpError> {
+/// One request: what to send, where, and within what limits.
+pub struct Request<'a> {
+    pub method: &'static str,
+    pub url: &'a str,
+    /// Sent as `Authorization: Bearer …`.
+    pub bearer: Option<&'a str>,
+    pub body: Option<Body<'a>>,
+    /// Resolves the URL's host; without it the host must be an IP address.
+    pub dns: Option<&'a Dns>,
+    /// The whole exchange, connect to last byte.
+    pub limit: Duration,
+    /// Extra trusted CAs for https.
+    pub ca_file: Option<&'a std::path::Path>,
+}
+
+impl<'a> Request<'a> {
+    /// A request without token, body, resolver or extra CAs.
+    pub fn new(method: &'static str, url: &'a str, limit: Duration) -> Self {
+        Request {
+            method,
+            url,
+            bearer: None,
+            body: None,
+            dns: None,
+            limit,
+            ca_file: None,
+        }
+    }
+}
+
+/// Sends one request; Ok is the body of a 2xx response.
+pub async fn send(request: Request<'_>) -> Result<Vec<u8>, HttpError> {
+    let Request {
+        method,
+        url,
+        bearer,
+        body,
+        dns,
+        limit,
+        ca_file,
+    } = request;
     let err = |reason: String| HttpError {
         method,
         url: url.to_string(),

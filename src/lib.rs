@@ -5,6 +5,7 @@ pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod date;
 pub mod delivery;
 pub mod dns;
 pub mod dsn;

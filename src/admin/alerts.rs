@@ -197,18 +197,16 @@ impl Alerter {
             let body = alert.to_string();
             let mut delay = Duration::from_secs(1);
             for attempt in 1..=ATTEMPTS {
-                let sent = crate::http::request(
-                    "POST",
-                    url,
-                    self.config.webhook_token.as_deref(),
-                    Some(crate::http::Body {
+                let sent = crate::http::send(crate::http::Request {
+                    bearer: self.config.webhook_token.as_deref(),
+                    body: Some(crate::http::Body {
                         content_type: "application/json",
                         bytes: body.as_bytes(),
                     }),
-                    Some(&self.dns),
-                    Duration::from_secs(10),
-                    self.config.webhook_ca_file.as_deref(),
-                )
+                    dns: Some(&self.dns),
+                    ca_file: self.config.webhook_ca_file.as_deref(),
+                    ..crate::http::Request::new("POST", url, Duration::from_secs(10))
+                })
                 .await;
                 match sent {
                     Ok(_) => break,
@@ -239,7 +237,7 @@ impl Alerter {
             .unwrap_or_default();
         let id = new_queue_id();
         let text = alert["text"].as_str().unwrap_or("");
-        let date = crate::inbound::received::rfc5322_date(std::time::SystemTime::now());
+        let date = crate::date::rfc5322_date(std::time::SystemTime::now());
         let body = format!(
             "From: mx2 on {h} <postmaster@{h}>\r\nTo: <{to}>\r\nSubject: [mx2] {text}\r\nDate: {date}\r\nMessage-ID: <{id}.alert@{h}>\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n\r\n{json}\r\n",
             h = self.hostname,

@@ -33,37 +33,10 @@ use tracing::info;
 
 /// A listing filter from a URL query string (`domain=x&state=held`), as the API reads it.
 pub fn api_filter(query: &str) -> Result<crate::queue::Filter, String> {
-    let pairs = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k.to_string(), percent_decode(v))
-        })
+    let pairs = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     api::filter_from(&pairs)
-}
-
-fn percent_decode(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match (b[i], b.get(i + 1..i + 3)) {
-            (b'%', Some(h)) => match u8::from_str_radix(&String::from_utf8_lossy(h), 16) {
-                Ok(x) => {
-                    out.push(x);
-                    i += 3;
-                    continue;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            (b'+', _) => out.push(b' '),
-            (c, _) => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reloads the configuration (SIGHUP, `mx2 reload`); Ok says what changed.
@@ -185,7 +158,7 @@ impl Admin {
 
 /// Compares without leaking where the first difference is.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// The token a request carries: `Authorization: Bearer T`, or Basic with T as password.
@@ -195,7 +168,13 @@ fn presented(req: &Request) -> Option<Vec<u8>> {
         return Some(t.trim().as_bytes().to_vec());
     }
     let b64 = h.strip_prefix("Basic ")?;
-    let decoded = crate::delivery::auth::base64_decode(b64.trim())?;
+    // Padding optional, as browsers and curl may leave it out.
+    const BASIC: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let decoded = base64::Engine::decode(&BASIC, b64.trim()).ok()?;
     let colon = decoded.iter().position(|&b| b == b':')?;
     Some(decoded[colon + 1..].to_vec())
 }

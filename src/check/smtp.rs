@@ -79,7 +79,7 @@ pub async fn run(r: &mut Report, port: u16, ca_file: Option<&Path>, helo: &str) 
                         .map(|(_, cert)| cert.validity().not_after.timestamp());
                     let until = expiry
                         .map(|ts| {
-                            crate::inbound::received::rfc5322_date(
+                            crate::date::rfc5322_date(
                                 UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64),
                             )
                         })

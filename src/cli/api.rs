@@ -140,18 +140,14 @@ impl Api {
             .map_err(|e| CallError::Failed(format!("cannot start the runtime: {e}")))?;
         let url = format!("{}{path}", self.base);
         let text = body.map(|b| b.to_string());
-        let result = rt.block_on(crate::http::request(
-            method,
-            &url,
-            self.token.as_deref(),
-            text.as_deref().map(|t| crate::http::Body {
+        let result = rt.block_on(crate::http::send(crate::http::Request {
+            bearer: self.token.as_deref(),
+            body: text.as_deref().map(|t| crate::http::Body {
                 content_type: "application/json",
                 bytes: t.as_bytes(),
             }),
-            None,
-            CALL_LIMIT,
-            None,
-        ));
+            ..crate::http::Request::new(method, &url, CALL_LIMIT)
+        }));
         result.map_err(|e| match e.status {
             None => CallError::Unreachable(format!(
                 "the server does not answer at {} ({}): is it running, and is admin.listen right?",

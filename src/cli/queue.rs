@@ -4,7 +4,7 @@
 //! `--json` for scripts, progress on standard error for long actions.
 
 use super::api::{Api, CallError, Target, encode};
-use crate::inbound::received::rfc5322_date;
+use crate::date::rfc5322_date;
 use crate::queue::embedded::inspect::Inspector;
 use crate::queue::{Filter, Listed, Shown, now_ms};
 use clap::Subcommand;

@@ -2,6 +2,8 @@
 //! and only inside TLS: credentials never cross the network in clear.
 
 use super::client::{Client, ClientError};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use std::fmt;
 
 /// A user name and password for one route.
@@ -15,50 +17,6 @@ impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Credentials({}, ***)", self.user)
     }
-}
-
-/// Standard base64 with padding.
-pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Decodes standard base64 (padding optional); None on any other character.
-pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 /// Authenticates on an open, encrypted session.
@@ -76,7 +34,7 @@ pub async fn authenticate(c: &mut Client, creds: &Credentials) -> Result<(), Cli
         reply,
     };
     if c.caps.auth_plain {
-        let token = base64(format!("\0{}\0{}", creds.user, creds.password).as_bytes());
+        let token = BASE64.encode(format!("\0{}\0{}", creds.user, creds.password).as_bytes());
         c.send(format!("AUTH PLAIN {token}\r\n").as_bytes(), "AUTH")
             .await?;
         let r = c.read_reply(t, "the AUTH reply").await?;
@@ -94,7 +52,7 @@ pub async fn authenticate(c: &mut Client, creds: &Credentials) -> Result<(), Cli
                 return Err(refused(c, r));
             }
             c.send(
-                format!("{}\r\n", base64(secret.as_bytes())).as_bytes(),
+                format!("{}\r\n", BASE64.encode(secret.as_bytes())).as_bytes(),
                 "AUTH",
             )
             .await?;
@@ -115,20 +73,6 @@ pub async fn authenticate(c: &mut Client, creds: &Credentials) -> Result<(), Cli
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_vectors() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64(b"\0user\0pass"), "AHVzZXIAcGFzcw==");
-        for s in [&b""[..], b"f", b"fo", b"foo", b"foobar", b"\0user\0pass"] {
-            assert_eq!(base64_decode(&base64(s)).as_deref(), Some(s));
-        }
-        assert_eq!(base64_decode("Zm9v!"), None);
-    }
 
     #[test]
     fn credentials_do_not_print_the_password() {
