@@ -2,10 +2,11 @@
 //! and where alerts go. Validated here; the secrets (token files) are read at load so a
 //! missing file is a configuration error with its key, not a runtime surprise.
 
+use super::defaults::{admin as admin_default, alerts as alerts_default};
 use super::{ConfigError, Ctx, Span};
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -23,7 +24,7 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 8025))),
+            listen: Some(admin_default::LISTEN),
             token: None,
             allowed_hosts: Vec::new(),
         }
@@ -50,7 +51,7 @@ impl Default for AlertsConfig {
             webhook: None,
             webhook_token: None,
             webhook_ca_file: None,
-            down_after: Duration::from_secs(300),
+            down_after: alerts_default::DOWN_AFTER,
             email: None,
         }
     }
@@ -76,8 +77,8 @@ pub(super) struct RawAlerts {
 }
 
 /// Reads a secret from a file: trimmed, not empty.
-fn secret(cx: &Ctx<'_>, v: &Spanned<String>, base: &Path) -> Result<String, ConfigError> {
-    let p = base.join(v.get_ref());
+fn secret(cx: &Ctx<'_>, v: &Spanned<String>) -> Result<String, ConfigError> {
+    let p = cx.resolve(v.get_ref());
     cx.secret_file(Ok(v.span()), &p);
     let text = std::fs::read_to_string(&p).map_err(|e| {
         cx.at(
@@ -118,11 +119,11 @@ fn allowed_host(entry: &str) -> Result<String, String> {
 }
 
 impl Ctx<'_> {
-    pub(super) fn admin(&self, raw: RawAdmin, base: &Path) -> Result<AdminConfig, ConfigError> {
+    pub(super) fn admin(&self, raw: RawAdmin) -> Result<AdminConfig, ConfigError> {
         let token = raw
             .token_file
             .as_ref()
-            .map(|t| secret(self, t, base))
+            .map(|t| secret(self, t))
             .transpose()?;
         let listen = match &raw.listen {
             None => AdminConfig::default().listen,
@@ -160,7 +161,7 @@ impl Ctx<'_> {
         })
     }
 
-    pub(super) fn alerts(&self, raw: RawAlerts, base: &Path) -> Result<AlertsConfig, ConfigError> {
+    pub(super) fn alerts(&self, raw: RawAlerts) -> Result<AlertsConfig, ConfigError> {
         if let Some(w) = &raw.webhook {
             let url = w.get_ref();
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -188,9 +189,9 @@ impl Ctx<'_> {
             webhook_token: raw
                 .webhook_token_file
                 .as_ref()
-                .map(|t| secret(self, t, base))
+                .map(|t| secret(self, t))
                 .transpose()?,
-            webhook_ca_file: raw.webhook_ca_file.map(|p| base.join(p)),
+            webhook_ca_file: raw.webhook_ca_file.map(|p| self.resolve(p)),
             down_after: raw.down_after.map_or(d.down_after, |s| s.0),
             email: raw.email.map(Spanned::into_inner),
         })

@@ -2,9 +2,10 @@
 //! in `state_dir`) or `"postgres"` (a queue shared by several nodes). Parsing and validation
 //! only; the PostgreSQL URL file is read when the store opens, not here.
 
+use super::defaults::storage as default;
 use super::{ConfigError, Ctx, Span};
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -83,7 +84,6 @@ impl Ctx<'_> {
     pub(super) fn storage(
         &self,
         raw: RawStorage,
-        base: &Path,
         hostname: &str,
     ) -> Result<StorageConfig, ConfigError> {
         match raw.backend.as_ref().map(|b| (b, b.get_ref().as_str())) {
@@ -91,7 +91,7 @@ impl Ctx<'_> {
                 Some(span) => Err(self.at(span, "only used with backend = \"postgres\"")),
                 None => Ok(StorageConfig::Embedded),
             },
-            Some((_, "postgres")) => self.postgres(raw, base, hostname),
+            Some((_, "postgres")) => self.postgres(raw, hostname),
             Some((b, other)) => Err(self.at(
                 b.span(),
                 &format!("unknown storage backend `{other}`: use \"embedded\" or \"postgres\""),
@@ -99,16 +99,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn postgres(
-        &self,
-        raw: RawStorage,
-        base: &Path,
-        hostname: &str,
-    ) -> Result<StorageConfig, ConfigError> {
-        let path = |p: &str| {
-            let p = PathBuf::from(p);
-            if p.is_relative() { base.join(p) } else { p }
-        };
+    fn postgres(&self, raw: RawStorage, hostname: &str) -> Result<StorageConfig, ConfigError> {
         let url = match (&raw.url, &raw.url_file) {
             (Some(_), Some(f)) => {
                 return Err(self.at(f.span(), "set `url` or `url_file`, not both"));
@@ -127,7 +118,7 @@ impl Ctx<'_> {
                 Some(u.get_ref().clone())
             }
             (None, Some(f)) => {
-                self.secret_file(Ok(f.span()), &path(f.get_ref()));
+                self.secret_file(Ok(f.span()), &self.resolve(f.get_ref()));
                 None
             }
         };
@@ -155,14 +146,14 @@ impl Ctx<'_> {
                 ));
             }
             Some(p) => *p.get_ref(),
-            None => 16,
+            None => default::POOL_SIZE,
         };
         let lease = match &raw.lease {
             Some(l) if l.get_ref().0 < Duration::from_secs(1) => {
                 return Err(self.at(l.span(), "lease must be at least 1s"));
             }
             Some(l) => l.get_ref().0,
-            None => Duration::from_secs(300),
+            None => default::LEASE,
         };
         let node = match &raw.node {
             Some(n) if n.get_ref().trim().is_empty() || n.get_ref().len() > 200 => {
@@ -173,9 +164,9 @@ impl Ctx<'_> {
         };
         Ok(StorageConfig::Postgres(PostgresConfig {
             url,
-            url_file: raw.url_file.as_ref().map(|f| path(f.get_ref())),
+            url_file: raw.url_file.as_ref().map(|f| self.resolve(f.get_ref())),
             tls,
-            ca_file: raw.ca_file.as_ref().map(|c| path(c.get_ref())),
+            ca_file: raw.ca_file.as_ref().map(|c| self.resolve(c.get_ref())),
             pool_size,
             lease,
             node,
@@ -187,6 +178,7 @@ impl Ctx<'_> {
 mod tests {
     use super::super::Config;
     use super::*;
+    use std::path::Path;
 
     const DOMAIN: &str = "[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:2526\"]\n";
 

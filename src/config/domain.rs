@@ -1,0 +1,298 @@
+//! The `[[domain]]` tables: each domain mx2 backs up, where its mail goes (primaries or MX),
+//! who gets its notifications, how delivery uses TLS and SMTP AUTH. Its recipient keys are
+//! built by `recipients.rs`. Parsing and validation only: nothing here connects anywhere.
+
+use super::defaults::domain as default;
+use super::host::{HostPort, is_domain_name};
+use super::recipients::RecipientPolicy;
+use super::{ConfigError, Ctx, parse_pin};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use toml::Spanned;
+
+/// One domain mx2 backs up.
+#[derive(Debug, Clone)]
+pub struct DomainConfig {
+    /// Lower-case, no trailing dot.
+    pub name: String,
+    pub route: DomainRoute,
+    pub bounce: BouncePolicy,
+    pub tls: TlsPolicy,
+    /// SMTP AUTH to the primary (only ever inside TLS).
+    pub auth: Option<AuthConfig>,
+    pub recipients: RecipientPolicy,
+    /// Refuse new mail with 451 while the primary is up, so senders go to it.
+    pub standby: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub user: String,
+    /// A file holding the password (one line), readable by mx2 only.
+    pub password_file: PathBuf,
+}
+
+/// How delivery to a domain uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// STARTTLS when offered, any certificate; plaintext otherwise.
+    #[default]
+    Opportunistic,
+    /// STARTTLS must succeed (any certificate); never plaintext.
+    Required,
+    /// STARTTLS must succeed with a certificate valid for the host name.
+    Verify,
+}
+
+/// A domain's outbound TLS settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsPolicy {
+    pub mode: TlsMode,
+    /// Extra trusted roots for `verify` (PEM), besides the built-in Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 of the primary's certificate (DER): must match when set.
+    pub pin: Option<[u8; 32]>,
+}
+
+/// Who gets delivery status notifications for mail to a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BouncePolicy {
+    /// The sender if it passed SPF or DKIM at reception, else the domain's postmaster
+    /// (the default: no backscatter to forged senders).
+    Authenticated(String),
+    /// The original sender (RFC 3461).
+    Sender,
+    /// This address instead of the sender.
+    Postmaster(String),
+    /// Nobody: logged only.
+    None,
+}
+
+/// Where a backed-up domain's mail goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainRoute {
+    /// `primary = [...]`: these hosts, tried in order.
+    Primary(Vec<HostPort>),
+    /// `route = "mx"`: the domain's MX hosts more preferred than this server.
+    Mx,
+}
+
+/// One `[[domain]]` as written; the recipient keys are read by `recipients.rs`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDomain {
+    pub(super) name: Spanned<String>,
+    primary: Option<Spanned<Vec<Spanned<String>>>>,
+    route: Option<Spanned<String>>,
+    bounce: Option<Spanned<String>>,
+    postmaster: Option<Spanned<String>>,
+    tls: Option<Spanned<String>>,
+    tls_ca_file: Option<String>,
+    tls_pin: Option<Spanned<String>>,
+    auth_user: Option<Spanned<String>>,
+    auth_password_file: Option<Spanned<String>>,
+    pub(super) recipients: Option<Spanned<toml::Value>>,
+    pub(super) recipient_files: Option<Vec<String>>,
+    pub(super) recipient_url: Option<Spanned<String>>,
+    pub(super) recipient_url_token_file: Option<String>,
+    pub(super) unknown_when_down: Option<Spanned<String>>,
+    pub(super) local_part_case: Option<Spanned<String>>,
+    pub(super) subaddress_separator: Option<Spanned<String>>,
+    standby: Option<bool>,
+}
+
+impl Ctx<'_> {
+    /// Every `[[domain]]`: at least one, each name once.
+    pub(super) fn domains(&self, raw: Vec<RawDomain>) -> Result<Vec<DomainConfig>, ConfigError> {
+        let mut seen = HashSet::new();
+        let mut domains = Vec::new();
+        for d in raw {
+            domains.push(self.domain(d, &mut seen)?);
+        }
+        if domains.is_empty() {
+            return Err(self.whole("no [[domain]] configured: add at least one, e.g.\n[[domain]]\nname = \"example.com\"\nprimary = [\"mail.example.com:25\"]"));
+        }
+        Ok(domains)
+    }
+
+    fn domain(
+        &self,
+        d: RawDomain,
+        seen: &mut HashSet<String>,
+    ) -> Result<DomainConfig, ConfigError> {
+        let name = d
+            .name
+            .get_ref()
+            .trim()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if !is_domain_name(&name) {
+            return Err(self.at(
+                d.name.span(),
+                &format!("`{}` is not a valid domain name", d.name.get_ref()),
+            ));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(self.at(
+                d.name.span(),
+                &format!("domain `{name}` is configured twice"),
+            ));
+        }
+        let route = self.route(&d, &name)?;
+        let postmaster = match &d.postmaster {
+            Some(p) => {
+                crate::smtp::address::parse_mailbox(p.get_ref(), true).map_err(|e| {
+                    self.at(
+                        p.span(),
+                        &format!("`{}` is not a mail address: {e}", p.get_ref()),
+                    )
+                })?;
+                p.get_ref().clone()
+            }
+            None => format!("postmaster@{name}"),
+        };
+        let bounce = match d.bounce.as_ref().map(|b| (b, b.get_ref().as_str())) {
+            None | Some((_, "authenticated")) => BouncePolicy::Authenticated(postmaster),
+            Some((_, "sender")) => BouncePolicy::Sender,
+            Some((_, "postmaster")) => BouncePolicy::Postmaster(postmaster),
+            Some((_, "none")) => BouncePolicy::None,
+            Some((b, other)) => {
+                return Err(self.at(b.span(), &format!("unknown bounce policy `{other}`: use \"authenticated\", \"sender\", \"postmaster\" or \"none\"")));
+            }
+        };
+        let tls = self.tls_policy(&d)?;
+        let auth = match (&d.auth_user, &d.auth_password_file) {
+            (None, None) => None,
+            (Some(u), Some(f)) => {
+                let span = f.span();
+                let password_file = self.resolve(f.get_ref());
+                self.secret_file(Ok(span), &password_file);
+                Some(AuthConfig {
+                    user: u.get_ref().clone(),
+                    password_file,
+                })
+            }
+            (Some(u), None) => {
+                return Err(self.at(
+                    u.span(),
+                    "auth_user needs auth_password_file (a file holding the password)",
+                ));
+            }
+            (None, Some(f)) => {
+                return Err(self.at(f.span(), "auth_password_file needs auth_user"));
+            }
+        };
+        let recipients = self.recipient_policy(&d)?;
+        Ok(DomainConfig {
+            name,
+            route,
+            bounce,
+            tls,
+            auth,
+            recipients,
+            standby: d.standby.unwrap_or(default::STANDBY),
+        })
+    }
+
+    /// `primary` or `route`, exactly one.
+    fn route(&self, d: &RawDomain, name: &str) -> Result<DomainRoute, ConfigError> {
+        Ok(match (&d.primary, &d.route) {
+            (Some(_), Some(r)) => {
+                return Err(self.at(
+                    r.span(),
+                    &format!("domain `{name}` has both `primary` and `route`: keep one"),
+                ));
+            }
+            (None, None) => {
+                return Err(self.at(
+                    d.name.span(),
+                    &format!(
+                        "domain `{name}` needs `primary = [\"host:port\"]` or `route = \"mx\"`"
+                    ),
+                ));
+            }
+            (None, Some(r)) if r.get_ref() == "mx" => DomainRoute::Mx,
+            (None, Some(r)) => {
+                return Err(self.at(
+                    r.span(),
+                    &format!(
+                        "unknown route `{}`: use \"mx\", or list the hosts in `primary`",
+                        r.get_ref()
+                    ),
+                ));
+            }
+            (Some(list), None) => {
+                let mut primary = Vec::new();
+                for p in list.get_ref() {
+                    primary.push(HostPort::parse(p.get_ref()).map_err(|e| self.at(p.span(), &e))?);
+                }
+                if primary.is_empty() {
+                    return Err(self.at(
+                        list.span(),
+                        &format!("domain `{name}` has no primary: list at least one host:port"),
+                    ));
+                }
+                DomainRoute::Primary(primary)
+            }
+        })
+    }
+
+    /// `tls`, `tls_ca_file` and `tls_pin`.
+    fn tls_policy(&self, d: &RawDomain) -> Result<TlsPolicy, ConfigError> {
+        let mode = match d.tls.as_ref().map(|t| (t, t.get_ref().as_str())) {
+            None | Some((_, "opportunistic")) => TlsMode::Opportunistic,
+            Some((_, "required")) => TlsMode::Required,
+            Some((_, "verify")) => TlsMode::Verify,
+            Some((t, other)) => {
+                return Err(self.at(t.span(), &format!("unknown tls mode `{other}`: use \"opportunistic\", \"required\" or \"verify\"")));
+            }
+        };
+        let pin = match &d.tls_pin {
+            Some(p) => Some(parse_pin(p.get_ref()).map_err(|e| self.at(p.span(), &e))?),
+            None => None,
+        };
+        let ca_file = d.tls_ca_file.as_ref().map(|p| self.resolve(p));
+        Ok(TlsPolicy { mode, ca_file, pin })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{MINIMAL, parse};
+
+    #[test]
+    fn bad_primary_and_duplicates_are_reported() {
+        let e = parse("[[domain]]\nname = \"a.test\"\nprimary = [\"host:99999\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:3:") && e.contains("bad port"), "{e}");
+        let e = parse(&format!("{MINIMAL}{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("configured twice") && e.contains(":5:"), "{e}");
+        let e = parse("hostname = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("no [[domain]]"), "{e}");
+        let e = parse(&format!("[queue]\nretry_min = \"2h\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retry_max must not be less"), "{e}");
+    }
+
+    #[test]
+    fn mx_routes_and_dns() {
+        let c = parse("[dns]\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n[routing]\nmy_names = [\"MX2.Example.net.\"]\n[[domain]]\nname = \"a.test\"\nroute = \"mx\"\n").unwrap();
+        assert_eq!(c.domains[0].route, DomainRoute::Mx);
+        assert_eq!(c.dns.nameservers[1].port(), 53);
+        assert!(c.routing.my_names.contains(&"mx2.example.net".to_string()));
+        let e = parse("[[domain]]\nname = \"a.test\"\nroute = \"dns\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown route") && e.contains(":3:"), "{e}");
+        let e = parse("[[domain]]\nname = \"a.test\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs `primary"), "{e}");
+    }
+}
