@@ -32,16 +32,6 @@ impl Reply {
         }
     }
 
-    /// A trusted load balancer's connection on a PROXY listener that did not start with a
-    /// valid PROXY header; `why` says what happened instead (timed out, malformed, closed).
-    pub fn no_proxy_header(why: &str) -> Self {
-        Self::new(
-            421,
-            "4.7.0",
-            format!("no valid PROXY protocol header ({why}), closing connection"),
-        )
-    }
-
     pub fn is_positive(&self) -> bool {
         (200..400).contains(&self.code)
     }
