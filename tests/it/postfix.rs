@@ -3,25 +3,10 @@
 //! comes back (and answers mx2's recipient callouts). Needs root and the postfix package
 //! (`.ci/run` installs it).
 
-mod common;
-
-use common::pki::Pki;
-use common::postfix::Postfix;
-use common::{Client, Mx2, code, config_with, free_port, mx2_command};
-use std::thread;
+use crate::common::pki::Pki;
+use crate::common::postfix::Postfix;
+use crate::common::{Client, Mx2, code, config_with, free_port, mx2_command, wait_until_showing};
 use std::time::{Duration, Instant};
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool, log: impl Fn() -> String) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out waiting for {what}; log:\n{}",
-            log()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// A Postfix primary for example.test with two Maildir mailboxes and its own certificate
 /// (so mx2's outbound STARTTLS meets a real server); other recipients get `550 5.1.1`.
@@ -126,7 +111,7 @@ smtp_tls_loglevel = 1",
     assert_eq!(c.code("QUIT"), 221);
 
     // Postfix hands all three to mx2 (over TLS) while the primary is down.
-    wait_until(
+    wait_until_showing(
         "Postfix to hand its queue to mx2",
         Duration::from_secs(60),
         || sender.queued() == 0,
@@ -145,7 +130,7 @@ smtp_tls_loglevel = 1",
     // The primary comes back: mx2 delivers everything without a command.
     let back = Instant::now();
     let primary = primary(primary_port, &pki, certs.path());
-    wait_until(
+    wait_until_showing(
         "the Postfix primary to store every message",
         Duration::from_secs(60),
         || primary.maildir("user").len() == 2 && primary.maildir("other").len() == 2,
@@ -190,7 +175,7 @@ smtp_tls_loglevel = 1",
     }
 
     // mx2 is idle again.
-    wait_until(
+    wait_until_showing(
         "mx2's queue to empty",
         Duration::from_secs(30),
         || {
@@ -223,7 +208,7 @@ fn recipient_callouts_ask_a_postfix_primary() {
     assert_eq!(code(&r), 250, "{r}");
     assert_eq!(c.code("QUIT"), 221);
 
-    wait_until(
+    wait_until_showing(
         "the primary to store the message",
         Duration::from_secs(30),
         || primary.maildir("user").len() == 1,

@@ -1,35 +1,13 @@
 //! STARTTLS both ways: mx2 offers it with a test certificate (and discards input pipelined
 //! after it), and delivers with the domain's TLS policy (opportunistic, required, verify).
 
-mod common;
-
-use common::dns::{DnsServer, Rec};
-use common::pki::Pki;
-use common::*;
-use std::io::{Read, Write};
+use crate::common::dns::{DnsServer, Rec};
+use crate::common::pki::Pki;
+use crate::common::*;
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn read_reply(r: &mut impl Read) -> String {
-    let mut all = Vec::new();
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        if r.read(&mut b).unwrap_or(0) == 0 {
-            return format!("{}<closed>", String::from_utf8_lossy(&all));
-        }
-        line.push(b[0]);
-        if b[0] == b'\n' {
-            let last = line.len() < 4 || line[3] != b'-';
-            all.extend_from_slice(&line);
-            line.clear();
-            if last {
-                return String::from_utf8_lossy(&all).trim_end().to_string();
-            }
-        }
-    }
-}
 
 fn client_config(pki: &Pki) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();

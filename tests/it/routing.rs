@@ -1,10 +1,8 @@
 //! MX routing against a local DNS server: the RFC 5321 §5.1 rule, mx2 as best MX, equal
 //! preferences, implicit MX, null MX.
 
-mod common;
-
-use common::dns::{DnsServer, Rec};
-use common::*;
+use crate::common::dns::{DnsServer, Rec};
+use crate::common::*;
 use std::time::Duration;
 
 /// mx2 routing example.test by MX through `dns`, contacting MX hosts on `mx_port`.

@@ -5,14 +5,12 @@
 //! while the primary is down, one node SIGKILLed mid-drain, a node started later draining the
 //! queue. Duplicates (the RFC 1047 window) are counted and printed.
 
-mod common;
-
-use common::pg::Pg;
-use common::*;
+use crate::common::pg::Pg;
+use crate::common::*;
 use mx2::config::{PgTls, PostgresConfig};
 use mx2::queue::postgres::Postgres;
 use mx2::queue::{Status, Store, Update, suite};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -362,35 +360,9 @@ fn send_sized(node: &Mx2, prefix: &str, n: usize, clients: usize, size: usize) -
     Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
 }
 
-/// Message-ID → how many times the primary received it.
-fn received(primary: &Primary) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for m in primary.messages() {
-        let id = m.header("Message-ID").unwrap_or_default();
-        let id = id.trim_start_matches('<').split('@').next().unwrap_or("");
-        *counts.entry(id.to_string()).or_default() += 1;
-    }
-    counts
-}
-
-/// Waits until every acknowledged id reached the primary (or the deadline).
-fn wait_delivered(
-    primary: &Primary,
-    acked: &HashSet<String>,
-    limit: Duration,
-) -> HashMap<String, usize> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let counts = received(primary);
-        if acked.iter().all(|id| counts.contains_key(id)) || Instant::now() > deadline {
-            return counts;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn two_nodes_share_the_queue_and_survive_a_sigkill_mid_drain() {
+    let _heavy = exclusive();
     let pg = Pg::shared();
     let url = pg.fresh_db();
     let primary_port = free_port();
@@ -420,8 +392,8 @@ fn two_nodes_share_the_queue_and_survive_a_sigkill_mid_drain() {
     );
     primary.wait_for(60, Duration::from_secs(30));
     a.kill9();
-    let killed_at = received(&primary).len();
-    let counts = wait_delivered(&primary, &acked, Duration::from_secs(60));
+    let killed_at = count_ids(&primary.messages()).len();
+    let counts = wait_for_ids(&acked, Duration::from_secs(60), || primary.messages());
     let missing: Vec<&String> = acked
         .iter()
         .filter(|id| !counts.contains_key(*id))
@@ -457,6 +429,7 @@ fn two_nodes_share_the_queue_and_survive_a_sigkill_mid_drain() {
 
 #[test]
 fn a_node_started_later_drains_the_queue() {
+    let _heavy = exclusive();
     let url = Pg::shared().fresh_db();
     let primary_port = free_port();
     let mut a = node(&url, "a", primary_port);
@@ -465,7 +438,7 @@ fn a_node_started_later_drains_the_queue() {
     let primary = Primary::start(primary_port);
     let started = Instant::now();
     let _c = node(&url, "c", primary_port);
-    let counts = wait_delivered(&primary, &acked, Duration::from_secs(30));
+    let counts = wait_for_ids(&acked, Duration::from_secs(30), || primary.messages());
     let missing = acked.iter().filter(|id| !counts.contains_key(*id)).count();
     println!(
         "late node: {} messages accepted by a node that then died, delivered by a new node in {:?}, {missing} missing",

@@ -2,9 +2,7 @@
 //! it (with the primary down, then up), the token, `/metrics`, alert webhooks, reload, and
 //! the dashboard in headless Chromium.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -57,14 +55,6 @@ fn send(mx2: &Mx2, from: &str, rcpt: &str, id: &str) -> String {
     let r = c.send_mail(from, &[rcpt], &message(id, id));
     assert!(r.starts_with("250"), "{r}");
     r.rsplit(' ').next().unwrap().to_string()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -781,6 +771,7 @@ fn open_files(pid: u32) -> usize {
 /// still greets.
 #[test]
 fn slow_admin_clients_cannot_take_the_file_descriptors_smtp_needs() {
+    let _heavy = exclusive();
     const SLOW: usize = 450;
     const CAP: usize = 256;
     let mut mx2 = Mx2::prepare(|port, state| test_config(port, free_port(), state, ""));

@@ -1,9 +1,7 @@
 //! A real SMTP client from Debian (swaks) sends through a running mx2 to the test primary.
 //! `.ci/run` installs swaks; without it this test fails, it is not skipped.
 
-mod common;
-
-use common::*;
+use crate::common::{self, *};
 use std::process::Command;
 use std::time::Duration;
 

@@ -1,11 +1,8 @@
 //! Sender authentication at reception: SPF against the local DNS server, the
 //! Authentication-Results header, the `authenticated` bounce policy, and DMARC p=reject.
 
-mod common;
-
-use common::dns::{DnsServer, Rec};
-use common::*;
-use std::sync::Arc;
+use crate::common::dns::{DnsServer, Rec};
+use crate::common::*;
 use std::time::Duration;
 
 fn dns() -> DnsServer {
@@ -35,16 +32,7 @@ fn content(from: &str, id: &str) -> Vec<u8> {
 fn spf_results_and_the_authenticated_bounce_policy() {
     let dns = dns();
     let port = free_port();
-    let rejecting = PrimaryOptions {
-        rcpt: Arc::new(|addr, _| {
-            if addr.starts_with("nobody") {
-                (550, "5.1.1 no such user")
-            } else {
-                (250, "2.1.5 ok")
-            }
-        }),
-        ..Default::default()
-    };
+    let rejecting = PrimaryOptions::rejecting("5.1.1 no such user");
     let primary = Primary::start_on("127.0.0.1", port, rejecting);
     let senders_mx = Primary::start_on("127.0.0.4", port, PrimaryOptions::default());
     let mx2 = mx2_with_auth(&dns, port, "");
@@ -128,8 +116,7 @@ fn dmarc_reject_is_enforced_when_asked() {
         )
         .starts_with("250")
     );
-    let got = primary.wait_for(1, Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(primary.messages().len(), 1);
+    let got = primary.wait_and_settle(1, Duration::from_secs(10), Duration::from_millis(300));
+    assert_eq!(got.len(), 1);
     assert_eq!(got[0].header("Message-ID").as_deref(), Some("<fine@test>"));
 }

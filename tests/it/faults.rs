@@ -1,9 +1,7 @@
 //! Faults on purpose: the disk fills up, the primary hangs or drops the connection after the
 //! final dot, SIGTERM arrives under load. Nothing acknowledged may be lost.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,6 +9,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn a_full_disk_gets_452_then_recovers() {
+    let _heavy = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
@@ -102,6 +101,7 @@ fn a_full_disk_gets_452_then_recovers() {
 
 #[test]
 fn a_primary_that_never_answers_times_out_and_nothing_sticks() {
+    let _heavy = exclusive();
     let port = free_port();
     let silent = Primary::start_with(
         port,
@@ -149,6 +149,7 @@ fn a_primary_that_never_answers_times_out_and_nothing_sticks() {
 
 #[test]
 fn a_drop_after_the_final_dot_means_a_counted_duplicate_not_a_loss() {
+    let _heavy = exclusive();
     let primary = Primary::start_with(
         0,
         PrimaryOptions {
@@ -185,6 +186,7 @@ fn a_drop_after_the_final_dot_means_a_counted_duplicate_not_a_loss() {
 
 #[test]
 fn sigterm_under_load_loses_nothing_and_exits_in_time() {
+    let _heavy = exclusive();
     let port = free_port();
     let mut mx2 = Mx2::start(port);
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -245,6 +247,7 @@ fn sigterm_under_load_loses_nothing_and_exits_in_time() {
 
 #[test]
 fn a_flapping_primary_gets_everything_acknowledged() {
+    let _heavy = exclusive();
     // The primary is up for two seconds, down for two, again and again, while clients keep
     // sending. `MX2_FLAP_SECONDS` sets how long (CI: the default; `bench/faults`: longer).
     let flap_for = Duration::from_secs(env_count("MX2_FLAP_SECONDS", 8) as u64);
@@ -298,25 +301,9 @@ fn a_flapping_primary_gets_everything_acknowledged() {
     assert!(acked.len() > 10, "the load barely ran: {}", acked.len());
     // The primary comes back for good: everything acknowledged must arrive.
     let last = Primary::start(port);
-    let id_of = |m: &Received| {
-        m.header("Message-ID")
-            .unwrap_or_default()
-            .trim_matches(|c| c == '<' || c == '>')
-            .trim_end_matches("@test")
-            .to_string()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut counts: std::collections::HashMap<String, usize>;
-    loop {
-        counts = Default::default();
-        for m in delivered.iter().chain(last.messages().iter()) {
-            *counts.entry(id_of(m)).or_default() += 1;
-        }
-        if acked.iter().all(|id| counts.contains_key(id)) || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let counts = wait_for_ids(&acked, Duration::from_secs(60), || {
+        delivered.iter().cloned().chain(last.messages()).collect()
+    });
     let missing: Vec<&String> = acked
         .iter()
         .filter(|id| !counts.contains_key(*id))

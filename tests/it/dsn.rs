@@ -1,10 +1,8 @@
 //! Delivery status notifications, end to end: bounces for 5xx and expired mail reach the
 //! sender's MX (found through the test DNS server) from <>, parsed back with mail-parser.
 
-mod common;
-
-use common::dns::{DnsServer, Rec};
-use common::*;
+use crate::common::dns::{DnsServer, Rec};
+use crate::common::*;
 use mail_parser::{MessageParser, MimeHeaders};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,16 +41,7 @@ fn setup(primary_opts: PrimaryOptions, queue_extra: &str, primary_up: bool) -> S
 }
 
 fn rejecting() -> PrimaryOptions {
-    PrimaryOptions {
-        rcpt: Arc::new(|addr, _| {
-            if addr.starts_with("nobody") {
-                (550, "5.1.1 <nobody@example.test>: no such user")
-            } else {
-                (250, "2.1.5 ok")
-            }
-        }),
-        ..Default::default()
-    }
+    PrimaryOptions::rejecting("5.1.1 <nobody@example.test>: no such user")
 }
 
 /// The delivery-status part's text and the returned original (or its headers).
@@ -155,10 +144,10 @@ fn no_notification_for_null_sender_or_notify_never() {
         )
         .starts_with("250")
     );
-    let dsns = s.sender_mx.wait_for(1, Duration::from_secs(10));
-    std::thread::sleep(Duration::from_secs(1));
-    let dsns_now = s.sender_mx.messages();
-    assert_eq!(dsns_now.len(), 1, "{dsns:?}");
+    let dsns_now = s
+        .sender_mx
+        .wait_and_settle(1, Duration::from_secs(10), Duration::from_secs(1));
+    assert_eq!(dsns_now.len(), 1, "{dsns_now:?}");
     assert_eq!(dsns_now[0].rcpts, vec!["bob@sender.test"]);
 }
 

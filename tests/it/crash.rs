@@ -2,10 +2,8 @@
 //! the later cycles, while it delivers). Every message that got a 250 must reach the primary;
 //! duplicates (allowed only in the RFC 1047 window) are counted and printed.
 
-mod common;
-
-use common::*;
-use std::collections::{HashMap, HashSet};
+use crate::common::*;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -17,6 +15,7 @@ const CLIENTS: usize = 6;
 
 #[test]
 fn sigkill_under_load_loses_no_acknowledged_message() {
+    let _heavy = exclusive();
     let cycles = env_count("MX2_FAULT_CYCLES", DEFAULT_CYCLES).max(2);
     let primary_port = free_port();
     let mut mx2 = Mx2::start(primary_port);
@@ -73,25 +72,7 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
         "the load generator barely ran: {} messages",
         acked.len()
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let mut counts: HashMap<String, usize>;
-    loop {
-        counts = HashMap::new();
-        for m in primary.messages() {
-            let id = m.header("Message-ID").unwrap_or_default();
-            let id = id
-                .trim_start_matches('<')
-                .split('@')
-                .next()
-                .unwrap_or("")
-                .to_string();
-            *counts.entry(id).or_default() += 1;
-        }
-        if acked.iter().all(|id| counts.contains_key(id)) || std::time::Instant::now() > deadline {
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    let counts = wait_for_ids(&acked, Duration::from_secs(90), || primary.messages());
     let missing: Vec<&String> = acked
         .iter()
         .filter(|id| !counts.contains_key(*id))
@@ -167,6 +148,7 @@ fn serve_expecting_refusal(config: &std::path::Path) -> (i32, String) {
 /// as it is; after a plain SIGKILL the queue starts with everything it held.
 #[test]
 fn a_damaged_queue_is_refused_and_a_killed_one_keeps_everything() {
+    let _heavy = exclusive();
     const COUNT: usize = 20;
     let primary_port = free_port();
     let mut mx2 = Mx2::start(primary_port);

@@ -1,8 +1,6 @@
 //! End-to-end: a real mx2 binary over TCP, with a scriptable test primary.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,9 +80,8 @@ fn foreign_domains_and_sender_routing_are_refused() {
         )
         .starts_with("250")
     );
-    let got = primary.wait_for(1, Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(primary.messages().len(), 1);
+    let got = primary.wait_and_settle(1, Duration::from_secs(10), Duration::from_millis(300));
+    assert_eq!(got.len(), 1);
     assert_eq!(got[0].rcpts, vec!["user@example.test"]);
 }
 
@@ -289,9 +286,8 @@ fn oversize_messages_are_refused_and_not_stored() {
         )
         .starts_with("250")
     );
-    let got = primary.wait_for(1, Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(primary.messages().len(), 1);
+    let got = primary.wait_and_settle(1, Duration::from_secs(10), Duration::from_millis(300));
+    assert_eq!(got.len(), 1);
     assert_eq!(got[0].header("Message-ID").as_deref(), Some("<small@test>"));
 }
 
@@ -315,13 +311,15 @@ fn smuggling_variants_never_make_a_second_message() {
         assert!(r.starts_with("250"), "variant {i}: {r}");
         c.cmd("QUIT");
     }
-    let got = primary.wait_for(variants.len(), Duration::from_secs(15));
-    std::thread::sleep(Duration::from_millis(500));
-    let got_now = primary.messages();
+    let got_now = primary.wait_and_settle(
+        variants.len(),
+        Duration::from_secs(15),
+        Duration::from_millis(500),
+    );
     assert_eq!(
         got_now.len(),
         variants.len(),
-        "one message per transaction: {got:?}"
+        "one message per transaction: {got_now:?}"
     );
     for m in &got_now {
         assert_eq!(m.rcpts, vec!["user@example.test"]);
@@ -445,6 +443,7 @@ fn connection_limits_per_ip_and_idle_timeout() {
 
 #[test]
 fn etrn_starts_delivery_of_held_mail_at_once() {
+    let _heavy = exclusive();
     let port = free_port();
     // Probing is slowed to an hour, so only ETRN can explain a quick delivery.
     let tail = format!(
@@ -485,6 +484,7 @@ fn etrn_starts_delivery_of_held_mail_at_once() {
 
 #[test]
 fn the_drain_backs_off_when_the_primary_pushes_back() {
+    let _heavy = exclusive();
     let port = free_port();
     let tail = format!(
         "[delivery]\nmax_connections_per_primary = 10\ninitial_connections_per_primary = 4\nconnect_timeout = \"2s\"\nmessages_per_connection = 5\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{port}\"]\n"

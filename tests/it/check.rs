@@ -1,9 +1,8 @@
 //! `mx2 check` against crafted zones on the local DNS server: each setup gets the right
 //! verdict, reasons and fixes (snapshots), the right exit code, and valid JSON.
 
-mod common;
-
-use common::dns::{DnsServer, Rec};
+use crate::common;
+use crate::common::dns::{DnsServer, Rec};
 use std::process::Command;
 
 fn zones() -> DnsServer {

@@ -1,10 +1,8 @@
 //! Resisting abuse: per-client rate limits and connection caps that leave other clients
 //! served, the early-talker wait, DNS blocklists, and an open-relay scan by nmap.
 
-mod common;
-
-use common::dns::{DnsServer, Rec};
-use common::*;
+use crate::common::dns::{DnsServer, Rec};
+use crate::common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -30,33 +28,6 @@ fn connect_from(src: &str, port: u16) -> TcpStream {
     s
 }
 
-fn read_reply(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        match s.read(&mut b) {
-            Ok(1) => {
-                out.push(b[0]);
-                if b[0] == b'\n' {
-                    let line_start = out[..out.len() - 1]
-                        .iter()
-                        .rposition(|&c| c == b'\n')
-                        .map_or(0, |i| i + 1);
-                    if out.len() - line_start < 4 || out[line_start + 3] != b'-' {
-                        return String::from_utf8_lossy(&out).trim_end().to_string();
-                    }
-                }
-            }
-            _ => return format!("{}<closed>", String::from_utf8_lossy(&out)),
-        }
-    }
-}
-
-fn cmd(s: &mut TcpStream, line: &str) -> String {
-    s.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-    read_reply(s)
-}
-
 #[test]
 fn per_client_rate_limit_leaves_others_served() {
     let primary = Primary::start(0);
@@ -78,9 +49,9 @@ fn per_client_rate_limit_leaves_others_served() {
     assert!(r.starts_with("451 4.7.1"), "{r}");
     let mut other = connect_from("127.0.0.2", mx2.port);
     assert!(read_reply(&mut other).starts_with("220"));
-    cmd(&mut other, "EHLO other.test");
+    raw_cmd(&mut other, "EHLO other.test");
     assert!(
-        cmd(&mut other, "MAIL FROM:<b@sender.test>").starts_with("250"),
+        raw_cmd(&mut other, "MAIL FROM:<b@sender.test>").starts_with("250"),
         "another client is still served"
     );
 }
@@ -135,6 +106,7 @@ fn in_batches<T: Send>(n: usize, width: usize, f: impl Fn(usize) -> T + Sync) ->
 /// at once get 554 5.5.1 (a spurious readable wake-up used to end the wait early).
 #[test]
 fn greeting_delay_holds_for_every_client() {
+    let _heavy = exclusive();
     let primary = Primary::start(0);
     let mx2 = Mx2::start_with(
         primary.port,
@@ -234,17 +206,32 @@ fn nmap_finds_no_open_relay() {
     );
 }
 
-#[test]
-fn proxy_headers_are_honoured_from_trusted_balancers_only() {
+/// mx2 with a PROXY listener that trusts 127.0.0.1 as its balancer (`smtp_extra`: more
+/// `[smtp]` lines), its primary, and the listener's port.
+fn behind_a_balancer(smtp_extra: &str) -> (Primary, Mx2, u16) {
     let primary = Primary::start(0);
     let px = free_port();
     let mx2 = Mx2::start_with(
         primary.port,
-        &format!("proxy_listen = [\"127.0.0.1:{px}\"]\nproxy_trusted = [\"127.0.0.1/32\"]"),
+        &format!(
+            "proxy_listen = [\"127.0.0.1:{px}\"]\nproxy_trusted = [\"127.0.0.1/32\"]\n{smtp_extra}"
+        ),
     );
+    (primary, mx2, px)
+}
+
+/// A connection to a PROXY listener from the trusted balancer (127.0.0.1).
+fn connect_as_balancer(px: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", px)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+#[test]
+fn proxy_headers_are_honoured_from_trusted_balancers_only() {
+    let (primary, mx2, px) = behind_a_balancer("");
     let send_via = |header: &[u8], id: &str| {
-        let mut s = TcpStream::connect(("127.0.0.1", px)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut s = connect_as_balancer(px);
         s.write_all(header).unwrap();
         assert!(read_reply(&mut s).starts_with("220"));
         for line in [
@@ -253,11 +240,11 @@ fn proxy_headers_are_honoured_from_trusted_balancers_only() {
             "RCPT TO:<user@example.test>",
             "DATA",
         ] {
-            let r = cmd(&mut s, line);
+            let r = raw_cmd(&mut s, line);
             assert!(r.starts_with('2') || r.starts_with('3'), "{line}: {r}");
         }
         s.write_all(&message(id, "via proxy")).unwrap();
-        assert!(cmd(&mut s, ".").starts_with("250"));
+        assert!(raw_cmd(&mut s, ".").starts_with("250"));
     };
     send_via(b"PROXY TCP4 192.0.2.55 127.0.0.1 40000 25\r\n", "v1");
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
@@ -292,19 +279,8 @@ fn proxy_headers_are_honoured_from_trusted_balancers_only() {
 /// reason (it used to be closed with nothing sent), and logged with the balancer's address.
 #[test]
 fn a_missing_or_bad_proxy_header_gets_421_with_the_reason() {
-    let primary = Primary::start(0);
-    let px = free_port();
-    let mx2 = Mx2::start_with(
-        primary.port,
-        &format!(
-            "proxy_listen = [\"127.0.0.1:{px}\"]\nproxy_trusted = [\"127.0.0.1/32\"]\ncommand_timeout = \"2s\""
-        ),
-    );
-    let connect = || {
-        let s = TcpStream::connect(("127.0.0.1", px)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s
-    };
+    let (_primary, mx2, px) = behind_a_balancer("command_timeout = \"2s\"");
+    let connect = || connect_as_balancer(px);
     let start = std::time::Instant::now();
     let mut silent = connect();
     let r = read_reply(&mut silent);
@@ -341,17 +317,10 @@ fn a_missing_or_bad_proxy_header_gets_421_with_the_reason() {
 /// an address in another /64 has its own.
 #[test]
 fn ipv6_clients_in_one_prefix_share_their_limits() {
-    let primary = Primary::start(0);
-    let px = free_port();
-    let _mx2 = Mx2::start_with(
-        primary.port,
-        &format!(
-            "proxy_listen = [\"127.0.0.1:{px}\"]\nproxy_trusted = [\"127.0.0.1/32\"]\nmax_connections_per_ip = 2\nmessages_per_minute_per_ip = 1"
-        ),
-    );
+    let (_primary, _mx2, px) =
+        behind_a_balancer("max_connections_per_ip = 2\nmessages_per_minute_per_ip = 1");
     let via = |client: &str| {
-        let mut s = TcpStream::connect(("127.0.0.1", px)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut s = connect_as_balancer(px);
         s.write_all(format!("PROXY TCP6 {client} 2001:db8:ffff::25 40000 25\r\n").as_bytes())
             .unwrap();
         let r = read_reply(&mut s);
@@ -369,15 +338,15 @@ fn ipv6_clients_in_one_prefix_share_their_limits() {
     let (mut other, r) = via("2001:db8:0:2::a");
     assert!(r.starts_with("220"), "another /64: {r}");
     for s in [&mut a, &mut b, &mut other] {
-        assert!(cmd(s, "EHLO v6.test").starts_with("250"));
+        assert!(raw_cmd(s, "EHLO v6.test").starts_with("250"));
     }
-    assert!(cmd(&mut a, "MAIL FROM:<a@sender.test>").starts_with("250"));
-    let r = cmd(&mut b, "MAIL FROM:<b@sender.test>");
+    assert!(raw_cmd(&mut a, "MAIL FROM:<a@sender.test>").starts_with("250"));
+    let r = raw_cmd(&mut b, "MAIL FROM:<b@sender.test>");
     assert!(
         r.starts_with("451 4.7.1"),
         "the /64's one message a minute is taken: {r}"
     );
-    let r = cmd(&mut other, "MAIL FROM:<c@sender.test>");
+    let r = raw_cmd(&mut other, "MAIL FROM:<c@sender.test>");
     assert!(r.starts_with("250"), "another /64 has its own: {r}");
 }
 
@@ -410,6 +379,7 @@ fn trickle(s: &mut TcpStream) -> (String, Duration) {
 /// each read only.)
 #[test]
 fn content_trickled_below_the_minimum_data_rate_is_cut_off() {
+    let _heavy = exclusive();
     let primary = Primary::start(0);
     let mx2 = Mx2::start_with(primary.port, "data_timeout = \"2s\"\nmin_data_rate = 1000");
     let start_transaction = |name: &str| {
@@ -447,10 +417,8 @@ fn content_trickled_below_the_minimum_data_rate_is_cut_off() {
         &message("fast", &body),
     );
     assert!(r.starts_with("250"), "{r}");
-    primary.wait_for(1, Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(500));
     let ids: Vec<String> = primary
-        .messages()
+        .wait_and_settle(1, Duration::from_secs(10), Duration::from_millis(500))
         .iter()
         .filter_map(|m| m.header("Message-ID"))
         .collect();
@@ -466,6 +434,7 @@ fn content_trickled_below_the_minimum_data_rate_is_cut_off() {
 /// client is then served.
 #[test]
 fn idle_connections_are_closed_early_under_stress() {
+    let _heavy = exclusive();
     let primary = Primary::start(0);
     let mx2 = Mx2::start_with(
         primary.port,
@@ -553,6 +522,7 @@ fn a_low_soft_open_file_limit_is_raised_at_start() {
 /// full, mx2's write waits at most command_timeout, then the connection (and its slot) goes.
 #[test]
 fn a_client_that_never_reads_its_replies_loses_its_slot() {
+    let _heavy = exclusive();
     let primary = Primary::start(0);
     let mx2 = Mx2::start_with(
         primary.port,
@@ -593,7 +563,7 @@ fn a_client_that_never_reads_its_replies_loses_its_slot() {
         stalled.elapsed(),
         sent
     );
-    assert!(cmd(&mut second, "EHLO other.test").starts_with("250"));
+    assert!(raw_cmd(&mut second, "EHLO other.test").starts_with("250"));
     drop(raw);
 }
 
@@ -601,6 +571,7 @@ fn a_client_that_never_reads_its_replies_loses_its_slot() {
 /// command_timeout: the whole line must arrive within it.
 #[test]
 fn a_command_trickled_byte_by_byte_times_out() {
+    let _heavy = exclusive();
     let primary = Primary::start(0);
     let mx2 = Mx2::start_with(primary.port, "command_timeout = \"2s\"");
     let mut s = connect_from("127.0.0.1", mx2.port);

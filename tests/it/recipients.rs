@@ -1,12 +1,9 @@
 //! Knowing the recipients: lists (file, URL), callouts with caches that survive a restart,
 //! learning from deliveries, and standby mode.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::{Read, Write};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn mx2_for(primary_port: u16, domain_extra: &str, top_extra: &str) -> Mx2 {
     let tail = format!(
@@ -20,17 +17,6 @@ fn rcpt(m: &Mx2, addr: &str) -> String {
     c.cmd("EHLO client.test");
     c.cmd("MAIL FROM:<a@sender.test>");
     c.cmd(&format!("RCPT TO:<{addr}>"))
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
 }
 
 #[test]
@@ -60,7 +46,7 @@ fn list_from_a_file_is_authoritative_and_reloads() {
     // The file changes: picked up without a restart.
     std::fs::write(&list, "alice@example.test\nmallory@example.test\n").unwrap();
     assert!(
-        wait_until(Duration::from_secs(15), || rcpt(
+        poll_until(Duration::from_secs(15), || rcpt(
             &mx2,
             "mallory@example.test"
         )
@@ -76,7 +62,7 @@ fn list_from_a_file_is_authoritative_and_reloads() {
         .status()
         .unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || rcpt(&mx2, "anyone@example.test")
+        poll_until(Duration::from_secs(5), || rcpt(&mx2, "anyone@example.test")
             .starts_with("250")),
         "wildcard after SIGHUP; log:\n{}",
         mx2.log()
@@ -139,16 +125,7 @@ fn list_from_a_url_the_primary_publishes() {
 #[test]
 fn callouts_are_cached_durably_and_answer_while_the_primary_is_down() {
     let port = free_port();
-    let opts = || PrimaryOptions {
-        rcpt: Arc::new(|addr, _| {
-            if addr.starts_with("nobody") {
-                (550, "5.1.1 no such user")
-            } else {
-                (250, "2.1.5 ok")
-            }
-        }),
-        ..Default::default()
-    };
+    let opts = || PrimaryOptions::rejecting("5.1.1 no such user");
     let primary = Primary::start_with(port, opts());
     let mut mx2 = mx2_for(port, "recipients = \"verify\"", "");
     assert!(rcpt(&mx2, "alice@example.test").starts_with("250"));
@@ -233,7 +210,7 @@ fn standby_refuses_while_the_primary_is_up() {
     assert!(r.starts_with("451 4.7.1"), "{r}");
     drop(primary);
     assert!(
-        wait_until(Duration::from_secs(10), || rcpt(&mx2, "alice@example.test")
+        poll_until(Duration::from_secs(10), || rcpt(&mx2, "alice@example.test")
             .starts_with("250")),
         "log:\n{}",
         mx2.log()
@@ -241,7 +218,7 @@ fn standby_refuses_while_the_primary_is_up() {
     // Back up: refused again once the probe sees it.
     let _primary = Primary::start(port);
     assert!(
-        wait_until(Duration::from_secs(10), || rcpt(&mx2, "alice@example.test")
+        poll_until(Duration::from_secs(10), || rcpt(&mx2, "alice@example.test")
             .starts_with("451")),
         "log:\n{}",
         mx2.log()

@@ -1,9 +1,7 @@
 //! `mx2 queue list|show|export` read the store directly: after a SIGKILL, with the server
 //! stopped, an operator still sees what is held.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn mx2_cmd(args: &[&str], config: &std::path::Path) -> (i32, Vec<u8>) {
     let (code, out, _) = mx2_command(args, config);

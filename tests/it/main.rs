@@ -1,0 +1,24 @@
+//! The integration tests, one binary (`cargo test --test it`) with one module per area; run
+//! one area with a filter, e.g. `cargo test --test it abuse::`. The shared harness is in
+//! `common/`. All modules run in parallel in this one process: a test that needs the machine
+//! to itself (fixed ports, fd or process limits, tight timings) takes `common::exclusive()`.
+
+mod common;
+
+mod abuse;
+mod admin;
+mod auth;
+mod check;
+mod crash;
+mod dsn;
+mod e2e;
+mod examples;
+mod faults;
+mod postfix;
+mod postgres;
+mod properties;
+mod queue_cli;
+mod recipients;
+mod routing;
+mod swaks;
+mod tls;
