@@ -176,7 +176,7 @@ async fn connection(
             }
         };
         let errors_before = session.errors();
-        match session.command_at(&line, std::time::Instant::now()) {
+        match session.command(&line, std::time::Instant::now()) {
             Action::StartData(reply) => {
                 conn.buffer_reply(&reply);
                 if conn.flush().await.is_err() {

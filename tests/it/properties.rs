@@ -59,7 +59,7 @@ proptest! {
     fn session_never_panics_and_replies_are_well_formed(lines in proptest::collection::vec(line(), 0..40), body in proptest::collection::vec(any::<u8>(), 0..300)) {
         let mut s = session();
         for l in lines {
-            match s.command(&l) {
+            match s.command(&l, std::time::Instant::now()) {
                 Action::Reply(r) | Action::Close(r) | Action::StartTls(r) => prop_assert!(well_formed(&r), "{r:?}"),
                 Action::StartData(r) => {
                     prop_assert_eq!(r.code, 354);

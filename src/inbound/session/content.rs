@@ -315,7 +315,7 @@ mod tests {
         run(&mut s, "MAIL FROM:<a@b.test>");
         run(&mut s, "RCPT TO:<u@example.test>");
         assert_eq!(
-            s.command(b"BDAT 5"),
+            s.command(b"BDAT 5", std::time::Instant::now()),
             Action::ReadChunk {
                 size: 5,
                 last: false
@@ -331,7 +331,7 @@ mod tests {
             "no MAIL inside BDAT"
         );
         assert_eq!(
-            s.command(b"BDAT 4 LAST"),
+            s.command(b"BDAT 4 LAST", std::time::Instant::now()),
             Action::ReadChunk {
                 size: 4,
                 last: true
@@ -347,7 +347,7 @@ mod tests {
         let mut s = session();
         run(&mut s, "EHLO c.test");
         assert_eq!(
-            s.command(b"BDAT 3 LAST"),
+            s.command(b"BDAT 3 LAST", std::time::Instant::now()),
             Action::ReadChunk {
                 size: 3,
                 last: true
@@ -382,7 +382,10 @@ mod tests {
         );
         let mut s = in_transaction();
         assert_eq!(
-            s.command(format!("BDAT {cap} LAST").as_bytes()),
+            s.command(
+                format!("BDAT {cap} LAST").as_bytes(),
+                std::time::Instant::now()
+            ),
             Action::ReadChunk {
                 size: cap,
                 last: true
@@ -390,7 +393,10 @@ mod tests {
         );
         let mut s = in_transaction();
         assert_eq!(
-            closing(s.command(format!("BDAT {}", cap + 1).as_bytes())),
+            closing(s.command(
+                format!("BDAT {}", cap + 1).as_bytes(),
+                std::time::Instant::now()
+            )),
             "552 5.3.4 chunk far exceeds the size limit, closing connection\r\n"
         );
     }

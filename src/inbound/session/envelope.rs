@@ -225,13 +225,19 @@ mod tests {
         let long = format!("EHLO {}.test", "a".repeat(300));
         assert_eq!(run(&mut s, &long), 501);
         assert_eq!(run(&mut s, "EHLO client.test"), 250);
-        let a = s.command("MAIL FROM:<jörg@sender.test>".as_bytes());
+        let a = s.command(
+            "MAIL FROM:<jörg@sender.test>".as_bytes(),
+            std::time::Instant::now(),
+        );
         assert!(
             matches!(&a, Action::Reply(r) if r.code == 553 && r.status == "5.6.7"),
             "{a:?}"
         );
         assert_eq!(run(&mut s, "MAIL FROM:<a@sender.test>"), 250);
-        let a = s.command("RCPT TO:<jörg@example.test>".as_bytes());
+        let a = s.command(
+            "RCPT TO:<jörg@example.test>".as_bytes(),
+            std::time::Instant::now(),
+        );
         assert!(
             matches!(&a, Action::Reply(r) if r.code == 553 && r.status == "5.6.7"),
             "{a:?}"
@@ -264,7 +270,9 @@ mod tests {
             501
         );
         // Five errors: closed.
-        assert!(matches!(s.command(b"BOGUS"), Action::Close(r) if r.code == 421));
+        assert!(
+            matches!(s.command(b"BOGUS", std::time::Instant::now()), Action::Close(r) if r.code == 421)
+        );
     }
 
     #[test]
@@ -340,7 +348,7 @@ mod tests {
         ];
         for (secs, client, server) in transcript {
             let at = t0 + Duration::from_secs(secs);
-            match s.command_at(client.as_bytes(), at) {
+            match s.command(client.as_bytes(), at) {
                 Action::Reply(r) => assert_eq!(wire(&r), format!("{server}\r\n"), "{client}"),
                 other => panic!("{client}: {other:?}"),
             }

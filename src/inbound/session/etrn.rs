@@ -89,7 +89,7 @@ mod tests {
         run(&mut s, "EHLO c.test");
         let t0 = Instant::now();
         assert_eq!(
-            s.command_at(b"ETRN Example.Test", t0),
+            s.command(b"ETRN Example.Test", t0),
             Action::Flush {
                 node: "Example.Test".into(),
                 domains: vec!["example.test".into()]
@@ -97,7 +97,7 @@ mod tests {
         );
         // One ETRN a second per client (see the next test).
         assert_eq!(
-            s.command_at(b"ETRN @test", t0 + Duration::from_secs(1)),
+            s.command(b"ETRN @test", t0 + Duration::from_secs(1)),
             Action::Flush {
                 node: "@test".into(),
                 domains: vec!["example.test".into()]
@@ -110,7 +110,7 @@ mod tests {
     }
 
     fn etrn_at(s: &mut Session, at: Instant) -> String {
-        match s.command_at(b"ETRN example.test", at) {
+        match s.command(b"ETRN example.test", at) {
             Action::Reply(r) => wire(&r),
             other => panic!("{other:?}"),
         }
@@ -135,7 +135,7 @@ mod tests {
         let mut s = session();
         run(&mut s, "EHLO c.test");
         assert!(matches!(
-            s.command_at(b"ETRN example.test", t0),
+            s.command(b"ETRN example.test", t0),
             Action::Flush { .. }
         ));
         assert_eq!(

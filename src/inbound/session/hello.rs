@@ -70,7 +70,7 @@ mod tests {
     fn starttls_resets_the_session() {
         let mut s = session();
         assert!(
-            matches!(s.command(b"EHLO c.test"), Action::Reply(r) if r.lines.iter().any(|l| l == "STARTTLS"))
+            matches!(s.command(b"EHLO c.test", std::time::Instant::now()), Action::Reply(r) if r.lines.iter().any(|l| l == "STARTTLS"))
         );
         run(&mut s, "MAIL FROM:<>");
         assert_eq!(run(&mut s, "STARTTLS"), 503, "not inside a transaction");
@@ -83,7 +83,7 @@ mod tests {
             "EHLO is needed again after TLS"
         );
         assert!(
-            matches!(s.command(b"EHLO c.test"), Action::Reply(r) if !r.lines.iter().any(|l| l == "STARTTLS"))
+            matches!(s.command(b"EHLO c.test", std::time::Instant::now()), Action::Reply(r) if !r.lines.iter().any(|l| l == "STARTTLS"))
         );
         assert_eq!(run(&mut s, "STARTTLS"), 503);
         run(&mut s, "MAIL FROM:<>");

@@ -12,7 +12,7 @@
 //! - `etrn`: ETRN (RFC 1985).
 //!
 //! Never does I/O (no sockets, no store: the listener does those and reports back) and never
-//! reads the clock: time is passed in ([`Session::command_at`], [`Session::data_done`]). The
+//! reads the clock: time is passed in ([`Session::command`], [`Session::data_done`]). The
 //! one exception is [`Session::command`], a convenience for callers without a clock (property
 //! tests, the fuzzer).
 
@@ -167,15 +167,9 @@ impl Session {
         self.errors
     }
 
-    /// [`Session::command_at`] at the current time, for callers without a clock of their own
-    /// (property tests, the fuzzer). The listener passes its time to `command_at`.
-    pub fn command(&mut self, line: &[u8]) -> Action {
-        self.command_at(line, Instant::now())
-    }
-
     /// Handles one command line (CRLF already removed) received at `now` (the per-client
     /// rate limits count with it).
-    pub fn command_at(&mut self, line: &[u8], now: Instant) -> Action {
+    pub fn command(&mut self, line: &[u8], now: Instant) -> Action {
         let cmd = match command::parse(line) {
             Ok(c) => c,
             Err(CommandError::Unknown) => {
@@ -275,7 +269,7 @@ mod testing {
     }
 
     pub fn run(s: &mut Session, line: &str) -> u16 {
-        code(&s.command(line.as_bytes()))
+        code(&s.command(line.as_bytes(), std::time::Instant::now()))
     }
 
     pub fn commit(c: Content) -> NewMessage {
