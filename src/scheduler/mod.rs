@@ -212,7 +212,7 @@ fn notifier_for(config: &Config) -> Notifier {
 
 /// Domain → route for the configured domains. Domains with the same static primaries, TLS
 /// policy and credentials share one route; MX domains have their own. Fails when a domain's
-/// TLS settings (CA file) or credentials cannot be loaded.
+/// TLS settings (CA file) cannot be loaded.
 fn routes_for(config: &Config) -> Result<HashMap<String, Arc<Route>>, String> {
     // Domains with the same static primaries and TLS policy share one route; MX domains
     // have their own.
@@ -243,22 +243,10 @@ fn routes_for(config: &Config) -> Result<HashMap<String, Arc<Route>>, String> {
     for (_, (kind, domain, domains)) in by_key {
         let tls = ClientTls::new(&domain.tls)
             .map_err(|e| format!("domain {}: {e}", domains.join(", ")))?;
-        let auth = match &domain.auth {
-            None => None,
-            Some(a) => {
-                let password = std::fs::read_to_string(&a.password_file).map_err(|e| {
-                    format!(
-                        "domain {}: cannot read auth_password_file {}: {e}",
-                        domain.name,
-                        a.password_file.display()
-                    )
-                })?;
-                Some(Credentials {
-                    user: a.user.clone(),
-                    password: password.trim_end_matches(['\r', '\n']).to_string(),
-                })
-            }
-        };
+        let auth = domain.auth.as_ref().map(|a| Credentials {
+            user: a.user.clone(),
+            password: a.password.clone(),
+        });
         let concurrency = Concurrency::new(
             config.delivery.initial_connections_per_primary,
             config.delivery.max_connections_per_primary,
