@@ -2,6 +2,8 @@
 //! delete, bounce now. The scheduler owns them because a flush must also wake delivery and
 //! treat primaries as up, and a bounce must produce the same notifications a real failure
 //! does.
+//!
+//! May call the `Store`, `record` and `commit`; must never deliver or change a route's health.
 
 use super::Scheduler;
 use super::bounce::Context;
