@@ -142,25 +142,6 @@ pub struct Report<'a> {
     pub unique: &'a str,
 }
 
-/// The status code in a reply line (`550 5.1.1 text` → `5.1.1`), or a generic one by class.
-pub fn status_of(reply: &str, permanent: bool) -> String {
-    let candidate = reply.split_whitespace().nth(1).unwrap_or("");
-    let parts: Vec<&str> = candidate.split('.').collect();
-    if parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        && (parts[0] == "4" || parts[0] == "5" || parts[0] == "2")
-    {
-        return candidate.to_string();
-    }
-    if permanent {
-        "5.0.0".into()
-    } else {
-        "4.0.0".into()
-    }
-}
-
 fn header_section(content: &[u8]) -> &[u8] {
     match content.windows(4).position(|w| w == b"\r\n\r\n") {
         Some(i) => &content[..i + 2],
@@ -379,13 +360,6 @@ mod tests {
         assert!(Notify::parse("SOMETIMES").is_none());
         assert_eq!(Notify::of_params("ORCPT=rfc822;a@b"), Notify::DEFAULT);
         assert!(!Notify::of_params("NOTIFY=NEVER").failure);
-    }
-
-    #[test]
-    fn status_codes() {
-        assert_eq!(status_of("550 5.1.1 no such user", true), "5.1.1");
-        assert_eq!(status_of("550 no such user", true), "5.0.0");
-        assert_eq!(status_of("451 4.7.1 later", false), "4.7.1");
     }
 
     fn build(rcpts: &[RecipientReport], mail_params: &str, original: &[u8]) -> String {

@@ -26,11 +26,22 @@ pub struct DomainConfig {
     pub standby: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AuthConfig {
     pub user: String,
     /// A file holding the password (one line), readable by mx2 only.
     pub password_file: PathBuf,
+    /// The password, read from `password_file` when the config loads (line end trimmed).
+    pub password: String,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("user", &self.user)
+            .field("password_file", &self.password_file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How delivery to a domain uses TLS.
@@ -167,9 +178,16 @@ impl Ctx<'_> {
             (Some(u), Some(f)) => {
                 let span = f.span();
                 let password_file = self.resolve(f.get_ref());
-                self.secret_file(Ok(span), &password_file);
+                self.secret_file(Ok(span.clone()), &password_file);
+                let password = std::fs::read_to_string(&password_file).map_err(|e| {
+                    self.at(
+                        span,
+                        &format!("cannot read {}: {e}", password_file.display()),
+                    )
+                })?;
                 Some(AuthConfig {
                     user: u.get_ref().clone(),
+                    password: password.trim_end_matches(['\r', '\n']).to_string(),
                     password_file,
                 })
             }

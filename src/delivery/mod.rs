@@ -5,10 +5,12 @@
 pub mod auth;
 pub mod client;
 pub mod mx;
+pub mod reply;
 
 use crate::queue::Job;
 use crate::smtp::Reply;
 use client::{Client, ClientError};
+use reply::RemoteReply;
 use std::time::Duration;
 
 /// What happened to one recipient.
@@ -38,7 +40,7 @@ pub struct RecipientResult {
     pub row: i64,
     pub address: String,
     pub outcome: Outcome,
-    pub reply: String,
+    pub reply: RemoteReply,
 }
 
 /// The transaction broke off: the connection is unusable. `after_dot` means the content was
@@ -103,7 +105,7 @@ fn all(job: &Job, reply: &Reply) -> Vec<RecipientResult> {
             row: r.row,
             address: r.address.clone(),
             outcome: Outcome::of(reply),
-            reply: reply.one_line(),
+            reply: RemoteReply::of(reply),
         })
         .collect()
 }
@@ -293,7 +295,7 @@ fn per_recipient(job: &Job, rcpt_replies: &[Reply], after: Option<&Reply>) -> Ve
                 row: r.row,
                 address: r.address.clone(),
                 outcome,
-                reply: reply.one_line(),
+                reply: RemoteReply::of(&reply),
             }
         })
         .collect()
@@ -355,7 +357,11 @@ mod tests {
                 Outcome::Deferred
             ]
         );
-        assert!(done[3].reply.starts_with("552 5.5.3"), "{}", done[3].reply);
+        assert!(
+            done[3].reply.to_string().starts_with("552 5.5.3"),
+            "{}",
+            done[3].reply
+        );
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! What the recipient policy asks of the scheduler: is a domain's primary up, and does it
 //! know an address (a callout: MAIL FROM:<>, RCPT TO, RSET, QUIT). Also the health watch for
 //! standby domains, whose state matters even when no mail flows.
+//!
+//! May call the route table, `open` and `probe` (a failed standby check starts an outage);
+//! must never change the queue or record a recipient's outcome.
 
 use super::Scheduler;
 use crate::delivery::mx::NoRoute;

@@ -2,10 +2,14 @@
 //! delete, bounce now. The scheduler owns them because a flush must also wake delivery and
 //! treat primaries as up, and a bounce must produce the same notifications a real failure
 //! does.
+//!
+//! May call the `Store`, `record` and `commit`; must never deliver or change a route's health.
 
 use super::Scheduler;
-use super::notify::Context;
-use crate::queue::{Action, Status, StoreError, Update, now_ms};
+use super::bounce::Context;
+use super::record;
+use crate::delivery::reply::{Enhanced, RemoteReply};
+use crate::queue::{Action, StoreError, now_ms};
 use tracing::{info, warn};
 
 impl Scheduler {
@@ -30,23 +34,27 @@ impl Scheduler {
     /// the sender as the domain's bounce policy allows. Recipients in delivery right now are
     /// left to finish. Returns how many messages had recipients returned.
     pub async fn bounce(&self, ids: Vec<String>) -> Result<u64, StoreError> {
-        let reply = format!(
-            "554 5.0.0 delivery cancelled by the administrator of {}",
-            self.settings.hostname
-        );
+        let reply = RemoteReply {
+            code: 554,
+            enhanced: Some(Enhanced {
+                class: 5,
+                subject: 0,
+                detail: 0,
+            }),
+            text: format!(
+                "delivery cancelled by the administrator of {}",
+                self.settings.hostname
+            ),
+        };
         let mut n = 0;
         for id in ids {
             let jobs = self.store.claim_message(&id).await?;
             n += u64::from(!jobs.is_empty());
             for job in jobs {
-                let updates = job
-                    .recipients
-                    .iter()
-                    .map(|r| {
-                        warn!(queue_id = %job.queue_id, rcpt = %r.address, reply = %reply, "returned by the operator");
-                        Update::new(r.row, Status::Failed, false, now_ms(), Some(reply.clone()))
-                    })
-                    .collect::<Vec<_>>();
+                for r in &job.recipients {
+                    warn!(queue_id = %job.queue_id, rcpt = %r.address, reply = %reply, "returned by the operator");
+                }
+                let updates = record::failed(&job, &reply, false, now_ms());
                 self.record(&job, updates, None, Context::default()).await;
             }
         }

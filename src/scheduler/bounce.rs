@@ -1,8 +1,14 @@
-//! Which outcomes call for a delivery status notification, and the notification message
-//! itself (addressed per the domain's bounce policy). Pure apart from the queue id it draws.
+//! Bounces and other delivery status notifications (RFC 3464) being queued: which outcomes
+//! call for one (failed, expired, relayed to a primary without DSN, delayed past the warning
+//! threshold), and the notification message itself, addressed per the domain's bounce policy.
+//!
+//! Pure apart from the queue id it draws. May use `dsn` (the report's format) and the typed
+//! reply; must never write to the queue or decide a recipient's outcome (the caller records
+//! the notifications together with the outcomes, see `commit`).
 
 use crate::config::BouncePolicy;
-use crate::dsn::{self, Action, Notify, RecipientReport, Report};
+use crate::delivery::reply::{RemoteReply, dsn_status};
+use crate::dsn::{Action, Notify, RecipientReport, Report};
 use crate::queue::{Job, NewMessage, NewRecipient, Status, Update, new_queue_id};
 use crate::smtp::address::parse_mailbox;
 use std::collections::HashMap;
@@ -12,7 +18,8 @@ use tracing::info;
 /// Originals larger than this come back as headers only (Postfix: bounce_size_limit).
 const MAX_ORIGINAL: usize = 100_000;
 
-pub struct Notifier {
+/// The bounce settings from the config (replaced on reload).
+pub struct Bouncer {
     pub hostname: String,
     /// Send a "delayed" notification once a recipient has waited this long.
     pub delay_warning: Option<Duration>,
@@ -29,7 +36,7 @@ pub struct Context<'a> {
     pub remote: Option<&'a str>,
 }
 
-impl Notifier {
+impl Bouncer {
     /// The reports that `updates` call for. Marks delay notifications in the updates so each
     /// recipient gets at most one.
     pub fn reports(
@@ -49,13 +56,11 @@ impl Notifier {
             };
             let notify = Notify::of_params(&rcpt.params);
             let reply = u.last_reply.clone();
+            // A local note (held, expired, a connection error) is no reply to quote.
+            let parsed = reply.as_deref().and_then(RemoteReply::parse);
+            let status = |permanent| dsn_status(parsed.as_ref(), permanent);
             let action = match u.status {
-                Status::Failed if notify.failure => Some((
-                    Action::Failed,
-                    reply
-                        .as_deref()
-                        .map_or("5.0.0".into(), |r| dsn::status_of(r, true)),
-                )),
+                Status::Failed if notify.failure => Some((Action::Failed, status(true))),
                 Status::Expired if notify.failure => Some((Action::Failed, "4.4.7".into())),
                 Status::Delivered if cx.relayed_without_dsn && notify.success => {
                     Some((Action::Relayed, "2.0.0".into()))
@@ -68,12 +73,7 @@ impl Notifier {
                         }) =>
                 {
                     u.warned = true;
-                    Some((
-                        Action::Delayed,
-                        reply
-                            .as_deref()
-                            .map_or("4.0.0".into(), |r| dsn::status_of(r, false)),
-                    ))
+                    Some((Action::Delayed, status(false)))
                 }
                 _ => None,
             };
@@ -83,8 +83,7 @@ impl Notifier {
                     params: rcpt.params.clone(),
                     action,
                     status,
-                    diagnostic: reply
-                        .filter(|r| r.as_bytes().first().is_some_and(u8::is_ascii_digit)),
+                    diagnostic: reply.filter(|_| parsed.is_some()),
                     remote_mta: cx.remote.map(str::to_string),
                 });
             }
@@ -193,8 +192,8 @@ mod tests {
         Update::new(1, status, true, 0, Some("550 5.1.1 no such user".into()))
     }
 
-    fn notifier(delay: Option<Duration>) -> Notifier {
-        Notifier {
+    fn bouncer(delay: Option<Duration>) -> Bouncer {
+        Bouncer {
             hostname: "mx2.test".into(),
             delay_warning: delay,
             policies: HashMap::new(),
@@ -203,7 +202,7 @@ mod tests {
 
     #[test]
     fn failures_are_reported_unless_never_or_null_sender() {
-        let n = notifier(None);
+        let n = bouncer(None);
         assert_eq!(
             n.reports(
                 &job("s@x.test", ""),
@@ -256,7 +255,7 @@ mod tests {
 
     #[test]
     fn the_notice_declares_8bit_content_and_utf8_addresses() {
-        let n = notifier(None);
+        let n = bouncer(None);
         let r = n.reports(
             &job("s@x.test", ""),
             &mut [update(Status::Failed)],
@@ -298,7 +297,7 @@ mod tests {
 
     #[test]
     fn one_delay_warning_after_the_threshold() {
-        let n = notifier(Some(Duration::from_secs(3600)));
+        let n = bouncer(Some(Duration::from_secs(3600)));
         let mut u = [update(Status::Pending)];
         assert!(
             n.reports(&job("s@x.test", ""), &mut u, Context::default(), 1000)
@@ -323,7 +322,7 @@ mod tests {
 
     #[test]
     fn policy_picks_the_recipient() {
-        let mut n = notifier(None);
+        let mut n = bouncer(None);
         let j = job("s@sender.test", "");
         let reports = n.reports(&j, &mut [update(Status::Failed)], Context::default(), 0);
         let m = n
