@@ -86,15 +86,15 @@ pub fn param<'a>(params: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
-/// What happened, per RFC 3464 Action.
+/// What happened, per RFC 3464 (its Action field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub enum DsnAction {
     Failed,
     Delayed,
     Relayed,
 }
 
-impl Action {
+impl DsnAction {
     /// `failed`, `delayed` or `relayed`, as in the report.
     pub fn name(self) -> &'static str {
         self.word()
@@ -102,9 +102,9 @@ impl Action {
 
     fn word(self) -> &'static str {
         match self {
-            Action::Failed => "failed",
-            Action::Delayed => "delayed",
-            Action::Relayed => "relayed",
+            DsnAction::Failed => "failed",
+            DsnAction::Delayed => "delayed",
+            DsnAction::Relayed => "relayed",
         }
     }
 }
@@ -115,7 +115,7 @@ pub struct RecipientReport {
     pub address: String,
     /// The recipient's RCPT parameters (ORCPT is taken from them).
     pub params: String,
-    pub action: Action,
+    pub action: DsnAction,
     /// `5.1.1` and the like.
     pub status: String,
     /// The remote server's reply, if any.
@@ -164,10 +164,10 @@ fn clean(s: &str) -> String {
 
 impl Report<'_> {
     fn subject(&self) -> &'static str {
-        let actions: Vec<Action> = self.recipients.iter().map(|r| r.action).collect();
-        if actions.contains(&Action::Failed) {
+        let actions: Vec<DsnAction> = self.recipients.iter().map(|r| r.action).collect();
+        if actions.contains(&DsnAction::Failed) {
             "Undelivered Mail Returned to Sender"
-        } else if actions.contains(&Action::Delayed) {
+        } else if actions.contains(&DsnAction::Delayed) {
             "Delayed Mail (still being retried)"
         } else {
             "Successful Mail Delivery Report (relayed)"
@@ -223,9 +223,11 @@ impl Report<'_> {
         push(&mut out, "");
         for r in self.recipients {
             let what = match r.action {
-                Action::Failed => "could not be delivered and will not be retried",
-                Action::Delayed => "has not been delivered yet; delivery will be retried",
-                Action::Relayed => "was relayed to a server that sends no delivery notifications",
+                DsnAction::Failed => "could not be delivered and will not be retried",
+                DsnAction::Delayed => "has not been delivered yet; delivery will be retried",
+                DsnAction::Relayed => {
+                    "was relayed to a server that sends no delivery notifications"
+                }
             };
             push(
                 &mut out,
@@ -298,7 +300,10 @@ impl Report<'_> {
         let hdrs_only = param(self.mail_params, "RET")
             .is_some_and(|v| v.eq_ignore_ascii_case("HDRS"))
             || self.original.len() > self.max_original
-            || self.recipients.iter().any(|r| r.action != Action::Failed);
+            || self
+                .recipients
+                .iter()
+                .any(|r| r.action != DsnAction::Failed);
         let eight_bit = self.original.iter().any(|&b| b >= 0x80);
         let cte = if eight_bit { "8bit" } else { "7bit" };
         bytes.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
@@ -383,7 +388,7 @@ mod tests {
         let rcpts = [RecipientReport {
             address: "u@example.test".into(),
             params: String::new(),
-            action: Action::Delayed,
+            action: DsnAction::Delayed,
             status: "4.4.1".into(),
             diagnostic: None,
             remote_mta: Some("primary.example.test (192.0.2.1:25)".into()),
@@ -410,7 +415,7 @@ mod tests {
         let rcpts = [RecipientReport {
             address: "u@example.test".into(),
             params: "NOTIFY=FAILURE ORCPT=rfc822;U+2Bx@example.test".into(),
-            action: Action::Failed,
+            action: DsnAction::Failed,
             status: "5.1.1".into(),
             diagnostic: Some("550 5.1.1 no such user".into()),
             remote_mta: Some("primary.example.test".into()),

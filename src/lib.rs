@@ -1,5 +1,6 @@
 //! mx2: a secondary MX. Accepts mail for the domains it backs up, keeps it durably, and hands it
-//! to each domain's primary the moment the primary can take it. See `design.md` for the map.
+//! to each domain's primary the moment the primary can take it. ARCHITECTURE.md at the
+//! repository root draws the pipeline and says what each module owns.
 
 pub mod admin;
 pub mod check;

@@ -3,7 +3,7 @@
 //! recent events, and reload. Errors are JSON `{"error": "..."}` with a fitting status.
 
 use super::Admin;
-use crate::queue::{Action, DEFAULT_LIST, Filter, MAX_LIST, State, StoreError};
+use crate::queue::{DEFAULT_LIST, Filter, MAX_LIST, OperatorAction, State, StoreError};
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State as Ctx};
@@ -185,16 +185,16 @@ async fn export(Ctx(a): Ctx<Arc<Admin>>, Path(id): Path<String>) -> Response {
 /// An action by name: flush, hold, release, delete or bounce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Named {
-    Store(Action),
+    Store(OperatorAction),
     Bounce,
 }
 
 pub fn action_named(name: &str) -> Option<Named> {
     Some(match name {
-        "flush" => Named::Store(Action::Flush),
-        "hold" => Named::Store(Action::Hold),
-        "release" => Named::Store(Action::Release),
-        "delete" => Named::Store(Action::Delete),
+        "flush" => Named::Store(OperatorAction::Flush),
+        "hold" => Named::Store(OperatorAction::Hold),
+        "release" => Named::Store(OperatorAction::Release),
+        "delete" => Named::Store(OperatorAction::Delete),
         "bounce" => Named::Bounce,
         _ => return None,
     })
@@ -270,7 +270,7 @@ async fn batch(
 /// Flushes everything, or one domain (`?domain=`): held mail due now and its primaries
 /// treated as up.
 async fn flush(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>) -> Response {
-    use crate::scheduler::Flusher;
+    use crate::inbound::Flusher;
     let domains = match q
         .get("domain")
         .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
@@ -339,7 +339,10 @@ mod tests {
 
     #[test]
     fn action_names() {
-        assert_eq!(action_named("hold"), Some(Named::Store(Action::Hold)));
+        assert_eq!(
+            action_named("hold"),
+            Some(Named::Store(OperatorAction::Hold))
+        );
         assert_eq!(action_named("bounce"), Some(Named::Bounce));
         assert_eq!(action_named("explode"), None);
     }

@@ -1,4 +1,5 @@
-//! The command line: `mx2 serve`, `mx2 config check`. Parses arguments, loads the config,
+//! The command line: `mx2 serve`, `config check`, `check`, `status`, `reload` and `queue …`
+//! (with `adopt` and `reset` for a damaged queue). Parses arguments, loads the config,
 //! sets up logging, and maps errors to exit codes (2: configuration, 1: runtime).
 
 mod api;

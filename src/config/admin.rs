@@ -3,7 +3,7 @@
 //! missing file is a configuration error with its key, not a runtime surprise.
 
 use super::defaults::{admin as admin_default, alerts as alerts_default};
-use super::{ConfigError, Ctx, Span};
+use super::{ConfigError, Ctx, HumanDuration};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,7 +72,7 @@ pub(super) struct RawAlerts {
     webhook: Option<Spanned<String>>,
     webhook_token_file: Option<Spanned<String>>,
     webhook_ca_file: Option<String>,
-    down_after: Option<Span>,
+    down_after: Option<HumanDuration>,
     email: Option<Spanned<String>>,
 }
 

@@ -8,14 +8,14 @@ use serde::Deserialize;
 /// Sender authentication at reception.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AuthCheckConfig {
+pub struct SenderAuthConfig {
     /// Evaluate SPF, DKIM and DMARC and prepend Authentication-Results.
     pub enabled: bool,
     /// Refuse (550 5.7.1) mail that fails DMARC where the domain's policy is reject.
     pub dmarc_reject: bool,
 }
 
-impl Default for AuthCheckConfig {
+impl Default for SenderAuthConfig {
     fn default() -> Self {
         Self {
             enabled: default::ENABLED,

@@ -2,7 +2,7 @@
 //! Parsing and validation only; the delivery code uses the result.
 
 use super::defaults::delivery as default;
-use super::{ConfigError, Ctx, Span};
+use super::{ConfigError, Ctx, HumanDuration};
 use serde::Deserialize;
 use std::time::Duration;
 use toml::Spanned;
@@ -29,10 +29,10 @@ pub(super) struct RawDelivery {
     initial_connections_per_primary: Option<Spanned<usize>>,
     max_messages_per_second: Option<Spanned<f64>>,
     messages_per_connection: Option<Spanned<usize>>,
-    connect_timeout: Option<Span>,
-    greeting_timeout: Option<Span>,
-    command_timeout: Option<Span>,
-    data_timeout: Option<Span>,
+    connect_timeout: Option<HumanDuration>,
+    greeting_timeout: Option<HumanDuration>,
+    command_timeout: Option<HumanDuration>,
+    data_timeout: Option<HumanDuration>,
 }
 
 impl Ctx<'_> {

@@ -2,7 +2,7 @@
 //! how long it waits. Parsing and validation only; the resolver is built elsewhere.
 
 use super::defaults::dns as default;
-use super::{ConfigError, Ctx, Span};
+use super::{ConfigError, Ctx, HumanDuration};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -19,7 +19,7 @@ pub struct DnsConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDns {
     nameservers: Option<Vec<Spanned<String>>>,
-    timeout: Option<Span>,
+    timeout: Option<HumanDuration>,
 }
 
 impl Ctx<'_> {

@@ -20,14 +20,14 @@ pub struct DomainConfig {
     pub bounce: BouncePolicy,
     pub tls: TlsPolicy,
     /// SMTP AUTH to the primary (only ever inside TLS).
-    pub auth: Option<AuthConfig>,
+    pub auth: Option<PrimaryAuthConfig>,
     pub recipients: RecipientPolicy,
     /// Refuse new mail with 451 while the primary is up, so senders go to it.
     pub standby: bool,
 }
 
 #[derive(Clone, PartialEq, Eq)]
-pub struct AuthConfig {
+pub struct PrimaryAuthConfig {
     pub user: String,
     /// A file holding the password (one line), readable by mx2 only.
     pub password_file: PathBuf,
@@ -35,9 +35,9 @@ pub struct AuthConfig {
     pub password: String,
 }
 
-impl std::fmt::Debug for AuthConfig {
+impl std::fmt::Debug for PrimaryAuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthConfig")
+        f.debug_struct("PrimaryAuthConfig")
             .field("user", &self.user)
             .field("password_file", &self.password_file)
             .finish_non_exhaustive()
@@ -185,7 +185,7 @@ impl Ctx<'_> {
                         &format!("cannot read {}: {e}", password_file.display()),
                     )
                 })?;
-                Some(AuthConfig {
+                Some(PrimaryAuthConfig {
                     user: u.get_ref().clone(),
                     password: password.trim_end_matches(['\r', '\n']).to_string(),
                     password_file,

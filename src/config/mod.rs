@@ -27,11 +27,11 @@ mod tls;
 mod units;
 
 pub use admin::{AdminConfig, AlertsConfig};
-pub use auth::AuthCheckConfig;
+pub use auth::SenderAuthConfig;
 pub use cidr::Cidr;
 pub use delivery::DeliveryConfig;
 pub use dns::DnsConfig;
-pub use domain::{AuthConfig, BouncePolicy, DomainConfig, DomainRoute, TlsMode, TlsPolicy};
+pub use domain::{BouncePolicy, DomainConfig, DomainRoute, PrimaryAuthConfig, TlsMode, TlsPolicy};
 pub use host::{HostPort, is_domain_name};
 pub use log::{LogConfig, LogFormat};
 pub use probe::ProbeConfig;
@@ -42,7 +42,7 @@ pub use smtp::SmtpConfig;
 pub use storage::{PgTls, PostgresConfig, StorageConfig};
 pub use tls::TlsFiles;
 
-pub use units::{Size, Span, parse_duration, parse_pin, parse_size};
+pub use units::{HumanDuration, Size, parse_duration, parse_pin, parse_size};
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -84,7 +84,7 @@ pub struct Config {
     pub dns: DnsConfig,
     pub routing: RoutingConfig,
     pub recipients: RecipientsConfig,
-    pub auth: AuthCheckConfig,
+    pub auth: SenderAuthConfig,
     /// The certificate offered with STARTTLS (none: STARTTLS is not offered).
     pub tls: Option<TlsFiles>,
     pub admin: AdminConfig,
@@ -125,7 +125,7 @@ struct RawConfig {
     #[serde(default)]
     recipients: recipients::RawRecipients,
     #[serde(default)]
-    auth: AuthCheckConfig,
+    auth: SenderAuthConfig,
     tls: Option<tls::RawTls>,
     #[serde(default)]
     admin: admin::RawAdmin,

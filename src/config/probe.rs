@@ -2,7 +2,7 @@
 //! Parsing and validation only; the scheduler's prober uses the result.
 
 use super::defaults::probe as default;
-use super::{ConfigError, Ctx, Span};
+use super::{ConfigError, Ctx, HumanDuration};
 use serde::Deserialize;
 use std::time::Duration;
 use toml::Spanned;
@@ -16,8 +16,8 @@ pub struct ProbeConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProbe {
-    interval: Option<Spanned<Span>>,
-    timeout: Option<Span>,
+    interval: Option<Spanned<HumanDuration>>,
+    timeout: Option<HumanDuration>,
 }
 
 impl Ctx<'_> {

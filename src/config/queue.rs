@@ -2,7 +2,7 @@
 //! is told it is delayed. Parsing and validation only; the scheduler uses the result.
 
 use super::defaults::queue as default;
-use super::{ConfigError, Ctx, Span};
+use super::{ConfigError, Ctx, HumanDuration};
 use serde::Deserialize;
 use std::time::Duration;
 use toml::Spanned;
@@ -19,10 +19,10 @@ pub struct QueueConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawQueue {
-    retry_min: Option<Spanned<Span>>,
-    retry_max: Option<Spanned<Span>>,
-    lifetime: Option<Span>,
-    delay_warning: Option<Span>,
+    retry_min: Option<Spanned<HumanDuration>>,
+    retry_max: Option<Spanned<HumanDuration>>,
+    lifetime: Option<HumanDuration>,
+    delay_warning: Option<HumanDuration>,
 }
 
 impl Ctx<'_> {

@@ -5,7 +5,7 @@
 
 use super::defaults::{domain::SUBADDRESS_SEPARATOR, recipients as default};
 use super::domain::RawDomain;
-use super::{ConfigError, Ctx, Span};
+use super::{ConfigError, Ctx, HumanDuration};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,11 +56,11 @@ impl RecipientPolicy {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRecipients {
-    positive_ttl: Option<Span>,
-    negative_ttl: Option<Span>,
-    callout_timeout: Option<Span>,
-    reload_interval: Option<Span>,
-    standby_check_interval: Option<Span>,
+    positive_ttl: Option<HumanDuration>,
+    negative_ttl: Option<HumanDuration>,
+    callout_timeout: Option<HumanDuration>,
+    reload_interval: Option<HumanDuration>,
+    standby_check_interval: Option<HumanDuration>,
 }
 
 impl Ctx<'_> {

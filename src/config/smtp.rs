@@ -4,7 +4,7 @@
 
 use super::defaults::smtp as default;
 use super::host::is_domain_name;
-use super::{Cidr, ConfigError, Ctx, Size, Span};
+use super::{Cidr, ConfigError, Ctx, HumanDuration, Size};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -61,16 +61,16 @@ pub(super) struct RawSmtp {
     max_connections_per_ip: Option<usize>,
     max_line_length: Option<Spanned<usize>>,
     etrn_clients: Option<Vec<Spanned<String>>>,
-    command_timeout: Option<Span>,
-    data_timeout: Option<Span>,
+    command_timeout: Option<HumanDuration>,
+    data_timeout: Option<HumanDuration>,
     min_data_rate: Option<u64>,
     stress_threshold: Option<Spanned<f64>>,
-    stress_timeout: Option<Span>,
+    stress_timeout: Option<HumanDuration>,
     ipv6_prefix_length: Option<Spanned<u8>>,
-    shutdown_grace: Option<Span>,
-    greeting_delay: Option<Span>,
+    shutdown_grace: Option<HumanDuration>,
+    greeting_delay: Option<HumanDuration>,
     max_errors: Option<Spanned<usize>>,
-    error_delay: Option<Span>,
+    error_delay: Option<HumanDuration>,
     messages_per_minute_per_ip: Option<u32>,
     recipients_per_minute_per_ip: Option<u32>,
     allow: Option<Vec<Spanned<String>>>,

@@ -3,7 +3,7 @@
 //! only; the PostgreSQL URL file is read when the store opens, not here.
 
 use super::defaults::storage as default;
-use super::{ConfigError, Ctx, Span};
+use super::{ConfigError, Ctx, HumanDuration};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,7 +58,7 @@ pub(super) struct RawStorage {
     tls: Option<Spanned<String>>,
     ca_file: Option<Spanned<String>>,
     pool_size: Option<Spanned<usize>>,
-    lease: Option<Spanned<Span>>,
+    lease: Option<Spanned<HumanDuration>>,
     node: Option<Spanned<String>>,
 }
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Size(pub u64);
 
-/// A span of time, written as a string with a unit (`ms`, `s`, `m`, `h`, `d`, `w`).
+/// A duration, written as a string with a unit (`ms`, `s`, `m`, `h`, `d`, `w`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Span(pub Duration);
+pub struct HumanDuration(pub Duration);
 
 /// Parses `"50MB"`, `"10 KiB"`, `"1000000B"`, `"123"`. Decimal units are powers of 1000,
 /// binary units (`KiB`, `MiB`, `GiB`) powers of 1024.
@@ -135,18 +135,18 @@ impl<'de> serde::Deserialize<'de> for Size {
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Span {
+impl<'de> serde::Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl Visitor<'_> for V {
-            type Value = Span;
+            type Value = HumanDuration;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a duration string such as \"5m\"")
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Span, E> {
-                parse_duration(v).map(Span).map_err(E::custom)
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
+                parse_duration(v).map(HumanDuration).map_err(E::custom)
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Span, E> {
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<HumanDuration, E> {
                 Err(E::custom(format!(
                     "invalid duration {v}: a unit is required, e.g. \"{v}s\""
                 )))

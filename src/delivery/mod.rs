@@ -1,6 +1,8 @@
 //! Delivery: one mail transaction to a primary for one job (a message's recipients in one
-//! domain), turning the primary's replies into per-recipient outcomes. Routes are the domain's
-//! static `primary` hosts, tried in order; the connection comes from [`client::Client`].
+//! domain), turning the primary's replies into per-recipient outcomes (a typed [`reply`]).
+//! Which hosts to try is the route's business: the domain's static `primary` hosts in order,
+//! or its MX records more preferred than this server ([`mx`]); the connection, TLS and AUTH
+//! come from [`client::Client`] and [`auth`].
 
 pub mod auth;
 pub mod client;

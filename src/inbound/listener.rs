@@ -6,16 +6,16 @@
 //!
 //! Never decides or phrases an SMTP reply: every reply comes from the [`Session`].
 
+use super::Flusher;
 use super::conn::{Conn, Input, Quiet};
 use super::limits::{ConnectionLimits, Pressure};
 use super::receive::{Body, receive};
-use super::session::{Action, Session, SessionConfig};
+use super::session::{Next, Session, SessionConfig};
 use crate::policy::Policy;
 use crate::policy::authres::MailAuth;
 use crate::policy::dnsbl::Dnsbl;
 use crate::policy::recipients::Recipients;
 use crate::queue::Store;
-use crate::scheduler::Flusher;
 use crate::shutdown::Shutdown;
 use crate::tls::Stream;
 use std::net::SocketAddr;
@@ -177,7 +177,7 @@ async fn connection(
         };
         let errors_before = session.errors();
         match session.command(&line, std::time::Instant::now()) {
-            Action::StartData(reply) => {
+            Next::StartData(reply) => {
                 conn.buffer_reply(&reply);
                 if conn.flush().await.is_err() {
                     break;
@@ -187,13 +187,13 @@ async fn connection(
                     break;
                 }
             }
-            Action::ReadChunk { size, last } => {
+            Next::ReadChunk { size, last } => {
                 let body = Body::Chunk { size, last };
                 if !Box::pin(receive(&mut conn, &mut session, body, &inbound, peer)).await {
                     break;
                 }
             }
-            Action::Flush { node, domains } => {
+            Next::Flush { node, domains } => {
                 let result = inbound.flusher.flush(domains).await;
                 match &result {
                     Ok(0) => {}
@@ -204,7 +204,7 @@ async fn connection(
                 }
                 conn.buffer_reply(&session.etrn_result(&node, result));
             }
-            Action::CheckRecipient(pending) => {
+            Next::CheckRecipient(pending) => {
                 // The replies already due go out before a check that may take a while (a
                 // callout), so a pipelining client is not left waiting for them.
                 if conn.flush().await.is_err() {
@@ -217,7 +217,7 @@ async fn connection(
                 )
                 .await;
                 let action = session.recipient_checked(*pending, verdict);
-                if let Action::Reply(r) | Action::Close(r) = &action
+                if let Next::Reply(r) | Next::Close(r) = &action
                     && r.code >= 400
                 {
                     info!(client = %peer.ip(), reply = %r, "recipient refused");
@@ -226,7 +226,7 @@ async fn connection(
                     break;
                 }
             }
-            Action::StartTls(reply) => {
+            Next::StartTls(reply) => {
                 conn.buffer_reply(&reply);
                 if !Box::pin(start_tls(&mut conn, &mut session, &inbound, peer)).await {
                     break;
@@ -282,25 +282,25 @@ async fn screen(conn: &mut Conn, session: &Session, inbound: &Inbound, peer: Soc
 }
 
 /// Buffers a reply action; false when the connection must close.
-fn act_simple(conn: &mut Conn, action: Action) -> bool {
+fn act_simple(conn: &mut Conn, action: Next) -> bool {
     match action {
-        Action::Reply(r) => {
+        Next::Reply(r) => {
             conn.buffer_reply(&r);
             true
         }
-        Action::Close(r) => {
+        Next::Close(r) => {
             conn.buffer_reply(&r);
             false
         }
         // Only Session::command produces the content actions; handled by the caller.
-        Action::StartData(r) => {
+        Next::StartData(r) => {
             conn.buffer_reply(&r);
             false
         }
-        Action::ReadChunk { .. }
-        | Action::Flush { .. }
-        | Action::StartTls(_)
-        | Action::CheckRecipient(_) => false,
+        Next::ReadChunk { .. }
+        | Next::Flush { .. }
+        | Next::StartTls(_)
+        | Next::CheckRecipient(_) => false,
     }
 }
 

@@ -11,3 +11,17 @@ pub mod proxy;
 mod receive;
 pub mod received;
 pub mod session;
+
+/// Starting delivery on request: what ETRN needs (the admin API's flush uses it too).
+/// Inbound owns the trait, as its consumer; the scheduler implements it, so inbound never
+/// depends on the scheduler.
+pub trait Flusher: Send + Sync {
+    /// Makes everything held for these domains due now, treats their primaries as up, and
+    /// returns how many recipients are pending for them.
+    fn flush(
+        &self,
+        domains: Vec<String>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<u64, crate::queue::StoreError>> + Send + '_>,
+    >;
+}

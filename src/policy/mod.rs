@@ -1,6 +1,8 @@
-//! Accept/reject decisions taken during an SMTP session, each answered with a reply.
-//! Today: relay control (only configured domains, no sender-routed local parts). Recipient
-//! verification, rate limits and reputation checks come here too. No I/O in this module yet.
+//! Accept/reject decisions taken during an SMTP session: relay control (only backed-up
+//! domains, no sender-routed local parts), recipient checks (lists, callouts through
+//! `Primaries`, a cache in the store), per-client rate limits, DNS blocklists and sender
+//! authentication (SPF, DKIM, DMARC). The checks that need the network (DNS, callouts, list
+//! URLs) do their I/O here; the session phrases what the verdicts mean on the wire.
 
 pub mod authres;
 pub mod dnsbl;

@@ -17,15 +17,15 @@ pub use recover::{Adopted, adopt, reset};
 pub(crate) use schema::{identity, migrate};
 
 use super::{
-    Action, Depth, Filter, Job, Listed, NewMessage, OutageChange, RouteOutages, Shown, Stats,
-    Store, StoreError, StoreFuture, Update,
+    Depth, Filter, Job, Listed, NewMessage, OperatorAction, OutageChange, RouteOutages, Shown,
+    Stats, Store, StoreError, StoreFuture, Update,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension};
 use schema::{SCHEMA, ensure_identity, open_connection};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
-use writer::{Op, Reply, Writer, writer_loop};
+use writer::{Answer, Op, Writer, writer_loop};
 
 /// The SQLite-backed queue.
 pub struct Embedded {
@@ -105,7 +105,7 @@ impl Embedded {
         self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn send<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Op) -> StoreFuture<'_, T> {
+    fn send<T: Send + 'static>(&self, make: impl FnOnce(Answer<T>) -> Op) -> StoreFuture<'_, T> {
         let (tx, rx) = oneshot::channel();
         let sent = self.writer.send(make(tx));
         Box::pin(async move {
@@ -234,7 +234,7 @@ impl Store for Embedded {
         self.report(move |c| inspect::show(c, &id).map_err(backend))
     }
 
-    fn act(&self, ids: Vec<String>, action: Action, now_ms: i64) -> StoreFuture<'_, u64> {
+    fn act(&self, ids: Vec<String>, action: OperatorAction, now_ms: i64) -> StoreFuture<'_, u64> {
         self.send(|r| Op::Act(ids, action, now_ms, r))
     }
 

@@ -206,7 +206,7 @@ pub trait Store: Send + Sync + 'static {
     /// ones, in delivery right now, are left alone except by `Delete`); returns how many
     /// messages it changed (a message none of whose recipients needed the change, or that is
     /// not in the queue, does not count).
-    fn act(&self, ids: Vec<String>, action: Action, now_ms: i64) -> StoreFuture<'_, u64>;
+    fn act(&self, ids: Vec<String>, action: OperatorAction, now_ms: i64) -> StoreFuture<'_, u64>;
     /// Claims every pending, unclaimed recipient of one message, held or not, due or not
     /// (to bounce it now); grouped into jobs by domain.
     fn claim_message(&self, id: &str) -> StoreFuture<'_, Vec<Job>>;
@@ -403,7 +403,7 @@ impl State {
 
 /// An operator's action on whole messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub enum OperatorAction {
     /// Due now (the scheduler still respects the primary's health).
     Flush,
     Hold,

@@ -16,8 +16,8 @@ mod wake;
 mod writer;
 
 use super::{
-    Action, ClaimedRow, Depth, Filter, Job, Listed, NewMessage, OutageChange, ProbeTurn, Recipient,
-    RouteOutages, Shown, Stats, Store, StoreError, StoreFuture, Update, into_jobs,
+    ClaimedRow, Depth, Filter, Job, Listed, NewMessage, OperatorAction, OutageChange, ProbeTurn,
+    Recipient, RouteOutages, Shown, Stats, Store, StoreError, StoreFuture, Update, into_jobs,
 };
 use crate::config::{PgTls, PostgresConfig, TlsMode, TlsPolicy};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -204,7 +204,7 @@ impl Postgres {
                 let row = tx.query_one(sql, &refs).await.map_err(pg_error)?;
                 let n = row.get::<_, i64>(0).max(0) as u64;
                 if n > 0 {
-                    notify(&tx).await?;
+                    wake_nodes(&tx).await?;
                 }
                 tx.commit().await.map_err(pg_error)?;
                 Ok(n)
@@ -214,7 +214,7 @@ impl Postgres {
 }
 
 /// Wakes every node's scheduler when the transaction commits.
-async fn notify(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+async fn wake_nodes(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
     tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])
         .await
         .map(|_| ())
@@ -473,7 +473,7 @@ impl Store for Postgres {
         self.run(move |_, c| Box::pin(async move { inspect::show(c, &id).await }))
     }
 
-    fn act(&self, ids: Vec<String>, action: Action, now_ms: i64) -> StoreFuture<'_, u64> {
+    fn act(&self, ids: Vec<String>, action: OperatorAction, now_ms: i64) -> StoreFuture<'_, u64> {
         // Each counts the messages it changed, not their recipients.
         const FLUSH: &str = "WITH changed AS (UPDATE recipients SET next_attempt = $2
             WHERE message_id = ANY($1) AND status = 0 AND NOT held
@@ -487,16 +487,20 @@ impl Store for Postgres {
             WHERE message_id = ANY($1) AND status = 0 AND held
             RETURNING message_id) SELECT COUNT(DISTINCT message_id) FROM changed";
         match action {
-            Action::Flush => self.update_and_wake(FLUSH, vec![Box::new(ids), Box::new(now_ms)]),
-            Action::Release => self.update_and_wake(RELEASE, vec![Box::new(ids), Box::new(now_ms)]),
-            Action::Hold => self.run(move |_, c| {
+            OperatorAction::Flush => {
+                self.update_and_wake(FLUSH, vec![Box::new(ids), Box::new(now_ms)])
+            }
+            OperatorAction::Release => {
+                self.update_and_wake(RELEASE, vec![Box::new(ids), Box::new(now_ms)])
+            }
+            OperatorAction::Hold => self.run(move |_, c| {
                 Box::pin(async move {
                     let row = c.query_one(HOLD, &[&ids]).await.map_err(pg_error)?;
                     Ok(row.get::<_, i64>(0).max(0) as u64)
                 })
             }),
             // Recipients and body chunks go with the message (ON DELETE CASCADE).
-            Action::Delete => self.run(move |_, c| {
+            OperatorAction::Delete => self.run(move |_, c| {
                 Box::pin(async move {
                     c.execute("DELETE FROM messages WHERE id = ANY($1)", &[&ids])
                         .await
@@ -566,7 +570,7 @@ impl Store for Postgres {
                 );
                 let tx = c.transaction().await.map_err(pg_error)?;
                 if tx.execute(&sql, &[&route]).await.map_err(pg_error)? > 0 {
-                    notify(&tx).await?;
+                    wake_nodes(&tx).await?;
                 }
                 tx.commit().await.map_err(pg_error)
             })

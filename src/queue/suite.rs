@@ -4,8 +4,8 @@
 //! difference.
 
 use super::{
-    Action, Filter, NewMessage, NewRecipient, OutageChange, RouteOutages, State, Status, Store,
-    Update,
+    Filter, NewMessage, NewRecipient, OperatorAction, OutageChange, RouteOutages, State, Status,
+    Store, Update,
 };
 use crate::events::{OUTAGES_KEPT, Outage};
 
@@ -190,9 +190,14 @@ pub async fn operator_actions(s: &dyn Store) {
 
     // Hold keeps a message from every claim until it is released. Actions count messages
     // (m1 has two recipients), and one that needed no change does not count.
-    assert_eq!(s.act(vec!["m1".into()], Action::Hold, 0).await.unwrap(), 1);
     assert_eq!(
-        s.act(vec!["m1".into(), "nope".into()], Action::Hold, 0)
+        s.act(vec!["m1".into()], OperatorAction::Hold, 0)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.act(vec!["m1".into(), "nope".into()], OperatorAction::Hold, 0)
             .await
             .unwrap(),
         0,
@@ -250,14 +255,14 @@ pub async fn operator_actions(s: &dyn Store) {
         ["m2", "m3"]
     );
     assert_eq!(
-        s.act(vec!["m2".into()], Action::Flush, 20_000)
+        s.act(vec!["m2".into()], OperatorAction::Flush, 20_000)
             .await
             .unwrap(),
         1
     );
     assert_eq!(s.next_due().await.unwrap(), Some(20_000));
     assert_eq!(
-        s.act(vec!["m1".into()], Action::Release, 20_000)
+        s.act(vec!["m1".into()], OperatorAction::Release, 20_000)
             .await
             .unwrap(),
         1
@@ -289,7 +294,7 @@ pub async fn operator_actions(s: &dyn Store) {
     assert_eq!(
         s.act(
             vec!["m1".into(), "m3".into(), "nope".into()],
-            Action::Delete,
+            OperatorAction::Delete,
             0
         )
         .await

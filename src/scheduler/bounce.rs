@@ -8,7 +8,7 @@
 
 use crate::config::BouncePolicy;
 use crate::delivery::reply::{RemoteReply, dsn_status};
-use crate::dsn::{Action, Notify, RecipientReport, Report};
+use crate::dsn::{DsnAction, Notify, RecipientReport, Report};
 use crate::queue::{Job, NewMessage, NewRecipient, Status, Update, new_queue_id};
 use crate::smtp::address::parse_mailbox;
 use std::collections::HashMap;
@@ -60,10 +60,10 @@ impl Bouncer {
             let parsed = reply.as_deref().and_then(RemoteReply::parse);
             let status = |permanent| dsn_status(parsed.as_ref(), permanent);
             let action = match u.status {
-                Status::Failed if notify.failure => Some((Action::Failed, status(true))),
-                Status::Expired if notify.failure => Some((Action::Failed, "4.4.7".into())),
+                Status::Failed if notify.failure => Some((DsnAction::Failed, status(true))),
+                Status::Expired if notify.failure => Some((DsnAction::Failed, "4.4.7".into())),
                 Status::Delivered if cx.relayed_without_dsn && notify.success => {
-                    Some((Action::Relayed, "2.0.0".into()))
+                    Some((DsnAction::Relayed, "2.0.0".into()))
                 }
                 Status::Pending
                     if notify.delay
@@ -73,7 +73,7 @@ impl Bouncer {
                         }) =>
                 {
                     u.warned = true;
-                    Some((Action::Delayed, status(false)))
+                    Some((DsnAction::Delayed, status(false)))
                 }
                 _ => None,
             };
@@ -250,7 +250,7 @@ mod tests {
             relayed,
             0,
         );
-        assert_eq!(r[0].action, Action::Relayed);
+        assert_eq!(r[0].action, DsnAction::Relayed);
     }
 
     #[test]
@@ -305,7 +305,7 @@ mod tests {
             "too early"
         );
         let r = n.reports(&job("s@x.test", ""), &mut u, Context::default(), 3_600_000);
-        assert_eq!(r[0].action, Action::Delayed);
+        assert_eq!(r[0].action, DsnAction::Delayed);
         assert!(u[0].warned);
         let mut warned = job("s@x.test", "");
         warned.recipients[0].warned = true;

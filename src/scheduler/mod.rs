@@ -47,19 +47,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-/// Starting delivery on request (ETRN, the admin API's flush), for modules that may not
-/// depend on the scheduler itself.
-pub trait Flusher: Send + Sync {
-    /// Makes everything held for these domains due now, treats their primaries as up, and
-    /// returns how many recipients are pending for them.
-    fn flush(
-        &self,
-        domains: Vec<String>,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<u64, crate::queue::StoreError>> + Send + '_>,
-    >;
-}
-
 /// What the scheduler, its workers and its probes share.
 pub struct Scheduler {
     store: Arc<dyn Store>,
@@ -150,7 +137,7 @@ impl Scheduler {
     }
 }
 
-impl Flusher for Scheduler {
+impl crate::inbound::Flusher for Scheduler {
     fn flush(
         &self,
         domains: Vec<String>,

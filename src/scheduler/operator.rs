@@ -9,7 +9,7 @@ use super::Scheduler;
 use super::bounce::Context;
 use super::record;
 use crate::delivery::reply::{Enhanced, RemoteReply};
-use crate::queue::{Action, StoreError, now_ms};
+use crate::queue::{OperatorAction, StoreError, now_ms};
 use tracing::{info, warn};
 
 impl Scheduler {
@@ -20,11 +20,11 @@ impl Scheduler {
 
     /// Flush, hold, release or delete these messages; returns how many recipients (messages
     /// for delete) were touched.
-    pub async fn act(&self, ids: Vec<String>, action: Action) -> Result<u64, StoreError> {
+    pub async fn act(&self, ids: Vec<String>, action: OperatorAction) -> Result<u64, StoreError> {
         let n = ids.len();
         let touched = self.store.act(ids, action, now_ms()).await?;
         info!(action = ?action, messages = n, changed = touched, "operator action");
-        if matches!(action, Action::Flush | Action::Release) {
+        if matches!(action, OperatorAction::Flush | OperatorAction::Release) {
             self.wake();
         }
         Ok(touched)

@@ -2,7 +2,7 @@
 //! and the DATA reader's result does not depend on how the input is split.
 
 use mx2::inbound::data::{Decoder, Mode};
-use mx2::inbound::session::{Action, Content, Session, SessionConfig};
+use mx2::inbound::session::{Content, Next, Session, SessionConfig};
 use mx2::policy::Policy;
 use mx2::smtp::reply::ReplyParser;
 use proptest::prelude::*;
@@ -60,8 +60,8 @@ proptest! {
         let mut s = session();
         for l in lines {
             match s.command(&l, std::time::Instant::now()) {
-                Action::Reply(r) | Action::Close(r) | Action::StartTls(r) => prop_assert!(well_formed(&r), "{r:?}"),
-                Action::StartData(r) => {
+                Next::Reply(r) | Next::Close(r) | Next::StartTls(r) => prop_assert!(well_formed(&r), "{r:?}"),
+                Next::StartData(r) => {
                     prop_assert_eq!(r.code, 354);
                     let mut d = s.data_decoder();
                     let mut input = body.clone();
@@ -71,7 +71,7 @@ proptest! {
                         prop_assert!(well_formed(&r));
                     }
                 }
-                Action::ReadChunk { size, last } => {
+                Next::ReadChunk { size, last } => {
                     if let Some(d) = s.chunk_decoder() {
                         d.feed(&body[..body.len().min(size as usize)]);
                     }
@@ -79,7 +79,7 @@ proptest! {
                         prop_assert!(well_formed(&r));
                     }
                 }
-                Action::Flush { .. } | Action::CheckRecipient(_) => {}
+                Next::Flush { .. } | Next::CheckRecipient(_) => {}
             }
         }
     }

@@ -3,7 +3,7 @@
 //! it (an over-long line, a timeout, content too slow, shutdown). The listener reports the
 //! fact; these phrase the reply. Never touch the transaction.
 
-use super::{Action, Session};
+use super::{Next, Session};
 use crate::inbound::limits::Refused;
 use crate::smtp::Reply;
 use std::net::IpAddr;
@@ -60,7 +60,7 @@ impl Session {
     }
 
     /// The reply for a command line longer than the limit.
-    pub fn line_too_long(&mut self) -> Action {
+    pub fn line_too_long(&mut self) -> Next {
         self.error(Reply::new(500, "5.5.2", "line too long"))
     }
 
@@ -164,7 +164,7 @@ mod tests {
         }
         for _ in 0..4 {
             assert!(
-                matches!(s.line_too_long(), Action::Reply(r) if wire(&r) == "500 5.5.2 line too long\r\n")
+                matches!(s.line_too_long(), Next::Reply(r) if wire(&r) == "500 5.5.2 line too long\r\n")
             );
         }
         assert_eq!(

@@ -3,7 +3,7 @@
 //! The listener reads the bytes and commits; this decides what is committed and what the
 //! client is told. Never reads the clock: the time of reception is passed in.
 
-use super::{Action, Content, Hello, Session, Transaction};
+use super::{Content, Hello, Next, Session, Transaction};
 use crate::inbound::data::{Decoder, Mode};
 use crate::inbound::received::{Trace, count_received};
 use crate::policy::authres::Evaluation;
@@ -13,17 +13,17 @@ use crate::smtp::{Reply, ReversePath};
 use std::time::SystemTime;
 
 impl Session {
-    pub(super) fn data(&mut self) -> Action {
+    pub(super) fn data(&mut self) -> Next {
         match &self.tx {
             None => self.error(Reply::new(503, "5.5.1", "need MAIL and RCPT before DATA")),
             Some(tx) if tx.recipients.is_empty() => {
                 self.error(Reply::new(554, "5.5.1", "no valid recipients"))
             }
-            Some(_) => Action::StartData(Reply::new(354, "", "end data with <CR><LF>.<CR><LF>")),
+            Some(_) => Next::StartData(Reply::new(354, "", "end data with <CR><LF>.<CR><LF>")),
         }
     }
 
-    /// A decoder for the DATA phase that [`Action::StartData`] asked for.
+    /// A decoder for the DATA phase that [`Next::StartData`] asked for.
     pub fn data_decoder(&self) -> Decoder {
         Decoder::new(Mode::Dot, self.cfg.max_message_size)
     }
@@ -48,9 +48,9 @@ impl Session {
         })
     }
 
-    pub(super) fn bdat(&mut self, size: u64, last: bool) -> Action {
+    pub(super) fn bdat(&mut self, size: u64, last: bool) -> Next {
         if size > self.hard_cap() {
-            return Action::Close(Reply::new(
+            return Next::Close(Reply::new(
                 552,
                 "5.3.4",
                 "chunk far exceeds the size limit, closing connection",
@@ -77,7 +77,7 @@ impl Session {
                 });
             }
         }
-        Action::ReadChunk { size, last }
+        Next::ReadChunk { size, last }
     }
 
     /// Where the listener puts the bytes of a BDAT chunk (None: drop them).
@@ -316,7 +316,7 @@ mod tests {
         run(&mut s, "RCPT TO:<u@example.test>");
         assert_eq!(
             s.command(b"BDAT 5", std::time::Instant::now()),
-            Action::ReadChunk {
+            Next::ReadChunk {
                 size: 5,
                 last: false
             }
@@ -332,7 +332,7 @@ mod tests {
         );
         assert_eq!(
             s.command(b"BDAT 4 LAST", std::time::Instant::now()),
-            Action::ReadChunk {
+            Next::ReadChunk {
                 size: 4,
                 last: true
             }
@@ -348,7 +348,7 @@ mod tests {
         run(&mut s, "EHLO c.test");
         assert_eq!(
             s.command(b"BDAT 3 LAST", std::time::Instant::now()),
-            Action::ReadChunk {
+            Next::ReadChunk {
                 size: 3,
                 last: true
             }
@@ -386,7 +386,7 @@ mod tests {
                 format!("BDAT {cap} LAST").as_bytes(),
                 std::time::Instant::now()
             ),
-            Action::ReadChunk {
+            Next::ReadChunk {
                 size: cap,
                 last: true
             }

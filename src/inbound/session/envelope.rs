@@ -2,7 +2,7 @@
 //! DSN), the per-client rate limits, relay checks, and the verdict of an asynchronous
 //! recipient check. Never reads content.
 
-use super::{Action, Hello, PendingRcpt, Session, Transaction};
+use super::{Hello, Next, PendingRcpt, Session, Transaction};
 use crate::dsn;
 use crate::policy::recipients::Verdict;
 use crate::queue::NewRecipient;
@@ -19,7 +19,7 @@ fn has_duplicates(params: &[Param]) -> bool {
 }
 
 impl Session {
-    pub(super) fn mail(&mut self, path: &str, params: Vec<Param>, now: Instant) -> Action {
+    pub(super) fn mail(&mut self, path: &str, params: Vec<Param>, now: Instant) -> Next {
         if self.hello == Hello::None {
             return self.error(Reply::new(503, "5.5.1", "send EHLO or HELO first"));
         }
@@ -59,7 +59,7 @@ impl Session {
         }
         let utf8 = params.iter().any(|p| p.keyword == "SMTPUTF8");
         if let Err(reply) = self.policy.take_message(self.client_ip, now) {
-            return Action::Reply(reply);
+            return Next::Reply(reply);
         }
         let sender = match parse_reverse_path(path, utf8) {
             Ok(s) => s,
@@ -83,7 +83,7 @@ impl Session {
         &mut self,
         params: &[Param],
         valid: impl Fn(&str, Option<&str>) -> Option<bool>,
-    ) -> Result<(), Action> {
+    ) -> Result<(), Next> {
         for p in params {
             match valid(&p.keyword, p.value.as_deref()) {
                 None => {
@@ -109,12 +109,12 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn rcpt(&mut self, path: &str, params: Vec<Param>, now: Instant) -> Action {
+    pub(super) fn rcpt(&mut self, path: &str, params: Vec<Param>, now: Instant) -> Next {
         let Some(tx) = self.tx.as_ref() else {
             return self.error(Reply::new(503, "5.5.1", "need MAIL before RCPT"));
         };
         if tx.recipients.len() >= self.cfg.max_recipients {
-            return Action::Reply(Reply::new(452, "4.5.3", "too many recipients"));
+            return Next::Reply(Reply::new(452, "4.5.3", "too many recipients"));
         }
         let utf8 = tx.utf8;
         if let Err(a) = self.check_params(&params, |k, v| {
@@ -144,7 +144,7 @@ impl Session {
             Err(reply) => return self.error(reply),
         };
         if let Err(reply) = self.policy.take_recipient(self.client_ip, now) {
-            return Action::Reply(reply);
+            return Next::Reply(reply);
         }
         let pending = PendingRcpt {
             recipient: NewRecipient {
@@ -161,9 +161,9 @@ impl Session {
             mailbox,
         };
         if self.policy.needs_check(&pending.recipient.domain) {
-            return Action::CheckRecipient(Box::new(pending));
+            return Next::CheckRecipient(Box::new(pending));
         }
-        Action::Reply(self.add_recipient(pending.recipient))
+        Next::Reply(self.add_recipient(pending.recipient))
     }
 
     fn add_recipient(&mut self, r: NewRecipient) -> Reply {
@@ -178,14 +178,14 @@ impl Session {
         Reply::new(250, "2.1.5", "recipient OK")
     }
 
-    /// The answer to an [`Action::CheckRecipient`].
+    /// The answer to an [`Next::CheckRecipient`].
     /// A refusal counts as an error: a client guessing addresses is closed after
     /// `max_errors` like any other.
-    pub fn recipient_checked(&mut self, pending: PendingRcpt, verdict: Verdict) -> Action {
+    pub fn recipient_checked(&mut self, pending: PendingRcpt, verdict: Verdict) -> Next {
         match verdict {
-            Verdict::Accept => Action::Reply(self.add_recipient(pending.recipient)),
+            Verdict::Accept => Next::Reply(self.add_recipient(pending.recipient)),
             Verdict::Reject(r) => self.error(r),
-            Verdict::TempFail(r) => Action::Reply(r),
+            Verdict::TempFail(r) => Next::Reply(r),
         }
     }
 }
@@ -230,7 +230,7 @@ mod tests {
             std::time::Instant::now(),
         );
         assert!(
-            matches!(&a, Action::Reply(r) if r.code == 553 && r.status == "5.6.7"),
+            matches!(&a, Next::Reply(r) if r.code == 553 && r.status == "5.6.7"),
             "{a:?}"
         );
         assert_eq!(run(&mut s, "MAIL FROM:<a@sender.test>"), 250);
@@ -239,7 +239,7 @@ mod tests {
             std::time::Instant::now(),
         );
         assert!(
-            matches!(&a, Action::Reply(r) if r.code == 553 && r.status == "5.6.7"),
+            matches!(&a, Next::Reply(r) if r.code == 553 && r.status == "5.6.7"),
             "{a:?}"
         );
     }
@@ -271,7 +271,7 @@ mod tests {
         );
         // Five errors: closed.
         assert!(
-            matches!(s.command(b"BOGUS", std::time::Instant::now()), Action::Close(r) if r.code == 421)
+            matches!(s.command(b"BOGUS", std::time::Instant::now()), Next::Close(r) if r.code == 421)
         );
     }
 
@@ -349,7 +349,7 @@ mod tests {
         for (secs, client, server) in transcript {
             let at = t0 + Duration::from_secs(secs);
             match s.command(client.as_bytes(), at) {
-                Action::Reply(r) => assert_eq!(wire(&r), format!("{server}\r\n"), "{client}"),
+                Next::Reply(r) => assert_eq!(wire(&r), format!("{server}\r\n"), "{client}"),
                 other => panic!("{client}: {other:?}"),
             }
         }

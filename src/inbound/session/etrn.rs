@@ -2,14 +2,14 @@
 //! now (the policy's list and rate), and the reply to the delivery run the listener started.
 //! Never starts delivery itself.
 
-use super::{Action, Hello, Session};
+use super::{Hello, Next, Session};
 use crate::queue::StoreError;
 use crate::smtp::Reply;
 use std::time::Instant;
 use tracing::info;
 
 impl Session {
-    pub(super) fn etrn(&mut self, arg: &str, now: Instant) -> Action {
+    pub(super) fn etrn(&mut self, arg: &str, now: Instant) -> Next {
         if self.hello == Hello::None {
             return self.error(Reply::new(503, "5.5.1", "send EHLO first"));
         }
@@ -28,7 +28,7 @@ impl Session {
             ));
         }
         if arg.starts_with('#') {
-            return Action::Reply(Reply::new(
+            return Next::Reply(Reply::new(
                 458,
                 "4.5.0",
                 format!("unable to queue messages for node {arg}: named queues are not supported"),
@@ -36,7 +36,7 @@ impl Session {
         }
         let domains = self.policy.flush_domains(arg);
         if domains.is_empty() {
-            return Action::Reply(Reply::new(
+            return Next::Reply(Reply::new(
                 459,
                 "4.7.1",
                 format!("node {arg} not allowed: this server does not back it up"),
@@ -44,15 +44,15 @@ impl Session {
         }
         if let Err(reply) = self.policy.check_etrn(self.client_ip, now) {
             info!(client = %self.client_ip, node = arg, reply = %reply, "ETRN refused");
-            return Action::Reply(reply);
+            return Next::Reply(reply);
         }
-        Action::Flush {
+        Next::Flush {
             node: arg.to_string(),
             domains,
         }
     }
 
-    /// How the delivery run for an [`Action::Flush`] went: `Ok(n)` with `n` recipients
+    /// How the delivery run for an [`Next::Flush`] went: `Ok(n)` with `n` recipients
     /// pending for `node`'s domains.
     pub fn etrn_result(&self, node: &str, result: Result<u64, StoreError>) -> Reply {
         match result {
@@ -90,7 +90,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(
             s.command(b"ETRN Example.Test", t0),
-            Action::Flush {
+            Next::Flush {
                 node: "Example.Test".into(),
                 domains: vec!["example.test".into()]
             }
@@ -98,7 +98,7 @@ mod tests {
         // One ETRN a second per client (see the next test).
         assert_eq!(
             s.command(b"ETRN @test", t0 + Duration::from_secs(1)),
-            Action::Flush {
+            Next::Flush {
                 node: "@test".into(),
                 domains: vec!["example.test".into()]
             }
@@ -111,7 +111,7 @@ mod tests {
 
     fn etrn_at(s: &mut Session, at: Instant) -> String {
         match s.command(b"ETRN example.test", at) {
-            Action::Reply(r) => wire(&r),
+            Next::Reply(r) => wire(&r),
             other => panic!("{other:?}"),
         }
     }
@@ -136,7 +136,7 @@ mod tests {
         run(&mut s, "EHLO c.test");
         assert!(matches!(
             s.command(b"ETRN example.test", t0),
-            Action::Flush { .. }
+            Next::Flush { .. }
         ));
         assert_eq!(
             etrn_at(&mut s, t0 + Duration::from_millis(500)),

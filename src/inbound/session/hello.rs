@@ -1,11 +1,11 @@
 //! Greeting the client's way in: EHLO (and what it offers), HELO, STARTTLS and the reset a
 //! TLS handshake brings (RFC 3207 §4.2). Never touches a transaction beyond ending it.
 
-use super::{Action, Hello, Session};
+use super::{Hello, Next, Session};
 use crate::smtp::Reply;
 
 impl Session {
-    pub(super) fn ehlo(&mut self, name: String) -> Action {
+    pub(super) fn ehlo(&mut self, name: String) -> Next {
         self.tx = None;
         self.hello = Hello::Ehlo;
         self.helo_name = name;
@@ -24,17 +24,17 @@ impl Session {
             lines.push("STARTTLS".into());
         }
         lines.push("HELP".into());
-        Action::Reply(Reply::plain(250, lines))
+        Next::Reply(Reply::plain(250, lines))
     }
 
-    pub(super) fn helo(&mut self, name: String) -> Action {
+    pub(super) fn helo(&mut self, name: String) -> Next {
         self.tx = None;
         self.hello = Hello::Helo;
         self.helo_name = name;
-        Action::Reply(Reply::plain(250, vec![self.cfg.hostname.clone()]))
+        Next::Reply(Reply::plain(250, vec![self.cfg.hostname.clone()]))
     }
 
-    pub(super) fn starttls(&mut self) -> Action {
+    pub(super) fn starttls(&mut self) -> Next {
         if !self.cfg.starttls {
             return self.error(Reply::new(502, "5.5.1", "STARTTLS not available"));
         }
@@ -48,7 +48,7 @@ impl Session {
                 "STARTTLS not allowed inside a mail transaction",
             ));
         }
-        Action::StartTls(Reply::new(220, "2.0.0", "ready to start TLS"))
+        Next::StartTls(Reply::new(220, "2.0.0", "ready to start TLS"))
     }
 
     /// The handshake succeeded: everything known before it is forgotten (RFC 3207 §4.2); the
@@ -70,7 +70,7 @@ mod tests {
     fn starttls_resets_the_session() {
         let mut s = session();
         assert!(
-            matches!(s.command(b"EHLO c.test", std::time::Instant::now()), Action::Reply(r) if r.lines.iter().any(|l| l == "STARTTLS"))
+            matches!(s.command(b"EHLO c.test", std::time::Instant::now()), Next::Reply(r) if r.lines.iter().any(|l| l == "STARTTLS"))
         );
         run(&mut s, "MAIL FROM:<>");
         assert_eq!(run(&mut s, "STARTTLS"), 503, "not inside a transaction");
@@ -83,7 +83,7 @@ mod tests {
             "EHLO is needed again after TLS"
         );
         assert!(
-            matches!(s.command(b"EHLO c.test", std::time::Instant::now()), Action::Reply(r) if !r.lines.iter().any(|l| l == "STARTTLS"))
+            matches!(s.command(b"EHLO c.test", std::time::Instant::now()), Next::Reply(r) if !r.lines.iter().any(|l| l == "STARTTLS"))
         );
         assert_eq!(run(&mut s, "STARTTLS"), 503);
         run(&mut s, "MAIL FROM:<>");

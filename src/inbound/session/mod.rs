@@ -12,9 +12,7 @@
 //! - `etrn`: ETRN (RFC 1985).
 //!
 //! Never does I/O (no sockets, no store: the listener does those and reports back) and never
-//! reads the clock: time is passed in ([`Session::command`], [`Session::data_done`]). The
-//! one exception is [`Session::command`], a convenience for callers without a clock (property
-//! tests, the fuzzer).
+//! reads the clock: time is passed in ([`Session::command`], [`Session::data_done`]).
 
 mod connect;
 mod content;
@@ -47,7 +45,7 @@ pub struct SessionConfig {
 
 /// What the listener must do after feeding a command.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum Next {
     Reply(Reply),
     /// Send the reply, then close the connection.
     Close(Reply),
@@ -146,20 +144,20 @@ impl Session {
     }
 
     /// An error reply; the session is closed when it has seen too many.
-    fn error(&mut self, reply: Reply) -> Action {
+    fn error(&mut self, reply: Reply) -> Next {
         self.errors += 1;
         if self.errors >= self.cfg.max_errors {
-            return Action::Close(Reply::new(
+            return Next::Close(Reply::new(
                 421,
                 "4.7.0",
                 format!("{} too many errors, closing connection", self.cfg.hostname),
             ));
         }
-        Action::Reply(reply)
+        Next::Reply(reply)
     }
 
-    fn ok(text: &str, status: &str) -> Action {
-        Action::Reply(Reply::new(250, status, text))
+    fn ok(text: &str, status: &str) -> Next {
+        Next::Reply(Reply::new(250, status, text))
     }
 
     /// Errors so far (the listener slows its replies down as they grow).
@@ -169,7 +167,7 @@ impl Session {
 
     /// Handles one command line (CRLF already removed) received at `now` (the per-client
     /// rate limits count with it).
-    pub fn command(&mut self, line: &[u8], now: Instant) -> Action {
+    pub fn command(&mut self, line: &[u8], now: Instant) -> Next {
         let cmd = match command::parse(line) {
             Ok(c) => c,
             Err(CommandError::Unknown) => {
@@ -212,18 +210,18 @@ impl Session {
                 Self::ok("reset", "2.0.0")
             }
             Command::Noop => Self::ok("OK", "2.0.0"),
-            Command::Quit => Action::Close(Reply::new(
+            Command::Quit => Next::Close(Reply::new(
                 221,
                 "2.0.0",
                 format!("{} closing connection", self.cfg.hostname),
             )),
-            Command::Vrfy => Action::Reply(Reply::new(
+            Command::Vrfy => Next::Reply(Reply::new(
                 252,
                 "2.5.0",
                 "cannot VRFY user; send mail and delivery will be attempted",
             )),
             Command::Expn => self.error(Reply::new(502, "5.5.1", "EXPN not available")),
-            Command::Help => Action::Reply(Reply::new(
+            Command::Help => Next::Reply(Reply::new(
                 214,
                 "2.0.0",
                 "mx2 backup MX: EHLO, MAIL, RCPT, DATA, BDAT, RSET, NOOP, VRFY, QUIT",
@@ -260,11 +258,11 @@ mod testing {
         )
     }
 
-    pub fn code(a: &Action) -> u16 {
+    pub fn code(a: &Next) -> u16 {
         match a {
-            Action::Reply(r) | Action::Close(r) | Action::StartData(r) => r.code,
-            Action::StartTls(r) => r.code,
-            Action::ReadChunk { .. } | Action::Flush { .. } | Action::CheckRecipient(_) => 0,
+            Next::Reply(r) | Next::Close(r) | Next::StartData(r) => r.code,
+            Next::StartTls(r) => r.code,
+            Next::ReadChunk { .. } | Next::Flush { .. } | Next::CheckRecipient(_) => 0,
         }
     }
 
@@ -285,9 +283,9 @@ mod testing {
     }
 
     /// The reply of an action that sends one and closes the connection, as the client reads it.
-    pub fn closing(a: Action) -> String {
+    pub fn closing(a: Next) -> String {
         match a {
-            Action::Close(r) => wire(&r),
+            Next::Close(r) => wire(&r),
             other => panic!("expected a closing reply, got {other:?}"),
         }
     }

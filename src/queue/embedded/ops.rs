@@ -4,7 +4,9 @@
 //! transaction; none commits or syncs on its own.
 
 use super::writer::Held;
-use crate::queue::{Action, ClaimedRow, Job, NewMessage, Recipient, Status, Update, into_jobs};
+use crate::queue::{
+    ClaimedRow, Job, NewMessage, OperatorAction, Recipient, Status, Update, into_jobs,
+};
 use rusqlite::{Connection, params};
 
 pub(super) fn insert(c: &Connection, m: &NewMessage, held: &Held) -> rusqlite::Result<()> {
@@ -152,30 +154,30 @@ pub(super) fn make_due(c: &Connection, domains: &[String], now: i64) -> rusqlite
 pub(super) fn act(
     c: &Connection,
     ids: &[String],
-    action: Action,
+    action: OperatorAction,
     now: i64,
 ) -> rusqlite::Result<u64> {
     let mut n = 0;
     for id in ids {
         let changed = match action {
-            Action::Flush => c
+            OperatorAction::Flush => c
                 .prepare_cached(
                     "UPDATE recipients SET next_attempt = ?2
                      WHERE message_id = ?1 AND status = 0 AND claimed = 0 AND held = 0",
                 )?
                 .execute(params![id, now])?,
-            Action::Hold => c
+            OperatorAction::Hold => c
                 .prepare_cached(
                     "UPDATE recipients SET held = 1 WHERE message_id = ?1 AND status = 0 AND held = 0",
                 )?
                 .execute([id])?,
-            Action::Release => c
+            OperatorAction::Release => c
                 .prepare_cached(
                     "UPDATE recipients SET held = 0, next_attempt = ?2
                      WHERE message_id = ?1 AND status = 0 AND held = 1",
                 )?
                 .execute(params![id, now])?,
-            Action::Delete => {
+            OperatorAction::Delete => {
                 c.prepare_cached("DELETE FROM recipients WHERE message_id = ?1")?
                     .execute([id])?;
                 c.prepare_cached("DELETE FROM messages WHERE id = ?1")?

@@ -6,7 +6,7 @@
 
 use super::ops::{act, claim, claim_message, insert, make_due, record};
 use super::{backend, guard, outages};
-use crate::queue::{Action, Job, NewMessage, OutageChange, StoreError, Update};
+use crate::queue::{Job, NewMessage, OperatorAction, OutageChange, StoreError, Update};
 use rusqlite::{Connection, params};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
@@ -15,18 +15,18 @@ use tokio::sync::oneshot;
 const MAX_BATCH_OPS: usize = 512;
 const MAX_BATCH_BYTES: usize = 64 << 20;
 
-pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+pub(super) type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub(super) enum Op {
-    Insert(Box<NewMessage>, Reply<()>),
-    Claim(i64, usize, Reply<Vec<Job>>),
-    Record(String, Vec<Update>, Vec<NewMessage>, Reply<bool>),
-    MakeDue(Vec<String>, i64, Reply<u64>),
-    CachePut(String, bool, i64, Reply<()>),
-    Act(Vec<String>, Action, i64, Reply<u64>),
-    ClaimMessage(String, Reply<Vec<Job>>),
-    HoldNewMail(Vec<String>, Option<i64>, Reply<()>),
-    Outage(String, OutageChange, Reply<()>),
+    Insert(Box<NewMessage>, Answer<()>),
+    Claim(i64, usize, Answer<Vec<Job>>),
+    Record(String, Vec<Update>, Vec<NewMessage>, Answer<bool>),
+    MakeDue(Vec<String>, i64, Answer<u64>),
+    CachePut(String, bool, i64, Answer<()>),
+    Act(Vec<String>, OperatorAction, i64, Answer<u64>),
+    ClaimMessage(String, Answer<Vec<Job>>),
+    HoldNewMail(Vec<String>, Option<i64>, Answer<()>),
+    Outage(String, OutageChange, Answer<()>),
 }
 
 /// Domains whose new mail is held (their primary is down), and for how long (ms).
@@ -44,10 +44,10 @@ impl Op {
 
 /// An operation's result, held until the batch's commit decides whether it stands.
 pub(super) enum Done {
-    Unit(Reply<()>, Result<(), StoreError>),
-    Jobs(Reply<Vec<Job>>, Result<Vec<Job>, StoreError>),
-    Bool(Reply<bool>, Result<bool, StoreError>),
-    Count(Reply<u64>, Result<u64, StoreError>),
+    Unit(Answer<()>, Result<(), StoreError>),
+    Jobs(Answer<Vec<Job>>, Result<Vec<Job>, StoreError>),
+    Bool(Answer<bool>, Result<bool, StoreError>),
+    Count(Answer<u64>, Result<u64, StoreError>),
 }
 
 impl Done {
