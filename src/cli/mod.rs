@@ -5,6 +5,7 @@
 mod api;
 mod queue;
 mod recover;
+mod status;
 
 use crate::config::{Config, LogFormat};
 use clap::{Parser, Subcommand};
@@ -168,8 +169,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Queue { action } => queue::run(action),
-        Cmd::Status { target, json } => queue::status(&target, json),
-        Cmd::Reload { target } => queue::reload(&target),
+        Cmd::Status { target, json } => status::status(&target, json),
+        Cmd::Reload { target } => status::reload(&target),
         Cmd::Check {
             domain,
             resolver,
