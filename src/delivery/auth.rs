@@ -37,12 +37,7 @@ pub async fn authenticate(c: &mut Client, creds: &Credentials) -> Result<(), Cli
         let token = BASE64.encode(format!("\0{}\0{}", creds.user, creds.password).as_bytes());
         c.send(format!("AUTH PLAIN {token}\r\n").as_bytes(), "AUTH")
             .await?;
-        let r = c.read_reply(t, "the AUTH reply").await?;
-        return if r.code == 235 {
-            Ok(())
-        } else {
-            Err(refused(c, r))
-        };
+        return accepted(c, t, refused).await;
     }
     if c.caps.auth_login {
         c.send(b"AUTH LOGIN\r\n", "AUTH").await?;
@@ -57,17 +52,26 @@ pub async fn authenticate(c: &mut Client, creds: &Credentials) -> Result<(), Cli
             )
             .await?;
         }
-        let r = c.read_reply(t, "the AUTH reply").await?;
-        return if r.code == 235 {
-            Ok(())
-        } else {
-            Err(refused(c, r))
-        };
+        return accepted(c, t, refused).await;
     }
     Err(ClientError::Protocol {
         host: c.host.clone(),
         detail: "the primary offers no AUTH PLAIN or LOGIN".into(),
     })
+}
+
+/// The final AUTH reply: 235 is success, anything else a refusal.
+async fn accepted(
+    c: &mut Client,
+    t: std::time::Duration,
+    refused: impl Fn(&Client, crate::smtp::reply::Reply) -> ClientError,
+) -> Result<(), ClientError> {
+    let r = c.read_reply(t, "the AUTH reply").await?;
+    if r.code == 235 {
+        Ok(())
+    } else {
+        Err(refused(c, r))
+    }
 }
 
 #[cfg(test)]

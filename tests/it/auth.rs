@@ -21,7 +21,7 @@ fn mx2_with_auth(dns: &DnsServer, port: u16, extra: &str) -> Mx2 {
         "[auth]\nenabled = true\n{extra}\n[dns]\nnameservers = [\"{}\"]\n[routing]\nmx_port = {port}\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{port}\"]\n",
         dns.addr
     );
-    Mx2::start_config(|p, state| config_with(p, state, "", &tail))
+    Mx2::start_tail(&tail)
 }
 
 fn content(from: &str, id: &str) -> Vec<u8> {

@@ -31,7 +31,7 @@ fn setup(primary_opts: PrimaryOptions, queue_extra: &str, primary_up: bool) -> S
         "{queue_extra}\n[dns]\nnameservers = [\"{}\"]\n[routing]\nmx_port = {port}\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{port}\"]\n",
         dns.addr
     );
-    let mx2 = Mx2::start_config(|p, state| config_with(p, state, "", &tail));
+    let mx2 = Mx2::start_tail(&tail);
     Setup {
         mx2,
         primary,

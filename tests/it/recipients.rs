@@ -9,7 +9,7 @@ fn mx2_for(primary_port: u16, domain_extra: &str, top_extra: &str) -> Mx2 {
     let tail = format!(
         "{top_extra}\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\n{domain_extra}\n"
     );
-    Mx2::start_config(|p, state| config_with(p, state, "", &tail))
+    Mx2::start_tail(&tail)
 }
 
 fn rcpt(m: &Mx2, addr: &str) -> String {

@@ -58,7 +58,7 @@ fn swaks_sends_over_starttls() {
         leaf.key.display(),
         primary.port
     );
-    let mx2 = Mx2::start_config(|p, state| config_with(p, state, "", &tail));
+    let mx2 = Mx2::start_tail(&tail);
     let out = Command::new("swaks")
         .args([
             "--server",

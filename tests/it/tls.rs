@@ -33,10 +33,7 @@ fn tls_mx2(pki: &Pki, primary_port: u16) -> (Mx2, tempfile::TempDir) {
         leaf.cert.display(),
         leaf.key.display()
     );
-    (
-        Mx2::start_config(|p, state| config_with(p, state, "", &tail)),
-        dir,
-    )
+    (Mx2::start_tail(&tail), dir)
 }
 
 #[test]
@@ -107,7 +104,7 @@ fn outbound_tls_policies() {
             "[dns]\nnameservers = [\"{}\"]\n[[domain]]\nname = \"example.test\"\nprimary = [\"{host}:{port}\"]\n{tls}\n",
             dns.addr
         );
-        Mx2::start_config(|p, state| config_with(p, state, "", &tail))
+        Mx2::start_tail(&tail)
     };
     let send = |m: &Mx2, id: &str| {
         let mut c = m.client();
@@ -193,7 +190,7 @@ fn smtp_auth_to_the_primary_only_inside_tls() {
             "[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{port}\"]\nauth_user = \"relay\"\nauth_password_file = \"{}\"\n",
             pass.display()
         );
-        Mx2::start_config(|p, state| config_with(p, state, "", &tail))
+        Mx2::start_tail(&tail)
     };
     let send = |m: &Mx2, id: &str| {
         let mut c = m.client();

@@ -83,6 +83,13 @@ impl Client {
         self.send_raw(b".\r\n");
         self.reply()
     }
+
+    /// Sends `content` from a@sender.test to user@example.test, which must be accepted (250).
+    pub fn send_ok(&mut self, content: &[u8]) -> String {
+        let r = self.send_mail("a@sender.test", &["user@example.test"], content);
+        assert!(r.starts_with("250"), "not accepted: {r}");
+        r
+    }
 }
 
 pub fn code(reply: &str) -> u16 {

@@ -7,9 +7,12 @@ use std::path::Path;
 
 /// Config text for a test instance; `smtp_extra` holds more `[smtp]` lines (limits, timeouts).
 pub fn test_config(port: u16, primary_port: u16, state_dir: &Path, smtp_extra: &str) -> String {
-    let domains =
-        format!("[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\n");
-    config_with(port, state_dir, smtp_extra, &domains)
+    config_with(port, state_dir, smtp_extra, &example_domain(primary_port))
+}
+
+/// The `[[domain]]` table the tests back up: example.test, its primary on loopback.
+pub fn example_domain(primary_port: u16) -> String {
+    format!("[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\n")
 }
 
 /// Config text with the given tail: extra tables ([dns], [routing]) and the [[domain]]s.

@@ -18,7 +18,7 @@ mod primary_session;
 pub mod runner;
 
 pub use client::{Client, code, message, raw_cmd, read_reply};
-pub use config::{config_with, test_config};
+pub use config::{config_with, example_domain, test_config};
 pub use http::http;
 pub use primary::{Primary, PrimaryOptions, Received, count_ids, wait_for_ids};
 pub use runner::{Mx2, mx2_binary, mx2_command};

@@ -4,7 +4,7 @@
 //! is removed when the test passes and kept (its path printed) when it fails.
 
 use super::client::Client;
-use super::config::test_config;
+use super::config::{config_with, test_config};
 use super::free_port;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,11 @@ impl Mx2 {
 
     pub fn start_with(primary_port: u16, smtp_extra: &str) -> Mx2 {
         Self::start_config(|port, state| test_config(port, primary_port, state, smtp_extra))
+    }
+
+    /// Starts mx2 on the test defaults followed by `tail` (tables and [[domain]]s).
+    pub fn start_tail(tail: &str) -> Mx2 {
+        Self::start_config(|port, state| config_with(port, state, "", tail))
     }
 
     /// Starts mx2 on a config made from its port and state directory.
