@@ -61,11 +61,7 @@ fn the_readme_test_primary_command_works_for_root_and_others() {
         ));
     }
     for (who, prefix) in runs {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::common::free_port();
         let line = format!(
             "exec {}",
             command.replace("127.0.0.1:2526", &format!("127.0.0.1:{port}"))

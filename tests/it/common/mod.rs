@@ -3,7 +3,7 @@
 //! runner (`runner`), HTTP (`http`), and the peers and data the tests serve (`dns`, `pki`, `pg`,
 //! `postfix`, `mmdb`). This file holds the small shared helpers (ports, counts, waiting).
 //! Blocking std I/O and threads: simple, and independent of mx2's own runtime. Everything
-//! listens on loopback at ports the OS picks; nothing here may use a fixed port.
+//! listens on loopback at ports `free_port` hands out; nothing here may use a fixed port.
 
 pub mod client;
 pub mod config;
@@ -40,13 +40,27 @@ pub fn env_count(name: &str, default: usize) -> usize {
     }
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// Where test ports come from: below the kernel's ephemeral range (32768 and up on Linux), so
+/// that no outgoing connection of a test running in parallel can take a port between this
+/// call and the bind of the server it is meant for (a port the OS picked with `:0` could be
+/// taken that way: "address in use" under load).
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port on 127.0.0.1 that is free and that no other test of this process was given.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let span = usize::from(PORTS.end - PORTS.start);
+    // Two test processes at once (two clones, say) start at different places.
+    let base = std::process::id() as usize * 7919;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = PORTS.start + ((base + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?}");
 }
 
 /// Polls `f` every 50 ms until it holds or `limit` has passed; whether it held (asked once
