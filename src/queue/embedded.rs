@@ -46,6 +46,20 @@ pub(super) fn backend(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Whether the database holds at least what its marker says was acknowledged (files judged
+/// by [`guard`] first). The database is read on a read-only connection, which never rewrites
+/// the log, so a refused queue is left as it was.
+pub(crate) fn holds_what_it_acknowledged(
+    state_dir: &Path,
+    found: &guard::Found,
+) -> Result<(), StoreError> {
+    if let guard::Found::Existing(Some(marker)) = found {
+        let in_db = identity(&state_dir.join(guard::DB_FILE))?;
+        guard::verify(state_dir, marker, in_db.as_ref())?;
+    }
+    Ok(())
+}
+
 impl Embedded {
     /// Opens (creating if needed) the queue in `state_dir`. Claims left by a previous run are
     /// released: this process is the only one using the file (it holds the marker's lock).
@@ -59,10 +73,7 @@ impl Embedded {
         })?;
         let (guard, found) = guard::Guard::acquire(state_dir)?;
         let path = state_dir.join(guard::DB_FILE);
-        if let guard::Found::Existing(Some(marker)) = &found {
-            // Read before anything writes: a read-only connection never rewrites the log.
-            guard::verify(state_dir, marker, identity(&path)?.as_ref())?;
-        }
+        holds_what_it_acknowledged(state_dir, &found)?;
         let conn = open_connection(&path)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         conn.execute_batch(outages::SCHEMA).map_err(backend)?;

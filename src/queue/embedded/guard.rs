@@ -147,8 +147,7 @@ impl Guard {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(io)?;
+        let text = read_bounded(&mut file).map_err(io)?;
         let guard = Guard {
             file,
             dir: dir.to_path_buf(),
@@ -252,12 +251,26 @@ fn judge(dir: &Path, marker: Option<Marker>) -> Result<Found, StoreError> {
 /// The same judgement without taking the lock, for a reader beside the running server (the
 /// CLI reading the file): the marker as it is now, and what the files look like.
 pub fn inspect(dir: &Path) -> Result<Found, StoreError> {
-    let path = dir.join(MARKER_FILE);
-    let marker = match std::fs::read_to_string(&path) {
-        Ok(t) if !t.is_empty() => Some(parse_marker(dir, &t)?),
+    let marker = match read_marker_file(dir) {
+        Some(t) if !t.is_empty() => Some(parse_marker(dir, &t)?),
         _ => None,
     };
     judge(dir, marker)
+}
+
+/// A marker is a few hundred bytes; anything past this is not one (and is not read).
+const MARKER_MAX: u64 = 4096;
+
+fn read_bounded(file: &mut File) -> std::io::Result<String> {
+    let mut bytes = Vec::new();
+    file.take(MARKER_MAX).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The marker's text in `dir`, if the file can be opened.
+fn read_marker_file(dir: &Path) -> Option<String> {
+    let mut file = File::open(dir.join(MARKER_FILE)).ok()?;
+    read_bounded(&mut file).ok()
 }
 
 fn parse_marker(dir: &Path, text: &str) -> Result<Marker, StoreError> {
@@ -275,8 +288,7 @@ fn parse_marker(dir: &Path, text: &str) -> Result<Marker, StoreError> {
 /// The queue id its marker in `dir` records, if it can be read: the identity the admin API
 /// reports and the command line compares (paths can differ between the two).
 pub fn queue_id(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join(MARKER_FILE)).ok()?;
-    Marker::parse(&text).map(|m| m.queue_id)
+    Marker::parse(&read_marker_file(dir)?).map(|m| m.queue_id)
 }
 
 /// Copies the queue's files into a new folder `damaged-<time>` in `dir`; returns the folder.

@@ -168,12 +168,9 @@ impl Inspector {
     pub fn open(state_dir: &Path) -> Result<Self, String> {
         let path = state_dir.join(super::guard::DB_FILE);
         // A damaged queue is reported, and left as it is for recovery.
-        if let super::guard::Found::Existing(Some(marker)) =
-            super::guard::inspect(state_dir).map_err(|e| e.to_string())?
-        {
-            let in_db = super::identity(&path).map_err(|e| e.to_string())?;
-            super::guard::verify(state_dir, &marker, in_db.as_ref()).map_err(|e| e.to_string())?;
-        }
+        super::guard::inspect(state_dir)
+            .and_then(|found| super::holds_what_it_acknowledged(state_dir, &found))
+            .map_err(|e| e.to_string())?;
         if !path.exists() {
             return Err(format!(
                 "{}: no queue here (is state_dir right?)",
