@@ -5,6 +5,7 @@
 
 pub mod embedded;
 pub mod postgres;
+pub mod registry;
 #[doc(hidden)]
 pub mod suite;
 
@@ -243,6 +244,32 @@ pub trait Store: Send + Sync + 'static {
     /// Every route's recorded outages, oldest first, at most `per_route` each. A route whose
     /// last outage has no `up_ms` was last known down, since its `down_ms`.
     fn outages(&self, per_route: usize) -> StoreFuture<'_, Vec<RouteOutages>>;
+
+    // ---- the registry: domains and tenants managed at run time (`registry.rs`) ----
+
+    /// Every registry entry, ordered by kind then name.
+    fn registry(&self) -> StoreFuture<'_, Vec<registry::Entry>>;
+    /// The number of the last registry change (0 when there never was one); a node polls it
+    /// to learn of changes that no notification told it about.
+    fn registry_version(&self) -> StoreFuture<'_, i64>;
+    /// Writes an entry if it is as `expect` says; durable when it returns.
+    fn registry_put(
+        &self,
+        kind: &str,
+        name: &str,
+        value: String,
+        expect: registry::Expect,
+    ) -> StoreFuture<'_, registry::Written>;
+    /// Removes an entry (if at revision `rev`, when given); true when it was removed.
+    fn registry_delete(&self, kind: &str, name: &str, rev: Option<i64>)
+    -> StoreFuture<'_, bool>;
+    /// Notifies `changed` whenever any node changes the registry (PostgreSQL: LISTEN/NOTIFY;
+    /// embedded: after the commit). Polling [`Store::registry_version`] stays the fallback.
+    fn watch_registry(&self, changed: Arc<tokio::sync::Notify>);
+    /// Drops every pending recipient in `domain` (no notification to anyone): a message
+    /// left with no pending recipient leaves the queue. Returns how many messages had a
+    /// recipient dropped. Claimed recipients (in delivery now) are left alone.
+    fn purge_domain(&self, domain: &str) -> StoreFuture<'_, u64>;
 }
 
 /// A change in a primary's health, for [`Store::record_outage`] (times in ms since the epoch).
@@ -353,6 +380,9 @@ pub fn list_limit(f: &Filter) -> usize {
 #[serde(default, deny_unknown_fields)]
 pub struct Filter {
     pub domain: Option<String>,
+    /// When not empty: only messages with a pending recipient in one of these domains (a
+    /// tenant's view), whatever `domain` says besides.
+    pub domains: Vec<String>,
     pub sender: Option<String>,
     pub recipient: Option<String>,
     /// Only messages received at or before this time (ms since the epoch).

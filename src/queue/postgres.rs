@@ -544,4 +544,28 @@ impl Store for Postgres {
     fn outages(&self, per_route: usize) -> StoreFuture<'_, Vec<RouteOutages>> {
         self.run(move |_, c| Box::pin(async move { outages::load(c, per_route).await }))
     }
+
+    // STUB(registry): replaced by the real implementation on the store branch.
+    fn registry(&self) -> StoreFuture<'_, Vec<super::registry::Entry>> {
+        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+    }
+    fn registry_version(&self) -> StoreFuture<'_, i64> {
+        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+    }
+    fn registry_put(
+        &self,
+        _kind: &str,
+        _name: &str,
+        _value: String,
+        _expect: super::registry::Expect,
+    ) -> StoreFuture<'_, super::registry::Written> {
+        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+    }
+    fn registry_delete(&self, _kind: &str, _name: &str, _rev: Option<i64>) -> StoreFuture<'_, bool> {
+        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+    }
+    fn watch_registry(&self, _changed: std::sync::Arc<tokio::sync::Notify>) {}
+    fn purge_domain(&self, _domain: &str) -> StoreFuture<'_, u64> {
+        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+    }
 }
