@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod queue;
+pub mod registry;
 pub mod scheduler;
 pub mod server;
 pub mod shutdown;

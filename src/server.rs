@@ -71,6 +71,17 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         );
     }
 
+    let registry = crate::registry::Registry::open(
+        store.clone(),
+        crate::config::base_dir(path),
+        config.domains.iter().map(|d| d.name.clone()),
+    )
+    .await
+    .map_err(|source| StartError::Store {
+        dir: "the domain registry".into(),
+        source,
+    })?;
+
     let mut listeners = Vec::new();
     let proxied_addrs = config.smtp.proxy_listen.iter().map(|a| (a, true));
     for (addr, proxied) in config
@@ -200,6 +211,8 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
             allowed_hosts: config.admin.allowed_hosts.clone(),
             reloader: reloader.clone(),
             history,
+            registry: registry.clone(),
+            dns: dns.clone(),
         });
         tokio::spawn(admin::serve(l, admin, shutdown.clone()));
     }

@@ -61,6 +61,10 @@ pub struct Admin {
     pub allowed_hosts: Vec<String>,
     pub reloader: Arc<dyn Reload>,
     pub history: Arc<history::History>,
+    /// Domains and tenants managed at run time.
+    pub registry: Arc<crate::registry::Registry>,
+    /// For the ownership check of stored domains (`POST /api/v1/domains/NAME/verify`).
+    pub dns: Arc<crate::dns::Dns>,
 }
 
 /// One primary (route) with what the queue holds for it.

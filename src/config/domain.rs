@@ -4,8 +4,9 @@
 
 use super::defaults::domain as default;
 use super::host::{HostPort, is_domain_name};
+use super::limits::DomainLimits;
 use super::recipients::RecipientPolicy;
-use super::{ConfigError, Ctx, parse_pin};
+use super::{ConfigError, Ctx, HumanDuration, Size, parse_pin};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ pub struct DomainConfig {
     pub recipients: RecipientPolicy,
     /// Refuse new mail with 451 while the primary is up, so senders go to it.
     pub standby: bool,
+    /// Its own queue caps, lifetime, message size and rate.
+    pub limits: DomainLimits,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -111,6 +114,12 @@ pub(super) struct RawDomain {
     pub(super) local_part_case: Option<Spanned<String>>,
     pub(super) subaddress_separator: Option<Spanned<String>>,
     standby: Option<bool>,
+    pub(super) recipient_addresses: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) max_queue_messages: Option<Spanned<u64>>,
+    pub(super) max_queue_bytes: Option<Spanned<Size>>,
+    pub(super) lifetime: Option<Spanned<HumanDuration>>,
+    pub(super) max_message_size: Option<Spanned<Size>>,
+    pub(super) recipients_per_minute: Option<Spanned<u32>>,
 }
 
 impl Ctx<'_> {
@@ -122,12 +131,15 @@ impl Ctx<'_> {
             domains.push(self.domain(d, &mut seen)?);
         }
         if domains.is_empty() {
-            return Err(self.whole("no [[domain]] configured: add at least one, e.g.\n[[domain]]\nname = \"example.com\"\nprimary = [\"mail.example.com:25\"]"));
+            self.warnings.borrow_mut().push(format!(
+                "{}: no [[domain]] in the file: mail is accepted only for domains added at run time (`mx2 domain add`); to back up a domain from the file, add e.g.\n[[domain]]\nname = \"example.com\"\nprimary = [\"mail.example.com:25\"]",
+                self.name
+            ));
         }
         Ok(domains)
     }
 
-    fn domain(
+    pub(super) fn domain(
         &self,
         d: RawDomain,
         seen: &mut HashSet<String>,
@@ -202,6 +214,7 @@ impl Ctx<'_> {
             }
         };
         let recipients = self.recipient_policy(&d)?;
+        let limits = self.domain_limits(&d)?;
         Ok(DomainConfig {
             name,
             route,
@@ -210,6 +223,7 @@ impl Ctx<'_> {
             auth,
             recipients,
             standby: d.standby.unwrap_or(default::STANDBY),
+            limits,
         })
     }
 

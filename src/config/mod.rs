@@ -15,6 +15,7 @@ mod delivery;
 mod dns;
 mod domain;
 mod host;
+mod limits;
 mod log;
 mod probe;
 mod queue;
@@ -33,6 +34,7 @@ pub use delivery::DeliveryConfig;
 pub use dns::DnsConfig;
 pub use domain::{BouncePolicy, DomainConfig, DomainRoute, PrimaryAuthConfig, TlsMode, TlsPolicy};
 pub use host::{HostPort, is_domain_name};
+pub use limits::DomainLimits;
 pub use log::{LogConfig, LogFormat};
 pub use probe::ProbeConfig;
 pub use queue::QueueConfig;
@@ -147,14 +149,7 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        // Relative paths in the file are beside it, and kept absolute: the server and a
-        // command run from another directory must name the same files.
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-        Self::parse(&text, &path.display().to_string(), &base)
+        Self::parse(&text, &path.display().to_string(), &base_dir(path))
     }
 
     /// Parses configuration text; `name` is used in error messages, `base` resolves relative paths.
@@ -171,6 +166,43 @@ impl Config {
         })?;
         cx.build(raw)
     }
+}
+
+/// The directory relative paths in a configuration file (and in stored domains' settings)
+/// are taken from: the file's own, made absolute, so that the server and a command run
+/// from another directory name the same files.
+pub fn base_dir(path: &Path) -> PathBuf {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// One domain stored at run time (`mx2 domain add`): `settings` are the keys of a
+/// `[[domain]]` table, as TOML text, without `name`. Validated exactly as the file's domains
+/// are; relative paths are taken from `base` (the configuration file's directory). Returns
+/// the domain and any warnings.
+pub fn parse_stored_domain(
+    name: &str,
+    settings: &str,
+    base: &Path,
+) -> Result<(DomainConfig, Vec<String>), ConfigError> {
+    let label = format!("domain {name}");
+    let name_line = toml::Value::String(name.to_string()).to_string();
+    let text = format!("name = {name_line}\n{settings}");
+    let cx = Ctx {
+        text: &text,
+        name: &label,
+        base,
+        warnings: Default::default(),
+    };
+    let raw: domain::RawDomain = toml::from_str(&text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        cx.at(span, e.message().trim_end())
+    })?;
+    let d = cx.domain(raw, &mut Default::default())?;
+    Ok((d, cx.warnings.take()))
 }
 
 /// What every section's validation needs: the text (to place errors), the file's name and

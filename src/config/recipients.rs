@@ -38,6 +38,9 @@ pub struct RecipientPolicy {
     /// Unknown addresses are asked of the primary (callout) and the answers cached.
     pub verify: bool,
     pub files: Vec<PathBuf>,
+    /// Addresses given inline (`recipient_addresses`, or uploaded with
+    /// `PUT /api/v1/domains/NAME/recipients`), in the list's file syntax one per item.
+    pub addresses: std::sync::Arc<Vec<String>>,
     pub url: Option<String>,
     pub url_token_file: Option<PathBuf>,
     pub unknown_when_down: UnknownWhenDown,
@@ -109,6 +112,34 @@ impl Ctx<'_> {
             .flatten()
             .map(|p| self.resolve(p))
             .collect();
+        if let Some(a) = &d.recipient_addresses {
+            if !policy.list {
+                return Err(self.at(
+                    a.span(),
+                    "recipient_addresses needs recipients = \"list\" (or [\"list\", \"verify\"])",
+                ));
+            }
+            let mut addresses = Vec::with_capacity(a.get_ref().len());
+            for item in a.get_ref() {
+                let t = item.get_ref().trim();
+                let ok = match t.strip_prefix('@') {
+                    Some(domain) => super::is_domain_name(domain.trim_end_matches('.')),
+                    None => t.rsplit_once('@').is_some_and(|(l, d)| {
+                        !l.is_empty() && super::is_domain_name(d.trim_end_matches('.'))
+                    }),
+                };
+                if !ok {
+                    return Err(self.at(
+                        item.span(),
+                        &format!(
+                            "`{t}` is not an address (user@domain) or a whole domain (@domain)"
+                        ),
+                    ));
+                }
+                addresses.push(t.to_string());
+            }
+            policy.addresses = std::sync::Arc::new(addresses);
+        }
         if let Some(u) = &d.recipient_url {
             if !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://")) {
                 return Err(self.at(
@@ -122,11 +153,15 @@ impl Ctx<'_> {
         if let Some(f) = &policy.url_token_file {
             self.secret_file(Err("recipient_url_token_file"), f);
         }
-        if policy.list && policy.files.is_empty() && policy.url.is_none() {
+        if policy.list
+            && policy.files.is_empty()
+            && policy.url.is_none()
+            && d.recipient_addresses.is_none()
+        {
             let span = d.recipients.as_ref().map_or(d.name.span(), |v| v.span());
             return Err(self.at(
                 span,
-                "recipients = \"list\" needs recipient_files or recipient_url",
+                "recipients = \"list\" needs recipient_files, recipient_url or recipient_addresses",
             ));
         }
         policy.unknown_when_down = match d

@@ -89,12 +89,15 @@ impl Lists {
                     if policy.url.is_some() && src.url_body.is_none() && policy.files.is_empty() {
                         continue; // nothing loaded yet: recipients stay unknown rather than all rejected
                     }
-                    info!(
-                        domain,
-                        addresses = list.addresses.len(),
-                        wildcard = list.wildcard,
-                        "recipient list loaded"
-                    );
+                    // Inline lists come with the domain's settings: logged when those change.
+                    if !policy.files.is_empty() || policy.url.is_some() {
+                        info!(
+                            domain,
+                            addresses = list.addresses.len(),
+                            wildcard = list.wildcard,
+                            "recipient list loaded"
+                        );
+                    }
                     self.recipients.set_list(&domain, list);
                     src.file_mtimes = mtimes;
                     src.loaded = true;
@@ -125,5 +128,8 @@ fn load(policy: &RecipientPolicy, url_body: Option<&str>) -> Result<Vec<String>,
         texts.push(std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?);
     }
     texts.extend(url_body.map(str::to_string));
+    if !policy.addresses.is_empty() {
+        texts.push(policy.addresses.join("\n"));
+    }
     Ok(texts)
 }

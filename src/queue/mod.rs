@@ -261,8 +261,7 @@ pub trait Store: Send + Sync + 'static {
         expect: registry::Expect,
     ) -> StoreFuture<'_, registry::Written>;
     /// Removes an entry (if at revision `rev`, when given); true when it was removed.
-    fn registry_delete(&self, kind: &str, name: &str, rev: Option<i64>)
-    -> StoreFuture<'_, bool>;
+    fn registry_delete(&self, kind: &str, name: &str, rev: Option<i64>) -> StoreFuture<'_, bool>;
     /// Notifies `changed` whenever any node changes the registry (PostgreSQL: LISTEN/NOTIFY;
     /// embedded: after the commit). Polling [`Store::registry_version`] stays the fallback.
     fn watch_registry(&self, changed: Arc<tokio::sync::Notify>);

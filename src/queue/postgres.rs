@@ -561,7 +561,12 @@ impl Store for Postgres {
     ) -> StoreFuture<'_, super::registry::Written> {
         Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
     }
-    fn registry_delete(&self, _kind: &str, _name: &str, _rev: Option<i64>) -> StoreFuture<'_, bool> {
+    fn registry_delete(
+        &self,
+        _kind: &str,
+        _name: &str,
+        _rev: Option<i64>,
+    ) -> StoreFuture<'_, bool> {
         Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
     }
     fn watch_registry(&self, _changed: std::sync::Arc<tokio::sync::Notify>) {}
