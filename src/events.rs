@@ -28,6 +28,19 @@ pub enum Kind {
     Drained { primary: String, took_s: f64 },
     /// The configuration was reloaded (or the reload was refused).
     Reload { ok: bool, detail: String },
+    /// A domain's mail reached one of its queue caps: new mail for it gets 452 4.2.2.
+    QueueFull {
+        domain: String,
+        messages: u64,
+        bytes: u64,
+        limit: String,
+    },
+    /// A domain's mail is below its caps again.
+    QueueOpen { domain: String },
+    /// Free disk space fell below `[queue] min_free_disk`: new mail gets 452 4.3.1.
+    DiskLow { free_bytes: u64, reserve_bytes: u64 },
+    /// Free disk space is above the reserve again.
+    DiskOk { free_bytes: u64 },
 }
 
 impl Kind {
@@ -36,7 +49,61 @@ impl Kind {
             Kind::PrimaryDown { primary, .. }
             | Kind::PrimaryUp { primary, .. }
             | Kind::Drained { primary, .. } => Some(primary),
-            Kind::Reload { .. } => None,
+            _ => None,
+        }
+    }
+
+    /// One line for people (dashboard, logs, alerts).
+    pub fn text(&self) -> String {
+        let size = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+        match self {
+            Kind::PrimaryDown { primary, reason } => format!("{primary} is DOWN: {reason}"),
+            Kind::PrimaryUp {
+                primary,
+                down_for_s,
+                held,
+            } => format!(
+                "{primary} is UP again after {}; {held} recipients due",
+                crate::admin::dashboard::duration(*down_for_s as i64)
+            ),
+            Kind::Drained { primary, took_s } => {
+                format!("{primary}: everything held is delivered ({took_s:.1}s)")
+            }
+            Kind::Reload { ok, detail } => {
+                format!("reload {}: {detail}", if *ok { "done" } else { "refused" })
+            }
+            Kind::QueueFull {
+                domain,
+                messages,
+                bytes,
+                limit,
+            } => format!(
+                "{domain}: queue full ({messages} messages, {}; {limit}): new mail for it is refused with 452 until the queue drains",
+                size(*bytes)
+            ),
+            Kind::QueueOpen { domain } => {
+                format!("{domain}: queue below its limits again; new mail is accepted")
+            }
+            Kind::DiskLow {
+                free_bytes,
+                reserve_bytes,
+            } => format!(
+                "disk space low ({} free, reserve {}): new mail is refused with 452 for every domain",
+                size(*free_bytes),
+                size(*reserve_bytes)
+            ),
+            Kind::DiskOk { free_bytes } => format!(
+                "disk space above the reserve again ({} free); new mail is accepted",
+                size(*free_bytes)
+            ),
+        }
+    }
+
+    /// The recipient domain an event is about, when it is about one.
+    pub fn domain(&self) -> Option<&str> {
+        match self {
+            Kind::QueueFull { domain, .. } | Kind::QueueOpen { domain } => Some(domain),
+            _ => None,
         }
     }
 }
@@ -109,7 +176,7 @@ impl Events {
                         o.drained_ms = Some(at_ms);
                     }
                 }
-                Kind::Reload { .. } => {}
+                _ => {}
             }
         }
         let event = Event { at_ms, kind };

@@ -11,6 +11,7 @@ use crate::inbound::limits::{ConnectionLimits, LimitSettings};
 use crate::inbound::listener::{self, Inbound};
 use crate::inbound::session::SessionConfig;
 use crate::policy::Policy;
+use crate::policy::admission::Admission;
 use crate::policy::authres::MailAuth;
 use crate::policy::dnsbl::Dnsbl;
 use crate::policy::lists::Lists;
@@ -128,8 +129,11 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
 
     let dns =
         Arc::new(Dns::new(&config.dns.nameservers, config.dns.timeout).map_err(StartError::Dns)?);
+    let snapshot = registry.snapshot();
+    reload::report_shadowed(&snapshot);
+    let effective = reload::effective(&config, &snapshot);
     let scheduler = Scheduler::new(
-        &config,
+        &effective,
         store.clone(),
         dns.clone(),
         wake.clone(),
@@ -141,7 +145,20 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
     scheduler.restore_health().await;
     let scheduler_task = tokio::spawn(scheduler.clone().run());
 
+    let admission = Admission::new();
+    tokio::spawn(crate::policy::admission::watch(
+        admission.clone(),
+        store.clone(),
+        match config.storage {
+            crate::config::StorageConfig::Embedded => Some(config.state_dir.clone()),
+            crate::config::StorageConfig::Postgres(_) => None,
+        },
+        config.queue.min_free_disk,
+        shutdown.clone(),
+    ));
+    tokio::spawn(registry.clone().run(shutdown.clone()));
     let core = Core {
+        admission,
         limits: ConnectionLimits::new(limit_settings(&config)),
         store: store.clone(),
         scheduler: scheduler.clone(),
@@ -150,7 +167,7 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         acceptor,
         shutdown: shutdown.clone(),
     };
-    let generation = core.start(&config).await;
+    let generation = core.start(&effective, &snapshot).await;
     let (inbound_tx, inbound_rx) = tokio::sync::watch::channel(generation.inbound.clone());
     let mut accept_tasks = Vec::new();
     for (l, proxied) in listeners {
@@ -177,6 +194,7 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
             dns: dns.clone(),
             store: store.clone(),
             scheduler: scheduler.clone(),
+            registry: registry.clone(),
         }
         .run(shutdown.clone()),
     );
@@ -185,10 +203,17 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         core,
         cert,
         inbound: inbound_tx,
-        state: tokio::sync::Mutex::new((config.clone(), generation)),
+        registry: registry.clone(),
+        state: tokio::sync::Mutex::new(reload::State {
+            file: config.clone(),
+            generation,
+            stored: snapshot.fingerprint(),
+        }),
     });
+    drop(snapshot);
     // Also keeps SIGHUP from terminating the process.
     tokio::spawn(watch_reloads(reloader.clone(), shutdown.clone()));
+    tokio::spawn(reload::follow_registry(reloader.clone(), shutdown.clone()));
     if let Some(l) = admin_listener {
         let admin = Arc::new(Admin {
             store: store.clone(),
@@ -258,6 +283,8 @@ fn limit_settings(config: &Config) -> LimitSettings {
 
 /// What lives as long as the process; each configuration generation is built on it.
 struct Core {
+    /// Queue caps, per-domain rates and the disk reserve, with their counts.
+    admission: Arc<Admission>,
     /// Shared by all generations, so the counts (and stress) hold across reloads.
     limits: Arc<ConnectionLimits>,
     store: Arc<dyn Store>,
@@ -277,7 +304,15 @@ struct Generation {
 }
 
 impl Core {
-    async fn start(&self, config: &Config) -> Generation {
+    /// A generation for `config` (the file's domains and the registry's active ones) and the
+    /// registry's pending domains in `registry`.
+    async fn start(&self, config: &Config, registry: &crate::registry::Snapshot) -> Generation {
+        self.admission.set_limits(
+            config
+                .domains
+                .iter()
+                .map(|d| (d.name.clone(), d.limits)),
+        );
         let (scope, shutdown) = self.shutdown.child();
         let recipients = Arc::new(Recipients::new(
             config
@@ -324,6 +359,8 @@ impl Core {
             }),
             policy: Arc::new(
                 Policy::new(config.domains.iter().map(|d| d.name.clone()))
+                    .with_pending(registry.pending().map(str::to_string))
+                    .with_admission(self.admission.clone())
                     .with_etrn_clients(config.smtp.etrn_clients.clone())
                     .with_checked_domains(recipients.checked_domains().cloned())
                     .with_limits(

@@ -1,7 +1,10 @@
 //! Alerts: a JSON POST to a webhook (and optionally a mail to an address elsewhere) when a
-//! primary has been down longer than `alerts.down_after`, when it is back, and when
-//! everything held for it is delivered. Alerts go out one at a time, in order, each retried
-//! with backoff until it is taken (or, after about half an hour, given up and logged).
+//! primary has been down longer than `alerts.down_after`, when it is back, when everything
+//! held for it is delivered, when a domain's queue reaches its cap (once per crossing) and
+//! when the disk falls below its reserve. A domain's cap alerts also go to its tenant's
+//! webhook and address (never with the operator's webhook token). Alerts go out one at a
+//! time, in order, each retried with backoff until it is taken (or, after about half an
+//! hour, given up and logged).
 
 use crate::config::AlertsConfig;
 use crate::dns::Dns;
@@ -21,13 +24,38 @@ const ATTEMPTS: u32 = 30;
 /// Alerts waiting to be sent while the webhook does not answer; more are logged and dropped.
 const MAX_WAITING: usize = 1000;
 
+/// Where an alert goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// The operator's `[alerts]` webhook and address.
+    Operator,
+    /// A tenant's own webhook and address.
+    Tenant {
+        webhook: Option<String>,
+        email: Option<String>,
+    },
+}
+
+/// One alert and where it goes.
+struct Alert {
+    body: serde_json::Value,
+    to: Target,
+}
+
+type Outbox = mpsc::Sender<Alert>;
+
+/// Queues an alert for the operator.
+fn queue(tx: &Outbox, body: serde_json::Value) {
+    send(tx, Target::Operator, body);
+}
+
 /// Queues an alert for sending; when too many are waiting it is logged instead.
-fn queue(tx: &mpsc::Sender<serde_json::Value>, alert: serde_json::Value) {
-    if let Err(e) = tx.try_send(alert) {
+fn send(tx: &Outbox, to: Target, body: serde_json::Value) {
+    if let Err(e) = tx.try_send(Alert { body, to }) {
         let alert = match e {
             mpsc::error::TrySendError::Full(a) | mpsc::error::TrySendError::Closed(a) => a,
         };
-        warn!(alert = %alert["text"].as_str().unwrap_or(""), "too many alerts waiting for the webhook; this one is only logged");
+        warn!(alert = %alert.body["text"].as_str().unwrap_or(""), "too many alerts waiting for the webhook; this one is only logged");
     }
 }
 
@@ -37,6 +65,8 @@ pub struct Alerter {
     pub dns: Arc<Dns>,
     pub store: Arc<dyn Store>,
     pub scheduler: Arc<Scheduler>,
+    /// Tenants' webhooks and addresses for their domains' alerts.
+    pub registry: Arc<crate::registry::Registry>,
 }
 
 /// Where each primary is in its alert cycle.
@@ -70,11 +100,9 @@ impl Alerter {
         self.config.webhook.is_some() || self.config.email.is_some()
     }
 
-    /// Follows the event log until shutdown.
+    /// Follows the event log until shutdown (tenants may have webhooks of their own even
+    /// when the operator has none).
     pub async fn run(self, mut shutdown: Shutdown) {
-        if !self.enabled() {
-            return;
-        }
         let me = Arc::new(self);
         let (tx, rx) = mpsc::channel(MAX_WAITING);
         tokio::spawn(me.clone().deliver(rx, shutdown.clone()));
@@ -100,11 +128,11 @@ impl Alerter {
         &self,
         ev: Event,
         outages: &mut HashMap<String, Outage>,
-        tx: &mpsc::Sender<serde_json::Value>,
+        tx: &Outbox,
     ) {
         let h = &self.hostname;
         match ev.kind {
-            Kind::PrimaryDown { primary, .. } => {
+            Kind::PrimaryDown { primary, .. } if self.enabled() => {
                 outages.insert(
                     primary,
                     Outage {
@@ -128,6 +156,7 @@ impl Alerter {
                     outages.remove(&primary);
                 }
             }
+            Kind::PrimaryDown { .. } => {}
             Kind::Drained { primary, took_s } => {
                 if outages.remove(&primary).is_some_and(|o| o.alerted) {
                     let detail = format!("has been handed everything held for it ({took_s:.1}s)");
@@ -135,6 +164,51 @@ impl Alerter {
                 }
             }
             Kind::Reload { .. } => {}
+            Kind::QueueFull { ref domain, .. } | Kind::QueueOpen { ref domain } => {
+                let event = if matches!(ev.kind, Kind::QueueFull { .. }) {
+                    "queue_full"
+                } else {
+                    "queue_open"
+                };
+                let text = format!("mx2 {h}: {}", ev.kind.text());
+                let body = json!({
+                    "event": event,
+                    "domain": domain,
+                    "at_ms": ev.at_ms,
+                    "backup_mx": h,
+                    "detail": ev.kind,
+                    "text": text,
+                });
+                if self.enabled() {
+                    queue(tx, body.clone());
+                }
+                if let Some(t) = self.registry.snapshot().tenant_of(domain) {
+                    let (webhook, email) = (t.record.webhook.clone(), t.record.alert_to.clone());
+                    if webhook.is_some() || email.is_some() {
+                        send(tx, Target::Tenant { webhook, email }, body);
+                    }
+                }
+            }
+            Kind::DiskLow { .. } | Kind::DiskOk { .. } => {
+                if self.enabled() {
+                    let event = if matches!(ev.kind, Kind::DiskLow { .. }) {
+                        "disk_low"
+                    } else {
+                        "disk_ok"
+                    };
+                    let text = format!("mx2 {h}: {}", ev.kind.text());
+                    queue(
+                        tx,
+                        json!({
+                            "event": event,
+                            "at_ms": ev.at_ms,
+                            "backup_mx": h,
+                            "detail": ev.kind,
+                            "text": text,
+                        }),
+                    );
+                }
+            }
         }
     }
 
@@ -142,8 +216,11 @@ impl Alerter {
     async fn check_overdue(
         &self,
         outages: &mut HashMap<String, Outage>,
-        tx: &mpsc::Sender<serde_json::Value>,
+        tx: &Outbox,
     ) {
+        if !self.enabled() {
+            return;
+        }
         let threshold = i64::try_from(self.config.down_after.as_millis()).unwrap_or(i64::MAX);
         let now = now_ms();
         let due: Vec<String> = outages
@@ -181,31 +258,37 @@ impl Alerter {
     }
 
     /// Sends alerts one by one, in order, retrying each.
-    async fn deliver(
-        self: Arc<Self>,
-        mut rx: mpsc::Receiver<serde_json::Value>,
-        mut shutdown: Shutdown,
-    ) {
-        while let Some(alert) = rx.recv().await {
-            info!(alert = %alert["text"].as_str().unwrap_or(""), "alert");
-            if self.config.email.is_some() {
-                self.mail(&alert).await;
+    async fn deliver(self: Arc<Self>, mut rx: mpsc::Receiver<Alert>, mut shutdown: Shutdown) {
+        while let Some(Alert { body: alert, to }) = rx.recv().await {
+            info!(alert = %alert["text"].as_str().unwrap_or(""), tenant = matches!(to, Target::Tenant { .. }), "alert");
+            // A tenant's webhook never sees the operator's token or private CA.
+            let (email, url, bearer, ca_file) = match &to {
+                Target::Operator => (
+                    self.config.email.clone(),
+                    self.config.webhook.clone(),
+                    self.config.webhook_token.as_deref(),
+                    self.config.webhook_ca_file.as_deref(),
+                ),
+                Target::Tenant { webhook, email } => (email.clone(), webhook.clone(), None, None),
+            };
+            if let Some(to) = &email {
+                self.mail(to, &alert).await;
             }
-            let Some(url) = &self.config.webhook else {
+            let Some(url) = url else {
                 continue;
             };
             let body = alert.to_string();
             let mut delay = Duration::from_secs(1);
             for attempt in 1..=ATTEMPTS {
                 let sent = crate::http::send(crate::http::Request {
-                    bearer: self.config.webhook_token.as_deref(),
+                    bearer,
                     body: Some(crate::http::Body {
                         content_type: "application/json",
                         bytes: body.as_bytes(),
                     }),
                     dns: Some(&self.dns),
-                    ca_file: self.config.webhook_ca_file.as_deref(),
-                    ..crate::http::Request::new("POST", url, Duration::from_secs(10))
+                    ca_file,
+                    ..crate::http::Request::new("POST", &url, Duration::from_secs(10))
                 })
                 .await;
                 match sent {
@@ -227,10 +310,7 @@ impl Alerter {
     }
 
     /// Queues the alert as a mail (null sender, so nothing ever bounces back to mx2).
-    async fn mail(&self, alert: &serde_json::Value) {
-        let Some(to) = &self.config.email else {
-            return;
-        };
+    async fn mail(&self, to: &str, alert: &serde_json::Value) {
         let domain = to
             .rsplit_once('@')
             .map(|(_, d)| d.to_ascii_lowercase())
@@ -253,7 +333,7 @@ impl Alerter {
             client: "127.0.0.1".into(),
             helo: self.hostname.clone(),
             recipients: vec![NewRecipient {
-                address: to.clone(),
+                address: to.to_string(),
                 domain,
                 params: String::new(),
             }],

@@ -196,25 +196,7 @@ async fn page(a: &Admin) -> Result<Page, crate::queue::StoreError> {
             .into_iter()
             .take(30)
             .map(|e| {
-                let text = match &e.kind {
-                    crate::events::Kind::PrimaryDown { primary, reason } => {
-                        format!("{primary} is DOWN: {reason}")
-                    }
-                    crate::events::Kind::PrimaryUp {
-                        primary,
-                        down_for_s,
-                        held,
-                    } => format!(
-                        "{primary} is UP again after {}; {held} recipients due",
-                        duration(*down_for_s as i64)
-                    ),
-                    crate::events::Kind::Drained { primary, took_s } => {
-                        format!("{primary}: everything held is delivered ({took_s:.1}s)")
-                    }
-                    crate::events::Kind::Reload { ok, detail } => {
-                        format!("reload {}: {detail}", if *ok { "done" } else { "refused" })
-                    }
-                };
+                let text = e.kind.text();
                 (clock(e.at_ms), text)
             })
             .collect(),

@@ -64,6 +64,9 @@ pub mod queue {
     pub const RETRY_MIN: Duration = secs(60);
     pub const RETRY_MAX: Duration = secs(3600);
     pub const LIFETIME: Duration = secs(30 * DAY);
+    /// `min_free_disk`: this share of the file system, or at least `MIN_FREE_DISK_BYTES`.
+    pub const MIN_FREE_DISK_PERCENT: u64 = 5;
+    pub const MIN_FREE_DISK_BYTES: u64 = 1 << 30;
 }
 
 /// `[probe]`.

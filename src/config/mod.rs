@@ -37,7 +37,7 @@ pub use host::{HostPort, is_domain_name};
 pub use limits::DomainLimits;
 pub use log::{LogConfig, LogFormat};
 pub use probe::ProbeConfig;
-pub use queue::QueueConfig;
+pub use queue::{DiskReserve, QueueConfig};
 pub use recipients::{RecipientPolicy, RecipientsConfig, UnknownWhenDown};
 pub use routing::RoutingConfig;
 pub use smtp::SmtpConfig;

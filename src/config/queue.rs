@@ -14,6 +14,36 @@ pub struct QueueConfig {
     pub lifetime: Duration,
     /// Tell the sender once a recipient has waited this long (off when None).
     pub delay_warning: Option<Duration>,
+    /// Free space the queue's file system keeps: below it new mail is refused (452 4.3.1).
+    pub min_free_disk: DiskReserve,
+}
+
+/// `min_free_disk`: bytes, or a share of the file system.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DiskReserve {
+    /// The default: 5 % or 1 GiB, whichever is larger, but never more than half the file
+    /// system (a small one still takes mail).
+    Default,
+    Bytes(u64),
+    /// Percent of the file system's size.
+    Percent(f64),
+    /// `"0"`: no reserve.
+    Off,
+}
+
+impl DiskReserve {
+    /// The reserve in bytes on a file system of `total` bytes.
+    pub fn bytes(self, total: u64) -> u64 {
+        match self {
+            DiskReserve::Default => {
+                let share = total / 100 * default::MIN_FREE_DISK_PERCENT;
+                share.max(default::MIN_FREE_DISK_BYTES).min(total / 2)
+            }
+            DiskReserve::Bytes(b) => b,
+            DiskReserve::Percent(p) => (total as f64 * p / 100.0) as u64,
+            DiskReserve::Off => 0,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -23,6 +53,7 @@ pub(super) struct RawQueue {
     retry_max: Option<Spanned<HumanDuration>>,
     lifetime: Option<HumanDuration>,
     delay_warning: Option<HumanDuration>,
+    min_free_disk: Option<Spanned<toml::Value>>,
 }
 
 impl Ctx<'_> {
@@ -52,6 +83,34 @@ impl Ctx<'_> {
             retry_max,
             lifetime: q.lifetime.map_or(default::LIFETIME, |v| v.0),
             delay_warning: q.delay_warning.map(|v| v.0).filter(|d| !d.is_zero()),
+            min_free_disk: self.disk_reserve(q.min_free_disk.as_ref())?,
         })
+    }
+
+    /// `min_free_disk`: `"10%"`, `"2GB"`, a number of bytes, or 0 for none.
+    fn disk_reserve(&self, v: Option<&Spanned<toml::Value>>) -> Result<DiskReserve, ConfigError> {
+        let Some(v) = v else {
+            return Ok(DiskReserve::Default);
+        };
+        let bad = |why: String| self.at(v.span(), &format!("{why} (use a share like \"5%\", a size like \"2GB\", or 0 for no reserve)"));
+        let text = match v.get_ref() {
+            toml::Value::Integer(n) if *n >= 0 => n.to_string(),
+            toml::Value::String(s) => s.trim().to_string(),
+            other => return Err(bad(format!("`{other}` is not a size"))),
+        };
+        if let Some(p) = text.strip_suffix('%') {
+            return match p.trim().parse::<f64>() {
+                Ok(p) if (0.0..=90.0).contains(&p) => Ok(if p == 0.0 {
+                    DiskReserve::Off
+                } else {
+                    DiskReserve::Percent(p)
+                }),
+                _ => Err(bad(format!("`{text}`: a share from 0% to 90%"))),
+            };
+        }
+        match super::parse_size(&text).map_err(bad)? {
+            0 => Ok(DiskReserve::Off),
+            n => Ok(DiskReserve::Bytes(n)),
+        }
     }
 }

@@ -69,9 +69,14 @@ pub async fn receive(
         .map(|r| r.address.clone())
         .collect();
     let size = message.body.len();
+    let domains: Vec<String> = message.recipients.iter().map(|r| r.domain.clone()).collect();
     let result = inbound.store.insert(*message).await;
     match &result {
         Ok(()) => {
+            inbound
+                .policy
+                .admission()
+                .accepted(domains.iter().map(String::as_str), size as u64);
             let m = crate::metrics::get();
             m.accepted_messages.inc();
             m.accepted_bytes.inc_by(size as u64);

@@ -4,6 +4,7 @@
 //! authentication (SPF, DKIM, DMARC). The checks that need the network (DNS, callouts, list
 //! URLs) do their I/O here; the session phrases what the verdicts mean on the wire.
 
+pub mod admission;
 pub mod authres;
 pub mod dnsbl;
 pub mod lists;
@@ -36,6 +37,10 @@ pub struct Policy {
     recipients: RateLimiter,
     /// Rate limits and ETRN count IPv6 clients per prefix of this length.
     ipv6_prefix: u8,
+    /// Stored domains whose ownership is not shown yet: refused.
+    pending: HashSet<String>,
+    /// Queue caps, per-domain rates and sizes, the disk reserve.
+    admission: std::sync::Arc<admission::Admission>,
 }
 
 impl Policy {
@@ -49,7 +54,30 @@ impl Policy {
             messages: RateLimiter::new(0),
             recipients: RateLimiter::new(0),
             ipv6_prefix: 64,
+            pending: HashSet::new(),
+            admission: admission::Admission::new(),
         }
+    }
+
+    /// Stored domains waiting for their ownership check.
+    pub fn with_pending<I: IntoIterator<Item = String>>(mut self, domains: I) -> Self {
+        self.pending = domains.into_iter().collect();
+        self
+    }
+
+    /// Admission by queue caps, rates, sizes and disk space (shared across generations).
+    pub fn with_admission(mut self, admission: std::sync::Arc<admission::Admission>) -> Self {
+        self.admission = admission;
+        self
+    }
+
+    pub fn admission(&self) -> &std::sync::Arc<admission::Admission> {
+        &self.admission
+    }
+
+    /// May a recipient in `domain` (a backed-up one) be taken now? See [`admission`].
+    pub fn admit(&self, domain: &str, now: Instant) -> Result<(), Reply> {
+        self.admission.check_domain(domain, now)
     }
 
     pub fn with_checked_domains<I: IntoIterator<Item = String>>(mut self, domains: I) -> Self {
@@ -180,6 +208,15 @@ impl Policy {
             ));
         }
         let domain = rcpt.domain_key();
+        if self.pending.contains(&domain) {
+            return Err(Reply::new(
+                550,
+                "5.7.1",
+                format!(
+                    "<{rcpt}>: relay access denied: {domain} is not active on this server yet (its ownership check is pending)"
+                ),
+            ));
+        }
         if rcpt.is_address_literal() || !self.domains.contains(&domain) {
             return Err(Reply::new(
                 550,

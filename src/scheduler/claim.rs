@@ -67,7 +67,7 @@ impl Scheduler {
 
     async fn dispatch(self: &Arc<Self>, job: Job) {
         let now = now_ms();
-        if record::is_expired(job.received_at_ms, ms(self.settings.lifetime), now) {
+        if record::is_expired(job.received_at_ms, ms(self.lifetime(&job.domain)), now) {
             warn!(queue_id = %job.queue_id, domain = %job.domain, "message expired after the queue lifetime");
             let updates = record::expired(&job, now);
             self.record(&job, updates, None, Context::default()).await;

@@ -40,7 +40,12 @@ impl Scheduler {
     /// `delay` from now, but never after the job expires: the claim that finds it expired
     /// then comes at its lifetime (see [`backoff::next_attempt_at`]).
     pub(super) fn after(&self, job: &Job, delay: Duration) -> i64 {
-        backoff::next_attempt_at(now_ms(), delay, job.received_at_ms, self.settings.lifetime)
+        backoff::next_attempt_at(
+            now_ms(),
+            delay,
+            job.received_at_ms,
+            self.lifetime(&job.domain),
+        )
     }
 
     /// When to try a job again after `attempts_done` attempts failed.

@@ -59,6 +59,8 @@ pub struct Scheduler {
     identity: Identity,
     mx_port: u16,
     bouncer: RwLock<Arc<Bouncer>>,
+    /// Domains with a lifetime of their own (`lifetime` in `[[domain]]`).
+    lifetimes: RwLock<Arc<HashMap<String, std::time::Duration>>>,
     /// Recipient knowledge learned from deliveries goes here (replaced on reload).
     recipients: RwLock<Option<Arc<crate::policy::recipients::Recipients>>>,
     /// Wakes the claim loop.
@@ -78,6 +80,15 @@ fn bouncer_for(config: &Config) -> Bouncer {
             .map(|d| (d.name.clone(), d.bounce.clone()))
             .collect(),
     }
+}
+
+/// The domains with a lifetime of their own.
+fn lifetimes_for(config: &Config) -> HashMap<String, std::time::Duration> {
+    config
+        .domains
+        .iter()
+        .filter_map(|d| d.limits.lifetime.map(|l| (d.name.clone(), l)))
+        .collect()
 }
 
 impl Scheduler {
@@ -107,6 +118,7 @@ impl Scheduler {
             mx_port: config.routing.mx_port,
             recipients: RwLock::new(None),
             bouncer: RwLock::new(Arc::new(bouncer_for(config))),
+            lifetimes: RwLock::new(Arc::new(lifetimes_for(config))),
             wake,
             shutdown,
             tasks,
@@ -126,7 +138,19 @@ impl Scheduler {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         *routes = routes::merge(&routes, fresh);
         *self.bouncer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(bouncer_for(config));
+        *self.lifetimes.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(lifetimes_for(config));
         Ok(())
+    }
+
+    /// How long mail for `domain` is kept: its own lifetime, or `[queue] lifetime`.
+    pub(crate) fn lifetime(&self, domain: &str) -> std::time::Duration {
+        self.lifetimes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(domain)
+            .copied()
+            .unwrap_or(self.settings.lifetime)
     }
 
     /// Every route's state, for status output.

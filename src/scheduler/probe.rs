@@ -127,9 +127,15 @@ impl Scheduler {
         let s = &self.settings;
         // New mail for the route waits for this probe (or retry_max, or its expiry) from the
         // start, as held mail does, instead of being claimed and put back one at a time.
+        let shortest = route
+            .domains
+            .iter()
+            .map(|d| self.lifetime(d))
+            .min()
+            .unwrap_or(s.lifetime);
         if let Err(e) = self
             .store
-            .hold_new_mail(route.domains.clone(), Some(ms(s.retry_max.min(s.lifetime))))
+            .hold_new_mail(route.domains.clone(), Some(ms(s.retry_max.min(shortest))))
             .await
         {
             error!(primary = %route.key, error = %e, "cannot hold new mail");

@@ -43,9 +43,20 @@ pub(super) fn routes_for(config: &Config) -> Result<HashMap<String, Arc<Route>>,
             .push(d.name.clone());
     }
     let mut routes = HashMap::new();
+    // One TLS client configuration per policy: building one for each of 10,000 routes would
+    // take seconds.
+    let mut tls_for: HashMap<String, ClientTls> = HashMap::new();
     for (_, (kind, domain, domains)) in by_key {
-        let tls = ClientTls::new(&domain.tls)
-            .map_err(|e| format!("domain {}: {e}", domains.join(", ")))?;
+        let policy_key = format!("{:?}", domain.tls);
+        let tls = match tls_for.get(&policy_key) {
+            Some(t) => t.clone(),
+            None => {
+                let t = ClientTls::new(&domain.tls)
+                    .map_err(|e| format!("domain {}: {e}", domains.join(", ")))?;
+                tls_for.insert(policy_key, t.clone());
+                t
+            }
+        };
         let auth = domain.auth.as_ref().map(|a| Credentials {
             user: a.user.clone(),
             password: a.password.clone(),

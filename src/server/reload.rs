@@ -3,6 +3,9 @@
 //! lists, SMTP policy and limits, bounce policies, the certificate), saying which settings
 //! need a restart; the certificate is also reloaded when its files change. An invalid file
 //! changes nothing. It never touches connections in progress.
+//!
+//! Domains managed at run time (`crate::registry`) join the file's in every generation: a
+//! change to them builds a new generation the same way, without reading the file.
 
 use super::{Core, Generation};
 use crate::admin::Reload;
@@ -22,7 +25,32 @@ pub(super) struct Reloader {
     pub(super) core: Core,
     pub(super) cert: Option<Arc<ServerCert>>,
     pub(super) inbound: tokio::sync::watch::Sender<Arc<Inbound>>,
-    pub(super) state: tokio::sync::Mutex<(Config, Generation)>,
+    pub(super) registry: Arc<crate::registry::Registry>,
+    pub(super) state: tokio::sync::Mutex<State>,
+}
+
+/// What runs now.
+pub(super) struct State {
+    /// The configuration file as last loaded.
+    pub(super) file: Config,
+    pub(super) generation: Generation,
+    /// The stored domains it was built with ([`crate::registry::Snapshot::fingerprint`]).
+    pub(super) stored: Vec<(String, i64)>,
+}
+
+/// Logs each domain both in the file and in the registry (the file's settings apply).
+pub(super) fn report_shadowed(snapshot: &crate::registry::Snapshot) {
+    for d in snapshot.domains.keys().filter(|d| snapshot.is_shadowed(d)) {
+        error!(domain = %d, "domain is both in the configuration file and added at run time: the file's settings apply; remove one (`mx2 domain remove {d}`, or its [[domain]] in the file)");
+    }
+}
+
+/// The configuration a generation runs: the file's, with the registry's active domains
+/// added (a name in both is the file's; the registry reports the stored one as shadowed).
+pub fn effective(file: &Config, registry: &crate::registry::Snapshot) -> Config {
+    let mut c = file.clone();
+    c.domains.extend(registry.active().map(|d| (**d).clone()));
+    c
 }
 
 /// Settings read once at start: which of them differ between two configurations.
@@ -110,11 +138,16 @@ impl Reloader {
             tracing::warn!("{w}");
         }
         let mut state = self.state.lock().await;
-        self.core.scheduler.reconfigure(&config)?;
-        let generation = self.core.start(&config).await;
+        self.registry
+            .set_file_domains(config.domains.iter().map(|d| d.name.clone()));
+        let snapshot = self.registry.snapshot();
+        report_shadowed(&snapshot);
+        let effective = effective(&config, &snapshot);
+        self.core.scheduler.reconfigure(&effective)?;
+        let generation = self.core.start(&effective, &snapshot).await;
         self.inbound.send_replace(generation.inbound.clone());
         let old_domains: std::collections::BTreeSet<&str> =
-            state.0.domains.iter().map(|d| d.name.as_str()).collect();
+            state.file.domains.iter().map(|d| d.name.as_str()).collect();
         let new_domains: std::collections::BTreeSet<&str> =
             config.domains.iter().map(|d| d.name.as_str()).collect();
         let added: Vec<&str> = new_domains.difference(&old_domains).copied().collect();
@@ -143,7 +176,7 @@ impl Reloader {
                 )),
             }
         }
-        let restart = restart_needed(&state.0, &config);
+        let restart = restart_needed(&state.file, &config);
         if !restart.is_empty() {
             warn!(settings = ?restart, "changed settings that take effect only after a restart");
             detail.push_str(&format!(
@@ -152,8 +185,50 @@ impl Reloader {
             ));
         }
         // Replacing the old generation stops its list and standby tasks.
-        *state = (config, generation);
+        *state = State {
+            file: config,
+            generation,
+            stored: snapshot.fingerprint(),
+        };
         Ok(detail)
+    }
+
+    /// The registry changed: a new generation with its domains, if they changed.
+    async fn apply_registry(&self) {
+        let mut state = self.state.lock().await;
+        let snapshot = self.registry.snapshot();
+        let stored = snapshot.fingerprint();
+        if stored == state.stored {
+            return; // tenants or tokens only
+        }
+        let started = std::time::Instant::now();
+        let effective = effective(&state.file, &snapshot);
+        if let Err(e) = self.core.scheduler.reconfigure(&effective) {
+            error!(error = %e, "domains changed at run time but NOT applied; the running ones stay");
+            return;
+        }
+        let generation = self.core.start(&effective, &snapshot).await;
+        self.inbound.send_replace(generation.inbound.clone());
+        state.generation = generation;
+        state.stored = stored;
+        info!(
+            active = snapshot.active().count(),
+            pending = snapshot.pending().count(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "run-time domains applied"
+        );
+    }
+}
+
+/// Applies every change of the registry until shutdown.
+pub(super) async fn follow_registry(reloader: Arc<Reloader>, mut shutdown: shutdown::Shutdown) {
+    let mut changes = reloader.registry.subscribe();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            r = changes.changed() => if r.is_err() { return },
+        }
+        reloader.apply_registry().await;
     }
 }
 
@@ -181,7 +256,13 @@ pub(super) async fn watch_reloads(reloader: Arc<Reloader>, mut shutdown: shutdow
             info!("SIGHUP: reloading the configuration");
             let _ = reloader.reload_now().await;
             // Lists are fetched again even when their sources did not change.
-            reloader.state.lock().await.1.reload_lists.notify_one();
+            reloader
+                .state
+                .lock()
+                .await
+                .generation
+                .reload_lists
+                .notify_one();
             continue;
         }
         let Some(cert) = &reloader.cert else { continue };

@@ -25,7 +25,15 @@ impl Session {
 
     /// A decoder for the DATA phase that [`Next::StartData`] asked for.
     pub fn data_decoder(&self) -> Decoder {
-        Decoder::new(Mode::Dot, self.cfg.max_message_size)
+        Decoder::new(Mode::Dot, self.max_size())
+    }
+
+    /// The largest content the transaction takes (a recipient's domain may allow less than
+    /// the server does).
+    fn max_size(&self) -> u64 {
+        self.tx
+            .as_ref()
+            .map_or(self.cfg.max_message_size, |t| t.max_size)
     }
 
     /// The most content read past the size limit before the connection is dropped.
@@ -56,7 +64,7 @@ impl Session {
                 "chunk far exceeds the size limit, closing connection",
             ));
         }
-        let max = self.cfg.max_message_size;
+        let max = self.max_size();
         match self.tx.as_mut() {
             Some(tx) if tx.recipients.is_empty() && tx.chunks_failed.is_none() => {
                 tx.chunks_failed = Some(Reply::new(554, "5.5.1", "no valid recipients"));
@@ -71,6 +79,8 @@ impl Session {
                     sender: ReversePath::Null,
                     params: Vec::new(),
                     utf8: false,
+                    declared: None,
+                    max_size: self.cfg.max_message_size,
                     recipients: Vec::new(),
                     chunks: None,
                     chunks_failed: Some(Reply::new(503, "5.5.1", "need MAIL and RCPT before BDAT")),
@@ -105,7 +115,7 @@ impl Session {
         }
         if tx.chunks.as_ref().is_some_and(Decoder::over_limit) {
             tx.chunks = None;
-            let reply = self.too_big();
+            let reply = Self::too_big(self.max_size());
             if let Some(tx) = self.tx.as_mut() {
                 tx.chunks_failed = Some(reply.clone());
             }
@@ -124,14 +134,11 @@ impl Session {
         }
     }
 
-    fn too_big(&self) -> Reply {
+    fn too_big(max: u64) -> Reply {
         Reply::new(
             552,
             "5.3.4",
-            format!(
-                "message exceeds the maximum size of {} bytes",
-                self.cfg.max_message_size
-            ),
+            format!("message exceeds the maximum size of {max} bytes"),
         )
     }
 
@@ -151,7 +158,7 @@ impl Session {
             return Content::Reply(Reply::new(503, "5.5.1", "no transaction"));
         };
         if decoder.over_limit() {
-            return Content::Reply(self.too_big());
+            return Content::Reply(Self::too_big(tx.max_size));
         }
         let content = decoder.finish();
         if count_received(&content) > self.cfg.max_received {

@@ -58,6 +58,9 @@ impl Session {
             return a;
         }
         let utf8 = params.iter().any(|p| p.keyword == "SMTPUTF8");
+        if let Err(reply) = self.policy.admission().check_disk() {
+            return Next::Reply(reply);
+        }
         if let Err(reply) = self.policy.take_message(self.client_ip, now) {
             return Next::Reply(reply);
         }
@@ -70,6 +73,8 @@ impl Session {
             sender,
             params,
             utf8,
+            declared: declared.filter(|_| ehlo),
+            max_size: max,
             recipients: Vec::new(),
             chunks: None,
             chunks_failed: None,
@@ -117,6 +122,7 @@ impl Session {
             return Next::Reply(Reply::new(452, "4.5.3", "too many recipients"));
         }
         let utf8 = tx.utf8;
+        let declared = tx.declared;
         if let Err(a) = self.check_params(&params, |k, v| {
             let v = v.unwrap_or("");
             match k {
@@ -143,7 +149,19 @@ impl Session {
             Ok(d) => d,
             Err(reply) => return self.error(reply),
         };
+        if let Some(max) = self.policy.admission().max_message_size(&domain)
+            && declared.is_some_and(|n| n > max)
+        {
+            return self.error(Reply::new(
+                552,
+                "5.3.4",
+                format!("message size exceeds the maximum of {max} bytes for {domain}"),
+            ));
+        }
         if let Err(reply) = self.policy.take_recipient(self.client_ip, now) {
+            return Next::Reply(reply);
+        }
+        if let Err(reply) = self.policy.admit(&domain, now) {
             return Next::Reply(reply);
         }
         let pending = PendingRcpt {
@@ -172,6 +190,9 @@ impl Session {
         };
         // The same recipient twice is kept once. Local parts are compared as written: only
         // the primary may decide that John and john are one mailbox (RFC 5321 §2.4).
+        if let Some(max) = self.policy.admission().max_message_size(&r.domain) {
+            tx.max_size = tx.max_size.min(max);
+        }
         if !tx.recipients.iter().any(|x| same_recipient(x, &r)) {
             tx.recipients.push(r);
         }

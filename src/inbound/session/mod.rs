@@ -90,6 +90,11 @@ struct Transaction {
     sender: ReversePath,
     params: Vec<Param>,
     utf8: bool,
+    /// The SIZE the client declared at MAIL.
+    declared: Option<u64>,
+    /// The largest content this transaction takes: the global limit, or less when a
+    /// recipient's domain has a smaller one.
+    max_size: u64,
     recipients: Vec<NewRecipient>,
     /// Set while BDAT chunks are arriving.
     chunks: Option<Decoder>,
