@@ -307,12 +307,8 @@ impl Core {
     /// A generation for `config` (the file's domains and the registry's active ones) and the
     /// registry's pending domains in `registry`.
     async fn start(&self, config: &Config, registry: &crate::registry::Snapshot) -> Generation {
-        self.admission.set_limits(
-            config
-                .domains
-                .iter()
-                .map(|d| (d.name.clone(), d.limits)),
-        );
+        self.admission
+            .set_limits(config.domains.iter().map(|d| (d.name.clone(), d.limits)));
         let (scope, shutdown) = self.shutdown.child();
         let recipients = Arc::new(Recipients::new(
             config

@@ -124,12 +124,7 @@ impl Alerter {
         }
     }
 
-    fn on_event(
-        &self,
-        ev: Event,
-        outages: &mut HashMap<String, Outage>,
-        tx: &Outbox,
-    ) {
+    fn on_event(&self, ev: Event, outages: &mut HashMap<String, Outage>, tx: &Outbox) {
         let h = &self.hostname;
         match ev.kind {
             Kind::PrimaryDown { primary, .. } if self.enabled() => {
@@ -213,11 +208,7 @@ impl Alerter {
     }
 
     /// Alerts for primaries down longer than the threshold and still down.
-    async fn check_overdue(
-        &self,
-        outages: &mut HashMap<String, Outage>,
-        tx: &Outbox,
-    ) {
+    async fn check_overdue(&self, outages: &mut HashMap<String, Outage>, tx: &Outbox) {
         if !self.enabled() {
             return;
         }

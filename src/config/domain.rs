@@ -304,12 +304,84 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("configured twice") && e.contains(":5:"), "{e}");
-        let e = parse("hostname = \"x\"\n").unwrap_err().to_string();
-        assert!(e.contains("no [[domain]]"), "{e}");
+        // No domain in the file is allowed (domains may be added at run time), with a warning.
+        let c = parse("hostname = \"x\"\n").unwrap();
+        assert!(c.domains.is_empty());
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("no [[domain]]") && w.contains("mx2 domain add")),
+            "{:?}",
+            c.warnings
+        );
         let e = parse(&format!("[queue]\nretry_min = \"2h\"\n{MINIMAL}"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("retry_max must not be less"), "{e}");
+    }
+
+    #[test]
+    fn limits_and_inline_addresses() {
+        let c = parse("[[domain]]\nname = \"a.test\"\nprimary = [\"h:25\"]\nmax_queue_bytes = \"20GB\"\nmax_queue_messages = 100000\nlifetime = \"14d\"\nmax_message_size = \"10MB\"\nrecipients_per_minute = 600\nrecipients = \"list\"\nrecipient_addresses = [\"info@a.test\", \"@sub.a.test\"]\n").unwrap();
+        let d = &c.domains[0];
+        assert_eq!(d.limits.max_queue_bytes, Some(20_000_000_000));
+        assert_eq!(d.limits.max_queue_messages, Some(100_000));
+        assert_eq!(
+            d.limits.lifetime,
+            Some(std::time::Duration::from_secs(14 * 86400))
+        );
+        assert_eq!(d.limits.max_message_size, Some(10_000_000));
+        assert_eq!(d.limits.recipients_per_minute, Some(600));
+        assert!(d.recipients.list && d.recipients.addresses.len() == 2);
+        for (bad, want) in [
+            ("max_queue_messages = 0", "at least 1"),
+            ("max_queue_bytes = \"lots\"", "invalid size"),
+            ("lifetime = \"0s\"", "at least 1s"),
+            (
+                "recipient_addresses = [\"info@a.test\"]",
+                "needs recipients = \"list\"",
+            ),
+            (
+                "recipients = \"list\"\nrecipient_addresses = [\"not an address\"]",
+                "not an address",
+            ),
+        ] {
+            let e = parse(&format!(
+                "[[domain]]\nname = \"a.test\"\nprimary = [\"h:25\"]\n{bad}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(want) && e.contains("test.toml:"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn stored_domains_are_checked_like_the_files() {
+        let base = std::path::Path::new("/etc/mx2");
+        let (d, _) = crate::config::parse_stored_domain(
+            "b.test",
+            "primary = [\"h:25\"]\nlifetime = \"5d\"\n",
+            base,
+        )
+        .unwrap();
+        assert_eq!(d.name, "b.test");
+        assert_eq!(
+            d.limits.lifetime,
+            Some(std::time::Duration::from_secs(5 * 86400))
+        );
+        let e = crate::config::parse_stored_domain("b.test", "primary = [\"h:99999\"]\n", base)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("domain b.test:")
+                && e.contains("key `primary`")
+                && e.contains("bad port"),
+            "{e}"
+        );
+        let e = crate::config::parse_stored_domain("b.test", "primry = [\"h:25\"]\n", base)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("primry"), "{e}");
     }
 
     #[test]

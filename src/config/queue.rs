@@ -92,7 +92,14 @@ impl Ctx<'_> {
         let Some(v) = v else {
             return Ok(DiskReserve::Default);
         };
-        let bad = |why: String| self.at(v.span(), &format!("{why} (use a share like \"5%\", a size like \"2GB\", or 0 for no reserve)"));
+        let bad = |why: String| {
+            self.at(
+                v.span(),
+                &format!(
+                    "{why} (use a share like \"5%\", a size like \"2GB\", or 0 for no reserve)"
+                ),
+            )
+        };
         let text = match v.get_ref() {
             toml::Value::Integer(n) if *n >= 0 => n.to_string(),
             toml::Value::String(s) => s.trim().to_string(),
@@ -112,5 +119,39 @@ impl Ctx<'_> {
             0 => Ok(DiskReserve::Off),
             n => Ok(DiskReserve::Bytes(n)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{MINIMAL, parse};
+
+    #[test]
+    fn the_disk_reserve() {
+        const GIB: u64 = 1 << 30;
+        let d = DiskReserve::Default;
+        assert_eq!(d.bytes(100 * GIB), 5 * GIB, "5 % of a large disk");
+        assert_eq!(d.bytes(10 * GIB), GIB, "at least 1 GiB");
+        assert_eq!(
+            d.bytes(64 << 20),
+            32 << 20,
+            "never more than half a small one"
+        );
+        let at = |v: &str| {
+            parse(&format!("[queue]\nmin_free_disk = {v}\n{MINIMAL}"))
+                .map(|c| c.queue.min_free_disk)
+        };
+        assert_eq!(at("\"10%\"").unwrap(), DiskReserve::Percent(10.0));
+        assert_eq!(at("\"2GB\"").unwrap(), DiskReserve::Bytes(2_000_000_000));
+        assert_eq!(at("0").unwrap(), DiskReserve::Off);
+        assert_eq!(DiskReserve::Percent(10.0).bytes(1000), 100);
+        let e = at("\"95%\"").unwrap_err().to_string();
+        assert!(
+            e.contains("queue.min_free_disk") && e.contains("0% to 90%"),
+            "{e}"
+        );
+        let e = at("true").unwrap_err().to_string();
+        assert!(e.contains("not a size"), "{e}");
     }
 }

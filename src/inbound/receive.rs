@@ -69,7 +69,11 @@ pub async fn receive(
         .map(|r| r.address.clone())
         .collect();
     let size = message.body.len();
-    let domains: Vec<String> = message.recipients.iter().map(|r| r.domain.clone()).collect();
+    let domains: Vec<String> = message
+        .recipients
+        .iter()
+        .map(|r| r.domain.clone())
+        .collect();
     let result = inbound.store.insert(*message).await;
     match &result {
         Ok(()) => {

@@ -219,7 +219,11 @@ impl Admission {
             // counted twice until the next read, never missed.
             c.before.clear();
         }
-        let limits = self.limits.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let limits = self
+            .limits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut full = self.full.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for (domain, l) in limits.iter() {
@@ -359,16 +363,40 @@ mod tests {
         a.reading();
         a.accepted(["full.test"], 10); // after the read began
         let c = a.set_usage(&[depth("full.test", 1, 500)]);
-        assert_eq!(a.usage("full.test"), Usage { messages: 2, bytes: 510 });
-        assert_eq!(c, vec![], "no crossing seen at a look yet: it was below before");
+        assert_eq!(
+            a.usage("full.test"),
+            Usage {
+                messages: 2,
+                bytes: 510
+            }
+        );
+        assert_eq!(
+            c,
+            vec![],
+            "no crossing seen at a look yet: it was below before"
+        );
         assert!(a.check_domain("full.test", now).is_ok());
         a.reading();
         let c = a.set_usage(&[depth("full.test", 3, 1500)]);
-        assert!(matches!(&c[..], [Crossing::Full { domain, .. }] if domain == "full.test"), "{c:?}");
-        assert!(a.set_usage(&[depth("full.test", 3, 1500)]).is_empty(), "once per crossing");
+        assert!(
+            matches!(&c[..], [Crossing::Full { domain, .. }] if domain == "full.test"),
+            "{c:?}"
+        );
+        assert!(
+            a.set_usage(&[depth("full.test", 3, 1500)]).is_empty(),
+            "once per crossing"
+        );
         let c = a.set_usage(&[]);
-        assert_eq!(c, vec![Crossing::Open { domain: "full.test".into() }]);
-        assert!(a.check_domain("full.test", now).is_ok(), "drained: open again");
+        assert_eq!(
+            c,
+            vec![Crossing::Open {
+                domain: "full.test".into()
+            }]
+        );
+        assert!(
+            a.check_domain("full.test", now).is_ok(),
+            "drained: open again"
+        );
     }
 
     #[test]
@@ -386,7 +414,11 @@ mod tests {
         assert!(a.check_domain("r.test", now).is_ok());
         let r = a.check_domain("r.test", now).unwrap_err();
         assert_eq!((r.code, r.status.as_str()), (451, "4.7.1"));
-        assert!(a.check_domain("r.test", now + Duration::from_secs(30)).is_ok(), "refilled");
+        assert!(
+            a.check_domain("r.test", now + Duration::from_secs(30))
+                .is_ok(),
+            "refilled"
+        );
     }
 
     #[test]

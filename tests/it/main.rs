@@ -10,6 +10,7 @@ mod admin;
 mod auth;
 mod check;
 mod crash;
+mod domains;
 mod dsn;
 mod e2e;
 mod examples;

@@ -312,7 +312,7 @@ async fn a_50_mb_body_is_stored_in_chunks_and_read_back() {
 // ---- clusters of mx2 binaries ------------------------------------------------------------------
 
 /// A node of a cluster on `url`, backing up example.test to a primary on `primary_port`.
-fn node(url: &str, name: &str, primary_port: u16) -> Mx2 {
+pub(crate) fn node(url: &str, name: &str, primary_port: u16) -> Mx2 {
     Mx2::start_config(|port, state| {
         config_with(
             port,

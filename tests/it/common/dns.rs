@@ -6,8 +6,8 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ pub enum Rec {
 
 pub struct DnsServer {
     pub addr: SocketAddr,
+    zone: Arc<Mutex<HashMap<String, Vec<Rec>>>>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -43,6 +44,8 @@ impl DnsServer {
         for (name, rec) in records {
             zone.entry(key(name)).or_default().push(rec.clone());
         }
+        let zone = Arc::new(Mutex::new(zone));
+        let served = zone.clone();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
@@ -56,16 +59,30 @@ impl DnsServer {
                 let Ok((n, peer)) = socket.recv_from(&mut buf) else {
                     continue;
                 };
-                if let Some(reply) = answer(&zone, &buf[..n]) {
+                let reply = answer(&served.lock().unwrap(), &buf[..n]);
+                if let Some(reply) = reply {
                     let _ = socket.send_to(&reply, peer);
                 }
             }
         });
         DnsServer {
             addr,
+            zone,
             stop,
             thread: Some(thread),
         }
+    }
+}
+
+impl DnsServer {
+    /// Serves one more record from now on (a record published while the test runs).
+    pub fn add(&self, name: &str, rec: Rec) {
+        self.zone
+            .lock()
+            .unwrap()
+            .entry(key(name))
+            .or_default()
+            .push(rec);
     }
 }
 
