@@ -261,8 +261,7 @@ pub trait Store: Send + Sync + 'static {
         expect: registry::Expect,
     ) -> StoreFuture<'_, registry::Written>;
     /// Removes an entry (if at revision `rev`, when given); true when it was removed.
-    fn registry_delete(&self, kind: &str, name: &str, rev: Option<i64>)
-    -> StoreFuture<'_, bool>;
+    fn registry_delete(&self, kind: &str, name: &str, rev: Option<i64>) -> StoreFuture<'_, bool>;
     /// Notifies `changed` whenever any node changes the registry (PostgreSQL: LISTEN/NOTIFY;
     /// embedded: after the commit). Polling [`Store::registry_version`] stays the fallback.
     fn watch_registry(&self, changed: Arc<tokio::sync::Notify>);
@@ -359,6 +358,12 @@ pub(crate) fn into_jobs(mut rows: Vec<ClaimedRow>) -> Vec<Job> {
             .push(r.recipient);
     }
     jobs.into_values().collect()
+}
+
+/// A domain as the queue keys recipients by it (lower case, no trailing dot), from a name
+/// as an operator or a caller wrote it.
+pub fn domain_key(domain: &str) -> String {
+    domain.trim_end_matches('.').to_lowercase()
 }
 
 /// The most messages one listing returns.
