@@ -125,7 +125,9 @@ fn a_full_domain_is_refused_with_452_while_other_domains_take_mail() {
     let took = until_rcpt(&m, "user@full.test", 250, Duration::from_secs(15))
         .expect("full.test takes mail again once its queue drained");
     println!("full.test open again {took:?} after its queue drained");
-    let r = m.client().send_mail(
+    let mut c = m.client();
+    c.cmd("EHLO client.test");
+    let r = c.send_mail(
         "a@sender.test",
         &["user@full.test"],
         &body_of(5_000, "after"),
