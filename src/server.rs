@@ -167,7 +167,7 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         acceptor,
         shutdown: shutdown.clone(),
     };
-    let generation = core.start(&effective, &snapshot).await;
+    let generation = core.start(&effective, &snapshot, None).await;
     let (inbound_tx, inbound_rx) = tokio::sync::watch::channel(generation.inbound.clone());
     let mut accept_tasks = Vec::new();
     for (l, proxied) in listeners {
@@ -305,8 +305,15 @@ struct Generation {
 
 impl Core {
     /// A generation for `config` (the file's domains and the registry's active ones) and the
-    /// registry's pending domains in `registry`.
-    async fn start(&self, config: &Config, registry: &crate::registry::Snapshot) -> Generation {
+    /// registry's pending domains in `registry`. With `previous`, lists whose sources did not
+    /// change are carried over instead of read again (a registry change); without, every
+    /// list is read (start, reload).
+    async fn start(
+        &self,
+        config: &Config,
+        registry: &crate::registry::Snapshot,
+        previous: Option<&Generation>,
+    ) -> Generation {
         self.admission
             .set_limits(config.domains.iter().map(|d| (d.name.clone(), d.limits)));
         let (scope, shutdown) = self.shutdown.child();
@@ -328,7 +335,14 @@ impl Core {
             self.dns.clone(),
             config.recipients.reload_interval,
         );
-        lists.refresh(true).await;
+        match previous {
+            Some(p) => {
+                recipients.carry_lists_from(&p.inbound.recipients);
+                lists.adopt_loaded();
+                lists.refresh(false).await;
+            }
+            None => lists.refresh(true).await,
+        }
         let reload_lists = Arc::new(Notify::new());
         tokio::spawn(lists.run(reload_lists.clone(), shutdown.clone()));
         let standby: Vec<String> = config

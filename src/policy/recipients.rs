@@ -166,6 +166,30 @@ impl Recipients {
             .collect()
     }
 
+    /// Whether a domain's list is loaded.
+    pub fn has_list(&self, domain: &str) -> bool {
+        self.domains.get(domain).is_some_and(|d| {
+            d.list
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+        })
+    }
+
+    /// Takes the loaded lists of `old` for every domain whose recipient policy is unchanged
+    /// (a new generation built for another domain's change keeps everyone else's lists).
+    pub fn carry_lists_from(&self, old: &Recipients) {
+        for (name, d) in &self.domains {
+            let Some(o) = old.domains.get(name).filter(|o| o.policy == d.policy) else {
+                continue;
+            };
+            let list = o.list.read().unwrap_or_else(|p| p.into_inner()).clone();
+            if list.is_some() {
+                *d.list.write().unwrap_or_else(|p| p.into_inner()) = list;
+            }
+        }
+    }
+
     /// Installs a freshly loaded list for a domain.
     pub fn set_list(&self, domain: &str, list: List) {
         if let Some(d) = self.domains.get(domain) {

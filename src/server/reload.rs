@@ -144,7 +144,7 @@ impl Reloader {
         report_shadowed(&snapshot);
         let effective = effective(&config, &snapshot);
         self.core.scheduler.reconfigure(&effective)?;
-        let generation = self.core.start(&effective, &snapshot).await;
+        let generation = self.core.start(&effective, &snapshot, None).await;
         self.inbound.send_replace(generation.inbound.clone());
         let old_domains: std::collections::BTreeSet<&str> =
             state.file.domains.iter().map(|d| d.name.as_str()).collect();
@@ -207,7 +207,10 @@ impl Reloader {
             error!(error = %e, "domains changed at run time but NOT applied; the running ones stay");
             return;
         }
-        let generation = self.core.start(&effective, &snapshot).await;
+        let generation = self
+            .core
+            .start(&effective, &snapshot, Some(&state.generation))
+            .await;
         self.inbound.send_replace(generation.inbound.clone());
         state.generation = generation;
         state.stored = stored;
