@@ -168,12 +168,9 @@ impl Recipients {
 
     /// Whether a domain's list is loaded.
     pub fn has_list(&self, domain: &str) -> bool {
-        self.domains.get(domain).is_some_and(|d| {
-            d.list
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some()
-        })
+        self.domains
+            .get(domain)
+            .is_some_and(|d| d.list.read().unwrap_or_else(|p| p.into_inner()).is_some())
     }
 
     /// Takes the loaded lists of `old` for every domain whose recipient policy is unchanged

@@ -428,3 +428,58 @@ fn a_domain_added_on_one_node_takes_mail_on_both_within_a_second() {
     println!("removed on both nodes within {:?}", removed.elapsed());
     assert!(removed.elapsed() < SLACK, "{:?}", removed.elapsed());
 }
+
+#[test]
+fn a_domain_with_its_own_lifetime_expires_its_mail_at_that_lifetime() {
+    let down = free_port();
+    let m = Mx2::start_tail(&format!(
+        "[[domain]]\nname = \"short.test\"\nprimary = [\"127.0.0.1:{down}\"]\nlifetime = \"3s\"\nbounce = \"sender\"\n\
+         [[domain]]\nname = \"long.test\"\nprimary = [\"127.0.0.1:{down}\"]\nbounce = \"sender\"\n"
+    ));
+    let mut c = m.client();
+    c.cmd("EHLO client.test");
+    let sent = Instant::now();
+    for (i, to) in ["user@short.test", "user@long.test"].iter().enumerate() {
+        let r = c.send_mail(
+            "a@sender.test",
+            &[to],
+            &message(&format!("life-{i}"), "hello"),
+        );
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let count = |domain: &str| {
+        let (_, l) = api(
+            &m,
+            "GET",
+            &format!("/api/v1/queue/count?domain={domain}"),
+            None,
+        );
+        l["total"].as_u64().unwrap_or(u64::MAX)
+    };
+    loop {
+        if count("short.test") == 0 {
+            break;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(15),
+            "short.test's mail did not expire"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let took = sent.elapsed();
+    println!("short.test (lifetime 3s) expired after {took:?}");
+    assert!(
+        took >= Duration::from_secs(3),
+        "expired before its lifetime: {took:?}"
+    );
+    assert_eq!(
+        count("long.test"),
+        1,
+        "the other domain keeps [queue] lifetime"
+    );
+    assert_eq!(
+        count("sender.test"),
+        1,
+        "the sender is told (its notification is queued)"
+    );
+}
