@@ -1,15 +1,18 @@
 //! The JSON API, version 1 (documented in docs/api.md): status, queue listing with filters
 //! and paging, one message, its raw content, actions (flush, hold, release, delete, bounce),
 //! recent events, and reload. Errors are JSON `{"error": "..."}` with a fitting status.
+//! A tenant's request sees its own domains' mail only ([`super::scope`]).
 
 use super::Admin;
+use super::access::Access;
+use super::scope::Scope;
 use crate::queue::{DEFAULT_LIST, Filter, MAX_LIST, OperatorAction, State, StoreError};
-use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State as Ctx};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
@@ -47,8 +50,8 @@ fn store_error(e: StoreError) -> Response {
     }
 }
 
-async fn status(Ctx(a): Ctx<Arc<Admin>>) -> Response {
-    match a.status().await {
+async fn status(Ctx(a): Ctx<Arc<Admin>>, Extension(who): Extension<Access>) -> Response {
+    match a.status_in(&a.scope(&who)).await {
         Ok(s) => Json(s).into_response(),
         Err(e) => store_error(e),
     }
@@ -67,8 +70,8 @@ async fn identity(Ctx(a): Ctx<Arc<Admin>>) -> Response {
     .into_response()
 }
 
-async fn events() -> Response {
-    Json(json!({ "events": crate::events::get().recent() })).into_response()
+async fn events(Ctx(a): Ctx<Arc<Admin>>, Extension(who): Extension<Access>) -> Response {
+    Json(json!({ "events": a.events_in(&a.scope(&who)) })).into_response()
 }
 
 /// The listing's filter from query parameters: domain, sender, recipient, older_than
@@ -121,7 +124,11 @@ pub fn filter_from(q: &HashMap<String, String>) -> Result<Filter, String> {
     Ok(f)
 }
 
-async fn list(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn list(
+    Ctx(a): Ctx<Arc<Admin>>,
+    Extension(who): Extension<Access>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let filter = match filter_from(&q) {
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
@@ -130,7 +137,7 @@ async fn list(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>)
         0 => DEFAULT_LIST,
         n => n,
     };
-    match a.store.list(filter).await {
+    match a.list_in(&a.scope(&who), filter).await {
         Ok(messages) => {
             // More may follow when the page is full.
             let next = (messages.len() == limit)
@@ -143,10 +150,17 @@ async fn list(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>)
 }
 
 /// How many messages the listing's filters select: `{"total": n}`.
-async fn count(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn count(
+    Ctx(a): Ctx<Arc<Admin>>,
+    Extension(who): Extension<Access>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let filter = match filter_from(&q) {
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let Some(filter) = a.scope(&who).filter(filter) else {
+        return Json(json!({ "total": 0 })).into_response();
     };
     match a.store.count(filter).await {
         Ok(n) => Json(json!({ "total": n })).into_response(),
@@ -154,15 +168,31 @@ async fn count(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>
     }
 }
 
-async fn show(Ctx(a): Ctx<Arc<Admin>>, Path(id): Path<String>) -> Response {
-    match a.store.show(&id).await {
-        Ok(Some(m)) => Json(m).into_response(),
+async fn show(
+    Ctx(a): Ctx<Arc<Admin>>,
+    Extension(who): Extension<Access>,
+    Path(id): Path<String>,
+) -> Response {
+    match a.message_in(&a.scope(&who), &id).await {
+        Ok(Some((m, _))) => Json(m).into_response(),
         Ok(None) => store_error(StoreError::NotFound(id)),
         Err(e) => store_error(e),
     }
 }
 
-async fn export(Ctx(a): Ctx<Arc<Admin>>, Path(id): Path<String>) -> Response {
+async fn export(
+    Ctx(a): Ctx<Arc<Admin>>,
+    Extension(who): Extension<Access>,
+    Path(id): Path<String>,
+) -> Response {
+    let scope = a.scope(&who);
+    if scope != Scope::All {
+        match a.message_in(&scope, &id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return store_error(StoreError::NotFound(id)),
+            Err(e) => return store_error(e),
+        }
+    }
     match a.store.body(&id).await {
         Ok(body) => (
             [
@@ -211,22 +241,84 @@ async fn run(a: &Admin, action: Named, ids: Vec<String>) -> Response {
     }
 }
 
-async fn act_one(Ctx(a): Ctx<Arc<Admin>>, Path((id, name)): Path<(String, String)>) -> Response {
+/// Whether an action on a whole message may reach recipients of other domains than the
+/// requester's: all but flush (which only makes mail due) change what happens to them.
+fn reaches_others(action: Named) -> bool {
+    action != Named::Store(OperatorAction::Flush)
+}
+
+/// The refusal of an action on messages that also wait for other domains' recipients.
+fn shared_refused(name: &str, ids: &[String]) -> Response {
+    let shown: Vec<&str> = ids.iter().take(10).map(String::as_str).collect();
+    let more = ids.len().saturating_sub(shown.len());
+    error(
+        StatusCode::CONFLICT,
+        &format!(
+            "cannot {name} {}{}: also addressed to recipients in domains that are not yours; nothing was changed (flush works; ask the operator for the rest)",
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ),
+    )
+}
+
+async fn act_one(
+    Ctx(a): Ctx<Arc<Admin>>,
+    Extension(who): Extension<Access>,
+    Path((id, name)): Path<(String, String)>,
+) -> Response {
     let Some(action) = action_named(&name) else {
         return error(
             StatusCode::NOT_FOUND,
             &format!("unknown action `{name}`: use flush, hold, release, delete or bounce"),
         );
     };
-    match a.store.show(&id).await {
+    match a.message_in(&a.scope(&who), &id).await {
+        Ok(Some((_, true))) if reaches_others(action) => shared_refused(&name, &[id]),
         Ok(Some(_)) => run(&a, action, vec![id]).await,
         Ok(None) => store_error(StoreError::NotFound(id)),
         Err(e) => store_error(e),
     }
 }
 
-async fn delete_one(ctx: Ctx<Arc<Admin>>, Path(id): Path<String>) -> Response {
-    act_one(ctx, Path((id, "delete".into()))).await
+async fn delete_one(
+    ctx: Ctx<Arc<Admin>>,
+    who: Extension<Access>,
+    Path(id): Path<String>,
+) -> Response {
+    act_one(ctx, who, Path((id, "delete".into()))).await
+}
+
+/// The ids of a batch that `scope` may act on; Err the refusal when some also wait for
+/// other domains' recipients and the action would reach them. Ids out of view are left
+/// out, as ids no longer in the queue are.
+async fn in_scope(
+    a: &Admin,
+    scope: &Scope,
+    name: &str,
+    action: Named,
+    ids: Vec<String>,
+) -> Result<Vec<String>, Response> {
+    if *scope == Scope::All {
+        return Ok(ids);
+    }
+    let (mut mine, mut shared) = (Vec::new(), Vec::new());
+    for id in ids {
+        match a.message_in(scope, &id).await {
+            Ok(Some((_, true))) if reaches_others(action) => shared.push(id),
+            Ok(Some(_)) => mine.push(id),
+            Ok(None) => {}
+            Err(e) => return Err(store_error(e)),
+        }
+    }
+    if shared.is_empty() {
+        Ok(mine)
+    } else {
+        Err(shared_refused(name, &shared))
+    }
 }
 
 #[derive(Deserialize)]
@@ -238,6 +330,7 @@ struct Batch {
 
 async fn batch(
     Ctx(a): Ctx<Arc<Admin>>,
+    Extension(who): Extension<Access>,
     body: Result<Json<Batch>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(b) = match body {
@@ -264,23 +357,39 @@ async fn batch(
             &format!("at most {MAX_BATCH} ids per request"),
         );
     }
-    run(&a, action, b.ids).await
+    match in_scope(&a, &a.scope(&who), &b.action, action, b.ids).await {
+        Ok(ids) => run(&a, action, ids).await,
+        Err(refused) => refused,
+    }
 }
 
 /// Flushes everything, or one domain (`?domain=`): held mail due now and its primaries
 /// treated as up.
-async fn flush(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn flush(
+    Ctx(a): Ctx<Arc<Admin>>,
+    Extension(who): Extension<Access>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     use crate::inbound::Flusher;
-    let domains = match q
-        .get("domain")
-        .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
-    {
-        Some(d) if !d.is_empty() => vec![d],
-        _ => match a.store.depth().await {
+    let scope = a.scope(&who);
+    let domains = match (
+        q.get("domain")
+            .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase()),
+        &scope,
+    ) {
+        (Some(d), _) if !d.is_empty() && !scope.covers(&d) => {
+            return error(StatusCode::NOT_FOUND, super::access::NOT_FOUND);
+        }
+        (Some(d), _) if !d.is_empty() => vec![d],
+        (_, Scope::Domains(mine)) => mine.iter().cloned().collect(),
+        (_, Scope::All) => match a.store.depth().await {
             Ok(depth) => depth.into_iter().map(|d| d.domain).collect(),
             Err(e) => return store_error(e),
         },
     };
+    if domains.is_empty() {
+        return Json(json!({ "affected": 0, "domains": domains })).into_response();
+    }
     match a.scheduler.flush(domains.clone()).await {
         Ok(n) => Json(json!({ "affected": n, "domains": domains })).into_response(),
         Err(e) => store_error(e),

@@ -1,0 +1,537 @@
+//! `/api/v1/domains`: the domains mx2 backs up, from the configuration file and from the
+//! registry (added at run time), each with its state, owner, settings, limits, ownership
+//! challenge and what the queue holds for it; adding, changing and removing stored domains,
+//! their ownership check, and replacing their recipient lists. A tenant sees and checks its
+//! own stored domains only and changes nothing but their recipient lists.
+
+use super::Admin;
+use super::access::{Access, NOT_FOUND};
+use super::api::error;
+use super::scope::Scope;
+use crate::config::DomainLimits;
+use crate::queue::Depth;
+use crate::registry::ops::{AddDomain, OpError, domain_name};
+use crate::registry::records::DomainState;
+use crate::registry::verify::challenge_name;
+use crate::registry::{Snapshot, StoredDomain};
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The largest recipient list one upload takes.
+const MAX_UPLOAD: usize = 32 << 20;
+
+pub fn routes() -> Router<Arc<Admin>> {
+    Router::new()
+        .route("/api/v1/domains", get(list).post(add))
+        .route(
+            "/api/v1/domains/{name}",
+            get(show).patch(change).delete(remove),
+        )
+        .route("/api/v1/domains/{name}/verify", post(verify))
+        .route(
+            "/api/v1/domains/{name}/recipients",
+            put(recipients).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+}
+
+/// Where a domain is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    File,
+    Store,
+}
+
+/// The TXT record that proves a pending domain's ownership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Challenge {
+    pub record: String,
+    pub value: String,
+}
+
+/// What the queue holds for a domain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueUse {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// One domain as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DomainView {
+    pub name: String,
+    pub source: Source,
+    pub state: DomainState,
+    pub tenant: Option<String>,
+    /// A stored domain the configuration file also has: the file's settings apply.
+    pub shadowed: bool,
+    /// A stored domain's `[[domain]]` keys; None for the file's domains.
+    pub settings: Option<Value>,
+    /// Its own limits; None when not known (settings invalid, or not handed to the API).
+    pub limits: Option<DomainLimits>,
+    /// Why a stored domain's settings are refused (it then takes no mail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
+    /// For a pending domain: the TXT record to publish.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<Challenge>,
+    /// The last MX audit's verdict (ok, warn, fail).
+    pub audit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_by: Option<String>,
+    pub queue: QueueUse,
+}
+
+fn queue_use(depth: &[Depth], name: &str) -> QueueUse {
+    depth
+        .iter()
+        .find(|d| d.domain == name)
+        .map_or_else(QueueUse::default, |d| QueueUse {
+            messages: d.messages,
+            bytes: d.bytes,
+        })
+}
+
+/// A stored domain's view.
+pub fn stored_view(d: &StoredDomain, snapshot: &Snapshot, depth: &[Depth]) -> DomainView {
+    let r = &d.record;
+    DomainView {
+        name: d.name.clone(),
+        source: Source::Store,
+        state: r.state,
+        tenant: r.tenant.clone(),
+        shadowed: snapshot.is_shadowed(&d.name),
+        settings: r
+            .settings
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| serde_json::to_value(t).ok()),
+        limits: d.config.as_ref().ok().map(|c| c.limits),
+        invalid: d.config.as_ref().err().cloned(),
+        challenge: (r.state == DomainState::Pending).then(|| Challenge {
+            record: challenge_name(&d.name),
+            value: r.challenge.clone(),
+        }),
+        audit: r
+            .audit
+            .as_ref()
+            .and_then(|a| a.get("verdict"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        created_ms: Some(r.created_ms),
+        verified_ms: r.verified_ms,
+        verified_by: r.verified_by.clone(),
+        queue: queue_use(depth, &d.name),
+    }
+}
+
+/// A domain of the configuration file.
+fn file_view(a: &Admin, name: &str, depth: &[Depth]) -> DomainView {
+    DomainView {
+        name: name.to_string(),
+        source: Source::File,
+        state: DomainState::Active,
+        tenant: None,
+        shadowed: false,
+        settings: None,
+        limits: a.registry.file_config(name).map(|c| c.limits),
+        invalid: None,
+        challenge: None,
+        audit: None,
+        created_ms: None,
+        verified_ms: None,
+        verified_by: None,
+        queue: queue_use(depth, name),
+    }
+}
+
+/// Every domain `scope` may see: the file's (operator only), then the stored ones.
+fn views(a: &Admin, scope: &Scope, depth: &[Depth]) -> Vec<DomainView> {
+    let snapshot = a.registry.snapshot();
+    let file = match scope {
+        Scope::All => snapshot.file_domains.iter().collect(),
+        Scope::Domains(_) => Vec::new(),
+    };
+    let mut out: Vec<DomainView> = file.into_iter().map(|n| file_view(a, n, depth)).collect();
+    out.extend(
+        snapshot
+            .domains
+            .values()
+            .filter(|d| scope.covers(&d.name))
+            .map(|d| stored_view(d, &snapshot, depth)),
+    );
+    out
+}
+
+/// A registry refusal as an answer; a tenant never learns more than "not found".
+pub(super) fn op_error(e: OpError) -> Response {
+    let code = match &e {
+        OpError::NotFound(_) => StatusCode::NOT_FOUND,
+        OpError::Exists(_) | OpError::Busy => StatusCode::CONFLICT,
+        OpError::Invalid(_) => StatusCode::BAD_REQUEST,
+        OpError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(code, &e.to_string())
+}
+
+/// A JSON body, or the answer saying what was expected.
+pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>, expected: &str) -> Result<T, Response> {
+    b.map(|Json(t)| t)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("{e}: send {expected}")))
+}
+
+/// The domain a path names, when `scope` may see it (a tenant: one of its own).
+fn named(scope: &Scope, name: &str) -> Result<String, Response> {
+    match (domain_name(name), scope) {
+        (Ok(n), _) if scope.covers(&n) => Ok(n),
+        (_, Scope::Domains(_)) => Err(error(StatusCode::NOT_FOUND, NOT_FOUND)),
+        (Ok(n), Scope::All) => Ok(n),
+        (Err(e), Scope::All) => Err(op_error(e)),
+    }
+}
+
+async fn depth(a: &Admin) -> Result<Vec<Depth>, Response> {
+    a.store
+        .depth()
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))
+}
+
+async fn list(State(a): State<Arc<Admin>>, Extension(who): Extension<Access>) -> Response {
+    let depth = match depth(&a).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    Json(json!({ "domains": views(&a, &a.scope(&who), &depth) })).into_response()
+}
+
+async fn show(
+    State(a): State<Arc<Admin>>,
+    Extension(who): Extension<Access>,
+    Path(name): Path<String>,
+) -> Response {
+    let scope = a.scope(&who);
+    let name = match named(&scope, &name) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let depth = match depth(&a).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    // The stored entry when there is one (what this API manages), else the file's.
+    let mut found = views(&a, &scope, &depth)
+        .into_iter()
+        .filter(|v| v.name == name)
+        .collect::<Vec<_>>();
+    match found.pop() {
+        Some(v) => Json(v).into_response(),
+        None if scope == Scope::All => error(StatusCode::NOT_FOUND, &format!("no domain {name}")),
+        None => error(StatusCode::NOT_FOUND, NOT_FOUND),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Add {
+    name: String,
+    #[serde(default)]
+    settings: Map<String, Value>,
+    tenant: Option<String>,
+    #[serde(default)]
+    verified: bool,
+}
+
+/// What a new domain's owner publishes, and what comes next.
+fn next_steps(a: &Admin, v: &DomainView) -> (Vec<String>, String) {
+    let mx = format!(
+        "point an MX record of {} at {} (a larger preference number than the primary's)",
+        v.name, a.hostname
+    );
+    match &v.challenge {
+        Some(c) => (
+            vec![format!("{}. IN TXT \"{}\"", c.record, c.value)],
+            format!(
+                "{} is pending: mail for it is refused until the TXT record is published and `mx2 domain verify {}` finds it; {mx}",
+                v.name, v.name
+            ),
+        ),
+        None => (
+            Vec::new(),
+            format!("{} is active: mail for it is accepted; {mx}", v.name),
+        ),
+    }
+}
+
+async fn add(State(a): State<Arc<Admin>>, b: Result<Json<Add>, JsonRejection>) -> Response {
+    let b = match body(
+        b,
+        r#"{"name": "example.org", "settings": {"primary": ["mail.example.org:25"]}, "tenant": "acme", "verified": false}"#,
+    ) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let added = a
+        .registry
+        .add_domain(AddDomain {
+            name: b.name,
+            settings: b.settings,
+            tenant: b.tenant,
+            verified: b.verified,
+        })
+        .await;
+    match added {
+        Ok(d) => {
+            let depth = a.store.depth().await.unwrap_or_default();
+            let v = stored_view(&d, &a.registry.snapshot(), &depth);
+            let (publish, next) = next_steps(&a, &v);
+            let mut out = serde_json::to_value(&v).unwrap_or_default();
+            out["publish"] = json!(publish);
+            out["next"] = json!(next);
+            (StatusCode::CREATED, Json(out)).into_response()
+        }
+        Err(e) => op_error(e),
+    }
+}
+
+/// Accepts a key that may be absent (None), `null` (Some(None)) or a value.
+pub(super) fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Change {
+    #[serde(default)]
+    settings: Map<String, Value>,
+    #[serde(default, deserialize_with = "present")]
+    tenant: Option<Option<String>>,
+}
+
+async fn change(
+    State(a): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    b: Result<Json<Change>, JsonRejection>,
+) -> Response {
+    let b = match body(
+        b,
+        r#"{"settings": {"max_queue_bytes": "2GB", "lifetime": null}, "tenant": "acme"}"#,
+    ) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if b.settings.is_empty() && b.tenant.is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "nothing to change: give `settings` (a key set to null removes it) or `tenant`",
+        );
+    }
+    match a.registry.set_domain(&name, &b.settings, b.tenant).await {
+        Ok(d) => {
+            let depth = a.store.depth().await.unwrap_or_default();
+            Json(stored_view(&d, &a.registry.snapshot(), &depth)).into_response()
+        }
+        Err(e) => op_error(e),
+    }
+}
+
+async fn remove(
+    State(a): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let purge = match q.get("purge").map(|v| v.trim()) {
+        None | Some("" | "false" | "0" | "no") => false,
+        Some("true" | "1" | "yes") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("purge `{other}`: use true or false"),
+            );
+        }
+    };
+    if let Some(k) = q.keys().find(|k| *k != "purge") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("unknown parameter `{k}`: use purge"),
+        );
+    }
+    let name = match domain_name(&name) {
+        Ok(n) => n,
+        Err(e) => return op_error(e),
+    };
+    // Removed first, so no new mail for it arrives while its queue is purged.
+    if let Err(e) = a.registry.remove_domain(&name).await {
+        return op_error(e);
+    }
+    let store = |e: crate::queue::StoreError| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("{name} is removed, but: {e}"),
+        )
+    };
+    if purge {
+        match a.store.purge_domain(&name).await {
+            Ok(n) => Json(json!({ "removed": name, "purged": n })).into_response(),
+            Err(e) => store(e),
+        }
+    } else {
+        match a.store.depth().await {
+            Ok(depth) => {
+                let held = queue_use(&depth, &name).messages;
+                Json(json!({ "removed": name, "held": held })).into_response()
+            }
+            Err(e) => store(e),
+        }
+    }
+}
+
+async fn verify(
+    State(a): State<Arc<Admin>>,
+    Extension(who): Extension<Access>,
+    Path(name): Path<String>,
+) -> Response {
+    let name = match named(&a.scope(&who), &name) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    match a.registry.verify(&a.dns, &name).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => op_error(e),
+    }
+}
+
+/// An uploaded recipient list as addresses: one per line, `#` starts a comment, blank lines
+/// skipped, `<>` around an address dropped (`@domain` stands for every address there).
+pub fn recipient_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .map(|l| l.trim_start_matches('<').trim_end_matches('>').trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+async fn recipients(
+    State(a): State<Arc<Admin>>,
+    Extension(who): Extension<Access>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    upload: Bytes,
+) -> Response {
+    let name = match named(&a.scope(&who), &name) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|t| t.to_str().ok())
+        .is_some_and(|t| t.trim_start().starts_with("application/json"));
+    let addresses = if json {
+        match serde_json::from_slice::<Vec<String>>(&upload) {
+            Ok(list) => list,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "{e}: send a JSON array of addresses, or text/plain with one per line"
+                    ),
+                );
+            }
+        }
+    } else {
+        match std::str::from_utf8(&upload) {
+            Ok(text) => recipient_lines(text),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "the list is not UTF-8 text: send one address per line",
+                );
+            }
+        }
+    };
+    let count = addresses.len();
+    match a.registry.set_recipients(&name, addresses).await {
+        Ok(_) => Json(json!({ "domain": name, "recipients": count })).into_response(),
+        Err(OpError::NotFound(_)) if a.scope(&who) != Scope::All => {
+            error(StatusCode::NOT_FOUND, NOT_FOUND)
+        }
+        Err(e) => op_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uploaded_lists_read_one_address_a_line() {
+        let text =
+            "# our users\nalice@a.example\n\n  <bob@a.example>  # the boss\n@b.a.example\n#\n";
+        assert_eq!(
+            recipient_lines(text),
+            vec!["alice@a.example", "bob@a.example", "@b.a.example"]
+        );
+        assert!(recipient_lines("").is_empty());
+    }
+
+    #[test]
+    fn refusals_map_to_statuses() {
+        let code = |e| op_error(e).status();
+        assert_eq!(code(OpError::NotFound("x".into())), StatusCode::NOT_FOUND);
+        assert_eq!(code(OpError::Exists("x".into())), StatusCode::CONFLICT);
+        assert_eq!(code(OpError::Busy), StatusCode::CONFLICT);
+        assert_eq!(code(OpError::Invalid("x".into())), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            code(OpError::Store(crate::queue::StoreError::Closed)),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn a_tenant_names_only_its_own_domains() {
+        let mine = Scope::Domains(["a.example".to_string()].into());
+        assert_eq!(named(&mine, "A.example.").unwrap(), "a.example");
+        assert_eq!(
+            named(&mine, "b.example").unwrap_err().status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            named(&mine, "not a name").unwrap_err().status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(named(&Scope::All, "b.example").unwrap(), "b.example");
+        assert_eq!(
+            named(&Scope::All, "not a name").unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn absent_null_and_set_are_three_things() {
+        let c: Change = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.tenant, None);
+        let c: Change = serde_json::from_str(r#"{"tenant": null}"#).unwrap();
+        assert_eq!(c.tenant, Some(None));
+        let c: Change = serde_json::from_str(r#"{"tenant": "acme"}"#).unwrap();
+        assert_eq!(c.tenant, Some(Some("acme".into())));
+        assert!(serde_json::from_str::<Change>(r#"{"colour": 1}"#).is_err());
+    }
+}
