@@ -187,33 +187,40 @@ pub(super) fn op_error(e: OpError) -> Response {
     error(code, &e.to_string())
 }
 
+/// The answer a request gets instead, when a step refuses it.
+pub(super) type Refused = Box<Response>;
+
 /// A JSON body, or the answer saying what was expected.
-pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>, expected: &str) -> Result<T, Response> {
-    b.map(|Json(t)| t)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("{e}: send {expected}")))
+pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>, expected: &str) -> Result<T, Refused> {
+    b.map(|Json(t)| t).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            &format!("{e}: send {expected}"),
+        ))
+    })
 }
 
 /// The domain a path names, when `scope` may see it (a tenant: one of its own).
-fn named(scope: &Scope, name: &str) -> Result<String, Response> {
+fn named(scope: &Scope, name: &str) -> Result<String, Refused> {
     match (domain_name(name), scope) {
         (Ok(n), _) if scope.covers(&n) => Ok(n),
-        (_, Scope::Domains(_)) => Err(error(StatusCode::NOT_FOUND, NOT_FOUND)),
+        (_, Scope::Domains(_)) => Err(Box::new(error(StatusCode::NOT_FOUND, NOT_FOUND))),
         (Ok(n), Scope::All) => Ok(n),
-        (Err(e), Scope::All) => Err(op_error(e)),
+        (Err(e), Scope::All) => Err(Box::new(op_error(e))),
     }
 }
 
-async fn depth(a: &Admin) -> Result<Vec<Depth>, Response> {
+async fn depth(a: &Admin) -> Result<Vec<Depth>, Refused> {
     a.store
         .depth()
         .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))
+        .map_err(|e| Box::new(error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())))
 }
 
 async fn list(State(a): State<Arc<Admin>>, Extension(who): Extension<Access>) -> Response {
     let depth = match depth(&a).await {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     Json(json!({ "domains": views(&a, &a.scope(&who), &depth) })).into_response()
 }
@@ -226,11 +233,11 @@ async fn show(
     let scope = a.scope(&who);
     let name = match named(&scope, &name) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let depth = match depth(&a).await {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     // The stored entry when there is one (what this API manages), else the file's.
     let mut found = views(&a, &scope, &depth)
@@ -282,7 +289,7 @@ async fn add(State(a): State<Arc<Admin>>, b: Result<Json<Add>, JsonRejection>) -
         r#"{"name": "example.org", "settings": {"primary": ["mail.example.org:25"]}, "tenant": "acme", "verified": false}"#,
     ) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let added = a
         .registry
@@ -335,7 +342,7 @@ async fn change(
         r#"{"settings": {"max_queue_bytes": "2GB", "lifetime": null}, "tenant": "acme"}"#,
     ) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if b.settings.is_empty() && b.tenant.is_none() {
         return error(
@@ -410,7 +417,7 @@ async fn verify(
 ) -> Response {
     let name = match named(&a.scope(&who), &name) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match a.registry.verify(&a.dns, &name).await {
         Ok(v) => Json(v).into_response(),
@@ -438,7 +445,7 @@ async fn recipients(
 ) -> Response {
     let name = match named(&a.scope(&who), &name) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let json = headers
         .get(header::CONTENT_TYPE)

@@ -105,7 +105,7 @@ async fn add(State(a): State<Arc<Admin>>, b: Result<Json<Add>, JsonRejection>) -
         r#"{"name": "acme", "webhook": "https://…", "alert_to": "ops@acme.example"}"#,
     ) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match a.registry.add_tenant(&b.name, b.webhook, b.alert_to).await {
         Ok(t) => (StatusCode::CREATED, Json(current(&a, &t))).into_response(),
@@ -129,7 +129,7 @@ async fn change(
 ) -> Response {
     let b = match body(b, r#"{"webhook": "https://…", "alert_to": null}"#) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if b.webhook.is_none() && b.alert_to.is_none() {
         return error(

@@ -21,4 +21,5 @@ mod queue_cli;
 mod recipients;
 mod routing;
 mod swaks;
+mod tenants;
 mod tls;

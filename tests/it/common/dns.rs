@@ -1,13 +1,14 @@
 //! A tiny authoritative DNS server for tests (UDP on 127.0.0.1), built on hickory-proto's
-//! message encoding. Zones are given as simple records; unknown names get NXDOMAIN.
+//! message encoding. Zones are given as simple records (more may be added while it runs);
+//! unknown names get NXDOMAIN.
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -26,8 +27,11 @@ pub enum Rec {
     ServFail,
 }
 
+type Zone = HashMap<String, Vec<Rec>>;
+
 pub struct DnsServer {
     pub addr: SocketAddr,
+    zone: Arc<Mutex<Zone>>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -39,7 +43,7 @@ fn key(name: &str) -> String {
 impl DnsServer {
     /// Serves `records`: (owner name, record).
     pub fn start(records: &[(&str, Rec)]) -> DnsServer {
-        let mut zone: HashMap<String, Vec<Rec>> = HashMap::new();
+        let mut zone: Zone = HashMap::new();
         for (name, rec) in records {
             zone.entry(key(name)).or_default().push(rec.clone());
         }
@@ -50,22 +54,36 @@ impl DnsServer {
         let addr = socket.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
+        let zone = Arc::new(Mutex::new(zone));
+        let served = zone.clone();
         let thread = thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while !s2.load(Ordering::SeqCst) {
                 let Ok((n, peer)) = socket.recv_from(&mut buf) else {
                     continue;
                 };
-                if let Some(reply) = answer(&zone, &buf[..n]) {
+                let reply = answer(&served.lock().unwrap(), &buf[..n]);
+                if let Some(reply) = reply {
                     let _ = socket.send_to(&reply, peer);
                 }
             }
         });
         DnsServer {
             addr,
+            zone,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Serves one more record from now on.
+    pub fn add(&self, name: &str, rec: Rec) {
+        self.zone
+            .lock()
+            .unwrap()
+            .entry(key(name))
+            .or_default()
+            .push(rec);
     }
 }
 
@@ -78,7 +96,7 @@ impl Drop for DnsServer {
     }
 }
 
-fn answer(zone: &HashMap<String, Vec<Rec>>, query: &[u8]) -> Option<Vec<u8>> {
+fn answer(zone: &Zone, query: &[u8]) -> Option<Vec<u8>> {
     let q = Message::from_vec(query).ok()?;
     let question = q.queries.first()?.clone();
     let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
