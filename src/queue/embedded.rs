@@ -2,7 +2,8 @@
 //! the PostgreSQL store is: `schema` (the file, its tables and identity), `writer` (the one
 //! thread that commits, in groups) running `ops` (the statements), `inspect` (operators'
 //! reads, also used by the command line on the file directly), `guard` (the marker that
-//! refuses a damaged queue), `recover` (adopt, reset) and `outages` (primary health).
+//! refuses a damaged queue), `recover` (adopt, reset), `outages` (primary health) and
+//! `registry` (domains and tenants managed at run time).
 //! Reads use connections of their own, never the writer's.
 
 pub mod guard;
@@ -10,12 +11,14 @@ pub mod inspect;
 mod ops;
 mod outages;
 mod recover;
+mod registry;
 mod schema;
 mod writer;
 
 pub use recover::{Adopted, adopt, reset};
 pub(crate) use schema::{identity, migrate};
 
+use super::registry::{Entry, Expect, Written};
 use super::{
     Depth, Filter, Job, Listed, NewMessage, OperatorAction, OutageChange, RouteOutages, Shown,
     Stats, Store, StoreError, StoreFuture, Update,
@@ -36,6 +39,8 @@ pub struct Embedded {
     commits: Arc<std::sync::atomic::AtomicU64>,
     reader: Arc<Mutex<Connection>>,
     reporter: Arc<Mutex<Connection>>,
+    /// Told by the writer of every registry change it commits.
+    watchers: Arc<registry::Watchers>,
     path: PathBuf,
 }
 
@@ -77,6 +82,7 @@ impl Embedded {
         let conn = open_connection(&path)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         conn.execute_batch(outages::SCHEMA).map_err(backend)?;
+        conn.execute_batch(registry::SCHEMA).map_err(backend)?;
         migrate(&conn).map_err(backend)?;
         let marker = ensure_identity(&conn).map_err(backend)?;
         guard.store(&marker)?;
@@ -87,10 +93,12 @@ impl Embedded {
         let (tx, rx) = mpsc::channel();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = commits.clone();
+        let watchers = Arc::new(registry::Watchers::default());
         let writer = Writer {
             conn,
             guard,
             marker,
+            watchers: watchers.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("mx2-store-writer".into())
@@ -102,6 +110,7 @@ impl Embedded {
             commits,
             reader: Arc::new(Mutex::new(reader)),
             reporter: Arc::new(Mutex::new(reporter)),
+            watchers,
             path,
         })
     }
@@ -271,230 +280,50 @@ impl Store for Embedded {
         self.report(move |c| outages::load(c, per_route).map_err(backend))
     }
 
-    // STUB(registry): replaced by the real implementation on the store branch.
-    fn registry(&self) -> StoreFuture<'_, Vec<super::registry::Entry>> {
-        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+    fn registry(&self) -> StoreFuture<'_, Vec<Entry>> {
+        self.report(|c| registry::entries(c).map_err(backend))
     }
+
     fn registry_version(&self) -> StoreFuture<'_, i64> {
-        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+        self.report(|c| registry::version(c).map_err(backend))
     }
+
     fn registry_put(
         &self,
-        _kind: &str,
-        _name: &str,
-        _value: String,
-        _expect: super::registry::Expect,
-    ) -> StoreFuture<'_, super::registry::Written> {
-        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+        kind: &str,
+        name: &str,
+        value: String,
+        expect: Expect,
+    ) -> StoreFuture<'_, Written> {
+        let (kind, name) = (kind.to_string(), name.to_string());
+        let put = registry::Change::Put {
+            kind,
+            name,
+            value,
+            expect,
+        };
+        self.send(|r| Op::Registry(put, r))
     }
-    fn registry_delete(
-        &self,
-        _kind: &str,
-        _name: &str,
-        _rev: Option<i64>,
-    ) -> StoreFuture<'_, bool> {
-        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+
+    fn registry_delete(&self, kind: &str, name: &str, rev: Option<i64>) -> StoreFuture<'_, bool> {
+        let (kind, name) = (kind.to_string(), name.to_string());
+        let done = self.send(|r| Op::Registry(registry::Change::Delete { kind, name, rev }, r));
+        Box::pin(async move { Ok(matches!(done.await?, Written::Done(_))) })
     }
-    fn watch_registry(&self, _changed: std::sync::Arc<tokio::sync::Notify>) {}
-    fn purge_domain(&self, _domain: &str) -> StoreFuture<'_, u64> {
-        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+
+    fn watch_registry(&self, changed: Arc<tokio::sync::Notify>) {
+        self.watchers.add(changed);
+    }
+
+    fn purge_domain(&self, domain: &str) -> StoreFuture<'_, u64> {
+        let domain = super::domain_key(domain);
+        self.send(|r| Op::PurgeDomain(domain, r))
     }
 
     fn stats(&self) -> StoreFuture<'_, Stats> {
-        self.report(|c| {
-            let (messages, bytes): (i64, i64) = c
-                .query_row(
-                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(backend)?;
-            let pending: i64 = c
-                .query_row(
-                    "SELECT COUNT(*) FROM recipients WHERE status = 0",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(backend)?;
-            Ok(Stats {
-                messages: messages as u64,
-                pending_recipients: pending as u64,
-                bytes: bytes as u64,
-            })
-        })
+        self.report(|c| inspect::stats(c).map_err(backend))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::ops::PENDING_OF_MESSAGE;
-    use super::schema::read_identity;
-    use super::writer::{Held, run_batch};
-    use super::*;
-    use crate::queue::suite;
-    use rusqlite::params;
-
-    #[tokio::test]
-    async fn conformance_lifecycle() {
-        let dir = tempfile::tempdir().unwrap();
-        suite::lifecycle(&Embedded::open(dir.path()).unwrap()).await;
-    }
-
-    #[test]
-    fn the_pending_count_of_a_message_uses_the_message_index() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Embedded::open(dir.path()).unwrap());
-        let c = open_connection(&dir.path().join("queue.sqlite")).unwrap();
-        let plan: String = c
-            .query_row(
-                &format!("EXPLAIN QUERY PLAN {PENDING_OF_MESSAGE}"),
-                params!["m1", 0],
-                |r| r.get(3),
-            )
-            .unwrap();
-        assert!(plan.contains("recipients_message"), "{plan}");
-    }
-
-    /// A full disk can make SQLite roll back the whole batch, not just the failing insert:
-    /// every answer must still match what the file holds (no 452 for a committed message,
-    /// no 250 for a lost one).
-    #[test]
-    fn a_batch_rolled_back_by_a_full_disk_answers_what_the_file_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Embedded::open(dir.path()).unwrap());
-        let c = open_connection(&dir.path().join("queue.sqlite")).unwrap();
-        let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
-        c.pragma_update(None, "max_page_count", pages + 50).unwrap();
-        let marker = read_identity(&c).unwrap().expect("an identity");
-        let (guard, _) = guard::Guard::acquire(dir.path()).unwrap();
-        let mut w = Writer {
-            conn: c,
-            guard,
-            marker,
-        };
-        let mut answers = Vec::new();
-        let batch = ["before", "big", "after"]
-            .into_iter()
-            .map(|id| {
-                let mut m = suite::message(id, &[("a@x.test", "x.test")]);
-                if id == "big" {
-                    m.body = vec![b'x'; 1 << 20];
-                }
-                let (tx, rx) = oneshot::channel();
-                answers.push((id, rx));
-                Op::Insert(Box::new(m), tx)
-            })
-            .collect();
-        run_batch(&mut w, batch, &mut Held::new());
-        for (id, mut rx) in answers {
-            let answer = rx.try_recv().expect("answered");
-            let stored: i64 = w
-                .conn
-                .query_row("SELECT COUNT(*) FROM messages WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .unwrap();
-            assert_eq!(
-                answer.is_ok(),
-                stored == 1,
-                "{id}: answered {answer:?}, {stored} stored"
-            );
-            if id == "big" {
-                assert!(matches!(answer, Err(StoreError::Full)), "{answer:?}");
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn new_mail_for_a_held_domain_waits_until_the_hold_ends_and_make_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Embedded::open(dir.path()).unwrap();
-        s.hold_new_mail(vec!["x.test".into()], Some(60_000))
-            .await
-            .unwrap();
-        s.insert(suite::message(
-            "held",
-            &[("a@x.test", "x.test"), ("b@y.test", "y.test")],
-        ))
-        .await
-        .unwrap();
-        let jobs = s.claim_due(2000, 100).await.unwrap();
-        assert_eq!(jobs.len(), 1, "only the other domain's recipient is due");
-        assert_eq!(jobs[0].domain, "y.test");
-        assert_eq!(
-            s.next_due().await.unwrap(),
-            Some(61_000),
-            "due after the hold"
-        );
-        // The primary is back: the hold ends, then make_due (the probe's order).
-        s.hold_new_mail(vec!["x.test".into()], None).await.unwrap();
-        s.insert(suite::message("after", &[("c@x.test", "x.test")]))
-            .await
-            .unwrap();
-        assert_eq!(s.make_due(vec!["x.test".into()], 2000).await.unwrap(), 2);
-        let due: Vec<String> = s
-            .claim_due(2000, 100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|j| j.queue_id)
-            .collect();
-        assert_eq!(due, ["after", "held"]);
-    }
-
-    #[tokio::test]
-    async fn conformance_operator_actions() {
-        let dir = tempfile::tempdir().unwrap();
-        suite::operator_actions(&Embedded::open(dir.path()).unwrap()).await;
-    }
-
-    #[tokio::test]
-    async fn conformance_outages() {
-        let dir = tempfile::tempdir().unwrap();
-        suite::outages(&Embedded::open(dir.path()).unwrap()).await;
-    }
-
-    #[tokio::test]
-    async fn conformance_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        suite::cache(&Embedded::open(dir.path()).unwrap()).await;
-    }
-
-    #[tokio::test]
-    async fn claims_are_released_on_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = Embedded::open(dir.path()).unwrap();
-            s.insert(suite::message("m1", &[("a@x.test", "x.test")]))
-                .await
-                .unwrap();
-            assert_eq!(s.claim_due(2000, 10).await.unwrap().len(), 1);
-        }
-        let s = Embedded::open(dir.path()).unwrap();
-        assert_eq!(s.claim_due(2000, 10).await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn concurrent_inserts_share_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(Embedded::open(dir.path()).unwrap());
-        let mut tasks = Vec::new();
-        for i in 0..200 {
-            let s = s.clone();
-            tasks.push(tokio::spawn(async move {
-                s.insert(suite::message(&format!("m{i}"), &[("a@x.test", "x.test")]))
-                    .await
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
-        assert_eq!(s.stats().await.unwrap().messages, 200);
-        let commits = s.commits();
-        println!("200 concurrent inserts took {commits} commits");
-        assert!(
-            commits < 200,
-            "every insert got its own commit: group commit is not working"
-        );
-    }
-}
+mod tests;

@@ -360,6 +360,12 @@ pub(crate) fn into_jobs(mut rows: Vec<ClaimedRow>) -> Vec<Job> {
     jobs.into_values().collect()
 }
 
+/// A domain as the queue keys recipients by it (lower case, no trailing dot), from a name
+/// as an operator or a caller wrote it.
+pub fn domain_key(domain: &str) -> String {
+    domain.trim_end_matches('.').to_lowercase()
+}
+
 /// The most messages one listing returns.
 pub const MAX_LIST: usize = 10_000;
 /// A listing's size when the caller does not say.

@@ -5,17 +5,21 @@
 //! transactions (group commit, [`writer`]); bodies are stored in 1 MiB chunks. Other nodes
 //! hear of new work through LISTEN/NOTIFY ([`wake`]), with the scheduler's polling as the
 //! fallback that guarantees progress. Primary health is shared in the `primaries` table, and
-//! its outage history in `primary_outages` ([`outages`]).
+//! its outage history in `primary_outages` ([`outages`]); the registry of domains and tenants
+//! in `registry` ([`registry`]), a domain's mail purged by [`purge`].
 //! Lease times are the database server's clock, so nodes' clocks cannot disagree about them.
 //! This module owns the SQL; it talks to PostgreSQL and nothing else.
 
 mod connect;
 mod inspect;
 mod outages;
+mod purge;
+mod registry;
 mod schema;
 mod wake;
 mod writer;
 
+use super::registry::{Entry, Expect, Written};
 use super::{
     ClaimedRow, Depth, Filter, Job, Listed, NewMessage, OperatorAction, OutageChange, ProbeTurn,
     Recipient, RouteOutages, Shown, Stats, Store, StoreError, StoreFuture, Update, into_jobs,
@@ -462,7 +466,7 @@ impl Store for Postgres {
 
     fn forward_wakeups(&self, wake: Arc<tokio::sync::Notify>) {
         let inner = Arc::downgrade(&self.inner);
-        tokio::spawn(wake::listen(inner, wake));
+        tokio::spawn(wake::listen(inner, CHANNEL, wake));
     }
 
     fn primary_down(&self, route: &str) -> StoreFuture<'_, ()> {
@@ -545,32 +549,39 @@ impl Store for Postgres {
         self.run(move |_, c| Box::pin(async move { outages::load(c, per_route).await }))
     }
 
-    // STUB(registry): replaced by the real implementation on the store branch.
-    fn registry(&self) -> StoreFuture<'_, Vec<super::registry::Entry>> {
-        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+    fn registry(&self) -> StoreFuture<'_, Vec<Entry>> {
+        self.run(|_, c| Box::pin(async move { registry::entries(c).await }))
     }
+
     fn registry_version(&self) -> StoreFuture<'_, i64> {
-        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+        self.run(|_, c| Box::pin(async move { registry::version(c).await }))
     }
+
     fn registry_put(
         &self,
-        _kind: &str,
-        _name: &str,
-        _value: String,
-        _expect: super::registry::Expect,
-    ) -> StoreFuture<'_, super::registry::Written> {
-        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+        kind: &str,
+        name: &str,
+        value: String,
+        expect: Expect,
+    ) -> StoreFuture<'_, Written> {
+        let (kind, name) = (kind.to_string(), name.to_string());
+        self.run(move |_, c| {
+            Box::pin(async move { registry::put(c, &kind, &name, &value, expect).await })
+        })
     }
-    fn registry_delete(
-        &self,
-        _kind: &str,
-        _name: &str,
-        _rev: Option<i64>,
-    ) -> StoreFuture<'_, bool> {
-        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+
+    fn registry_delete(&self, kind: &str, name: &str, rev: Option<i64>) -> StoreFuture<'_, bool> {
+        let (kind, name) = (kind.to_string(), name.to_string());
+        self.run(move |_, c| Box::pin(async move { registry::delete(c, &kind, &name, rev).await }))
     }
-    fn watch_registry(&self, _changed: std::sync::Arc<tokio::sync::Notify>) {}
-    fn purge_domain(&self, _domain: &str) -> StoreFuture<'_, u64> {
-        Box::pin(async { Err(StoreError::Backend("registry: not implemented".into())) })
+
+    fn watch_registry(&self, changed: Arc<tokio::sync::Notify>) {
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(wake::listen(inner, registry::CHANNEL, changed));
+    }
+
+    fn purge_domain(&self, domain: &str) -> StoreFuture<'_, u64> {
+        let domain = super::domain_key(domain);
+        self.run(move |_, c| Box::pin(async move { purge::purge_domain(c, &domain).await }))
     }
 }

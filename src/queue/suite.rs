@@ -9,6 +9,9 @@ use super::{
 };
 use crate::events::{OUTAGES_KEPT, Outage};
 
+mod domains;
+pub use domains::{purge_domain, registry, registry_watch, tenant_view};
+
 /// A message with these (address, domain) recipients, received at `received_at_ms`.
 pub fn message(id: &str, rcpts: &[(&str, &str)]) -> NewMessage {
     NewMessage {

@@ -57,6 +57,95 @@ async fn conformance_outages() {
     suite::outages(&store("suite").await).await;
 }
 
+#[tokio::test]
+async fn conformance_registry() {
+    suite::registry(&store("suite").await).await;
+}
+
+#[tokio::test]
+async fn conformance_tenant_view() {
+    suite::tenant_view(&store("suite").await).await;
+}
+
+#[tokio::test]
+async fn conformance_purge_domain() {
+    suite::purge_domain(&store("suite").await).await;
+}
+
+/// A registry change made on one node is heard of on another (LISTEN/NOTIFY), and the
+/// change numbers are the cluster's.
+#[tokio::test]
+async fn registry_changes_reach_the_other_nodes() {
+    let url = Pg::shared().fresh_db();
+    let a = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let b = Postgres::open(&config(&url, "b", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    suite::registry_watch(&a, &b).await;
+    assert_eq!(
+        a.registry_version().await.unwrap(),
+        b.registry_version().await.unwrap()
+    );
+}
+
+/// Changes made at once on two nodes, some of them conflicting, take distinct numbers with
+/// no gap, and the version is the last of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registry_changes_number_without_gaps() {
+    use mx2::queue::registry::{Expect, Written};
+    let url = Pg::shared().fresh_db();
+    let open = |node: &'static str| {
+        let c = config(&url, node, Duration::from_secs(60));
+        async move { Arc::new(Postgres::open(&c).await.unwrap()) }
+    };
+    let (a, b) = (open("a").await, open("b").await);
+    let puts: Vec<_> = (0..40)
+        .map(|i| {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            // Two puts per name: one of each pair conflicts.
+            let name = format!("d{}.test", i / 2);
+            tokio::spawn(async move {
+                s.registry_put("domain", &name, "{}".into(), Expect::Absent)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut revs = Vec::new();
+    for p in puts {
+        match p.await.unwrap() {
+            Written::Done(rev) => revs.push(rev),
+            Written::Conflict => {}
+        }
+    }
+    revs.sort_unstable();
+    assert_eq!(revs, (1..=20).collect::<Vec<i64>>(), "one per name, no gap");
+    assert_eq!(b.registry_version().await.unwrap(), 20);
+}
+
+/// A queue of an older mx2 (before the registry) gains it at start.
+#[tokio::test]
+async fn an_older_queue_gains_the_registry() {
+    let url = Pg::shared().fresh_db();
+    drop(
+        Postgres::open(&config(&url, "a", Duration::from_secs(60)))
+            .await
+            .unwrap(),
+    );
+    let db = url.rsplit('/').next().unwrap();
+    Pg::shared().sql(
+        db,
+        "DROP TABLE registry; DROP TABLE registry_version; UPDATE mx2_schema SET version = 2",
+    );
+    let s = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "3");
+    suite::registry(&s).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_at_once_migrate_once() {
     let url = Pg::shared().fresh_db();
@@ -72,8 +161,8 @@ async fn nodes_starting_at_once_migrate_once() {
     let db = url.rsplit('/').next().unwrap();
     assert_eq!(
         Pg::shared().sql(db, "SELECT version FROM mx2_schema"),
-        "2",
-        "step 2: primary_outages"
+        "3",
+        "step 3: the registry"
     );
     assert_eq!(Pg::shared().sql(db, "SELECT COUNT(*) FROM mx2_schema"), "1");
 }

@@ -1,18 +1,23 @@
 //! Read-only queries over the embedded queue for operators: listings, one message, depth
-//! per domain, the raw content. Used by the embedded store (admin API) and by
+//! per domain, totals, the raw content. Used by the embedded store (admin API) and by
 //! `mx2 queue list|show|export --config`, which opens the file directly so that it works
 //! while the server is stopped (after a crash, say), as `postqueue -p` does.
 
-use crate::queue::{Depth, Filter, Listed, RecipientState, Shown, State, Status, list_limit};
+use crate::queue::{
+    Depth, Filter, Listed, RecipientState, Shown, State, Stats, Status, domain_key, list_limit,
+};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 
-/// The messages a filter selects (parameters ?1 to ?6), grouped by message: what a listing
-/// shows and a count counts.
+/// The messages a filter selects (parameters ?1 to ?7; ?7, the tenant's domains, a JSON
+/// array), grouped by message: what a listing shows and a count counts.
 const MATCHING: &str = "FROM messages m JOIN recipients r ON r.message_id = m.id
          WHERE r.status = 0
            AND (?1 IS NULL OR EXISTS (SELECT 1 FROM recipients x
                  WHERE x.message_id = m.id AND x.status = 0 AND x.domain = ?1))
+           AND (?7 IS NULL OR EXISTS (SELECT 1 FROM recipients x
+                 WHERE x.message_id = m.id AND x.status = 0
+                   AND x.domain IN (SELECT value FROM json_each(?7))))
            AND (?2 IS NULL OR instr(lower(m.sender), ?2) > 0)
            AND (?3 IS NULL OR EXISTS (SELECT 1 FROM recipients x
                  WHERE x.message_id = m.id AND x.status = 0 AND instr(lower(x.address), ?3) > 0))
@@ -25,17 +30,24 @@ const MATCHING: &str = "FROM messages m JOIN recipients r ON r.message_id = m.id
                                     ELSE 'queued' END) = ?6";
 
 /// The filter's values for [`MATCHING`], in order.
-fn matching_params(f: &Filter) -> [rusqlite::types::Value; 6] {
+fn matching_params(f: &Filter) -> [rusqlite::types::Value; 7] {
     use rusqlite::types::Value;
     let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
     let text = |s: Option<String>| s.map_or(Value::Null, Value::Text);
+    let domains: Vec<String> = f
+        .domains
+        .iter()
+        .map(String::as_str)
+        .map(domain_key)
+        .collect();
     [
-        text(lower(&f.domain).map(|d| d.trim_end_matches('.').to_string())),
+        text(f.domain.as_deref().map(domain_key)),
         text(lower(&f.sender)),
         text(lower(&f.recipient)),
         f.received_before_ms.map_or(Value::Null, Value::Integer),
         text(f.after.clone()),
         text(f.state.map(|s| State::name(s).to_string())),
+        text((!domains.is_empty()).then(|| serde_json::json!(domains).to_string())),
     ]
 }
 
@@ -54,7 +66,7 @@ pub fn list(c: &Connection, f: &Filter) -> rusqlite::Result<Vec<Listed>> {
     let sql = format!(
         "SELECT m.id, m.received_at, m.sender, m.size, GROUP_CONCAT(r.address, ' '),
                 MIN(r.next_attempt), MAX(r.last_reply), MAX(r.held), MAX(r.claimed), MAX(r.attempts)
-         {MATCHING} ORDER BY m.id LIMIT ?7"
+         {MATCHING} ORDER BY m.id LIMIT ?8"
     );
     let mut stmt = c.prepare_cached(&sql)?;
     let mut values = matching_params(f).to_vec();
@@ -156,6 +168,25 @@ pub fn depth(c: &Connection) -> rusqlite::Result<Vec<Depth>> {
         })
     })?;
     rows.collect()
+}
+
+/// What the queue holds in all: messages, their size, pending recipients.
+pub(super) fn stats(c: &Connection) -> rusqlite::Result<Stats> {
+    let (messages, bytes): (i64, i64) = c.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let pending: i64 = c.query_row(
+        "SELECT COUNT(*) FROM recipients WHERE status = 0",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(Stats {
+        messages: messages as u64,
+        pending_recipients: pending as u64,
+        bytes: bytes as u64,
+    })
 }
 
 /// The queue file opened directly, read-only in intent (nothing here writes).

@@ -1,7 +1,7 @@
 //! The statements behind each of the embedded queue's write operations: insert a message,
 //! claim due recipients, record delivery outcomes (with the notifications they call for),
-//! make a domain's mail due, and operators' actions. Each runs inside the writer's
-//! transaction; none commits or syncs on its own.
+//! make a domain's mail due, operators' actions, and purging a domain's mail. Each runs
+//! inside the writer's transaction; none commits or syncs on its own.
 
 use super::writer::Held;
 use crate::queue::{
@@ -119,12 +119,22 @@ pub(super) fn record(
             i64::from(u.warned)
         ])?;
     }
+    remove_if_done(c, id)
+}
+
+/// Removes a message none of whose recipients is pending any more; true when it did.
+fn remove_if_done(c: &Connection, id: &str) -> rusqlite::Result<bool> {
     let pending: i64 = c
         .prepare_cached(PENDING_OF_MESSAGE)?
         .query_row(params![id, Status::Pending as i64], |r| r.get(0))?;
     if pending > 0 {
         return Ok(false);
     }
+    remove(c, id)
+}
+
+/// Removes a message from the queue, recipients and body; true when it was there.
+fn remove(c: &Connection, id: &str) -> rusqlite::Result<bool> {
     c.prepare_cached("DELETE FROM recipients WHERE message_id = ?1")?
         .execute([id])?;
     let n = c
@@ -177,14 +187,30 @@ pub(super) fn act(
                      WHERE message_id = ?1 AND status = 0 AND held = 1",
                 )?
                 .execute(params![id, now])?,
-            OperatorAction::Delete => {
-                c.prepare_cached("DELETE FROM recipients WHERE message_id = ?1")?
-                    .execute([id])?;
-                c.prepare_cached("DELETE FROM messages WHERE id = ?1")?
-                    .execute([id])?
-            }
+            OperatorAction::Delete => usize::from(remove(c, id)?),
         };
         n += u64::from(changed > 0);
     }
     Ok(n)
+}
+
+/// Drops the pending, unclaimed recipients in `domain` (see
+/// [`crate::queue::Store::purge_domain`]); a message left with no pending recipient leaves
+/// the queue. Returns how many messages had a recipient dropped.
+///
+/// The rows are deleted, not set final: no status says "dropped without notice" (failed
+/// would tell an operator a notification went out), and a new status number would be one
+/// that older mx2 binaries reading the file cannot show.
+pub(super) fn purge_domain(c: &Connection, domain: &str) -> rusqlite::Result<u64> {
+    const PURGED: &str = "recipients WHERE domain = ?1 AND status = 0 AND claimed = 0";
+    let ids = c
+        .prepare_cached(&format!("SELECT DISTINCT message_id FROM {PURGED}"))?
+        .query_map([domain], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    c.prepare_cached(&format!("DELETE FROM {PURGED}"))?
+        .execute([domain])?;
+    for id in &ids {
+        remove_if_done(c, id)?;
+    }
+    Ok(ids.len() as u64)
 }

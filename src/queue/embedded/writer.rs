@@ -1,13 +1,16 @@
 //! The embedded queue's writer thread: group commit. Callers hand it operations and await
 //! their durability; it gathers whatever is waiting (up to a count and a size), runs it in
 //! one transaction with a savepoint per operation, syncs once, moves the queue's commit count
-//! and marker, and answers every caller with what the commit decided. The statements
-//! themselves are in `ops`; it never reads for operators (that is `inspect`).
+//! and marker, tells the registry's watchers when a registry change committed, and answers
+//! every caller with what the commit decided. The statements themselves are in `ops` and
+//! `registry`; it never reads for operators (that is `inspect`).
 
-use super::ops::{act, claim, claim_message, insert, make_due, record};
-use super::{backend, guard, outages};
+use super::ops::{act, claim, claim_message, insert, make_due, purge_domain, record};
+use super::{backend, guard, outages, registry};
+use crate::queue::registry::Written;
 use crate::queue::{Job, NewMessage, OperatorAction, OutageChange, StoreError, Update};
 use rusqlite::{Connection, params};
+use std::sync::Arc;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
@@ -27,6 +30,8 @@ pub(super) enum Op {
     ClaimMessage(String, Answer<Vec<Job>>),
     HoldNewMail(Vec<String>, Option<i64>, Answer<()>),
     Outage(String, OutageChange, Answer<()>),
+    Registry(registry::Change, Answer<Written>),
+    PurgeDomain(String, Answer<u64>),
 }
 
 /// Domains whose new mail is held (their primary is down), and for how long (ms).
@@ -48,6 +53,7 @@ pub(super) enum Done {
     Jobs(Answer<Vec<Job>>, Result<Vec<Job>, StoreError>),
     Bool(Answer<bool>, Result<bool, StoreError>),
     Count(Answer<u64>, Result<u64, StoreError>),
+    Registry(Answer<Written>, Result<Written, StoreError>),
 }
 
 impl Done {
@@ -68,15 +74,18 @@ impl Done {
             Done::Jobs(tx, r) => drop(tx.send(pick(r, commit))),
             Done::Bool(tx, r) => drop(tx.send(pick(r, commit))),
             Done::Count(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Registry(tx, r) => drop(tx.send(pick(r, commit))),
         }
     }
 }
 
-/// The writer thread's state: its connection, and the marker it keeps up with each commit.
+/// The writer thread's state: its connection, the marker it keeps up with each commit, and
+/// who to tell of a registry change.
 pub(super) struct Writer {
     pub(super) conn: Connection,
     pub(super) guard: guard::Guard,
     pub(super) marker: guard::Marker,
+    pub(super) watchers: Arc<registry::Watchers>,
 }
 
 pub(super) fn writer_loop(
@@ -188,6 +197,10 @@ fn run_transaction(w: &mut Writer, batch: Vec<Op>, held: &mut Held) -> Vec<Op> {
         Ok(()) => {}
         Err(e) => tracing::error!(error = %e, "queue commit failed"),
     }
+    // Before the callers hear of it: once a change is acknowledged, its watchers know.
+    if commit.is_ok() && done.iter().any(Done::changed_registry) {
+        w.watchers.notify();
+    }
     for d in done {
         d.answer(&commit);
     }
@@ -199,12 +212,17 @@ impl Done {
         self.error().is_none()
     }
 
+    fn changed_registry(&self) -> bool {
+        matches!(self, Done::Registry(_, Ok(Written::Done(_))))
+    }
+
     fn error(&self) -> Option<StoreError> {
         match self {
             Done::Unit(_, r) => r.as_ref().err().cloned(),
             Done::Jobs(_, r) => r.as_ref().err().cloned(),
             Done::Bool(_, r) => r.as_ref().err().cloned(),
             Done::Count(_, r) => r.as_ref().err().cloned(),
+            Done::Registry(_, r) => r.as_ref().err().cloned(),
         }
     }
 }
@@ -220,6 +238,8 @@ fn execute_failed(op: Op, held: &mut Held) -> Done {
         Op::Act(_, _, _, r) => Done::Count(r, Err(e())),
         Op::ClaimMessage(_, r) => Done::Jobs(r, Err(e())),
         Op::Outage(_, _, r) => Done::Unit(r, Err(e())),
+        Op::Registry(_, r) => Done::Registry(r, Err(e())),
+        Op::PurgeDomain(_, r) => Done::Count(r, Err(e())),
         // Not a change to the file: it takes effect whatever the transaction does.
         Op::HoldNewMail(domains, for_ms, r) => Done::Unit(r, hold(held, domains, for_ms)),
     }
@@ -257,5 +277,9 @@ fn execute(c: &Connection, op: Op, held: &mut Held) -> Done {
         Op::Outage(route, change, r) => {
             Done::Unit(r, outages::record(c, &route, change).map_err(backend))
         }
+        Op::Registry(change, r) => {
+            Done::Registry(r, registry::apply(c, &change).map_err(backend))
+        }
+        Op::PurgeDomain(domain, r) => Done::Count(r, purge_domain(c, &domain).map_err(backend)),
     }
 }

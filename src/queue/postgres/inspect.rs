@@ -3,8 +3,8 @@
 //! recipient counts as active while a node's lease on it runs.
 
 use super::{NOW_MS, pg_error};
-use crate::queue::list_limit;
 use crate::queue::{Depth, Filter, Listed, RecipientState, Shown, State, Status, StoreError};
+use crate::queue::{domain_key, list_limit};
 use tokio_postgres::Row;
 
 fn count(r: &Row, i: usize) -> Result<u64, tokio_postgres::Error> {
@@ -15,7 +15,7 @@ fn active() -> String {
     format!("bool_or(r.claimed_by IS NOT NULL AND r.lease_until >= {NOW_MS})")
 }
 
-/// The messages a filter selects (parameters $1 to $6), grouped by message: what a listing
+/// The messages a filter selects (parameters $1 to $7), grouped by message: what a listing
 /// shows and a count counts.
 fn matching() -> String {
     let active = active();
@@ -24,6 +24,8 @@ fn matching() -> String {
          WHERE r.status = 0
            AND ($1::text IS NULL OR EXISTS (SELECT 1 FROM recipients x
                  WHERE x.message_id = m.id AND x.status = 0 AND x.domain = $1))
+           AND (cardinality($7::text[]) = 0 OR EXISTS (SELECT 1 FROM recipients x
+                 WHERE x.message_id = m.id AND x.status = 0 AND x.domain = ANY($7)))
            AND ($2::text IS NULL OR strpos(lower(m.sender), $2) > 0)
            AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM recipients x
                  WHERE x.message_id = m.id AND x.status = 0 AND strpos(lower(x.address), $3) > 0))
@@ -45,22 +47,29 @@ struct Matching {
     before: Option<i64>,
     after: Option<String>,
     state: Option<&'static str>,
+    domains: Vec<String>,
 }
 
 impl Matching {
     fn of(f: &Filter) -> Self {
         let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
         Self {
-            domain: lower(&f.domain).map(|d| d.trim_end_matches('.').to_string()),
+            domain: f.domain.as_deref().map(domain_key),
             sender: lower(&f.sender),
             recipient: lower(&f.recipient),
             before: f.received_before_ms,
             after: f.after.clone(),
             state: f.state.map(State::name),
+            domains: f
+                .domains
+                .iter()
+                .map(String::as_str)
+                .map(domain_key)
+                .collect(),
         }
     }
 
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 6] {
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
         [
             &self.domain,
             &self.sender,
@@ -68,6 +77,7 @@ impl Matching {
             &self.before,
             &self.after,
             &self.state,
+            &self.domains,
         ]
     }
 }
@@ -90,7 +100,7 @@ pub(super) async fn list(
     let sql = format!(
         "SELECT m.id, m.received_at, m.sender, m.size, string_agg(r.address, ' ' ORDER BY r.id),
                 MIN(r.next_attempt), MAX(r.last_reply), bool_or(r.held), {}, MAX(r.attempts)
-         {} ORDER BY m.id LIMIT $7",
+         {} ORDER BY m.id LIMIT $8",
         active(),
         matching()
     );

@@ -62,6 +62,7 @@ CREATE TABLE primaries (
 );
 ",
     super::outages::SCHEMA,
+    super::registry::SCHEMA,
 ];
 
 /// The schema version this mx2 writes.

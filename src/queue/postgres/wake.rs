@@ -1,9 +1,11 @@
-//! Wake-ups between nodes: a dedicated connection LISTENs on the store's channel and turns
-//! every notification into a wake-up of this node's scheduler. The connection is made again
-//! when it drops (with a wake-up then, since notifications sent meanwhile are lost); the
-//! scheduler's polling covers the gap. Ends (within seconds) when the store is dropped.
+//! Notifications between nodes: a dedicated connection LISTENs on one of the store's
+//! channels and turns every notification into a notification of a `Notify` of this node's:
+//! wake-ups of the scheduler ([`super::CHANNEL`]), registry changes
+//! ([`super::registry::CHANNEL`]). The connection is made again when it drops, with a
+//! notification then, since notifications sent meanwhile are lost; the polling its listener
+//! does covers the gap. Ends (within seconds) when the store is dropped.
 
-use super::{CHANNEL, Inner, Tls};
+use super::{Inner, Tls};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -11,7 +13,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_postgres::{AsyncMessage, Client, Connection};
 use tracing::{debug, warn};
 
-pub(super) async fn listen(inner: Weak<Inner>, wake: Arc<Notify>) {
+pub(super) async fn listen(inner: Weak<Inner>, channel: &'static str, wake: Arc<Notify>) {
     let mut delay = Duration::from_millis(200);
     loop {
         let Some(store) = inner.upgrade() else {
@@ -22,14 +24,14 @@ pub(super) async fn listen(inner: Weak<Inner>, wake: Arc<Notify>) {
         let connected = match tls {
             Tls::Off => match pg.connect(tokio_postgres::NoTls).await {
                 Ok((client, conn)) => {
-                    serve(client, conn, &wake, &inner).await;
+                    serve(client, conn, channel, &wake, &inner).await;
                     Ok(())
                 }
                 Err(e) => Err(e),
             },
             Tls::Rustls(t) => match pg.connect(t).await {
                 Ok((client, conn)) => {
-                    serve(client, conn, &wake, &inner).await;
+                    serve(client, conn, channel, &wake, &inner).await;
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -37,11 +39,11 @@ pub(super) async fn listen(inner: Weak<Inner>, wake: Arc<Notify>) {
         };
         match connected {
             Ok(()) => {
-                debug!(node = %node, "wake-up connection closed; connecting again");
+                debug!(node = %node, channel, "notification connection closed; connecting again");
                 delay = Duration::from_millis(200);
             }
             Err(e) => {
-                warn!(node = %node, error = %e, "cannot listen for other nodes' wake-ups; polling meanwhile");
+                warn!(node = %node, channel, error = %e, "cannot listen for other nodes' notifications; polling meanwhile");
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
@@ -50,8 +52,13 @@ pub(super) async fn listen(inner: Weak<Inner>, wake: Arc<Notify>) {
 }
 
 /// Listens on one connection until it drops.
-async fn serve<S, T>(client: Client, mut conn: Connection<S, T>, wake: &Notify, inner: &Weak<Inner>)
-where
+async fn serve<S, T>(
+    client: Client,
+    mut conn: Connection<S, T>,
+    channel: &str,
+    wake: &Notify,
+    inner: &Weak<Inner>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -66,14 +73,14 @@ where
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    debug!(error = %e, "wake-up connection failed");
+                    debug!(error = %e, "notification connection failed");
                     return;
                 }
             }
         }
     });
-    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
-        warn!(error = %e, "LISTEN failed");
+    if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
+        warn!(channel, error = %e, "LISTEN failed");
         driver.abort();
         return;
     }

@@ -1,0 +1,202 @@
+//! The embedded store's own tests: the conformance suite, and what only this backend does
+//! (group commit, a full disk, held domains, claims released on reopen, older files).
+
+use super::ops::PENDING_OF_MESSAGE;
+use super::schema::read_identity;
+use super::writer::{Held, run_batch};
+use super::*;
+use crate::queue::suite;
+use rusqlite::params;
+
+#[tokio::test]
+async fn conformance_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::lifecycle(&Embedded::open(dir.path()).unwrap()).await;
+}
+
+#[test]
+fn the_pending_count_of_a_message_uses_the_message_index() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Embedded::open(dir.path()).unwrap());
+    let c = open_connection(&dir.path().join("queue.sqlite")).unwrap();
+    let plan: String = c
+        .query_row(
+            &format!("EXPLAIN QUERY PLAN {PENDING_OF_MESSAGE}"),
+            params!["m1", 0],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("recipients_message"), "{plan}");
+}
+
+/// A full disk can make SQLite roll back the whole batch, not just the failing insert:
+/// every answer must still match what the file holds (no 452 for a committed message,
+/// no 250 for a lost one).
+#[test]
+fn a_batch_rolled_back_by_a_full_disk_answers_what_the_file_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Embedded::open(dir.path()).unwrap());
+    let c = open_connection(&dir.path().join("queue.sqlite")).unwrap();
+    let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+    c.pragma_update(None, "max_page_count", pages + 50).unwrap();
+    let marker = read_identity(&c).unwrap().expect("an identity");
+    let (guard, _) = guard::Guard::acquire(dir.path()).unwrap();
+    let mut w = Writer {
+        conn: c,
+        guard,
+        marker,
+        watchers: Default::default(),
+    };
+    let mut answers = Vec::new();
+    let batch = ["before", "big", "after"]
+        .into_iter()
+        .map(|id| {
+            let mut m = suite::message(id, &[("a@x.test", "x.test")]);
+            if id == "big" {
+                m.body = vec![b'x'; 1 << 20];
+            }
+            let (tx, rx) = oneshot::channel();
+            answers.push((id, rx));
+            Op::Insert(Box::new(m), tx)
+        })
+        .collect();
+    run_batch(&mut w, batch, &mut Held::new());
+    for (id, mut rx) in answers {
+        let answer = rx.try_recv().expect("answered");
+        let stored: i64 = w
+            .conn
+            .query_row("SELECT COUNT(*) FROM messages WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(
+            answer.is_ok(),
+            stored == 1,
+            "{id}: answered {answer:?}, {stored} stored"
+        );
+        if id == "big" {
+            assert!(matches!(answer, Err(StoreError::Full)), "{answer:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn new_mail_for_a_held_domain_waits_until_the_hold_ends_and_make_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Embedded::open(dir.path()).unwrap();
+    s.hold_new_mail(vec!["x.test".into()], Some(60_000))
+        .await
+        .unwrap();
+    s.insert(suite::message(
+        "held",
+        &[("a@x.test", "x.test"), ("b@y.test", "y.test")],
+    ))
+    .await
+    .unwrap();
+    let jobs = s.claim_due(2000, 100).await.unwrap();
+    assert_eq!(jobs.len(), 1, "only the other domain's recipient is due");
+    assert_eq!(jobs[0].domain, "y.test");
+    assert_eq!(
+        s.next_due().await.unwrap(),
+        Some(61_000),
+        "due after the hold"
+    );
+    // The primary is back: the hold ends, then make_due (the probe's order).
+    s.hold_new_mail(vec!["x.test".into()], None).await.unwrap();
+    s.insert(suite::message("after", &[("c@x.test", "x.test")]))
+        .await
+        .unwrap();
+    assert_eq!(s.make_due(vec!["x.test".into()], 2000).await.unwrap(), 2);
+    let due: Vec<String> = s
+        .claim_due(2000, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.queue_id)
+        .collect();
+    assert_eq!(due, ["after", "held"]);
+}
+
+#[tokio::test]
+async fn conformance_operator_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::operator_actions(&Embedded::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn conformance_outages() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::outages(&Embedded::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn conformance_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::cache(&Embedded::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn conformance_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Embedded::open(dir.path()).unwrap();
+    suite::registry(&s).await;
+    suite::registry_watch(&s, &s).await;
+}
+
+#[tokio::test]
+async fn conformance_tenant_view_and_purge_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::tenant_view(&Embedded::open(dir.path()).unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    suite::purge_domain(&Embedded::open(dir.path()).unwrap()).await;
+}
+
+/// A queue written before the registry existed opens, and gains it.
+#[tokio::test]
+async fn an_older_queue_gains_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Embedded::open(dir.path()).unwrap());
+    open_connection(&dir.path().join("queue.sqlite"))
+        .unwrap()
+        .execute_batch("DROP TABLE registry; DROP TABLE registry_seq;")
+        .unwrap();
+    suite::registry(&Embedded::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn claims_are_released_on_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Embedded::open(dir.path()).unwrap();
+        s.insert(suite::message("m1", &[("a@x.test", "x.test")]))
+            .await
+            .unwrap();
+        assert_eq!(s.claim_due(2000, 10).await.unwrap().len(), 1);
+    }
+    let s = Embedded::open(dir.path()).unwrap();
+    assert_eq!(s.claim_due(2000, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_inserts_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Embedded::open(dir.path()).unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.insert(suite::message(&format!("m{i}"), &[("a@x.test", "x.test")]))
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(s.stats().await.unwrap().messages, 200);
+    let commits = s.commits();
+    println!("200 concurrent inserts took {commits} commits");
+    assert!(
+        commits < 200,
+        "every insert got its own commit: group commit is not working"
+    );
+}

@@ -1,0 +1,47 @@
+//! Purging a domain's mail on PostgreSQL (see [`crate::queue::Store::purge_domain`]): when a
+//! domain is no longer served, its pending recipients are dropped without a word, and the
+//! messages left with none pending leave the queue. One transaction; it wakes nobody, since
+//! nothing became due.
+
+use super::{NOW_MS, pg_error};
+use crate::queue::StoreError;
+
+/// Drops the pending recipients in `domain` that no node is delivering (no claim, or a lease
+/// run out); returns how many messages had one dropped.
+///
+/// The rows are deleted, not set final: no status says "dropped without notice" (failed
+/// would tell an operator a notification went out), and a new status number would be one
+/// that mx2 nodes of an older version sharing the queue cannot show. A recipient a node is
+/// delivering is locked by its claim (`FOR UPDATE SKIP LOCKED` then a lease): the delete
+/// waits for that claim to commit, then finds the lease and leaves the row.
+pub(super) async fn purge_domain(
+    c: &mut deadpool_postgres::Object,
+    domain: &str,
+) -> Result<u64, StoreError> {
+    let tx = c.transaction().await.map_err(pg_error)?;
+    let dropped = format!(
+        "DELETE FROM recipients WHERE domain = $1 AND status = 0
+           AND (claimed_by IS NULL OR lease_until < {NOW_MS})
+         RETURNING message_id"
+    );
+    let mut ids: Vec<String> = tx
+        .query(&dropped, &[&domain])
+        .await
+        .map_err(pg_error)?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(pg_error)?;
+    ids.sort_unstable();
+    ids.dedup();
+    // Body chunks and final recipients go with the message (ON DELETE CASCADE).
+    tx.execute(
+        "DELETE FROM messages m WHERE m.id = ANY($1)
+         AND NOT EXISTS (SELECT 1 FROM recipients x WHERE x.message_id = m.id AND x.status = 0)",
+        &[&ids],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)?;
+    Ok(ids.len() as u64)
+}
