@@ -7,13 +7,11 @@
 use super::Admin;
 use super::access::{Access, NOT_FOUND};
 use super::api::error;
+use super::bodies::{Refused, body, op_error, present};
+use super::domain_view::{DomainView, queue_use, stored_view, views};
 use super::scope::Scope;
-use crate::config::DomainLimits;
 use crate::queue::Depth;
 use crate::registry::ops::{AddDomain, OpError, domain_name};
-use crate::registry::records::DomainState;
-use crate::registry::verify::challenge_name;
-use crate::registry::{Snapshot, StoredDomain};
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -21,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,163 +39,6 @@ pub fn routes() -> Router<Arc<Admin>> {
             "/api/v1/domains/{name}/recipients",
             put(recipients).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
         )
-}
-
-/// Where a domain is configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    File,
-    Store,
-}
-
-/// The TXT record that proves a pending domain's ownership.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Challenge {
-    pub record: String,
-    pub value: String,
-}
-
-/// What the queue holds for a domain.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct QueueUse {
-    pub messages: u64,
-    pub bytes: u64,
-}
-
-/// One domain as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DomainView {
-    pub name: String,
-    pub source: Source,
-    pub state: DomainState,
-    pub tenant: Option<String>,
-    /// A stored domain the configuration file also has: the file's settings apply.
-    pub shadowed: bool,
-    /// A stored domain's `[[domain]]` keys; None for the file's domains.
-    pub settings: Option<Value>,
-    /// Its own limits; None when not known (settings invalid, or not handed to the API).
-    pub limits: Option<DomainLimits>,
-    /// Why a stored domain's settings are refused (it then takes no mail).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub invalid: Option<String>,
-    /// For a pending domain: the TXT record to publish.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub challenge: Option<Challenge>,
-    /// The last MX audit's verdict (ok, warn, fail).
-    pub audit: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub created_ms: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verified_ms: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verified_by: Option<String>,
-    pub queue: QueueUse,
-}
-
-fn queue_use(depth: &[Depth], name: &str) -> QueueUse {
-    depth
-        .iter()
-        .find(|d| d.domain == name)
-        .map_or_else(QueueUse::default, |d| QueueUse {
-            messages: d.messages,
-            bytes: d.bytes,
-        })
-}
-
-/// A stored domain's view.
-pub fn stored_view(d: &StoredDomain, snapshot: &Snapshot, depth: &[Depth]) -> DomainView {
-    let r = &d.record;
-    DomainView {
-        name: d.name.clone(),
-        source: Source::Store,
-        state: r.state,
-        tenant: r.tenant.clone(),
-        shadowed: snapshot.is_shadowed(&d.name),
-        settings: r
-            .settings
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|t| serde_json::to_value(t).ok()),
-        limits: d.config.as_ref().ok().map(|c| c.limits),
-        invalid: d.config.as_ref().err().cloned(),
-        challenge: (r.state == DomainState::Pending).then(|| Challenge {
-            record: challenge_name(&d.name),
-            value: r.challenge.clone(),
-        }),
-        audit: r
-            .audit
-            .as_ref()
-            .and_then(|a| a.get("verdict"))
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        created_ms: Some(r.created_ms),
-        verified_ms: r.verified_ms,
-        verified_by: r.verified_by.clone(),
-        queue: queue_use(depth, &d.name),
-    }
-}
-
-/// A domain of the configuration file.
-fn file_view(a: &Admin, name: &str, depth: &[Depth]) -> DomainView {
-    DomainView {
-        name: name.to_string(),
-        source: Source::File,
-        state: DomainState::Active,
-        tenant: None,
-        shadowed: false,
-        settings: None,
-        limits: a.registry.file_config(name).map(|c| c.limits),
-        invalid: None,
-        challenge: None,
-        audit: None,
-        created_ms: None,
-        verified_ms: None,
-        verified_by: None,
-        queue: queue_use(depth, name),
-    }
-}
-
-/// Every domain `scope` may see: the file's (operator only), then the stored ones.
-fn views(a: &Admin, scope: &Scope, depth: &[Depth]) -> Vec<DomainView> {
-    let snapshot = a.registry.snapshot();
-    let file = match scope {
-        Scope::All => snapshot.file_domains.iter().collect(),
-        Scope::Domains(_) => Vec::new(),
-    };
-    let mut out: Vec<DomainView> = file.into_iter().map(|n| file_view(a, n, depth)).collect();
-    out.extend(
-        snapshot
-            .domains
-            .values()
-            .filter(|d| scope.covers(&d.name))
-            .map(|d| stored_view(d, &snapshot, depth)),
-    );
-    out
-}
-
-/// A registry refusal as an answer; a tenant never learns more than "not found".
-pub(super) fn op_error(e: OpError) -> Response {
-    let code = match &e {
-        OpError::NotFound(_) => StatusCode::NOT_FOUND,
-        OpError::Exists(_) | OpError::Busy => StatusCode::CONFLICT,
-        OpError::Invalid(_) => StatusCode::BAD_REQUEST,
-        OpError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    error(code, &e.to_string())
-}
-
-/// The answer a request gets instead, when a step refuses it.
-pub(super) type Refused = Box<Response>;
-
-/// A JSON body, or the answer saying what was expected.
-pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>, expected: &str) -> Result<T, Refused> {
-    b.map(|Json(t)| t).map_err(|e| {
-        Box::new(error(
-            StatusCode::BAD_REQUEST,
-            &format!("{e}: send {expected}"),
-        ))
-    })
 }
 
 /// The domain a path names, when `scope` may see it (a tenant: one of its own).
@@ -312,15 +153,6 @@ async fn add(State(a): State<Arc<Admin>>, b: Result<Json<Add>, JsonRejection>) -
         }
         Err(e) => op_error(e),
     }
-}
-
-/// Accepts a key that may be absent (None), `null` (Some(None)) or a value.
-pub(super) fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -500,19 +332,6 @@ mod tests {
     }
 
     #[test]
-    fn refusals_map_to_statuses() {
-        let code = |e| op_error(e).status();
-        assert_eq!(code(OpError::NotFound("x".into())), StatusCode::NOT_FOUND);
-        assert_eq!(code(OpError::Exists("x".into())), StatusCode::CONFLICT);
-        assert_eq!(code(OpError::Busy), StatusCode::CONFLICT);
-        assert_eq!(code(OpError::Invalid("x".into())), StatusCode::BAD_REQUEST);
-        assert_eq!(
-            code(OpError::Store(crate::queue::StoreError::Closed)),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-    }
-
-    #[test]
     fn a_tenant_names_only_its_own_domains() {
         let mine = Scope::Domains(["a.example".to_string()].into());
         assert_eq!(named(&mine, "A.example.").unwrap(), "a.example");
@@ -532,13 +351,10 @@ mod tests {
     }
 
     #[test]
-    fn absent_null_and_set_are_three_things() {
-        let c: Change = serde_json::from_str("{}").unwrap();
-        assert_eq!(c.tenant, None);
+    fn a_change_takes_known_keys_and_null_for_nobody() {
         let c: Change = serde_json::from_str(r#"{"tenant": null}"#).unwrap();
         assert_eq!(c.tenant, Some(None));
-        let c: Change = serde_json::from_str(r#"{"tenant": "acme"}"#).unwrap();
-        assert_eq!(c.tenant, Some(Some("acme".into())));
+        assert!(c.settings.is_empty());
         assert!(serde_json::from_str::<Change>(r#"{"colour": 1}"#).is_err());
     }
 }

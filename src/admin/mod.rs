@@ -9,9 +9,12 @@
 //! the scheduler; it never touches SMTP.
 
 pub mod access;
+mod actions;
 pub mod alerts;
 mod api;
+mod bodies;
 pub mod dashboard;
+pub mod domain_view;
 pub mod domains;
 pub mod guard;
 pub mod history;

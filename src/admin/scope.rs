@@ -38,12 +38,17 @@ impl Scope {
         }
     }
 
-    /// A listing's filter narrowed to this scope; None when the scope holds no domain at all
-    /// (nothing to list: an empty `domains` filter would mean "every domain").
+    /// A listing's filter narrowed to this scope; None when it can select nothing: the
+    /// scope holds no domain at all (an empty `domains` filter would mean "every domain"),
+    /// or the filter asks for a domain out of view.
     pub fn filter(&self, f: Filter) -> Option<Filter> {
+        let outside = f
+            .domain
+            .as_deref()
+            .is_some_and(|d| !self.covers(&crate::queue::domain_key(d)));
         match self {
             Scope::All => Some(f),
-            Scope::Domains(mine) if mine.is_empty() => None,
+            Scope::Domains(mine) if mine.is_empty() || outside => None,
             Scope::Domains(mine) => Some(Filter {
                 domains: mine.iter().cloned().collect(),
                 ..f
@@ -252,6 +257,13 @@ mod tests {
                 .filter(Filter::default())
                 .is_none()
         );
+        let theirs = |d: &str| Filter {
+            domain: Some(d.into()),
+            ..Default::default()
+        };
+        assert!(mine().filter(theirs("b.example")).is_none());
+        assert!(mine().filter(theirs("A.example.")).is_some());
+        assert!(Scope::All.filter(theirs("b.example")).is_some());
         let line = Listed {
             id: "m1".into(),
             received_at_ms: 0,

@@ -4,7 +4,7 @@
 
 use super::Admin;
 use super::api::error;
-use super::domains::{body, op_error, present};
+use super::bodies::{body, op_error, present};
 use crate::registry::StoredTenant;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -150,13 +150,19 @@ async fn remove(State(a): State<Arc<Admin>>, Path(name): Path<String>) -> Respon
     }
 }
 
+/// Said with a new token when the admin port has no operator token: a tenant's token then
+/// narrows what its holder sees, but anyone may leave it out and act as the operator.
+const NO_OPERATOR_TOKEN: &str = "this server has no operator token (admin.token_file): anyone who reaches the admin port without a token acts as the operator; set one before giving tenants access";
+
 async fn token(State(a): State<Arc<Admin>>, Path(name): Path<String>) -> Response {
     match a.registry.add_token(&name).await {
-        Ok((id, token)) => (
-            StatusCode::CREATED,
-            Json(json!({ "id": id, "token": token })),
-        )
-            .into_response(),
+        Ok((id, token)) => {
+            let mut out = json!({ "id": id, "token": token });
+            if a.token.is_none() {
+                out["warning"] = json!(NO_OPERATOR_TOKEN);
+            }
+            (StatusCode::CREATED, Json(out)).into_response()
+        }
         Err(e) => op_error(e),
     }
 }

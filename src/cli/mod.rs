@@ -7,6 +7,7 @@ mod api;
 mod domain;
 mod queue;
 mod recover;
+mod settings;
 mod status;
 mod tenant;
 

@@ -147,6 +147,9 @@ pub fn run(cmd: TenantCmd) -> ExitCode {
                     "Keep it now: it cannot be shown again (mx2 keeps only its hash). The tenant sends it as `Authorization: Bearer TOKEN`, or gives it to mx2 commands with MX2_TOKEN or --token-file. Revoke it with `mx2 tenant revoke {name} {}`.",
                     s(&v["id"])
                 );
+                if let Some(w) = v["warning"].as_str() {
+                    eprintln!("mx2: warning: {w}");
+                }
             })
         }
         TenantCmd::Revoke {
