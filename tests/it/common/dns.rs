@@ -1,6 +1,5 @@
 //! A tiny authoritative DNS server for tests (UDP on 127.0.0.1), built on hickory-proto's
-//! message encoding. Zones are given as simple records (more may be added while it runs);
-//! unknown names get NXDOMAIN.
+//! message encoding. Zones are given as simple records; unknown names get NXDOMAIN.
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TXT};
@@ -27,11 +26,9 @@ pub enum Rec {
     ServFail,
 }
 
-type Zone = HashMap<String, Vec<Rec>>;
-
 pub struct DnsServer {
     pub addr: SocketAddr,
-    zone: Arc<Mutex<Zone>>,
+    zone: Arc<Mutex<HashMap<String, Vec<Rec>>>>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -43,10 +40,12 @@ fn key(name: &str) -> String {
 impl DnsServer {
     /// Serves `records`: (owner name, record).
     pub fn start(records: &[(&str, Rec)]) -> DnsServer {
-        let mut zone: Zone = HashMap::new();
+        let mut zone: HashMap<String, Vec<Rec>> = HashMap::new();
         for (name, rec) in records {
             zone.entry(key(name)).or_default().push(rec.clone());
         }
+        let zone = Arc::new(Mutex::new(zone));
+        let served = zone.clone();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
@@ -54,8 +53,6 @@ impl DnsServer {
         let addr = socket.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
-        let zone = Arc::new(Mutex::new(zone));
-        let served = zone.clone();
         let thread = thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while !s2.load(Ordering::SeqCst) {
@@ -75,8 +72,10 @@ impl DnsServer {
             thread: Some(thread),
         }
     }
+}
 
-    /// Serves one more record from now on.
+impl DnsServer {
+    /// Serves one more record from now on (a record published while the test runs).
     pub fn add(&self, name: &str, rec: Rec) {
         self.zone
             .lock()
@@ -96,7 +95,7 @@ impl Drop for DnsServer {
     }
 }
 
-fn answer(zone: &Zone, query: &[u8]) -> Option<Vec<u8>> {
+fn answer(zone: &HashMap<String, Vec<Rec>>, query: &[u8]) -> Option<Vec<u8>> {
     let q = Message::from_vec(query).ok()?;
     let question = q.queries.first()?.clone();
     let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
