@@ -142,6 +142,14 @@ fn domains_added_at_run_time_take_mail_at_once() {
     let (code, out, err) = cli(&["domain", "verify", "pending.test"], &cfg);
     assert_eq!(code, 1, "still pending: {out}{err}");
     assert!(out.contains("stays pending"), "{out}");
+    // A record with another value does not count, and is not remembered once it is fixed.
+    dns.add(
+        "_mx2-challenge.pending.test",
+        Rec::Txt("mx2-verify-not-this-one"),
+    );
+    let (code, out, _) = cli(&["domain", "verify", "pending.test"], &cfg);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not carry the challenge"), "{out}");
     dns.add(
         "_mx2-challenge.pending.test",
         Rec::Txt(Box::leak(challenge.into_boxed_str())),
