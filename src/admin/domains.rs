@@ -103,25 +103,23 @@ struct Add {
     verified: bool,
 }
 
-/// What a new domain's owner publishes, and what comes next.
-fn next_steps(a: &Admin, v: &DomainView) -> (Vec<String>, String) {
-    let mx = format!(
-        "point an MX record of {} at {} (a larger preference number than the primary's)",
-        v.name, a.hostname
-    );
-    match &v.challenge {
-        Some(c) => (
-            vec![format!("{}. IN TXT \"{}\"", c.record, c.value)],
-            format!(
-                "{} is pending: mail for it is refused until the TXT record is published and `mx2 domain verify {}` finds it; {mx}",
-                v.name, v.name
-            ),
-        ),
-        None => (
-            Vec::new(),
-            format!("{} is active: mail for it is accepted; {mx}", v.name),
-        ),
+/// What a new domain's owner publishes in DNS (the ownership challenge while it is pending,
+/// and an MX record naming this server), and what comes next, in words.
+fn next_steps(hostname: &str, v: &DomainView) -> (Vec<String>, String) {
+    let n = &v.name;
+    let mut publish = Vec::new();
+    if let Some(c) = &v.challenge {
+        publish.push(format!("{}. IN TXT \"{}\"", c.record, c.value));
     }
+    publish.push(format!("{n}. IN MX 20 {}.", hostname.trim_end_matches('.')));
+    let mx = "the MX record's preference (20 here) must be a larger number than the primary's";
+    let next = match &v.challenge {
+        Some(_) => format!(
+            "{n} is pending: mail for it is refused until the TXT record is published and `mx2 domain verify {n}` finds it; {mx}"
+        ),
+        None => format!("{n} is active: mail for it is accepted now; {mx}"),
+    };
+    (publish, next)
 }
 
 async fn add(State(a): State<Arc<Admin>>, b: Result<Json<Add>, JsonRejection>) -> Response {
@@ -145,7 +143,7 @@ async fn add(State(a): State<Arc<Admin>>, b: Result<Json<Add>, JsonRejection>) -
         Ok(d) => {
             let depth = a.store.depth().await.unwrap_or_default();
             let v = stored_view(&d, &a.registry.snapshot(), &depth);
-            let (publish, next) = next_steps(&a, &v);
+            let (publish, next) = next_steps(&a.hostname, &v);
             let mut out = serde_json::to_value(&v).unwrap_or_default();
             out["publish"] = json!(publish);
             out["next"] = json!(next);
@@ -348,6 +346,45 @@ mod tests {
             named(&Scope::All, "not a name").unwrap_err().status(),
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[test]
+    fn a_new_domain_is_told_what_to_publish() {
+        let mut v = DomainView {
+            name: "a.example".into(),
+            source: super::super::domain_view::Source::Store,
+            state: crate::registry::records::DomainState::Pending,
+            tenant: None,
+            shadowed: false,
+            settings: None,
+            limits: None,
+            invalid: None,
+            challenge: Some(super::super::domain_view::Challenge {
+                record: "_mx2-challenge.a.example".into(),
+                value: "mx2-verify-00ff".into(),
+            }),
+            audit: None,
+            created_ms: None,
+            verified_ms: None,
+            verified_by: None,
+            queue: Default::default(),
+        };
+        let (publish, next) = next_steps("mx2.example.net.", &v);
+        assert_eq!(
+            publish,
+            vec![
+                "_mx2-challenge.a.example. IN TXT \"mx2-verify-00ff\"",
+                "a.example. IN MX 20 mx2.example.net."
+            ]
+        );
+        assert!(
+            next.contains("pending") && next.contains("mx2 domain verify a.example"),
+            "{next}"
+        );
+        v.challenge = None;
+        let (publish, next) = next_steps("mx2.example.net", &v);
+        assert_eq!(publish, vec!["a.example. IN MX 20 mx2.example.net."]);
+        assert!(next.contains("active"), "{next}");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub enum DomainCmd {
         name: String,
         #[command(flatten)]
         route: Route,
+        #[command(flatten)]
+        limits: Limits,
         /// The tenant (customer) it belongs to.
         #[arg(long)]
         tenant: Option<String>,
@@ -212,6 +214,7 @@ pub fn run(cmd: DomainCmd) -> ExitCode {
         DomainCmd::Add {
             name,
             route,
+            limits,
             tenant,
             verified,
             set,
@@ -219,6 +222,7 @@ pub fn run(cmd: DomainCmd) -> ExitCode {
             json,
         } => {
             let mut settings = route.keys(false);
+            settings.extend(limits.keys());
             if let Err(e) = assignments(&set, &mut settings) {
                 return fail(e, 2);
             }
@@ -234,11 +238,9 @@ pub fn run(cmd: DomainCmd) -> ExitCode {
                 json,
                 |v| {
                     println!("added {} ({})", s(&v["name"]), s(&v["state"]));
+                    println!("DNS records to publish:");
                     for record in v["publish"].as_array().into_iter().flatten() {
-                        println!(
-                            "publish this DNS record to show the domain is yours:\n  {}",
-                            s(record)
-                        );
+                        println!("  {}", s(record));
                     }
                     println!("{}", s(&v["next"]));
                 },

@@ -135,6 +135,7 @@ fn domains_added_at_run_time_take_mail_at_once() {
         .find(|l| l.contains("_mx2-challenge.pending.test. IN TXT \""))
         .unwrap_or_else(|| panic!("no TXT record to publish in: {out}"));
     let challenge = line.split('"').nth(1).unwrap().to_string();
+    assert!(out.contains("pending.test. IN MX 20 mx2.test."), "{out}");
     let shown = json(&ok(&["domain", "show", "pending.test", "--json"], &cfg));
     assert_eq!(shown["challenge"]["value"], challenge.as_str(), "{shown}");
     assert_eq!(shown["challenge"]["record"], "_mx2-challenge.pending.test");
@@ -508,9 +509,13 @@ fn refused_domain_changes_say_why() {
             "--primary",
             "127.0.0.1:25",
             "--verified",
+            "--lifetime",
+            "14d",
         ],
         &cfg,
     );
+    let out = ok(&["domain", "show", "x.test"], &cfg);
+    assert!(out.contains("lifetime 1209600"), "{out}");
     let (code, _, err) = add(&["--primary", "127.0.0.1:25"]);
     assert_eq!(code, 1);
     assert!(err.contains("x.test is already added"), "{err}");
