@@ -11,6 +11,7 @@ use crate::registry::verify::challenge_name;
 use crate::registry::{Snapshot, StoredDomain};
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::HashMap;
 
 /// Where a domain is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -64,18 +65,33 @@ pub struct DomainView {
     pub queue: QueueUse,
 }
 
-pub fn queue_use(depth: &[Depth], name: &str) -> QueueUse {
-    depth
-        .iter()
-        .find(|d| d.domain == name)
-        .map_or_else(QueueUse::default, |d| QueueUse {
-            messages: d.messages,
-            bytes: d.bytes,
-        })
+/// What the queue holds, by domain.
+#[derive(Debug, Clone, Default)]
+pub struct QueueUses(HashMap<String, QueueUse>);
+
+impl QueueUses {
+    pub fn of(depth: Vec<Depth>) -> QueueUses {
+        QueueUses(
+            depth
+                .into_iter()
+                .map(|d| {
+                    let u = QueueUse {
+                        messages: d.messages,
+                        bytes: d.bytes,
+                    };
+                    (d.domain, u)
+                })
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, domain: &str) -> QueueUse {
+        self.0.get(domain).copied().unwrap_or_default()
+    }
 }
 
 /// A stored domain's view.
-pub fn stored_view(d: &StoredDomain, snapshot: &Snapshot, depth: &[Depth]) -> DomainView {
+pub fn stored_view(d: &StoredDomain, snapshot: &Snapshot, queue: &QueueUses) -> DomainView {
     let r = &d.record;
     DomainView {
         name: d.name.clone(),
@@ -103,12 +119,12 @@ pub fn stored_view(d: &StoredDomain, snapshot: &Snapshot, depth: &[Depth]) -> Do
         created_ms: Some(r.created_ms),
         verified_ms: r.verified_ms,
         verified_by: r.verified_by.clone(),
-        queue: queue_use(depth, &d.name),
+        queue: queue.get(&d.name),
     }
 }
 
 /// A domain of the configuration file.
-pub fn file_view(a: &Admin, name: &str, depth: &[Depth]) -> DomainView {
+pub fn file_view(a: &Admin, name: &str, queue: &QueueUses) -> DomainView {
     DomainView {
         name: name.to_string(),
         source: Source::File,
@@ -123,24 +139,24 @@ pub fn file_view(a: &Admin, name: &str, depth: &[Depth]) -> DomainView {
         created_ms: None,
         verified_ms: None,
         verified_by: None,
-        queue: queue_use(depth, name),
+        queue: queue.get(name),
     }
 }
 
 /// Every domain `scope` may see: the file's (operator only), then the stored ones.
-pub fn views(a: &Admin, scope: &Scope, depth: &[Depth]) -> Vec<DomainView> {
+pub fn views(a: &Admin, scope: &Scope, queue: &QueueUses) -> Vec<DomainView> {
     let snapshot = a.registry.snapshot();
     let file = match scope {
         Scope::All => snapshot.file_domains.iter().collect(),
         Scope::Domains(_) => Vec::new(),
     };
-    let mut out: Vec<DomainView> = file.into_iter().map(|n| file_view(a, n, depth)).collect();
+    let mut out: Vec<DomainView> = file.into_iter().map(|n| file_view(a, n, queue)).collect();
     out.extend(
         snapshot
             .domains
             .values()
             .filter(|d| scope.covers(&d.name))
-            .map(|d| stored_view(d, &snapshot, depth)),
+            .map(|d| stored_view(d, &snapshot, queue)),
     );
     out
 }

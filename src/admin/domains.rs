@@ -8,9 +8,8 @@ use super::Admin;
 use super::access::{Access, NOT_FOUND};
 use super::api::error;
 use super::bodies::{Refused, body, op_error, present};
-use super::domain_view::{DomainView, queue_use, stored_view, views};
+use super::domain_view::{DomainView, QueueUses, stored_view, views};
 use super::scope::Scope;
-use crate::queue::Depth;
 use crate::registry::ops::{AddDomain, OpError, domain_name};
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
@@ -51,19 +50,21 @@ fn named(scope: &Scope, name: &str) -> Result<String, Refused> {
     }
 }
 
-async fn depth(a: &Admin) -> Result<Vec<Depth>, Refused> {
+/// What the queue holds, by domain.
+async fn queue(a: &Admin) -> Result<QueueUses, Refused> {
     a.store
         .depth()
         .await
+        .map(QueueUses::of)
         .map_err(|e| Box::new(error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())))
 }
 
 async fn list(State(a): State<Arc<Admin>>, Extension(who): Extension<Access>) -> Response {
-    let depth = match depth(&a).await {
+    let queue = match queue(&a).await {
         Ok(d) => d,
         Err(r) => return *r,
     };
-    Json(json!({ "domains": views(&a, &a.scope(&who), &depth) })).into_response()
+    Json(json!({ "domains": views(&a, &a.scope(&who), &queue) })).into_response()
 }
 
 async fn show(
@@ -76,12 +77,12 @@ async fn show(
         Ok(n) => n,
         Err(r) => return *r,
     };
-    let depth = match depth(&a).await {
+    let queue = match queue(&a).await {
         Ok(d) => d,
         Err(r) => return *r,
     };
     // The stored entry when there is one (what this API manages), else the file's.
-    let mut found = views(&a, &scope, &depth)
+    let mut found = views(&a, &scope, &queue)
         .into_iter()
         .filter(|v| v.name == name)
         .collect::<Vec<_>>();
@@ -141,8 +142,8 @@ async fn add(State(a): State<Arc<Admin>>, b: Result<Json<Add>, JsonRejection>) -
         .await;
     match added {
         Ok(d) => {
-            let depth = a.store.depth().await.unwrap_or_default();
-            let v = stored_view(&d, &a.registry.snapshot(), &depth);
+            let queue = queue(&a).await.unwrap_or_default();
+            let v = stored_view(&d, &a.registry.snapshot(), &queue);
             let (publish, next) = next_steps(&a.hostname, &v);
             let mut out = serde_json::to_value(&v).unwrap_or_default();
             out["publish"] = json!(publish);
@@ -182,8 +183,8 @@ async fn change(
     }
     match a.registry.set_domain(&name, &b.settings, b.tenant).await {
         Ok(d) => {
-            let depth = a.store.depth().await.unwrap_or_default();
-            Json(stored_view(&d, &a.registry.snapshot(), &depth)).into_response()
+            let queue = queue(&a).await.unwrap_or_default();
+            Json(stored_view(&d, &a.registry.snapshot(), &queue)).into_response()
         }
         Err(e) => op_error(e),
     }
@@ -232,7 +233,7 @@ async fn remove(
     } else {
         match a.store.depth().await {
             Ok(depth) => {
-                let held = queue_use(&depth, &name).messages;
+                let held = QueueUses::of(depth).get(&name).messages;
                 Json(json!({ "removed": name, "held": held })).into_response()
             }
             Err(e) => store(e),
