@@ -31,11 +31,26 @@ pub struct DnsFailure {
 
 pub struct Dns {
     resolver: TokioResolver,
+    /// The same servers, nothing cached: for answers that must be current the moment a
+    /// record is published (a domain's ownership challenge).
+    fresh: TokioResolver,
 }
 
 impl Dns {
     /// Uses `nameservers` (IP:port, UDP then TCP) when given, else the system's resolv.conf.
     pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, String> {
+        Ok(Self {
+            resolver: Self::resolver_for(nameservers, timeout, true)?,
+            fresh: Self::resolver_for(nameservers, timeout, false)?,
+        })
+    }
+
+    /// A resolver for `nameservers`; without `cache`, every answer is asked for anew.
+    fn resolver_for(
+        nameservers: &[SocketAddr],
+        timeout: Duration,
+        cache: bool,
+    ) -> Result<TokioResolver, String> {
         let mut builder = if nameservers.is_empty() {
             Resolver::builder_tokio()
                 .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
@@ -59,11 +74,15 @@ impl Dns {
         opts.timeout = timeout;
         opts.attempts = 2;
         opts.ndots = 0;
+        if !cache {
+            opts.cache_size = 0;
+            opts.positive_max_ttl = Some(Duration::ZERO);
+            opts.negative_max_ttl = Some(Duration::ZERO);
+        }
         *builder.options_mut() = opts;
-        let resolver = builder
+        builder
             .build()
-            .map_err(|e| format!("cannot start the DNS resolver: {e}"))?;
-        Ok(Self { resolver })
+            .map_err(|e| format!("cannot start the DNS resolver: {e}"))
     }
 
     /// The underlying resolver (for libraries that do their own lookups, such as SPF).
@@ -157,7 +176,17 @@ impl Dns {
 
     /// TXT strings at `name` (each record's strings joined).
     pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsFailure> {
-        match self.resolver.txt_lookup(Self::fqdn(name)).await {
+        Self::txt_from(&self.resolver, name).await
+    }
+
+    /// As [`Dns::txt`], asked of the servers now whatever was cached (a record just
+    /// published, or one that was missing a moment ago, is seen at once).
+    pub async fn txt_now(&self, name: &str) -> Result<Vec<String>, DnsFailure> {
+        Self::txt_from(&self.fresh, name).await
+    }
+
+    async fn txt_from(resolver: &TokioResolver, name: &str) -> Result<Vec<String>, DnsFailure> {
+        match resolver.txt_lookup(Self::fqdn(name)).await {
             Ok(l) => Ok(l
                 .answers()
                 .iter()

@@ -1,22 +1,21 @@
 //! The JSON API, version 1 (documented in docs/api.md): status, queue listing with filters
-//! and paging, one message, its raw content, actions (flush, hold, release, delete, bounce),
-//! recent events, and reload. Errors are JSON `{"error": "..."}` with a fitting status.
+//! and paging, one message, its raw content, recent events, and reload; the actions
+//! (flush, hold, release, delete, bounce) are in [`super::actions`]. Errors are JSON `{"error": "..."}` with a fitting status.
+//! A tenant's request sees its own domains' mail only ([`super::scope`]).
 
-use super::Admin;
-use crate::queue::{DEFAULT_LIST, Filter, MAX_LIST, OperatorAction, State, StoreError};
-use axum::Json;
+use super::access::Access;
+use super::scope::Scope;
+use super::{Admin, actions};
+use crate::queue::{DEFAULT_LIST, Filter, MAX_LIST, State, StoreError};
 use axum::Router;
 use axum::extract::{Path, Query, State as Ctx};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
+use axum::{Extension, Json};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// The most message ids one batch action takes.
-pub const MAX_BATCH: usize = 10_000;
 
 pub fn routes() -> Router<Arc<Admin>> {
     Router::new()
@@ -25,11 +24,11 @@ pub fn routes() -> Router<Arc<Admin>> {
         .route("/api/v1/events", get(events))
         .route("/api/v1/queue", get(list))
         .route("/api/v1/queue/count", get(count))
-        .route("/api/v1/queue/actions", post(batch))
-        .route("/api/v1/queue/{id}", get(show).delete(delete_one))
+        .route("/api/v1/queue/actions", post(actions::batch))
+        .route("/api/v1/queue/{id}", get(show).delete(actions::delete_one))
         .route("/api/v1/queue/{id}/eml", get(export))
-        .route("/api/v1/queue/{id}/{action}", post(act_one))
-        .route("/api/v1/flush", post(flush))
+        .route("/api/v1/queue/{id}/{action}", post(actions::act_one))
+        .route("/api/v1/flush", post(actions::flush))
         .route("/api/v1/reload", post(reload))
 }
 
@@ -37,7 +36,7 @@ pub fn error(code: StatusCode, message: &str) -> Response {
     (code, Json(json!({ "error": message }))).into_response()
 }
 
-fn store_error(e: StoreError) -> Response {
+pub(super) fn store_error(e: StoreError) -> Response {
     match e {
         StoreError::NotFound(id) => error(
             StatusCode::NOT_FOUND,
@@ -47,8 +46,8 @@ fn store_error(e: StoreError) -> Response {
     }
 }
 
-async fn status(Ctx(a): Ctx<Arc<Admin>>) -> Response {
-    match a.status().await {
+async fn status(Ctx(a): Ctx<Arc<Admin>>, Extension(who): Extension<Access>) -> Response {
+    match a.status_in(&a.scope(&who)).await {
         Ok(s) => Json(s).into_response(),
         Err(e) => store_error(e),
     }
@@ -67,8 +66,8 @@ async fn identity(Ctx(a): Ctx<Arc<Admin>>) -> Response {
     .into_response()
 }
 
-async fn events() -> Response {
-    Json(json!({ "events": crate::events::get().recent() })).into_response()
+async fn events(Ctx(a): Ctx<Arc<Admin>>, Extension(who): Extension<Access>) -> Response {
+    Json(json!({ "events": a.events_in(&a.scope(&who)) })).into_response()
 }
 
 /// The listing's filter from query parameters: domain, sender, recipient, older_than
@@ -121,7 +120,11 @@ pub fn filter_from(q: &HashMap<String, String>) -> Result<Filter, String> {
     Ok(f)
 }
 
-async fn list(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn list(
+    Ctx(a): Ctx<Arc<Admin>>,
+    Extension(who): Extension<Access>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let filter = match filter_from(&q) {
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
@@ -130,7 +133,7 @@ async fn list(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>)
         0 => DEFAULT_LIST,
         n => n,
     };
-    match a.store.list(filter).await {
+    match a.list_in(&a.scope(&who), filter).await {
         Ok(messages) => {
             // More may follow when the page is full.
             let next = (messages.len() == limit)
@@ -143,10 +146,17 @@ async fn list(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>)
 }
 
 /// How many messages the listing's filters select: `{"total": n}`.
-async fn count(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn count(
+    Ctx(a): Ctx<Arc<Admin>>,
+    Extension(who): Extension<Access>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let filter = match filter_from(&q) {
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let Some(filter) = a.scope(&who).filter(filter) else {
+        return Json(json!({ "total": 0 })).into_response();
     };
     match a.store.count(filter).await {
         Ok(n) => Json(json!({ "total": n })).into_response(),
@@ -154,15 +164,31 @@ async fn count(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>
     }
 }
 
-async fn show(Ctx(a): Ctx<Arc<Admin>>, Path(id): Path<String>) -> Response {
-    match a.store.show(&id).await {
-        Ok(Some(m)) => Json(m).into_response(),
+async fn show(
+    Ctx(a): Ctx<Arc<Admin>>,
+    Extension(who): Extension<Access>,
+    Path(id): Path<String>,
+) -> Response {
+    match a.message_in(&a.scope(&who), &id).await {
+        Ok(Some((m, _))) => Json(m).into_response(),
         Ok(None) => store_error(StoreError::NotFound(id)),
         Err(e) => store_error(e),
     }
 }
 
-async fn export(Ctx(a): Ctx<Arc<Admin>>, Path(id): Path<String>) -> Response {
+async fn export(
+    Ctx(a): Ctx<Arc<Admin>>,
+    Extension(who): Extension<Access>,
+    Path(id): Path<String>,
+) -> Response {
+    let scope = a.scope(&who);
+    if scope != Scope::All {
+        match a.message_in(&scope, &id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return store_error(StoreError::NotFound(id)),
+            Err(e) => return store_error(e),
+        }
+    }
     match a.store.body(&id).await {
         Ok(body) => (
             [
@@ -178,111 +204,6 @@ async fn export(Ctx(a): Ctx<Arc<Admin>>, Path(id): Path<String>) -> Response {
             body,
         )
             .into_response(),
-        Err(e) => store_error(e),
-    }
-}
-
-/// An action by name: flush, hold, release, delete or bounce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Named {
-    Store(OperatorAction),
-    Bounce,
-}
-
-pub fn action_named(name: &str) -> Option<Named> {
-    Some(match name {
-        "flush" => Named::Store(OperatorAction::Flush),
-        "hold" => Named::Store(OperatorAction::Hold),
-        "release" => Named::Store(OperatorAction::Release),
-        "delete" => Named::Store(OperatorAction::Delete),
-        "bounce" => Named::Bounce,
-        _ => return None,
-    })
-}
-
-async fn run(a: &Admin, action: Named, ids: Vec<String>) -> Response {
-    let result = match action {
-        Named::Store(action) => a.scheduler.act(ids, action).await,
-        Named::Bounce => a.scheduler.bounce(ids).await,
-    };
-    match result {
-        Ok(n) => Json(json!({ "affected": n })).into_response(),
-        Err(e) => store_error(e),
-    }
-}
-
-async fn act_one(Ctx(a): Ctx<Arc<Admin>>, Path((id, name)): Path<(String, String)>) -> Response {
-    let Some(action) = action_named(&name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            &format!("unknown action `{name}`: use flush, hold, release, delete or bounce"),
-        );
-    };
-    match a.store.show(&id).await {
-        Ok(Some(_)) => run(&a, action, vec![id]).await,
-        Ok(None) => store_error(StoreError::NotFound(id)),
-        Err(e) => store_error(e),
-    }
-}
-
-async fn delete_one(ctx: Ctx<Arc<Admin>>, Path(id): Path<String>) -> Response {
-    act_one(ctx, Path((id, "delete".into()))).await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Batch {
-    action: String,
-    ids: Vec<String>,
-}
-
-async fn batch(
-    Ctx(a): Ctx<Arc<Admin>>,
-    body: Result<Json<Batch>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("{e}: send {{\"action\": \"delete\", \"ids\": [\"…\"]}}"),
-            );
-        }
-    };
-    let Some(action) = action_named(&b.action) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!(
-                "unknown action `{}`: use flush, hold, release, delete or bounce",
-                b.action
-            ),
-        );
-    };
-    if b.ids.len() > MAX_BATCH {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("at most {MAX_BATCH} ids per request"),
-        );
-    }
-    run(&a, action, b.ids).await
-}
-
-/// Flushes everything, or one domain (`?domain=`): held mail due now and its primaries
-/// treated as up.
-async fn flush(Ctx(a): Ctx<Arc<Admin>>, Query(q): Query<HashMap<String, String>>) -> Response {
-    use crate::inbound::Flusher;
-    let domains = match q
-        .get("domain")
-        .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
-    {
-        Some(d) if !d.is_empty() => vec![d],
-        _ => match a.store.depth().await {
-            Ok(depth) => depth.into_iter().map(|d| d.domain).collect(),
-            Err(e) => return store_error(e),
-        },
-    };
-    match a.scheduler.flush(domains.clone()).await {
-        Ok(n) => Json(json!({ "affected": n, "domains": domains })).into_response(),
         Err(e) => store_error(e),
     }
 }
@@ -335,15 +256,5 @@ mod tests {
                 .unwrap_err()
                 .starts_with("older_than")
         );
-    }
-
-    #[test]
-    fn action_names() {
-        assert_eq!(
-            action_named("hold"),
-            Some(Named::Store(OperatorAction::Hold))
-        );
-        assert_eq!(action_named("bounce"), Some(Named::Bounce));
-        assert_eq!(action_named("explode"), None);
     }
 }

@@ -1,10 +1,14 @@
 //! The dashboard at `/`: server-rendered HTML (askama, no JavaScript, no CDN, refreshes
 //! itself every 10 s): each primary with its state and outage timeline, the queue's depth
-//! over the last hours as an inline SVG chart, the oldest messages, recent events.
+//! over the last hours as an inline SVG chart, the oldest messages, recent events. A tenant
+//! sees its own domains only (the same [`super::scope`] as the API).
 
 use super::Admin;
+use super::access::Access;
 use super::history::polyline;
+use super::scope::Scope;
 use askama::Template;
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
@@ -82,14 +86,16 @@ struct Page {
     events: Vec<(String, String)>,
 }
 
-async fn page(a: &Admin) -> Result<Page, crate::queue::StoreError> {
-    let status = a.status().await?;
+async fn page(a: &Admin, scope: &Scope) -> Result<Page, crate::queue::StoreError> {
+    let status = a.status_in(scope).await?;
     let oldest = a
-        .store
-        .list(crate::queue::Filter {
-            limit: 10,
-            ..Default::default()
-        })
+        .list_in(
+            scope,
+            crate::queue::Filter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
         .await?;
     let primaries: Vec<PrimaryRow> = status
         .primaries
@@ -152,7 +158,11 @@ async fn page(a: &Admin) -> Result<Page, crate::queue::StoreError> {
             }
         })
         .collect();
-    let samples = a.history.samples();
+    // The chart is of the whole queue: the operator's.
+    let samples = match scope {
+        Scope::All => a.history.samples(),
+        Scope::Domains(_) => Vec::new(),
+    };
     let (chart_points, chart_max) = polyline(&samples, 800.0, 150.0);
     let chart_span = match (samples.first(), samples.last()) {
         (Some(f), Some(l)) => duration((l.at_ms - f.at_ms) / 1000),
@@ -191,8 +201,8 @@ async fn page(a: &Admin) -> Result<Page, crate::queue::StoreError> {
                 id: m.id,
             })
             .collect(),
-        events: crate::events::get()
-            .recent()
+        events: a
+            .events_in(scope)
             .into_iter()
             .take(30)
             .map(|e| {
@@ -203,8 +213,8 @@ async fn page(a: &Admin) -> Result<Page, crate::queue::StoreError> {
     })
 }
 
-pub async fn render(State(a): State<Arc<Admin>>) -> Response {
-    match page(&a).await {
+pub async fn render(State(a): State<Arc<Admin>>, Extension(who): Extension<Access>) -> Response {
+    match page(&a, &a.scope(&who)).await {
         Ok(p) => match p.render() {
             Ok(html) => Html(html).into_response(),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),

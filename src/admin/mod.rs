@@ -2,23 +2,33 @@
 //! at `/`, and `/healthz`. Every request but `/healthz` must name this server in `Host`, and
 //! a state-changing one must be something a web page on another site cannot send
 //! ([`guard`]); every request but `/healthz` needs the bearer token when one is configured
-//! (a browser may give it as the password of HTTP Basic auth). Slow and idle connections
-//! are bounded ([`listener`]). It reads the queue through the `Store` trait and acts through
+//! (a browser may give it as the password of HTTP Basic auth), or a tenant's token, which
+//! reaches only that tenant's domains and mail ([`access`], [`scope`]). Domains and tenants
+//! managed at run time are [`domains`] and `tenants`. Slow and idle connections are bounded
+//! ([`listener`]). It reads the queue through the `Store` trait and acts through
 //! the scheduler; it never touches SMTP.
 
+pub mod access;
+mod actions;
 pub mod alerts;
 mod api;
+mod bodies;
 pub mod dashboard;
+pub mod domain_view;
+pub mod domains;
 pub mod guard;
 pub mod history;
 pub mod listener;
 mod metrics;
 pub mod monitor;
+pub mod scope;
+mod tenants;
 
 use crate::queue::{Depth, Stats, Store};
 use crate::scheduler::Scheduler;
 use crate::scheduler::route::Snapshot;
 use crate::shutdown::Shutdown;
+use access::Access;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -104,12 +114,45 @@ pub struct QueueTotals {
     pub oldest_age_s: Option<i64>,
 }
 
+/// What the queue holds for some domains, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub messages: u64,
+    pub recipients: u64,
+    pub held: u64,
+    pub bytes: u64,
+    pub oldest_ms: Option<i64>,
+}
+
+impl Usage {
+    /// The sum over these domains (a message with recipients in two of them counts twice).
+    pub fn of<'d>(depth: impl Iterator<Item = &'d Depth>) -> Usage {
+        depth.fold(Usage::default(), |u, d| Usage {
+            messages: u.messages + d.messages,
+            recipients: u.recipients + d.recipients,
+            held: u.held + d.held,
+            bytes: u.bytes + d.bytes,
+            oldest_ms: match (u.oldest_ms, d.oldest_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        })
+    }
+}
+
+/// Seconds since `ms` (never negative).
+fn age_s(ms: Option<i64>) -> Option<i64> {
+    let now = crate::queue::now_ms();
+    ms.map(|t| ((now - t) / 1000).max(0))
+}
+
 impl Admin {
     /// Seconds since this process started serving.
     pub fn uptime_s(&self) -> u64 {
         self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0)
     }
 
+    /// The operator's whole picture (a tenant's: [`Admin::status_in`]).
     pub async fn status(&self) -> Result<Status, crate::queue::StoreError> {
         let Stats {
             messages,
@@ -117,26 +160,20 @@ impl Admin {
             bytes,
         } = self.store.stats().await?;
         let domains = self.store.depth().await?;
-        let now = crate::queue::now_ms();
-        let age = |ms: Option<i64>| ms.map(|t| ((now - t) / 1000).max(0));
         let events = crate::events::get();
         let primaries = self
             .scheduler
             .primaries()
             .into_iter()
             .map(|route| {
-                let mine: Vec<&Depth> = domains
-                    .iter()
-                    .filter(|d| route.domains.contains(&d.domain))
-                    .collect();
-                let oldest_ms = mine.iter().filter_map(|d| d.oldest_ms).min();
+                let u = Usage::of(domains.iter().filter(|d| route.domains.contains(&d.domain)));
                 PrimaryStatus {
-                    messages: mine.iter().map(|d| d.messages).sum(),
-                    recipients: mine.iter().map(|d| d.recipients).sum(),
-                    held_by_operator: mine.iter().map(|d| d.held).sum(),
-                    bytes: mine.iter().map(|d| d.bytes).sum(),
-                    oldest_ms,
-                    oldest_age_s: age(oldest_ms),
+                    messages: u.messages,
+                    recipients: u.recipients,
+                    held_by_operator: u.held,
+                    bytes: u.bytes,
+                    oldest_ms: u.oldest_ms,
+                    oldest_age_s: age_s(u.oldest_ms),
                     outages: events.outages(&route.primary),
                     route,
                 }
@@ -152,7 +189,7 @@ impl Admin {
                 messages,
                 recipients: pending_recipients,
                 bytes,
-                oldest_age_s: age(domains.iter().filter_map(|d| d.oldest_ms).min()),
+                oldest_age_s: age_s(domains.iter().filter_map(|d| d.oldest_ms).min()),
             },
             primaries,
             domains,
@@ -183,26 +220,48 @@ fn presented(req: &Request) -> Option<Vec<u8>> {
     Some(decoded[colon + 1..].to_vec())
 }
 
-async fn authenticate(State(a): State<Arc<Admin>>, req: Request, next: Next) -> Response {
-    let Some(token) = &a.token else {
-        return next.run(req).await;
-    };
-    if req.uri().path() == "/healthz"
-        || presented(&req).is_some_and(|t| same_secret(&t, token.as_bytes()))
-    {
+/// Who the request acts for: the operator's token (or none configured) is the operator, a
+/// tenant's token its tenant; a tenant asking for what is not its own gets a 404.
+async fn authenticate(State(a): State<Arc<Admin>>, mut req: Request, next: Next) -> Response {
+    if req.uri().path() == "/healthz" {
         return next.run(req).await;
     }
-    let mut r = api::error(
-        StatusCode::UNAUTHORIZED,
-        "this needs the admin token: send `Authorization: Bearer TOKEN` (the token is in the file admin.token_file names)",
-    );
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static(
-            "Basic realm=\"mx2 admin (any user name, the token as password)\"",
-        ),
-    );
-    r
+    let token = presented(&req);
+    let operator = match (&a.token, &token) {
+        (None, _) => true,
+        (Some(ours), Some(t)) => same_secret(t, ours.as_bytes()),
+        (Some(_), None) => false,
+    };
+    // A tenant's token decides even where no operator token is configured: its holder is
+    // that tenant, never the operator.
+    let tenant = token.as_ref().and_then(|t| {
+        a.registry
+            .snapshot()
+            .tenant_for_token(t)
+            .map(str::to_string)
+    });
+    let access = match tenant {
+        Some(t) if !(operator && a.token.is_some()) => Access::Tenant(t),
+        _ if operator => Access::Operator,
+        _ => {
+            let mut r = api::error(
+                StatusCode::UNAUTHORIZED,
+                "this needs a token: send `Authorization: Bearer TOKEN` (the operator's token is in the file admin.token_file names; a tenant's comes from `mx2 tenant token`)",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(
+                    "Basic realm=\"mx2 admin (any user name, the token as password)\"",
+                ),
+            );
+            return r;
+        }
+    };
+    if matches!(access, Access::Tenant(_)) && !access::tenant_may(req.method(), req.uri().path()) {
+        return api::error(StatusCode::NOT_FOUND, access::NOT_FOUND);
+    }
+    req.extensions_mut().insert(access);
+    next.run(req).await
 }
 
 /// A header's value as text; one that is not text reads as a value nothing accepts.
@@ -269,6 +328,8 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/metrics", axum::routing::get(metrics::render))
         .route("/", axum::routing::get(dashboard::render))
         .merge(api::routes())
+        .merge(domains::routes())
+        .merge(tenants::routes())
         .layer(axum::middleware::from_fn_with_state(
             admin.clone(),
             authenticate,

@@ -1,10 +1,14 @@
 //! The admin API as the command line uses it: where it is (from the config file, or
-//! `--admin URL`), the token (from the config's `admin.token_file`, or `--token-file`), and
-//! blocking JSON calls with errors a person can act on.
+//! `--admin URL`), the token (`--token-file`, else the environment's `MX2_TOKEN`, else the
+//! config's `admin.token_file`; a tenant uses its own token either of the first two ways),
+//! and blocking JSON calls with errors a person can act on.
 
 use crate::config::Config;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The environment variable that may hold the token (the operator's or a tenant's).
+pub const TOKEN_VAR: &str = "MX2_TOKEN";
 
 /// How long one API call may take (a bulk action on 10 000 messages included).
 const CALL_LIMIT: Duration = Duration::from_secs(300);
@@ -18,7 +22,8 @@ pub struct Target {
     /// The admin API's base URL, e.g. http://127.0.0.1:8025 (default: from the config).
     #[arg(long)]
     pub admin: Option<String>,
-    /// A file holding the admin token (default: the config's admin.token_file).
+    /// A file holding the token: the operator's, or a tenant's from `mx2 tenant token`
+    /// (default: the environment's MX2_TOKEN, else the config's admin.token_file).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
 }
@@ -63,9 +68,14 @@ impl Api {
                 ));
             }
         };
-        let token = match &t.token_file {
-            Some(p) => Some(read_token(p)?),
-            None => config.as_ref().and_then(|c| c.admin.token.clone()),
+        let from_env = std::env::var(TOKEN_VAR)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        let token = match (&t.token_file, from_env) {
+            (Some(p), _) => Some(read_token(p)?),
+            (None, Some(t)) => Some(t),
+            (None, None) => config.as_ref().and_then(|c| c.admin.token.clone()),
         };
         Ok(Self {
             base,
@@ -154,7 +164,7 @@ impl Api {
                 self.base, e.reason
             )),
             Some(401) => CallError::Failed(format!(
-                "{}: the admin token was refused: give it with --token-file or admin.token_file",
+                "{}: the token was refused (unknown, or revoked): give it with --token-file, {TOKEN_VAR} or admin.token_file",
                 self.base
             )),
             Some(_) => CallError::Failed(
@@ -183,6 +193,31 @@ impl Api {
 fn read_token(p: &Path) -> Result<String, String> {
     let t = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
     Ok(t.trim().to_string())
+}
+
+/// Prints an API call's answer: pretty JSON with `json`, else as `text` prints it; an error
+/// on standard error with exit code 1.
+pub fn answer(
+    result: Result<serde_json::Value, CallError>,
+    json: bool,
+    text: impl FnOnce(&serde_json::Value),
+) -> std::process::ExitCode {
+    match result {
+        Ok(v) if json => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            text(&v);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(CallError::Failed(e) | CallError::Unreachable(e)) => super::queue::fail(e, 1),
+    }
+}
+
+/// A JSON string for people: `-` when it is not one (null, missing).
+pub fn text(v: &serde_json::Value) -> &str {
+    v.as_str().unwrap_or("-")
 }
 
 /// `%`-encodes a query value.

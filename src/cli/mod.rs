@@ -1,11 +1,15 @@
-//! The command line: `mx2 serve`, `config check`, `check`, `status`, `reload` and `queue …`
-//! (with `adopt` and `reset` for a damaged queue). Parses arguments, loads the config,
-//! sets up logging, and maps errors to exit codes (2: configuration, 1: runtime).
+//! The command line: `mx2 serve`, `config check`, `check`, `status`, `reload`, `queue …`
+//! (with `adopt` and `reset` for a damaged queue), and `domain …` and `tenant …` for the
+//! domains and tenants managed at run time. Parses arguments, loads the config, sets up
+//! logging, and maps errors to exit codes (2: configuration or usage, 1: runtime).
 
 mod api;
+mod domain;
 mod queue;
 mod recover;
+mod settings;
 mod status;
+mod tenant;
 
 use crate::config::{Config, LogFormat};
 use clap::{Parser, Subcommand};
@@ -61,6 +65,18 @@ pub enum Cmd {
     Queue {
         #[command(subcommand)]
         action: queue::QueueCmd,
+    },
+    /// Domains backed up at run time, besides the configuration file's: add, set, remove,
+    /// list, show, verify, recipients (asks the running server).
+    Domain {
+        #[command(subcommand)]
+        action: domain::DomainCmd,
+    },
+    /// Tenants (customers) of a backup-MX service and their API tokens (asks the running
+    /// server).
+    Tenant {
+        #[command(subcommand)]
+        action: tenant::TenantCmd,
     },
     /// Each primary's state and what is held for it (asks the running server).
     Status {
@@ -169,6 +185,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Queue { action } => queue::run(action),
+        Cmd::Domain { action } => domain::run(action),
+        Cmd::Tenant { action } => tenant::run(action),
         Cmd::Status { target, json } => status::status(&target, json),
         Cmd::Reload { target } => status::reload(&target),
         Cmd::Check {

@@ -131,6 +131,8 @@ pub struct Registry {
     changes: tokio::sync::watch::Sender<i64>,
     /// One refresh at a time.
     refreshing: tokio::sync::Mutex<()>,
+    /// The configuration file's domains in full, for the admin API's listing (their limits).
+    file_configs: RwLock<Arc<Vec<Arc<DomainConfig>>>>,
 }
 
 impl Registry {
@@ -151,6 +153,7 @@ impl Registry {
             current: RwLock::new(Arc::new(empty)),
             changes,
             refreshing: tokio::sync::Mutex::new(()),
+            file_configs: RwLock::new(Arc::new(Vec::new())),
         });
         r.refresh().await?;
         Ok(r)
@@ -187,6 +190,24 @@ impl Registry {
         drop(cur);
         // Same version, new content: subscribers look again.
         self.changes.send_modify(|_| {});
+    }
+
+    /// The configuration file's domains changed (start, reload): their names, as
+    /// [`Registry::set_file_domains`], and their settings for the admin API's listing.
+    pub fn set_file_configs(&self, domains: &[DomainConfig]) {
+        *self.file_configs.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(domains.iter().cloned().map(Arc::new).collect());
+        self.set_file_domains(domains.iter().map(|d| d.name.clone()));
+    }
+
+    /// The configuration file's domain `name` as last given by [`Registry::set_file_configs`].
+    pub fn file_config(&self, name: &str) -> Option<Arc<DomainConfig>> {
+        self.file_configs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|d| d.name == name)
+            .cloned()
     }
 
     /// Reads the store again if it changed; true when the snapshot changed.

@@ -66,7 +66,8 @@ impl Registry {
             .domain(&name)
             .ok_or_else(|| OpError::NotFound(format!("no domain {name}")))?;
         let record = challenge_name(&name);
-        let (found, lookup_error) = match dns.txt(&record).await {
+        // Asked anew: a record published a moment after a failed check counts at once.
+        let (found, lookup_error) = match dns.txt_now(&record).await {
             Ok(f) => (f, None),
             Err(e) => (Vec::new(), Some(e.reason)),
         };

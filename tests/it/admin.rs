@@ -11,29 +11,18 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "t0ken-for-tests-0123456789abcdef";
+const TOKEN: &str = ADMIN_TOKEN;
 
 /// Starts mx2 backing up example.test (primary on `primary_port`) with `extra` tables.
 fn start(primary_port: u16, extra: &str) -> Mx2 {
-    Mx2::start_config(|port, state| {
-        let dir = state.parent().unwrap();
-        std::fs::write(dir.join("admin.token"), format!("{TOKEN}\n")).unwrap();
-        let tail = format!(
-            "[admin]\nlisten = \"127.0.0.1:{}\"\ntoken_file = \"admin.token\"\n{extra}\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\n",
-            free_port()
-        );
-        config_with(port, state, "", &tail)
-    })
+    Mx2::start_with_token(&format!(
+        "{extra}\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\n"
+    ))
 }
 
 /// Runs `mx2 ARGS --config CONFIG`: (exit code, stdout, stderr).
 fn cli(args: &[&str], config: &Path) -> (i32, String, String) {
-    let (code, out, err) = mx2_command(args, config);
-    (
-        code,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
+    mx2_text(args, config)
 }
 
 fn queue_ids(config: &Path, extra: &[&str]) -> Vec<String> {

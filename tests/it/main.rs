@@ -22,4 +22,5 @@ mod queue_cli;
 mod recipients;
 mod routing;
 mod swaks;
+mod tenants;
 mod tls;

@@ -5,8 +5,25 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-/// A blocking HTTP/1.1 request to a local server: (status, body).
+/// A blocking HTTP/1.1 request to a local server with a JSON body: (status, body).
 pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    http_with(
+        method,
+        url,
+        token,
+        &[("Content-Type", "application/json")],
+        body,
+    )
+}
+
+/// A blocking HTTP/1.1 request to a local server with these headers: (status, body).
+pub fn http_with(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
@@ -16,9 +33,13 @@ pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) ->
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let body = body.unwrap_or("");
+    let headers: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

@@ -19,9 +19,9 @@ pub mod runner;
 
 pub use client::{Client, code, message, raw_cmd, read_reply};
 pub use config::{config_with, example_domain, test_config};
-pub use http::http;
+pub use http::{http, http_with};
 pub use primary::{Primary, PrimaryOptions, Received, count_ids, wait_for_ids};
-pub use runner::{Mx2, mx2_binary, mx2_command};
+pub use runner::{ADMIN_TOKEN, Mx2, mx2_binary, mx2_command, mx2_text};
 
 use std::net::TcpListener;
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -12,6 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// The operator's admin token of instances started with [`Mx2::start_with_token`].
+pub const ADMIN_TOKEN: &str = "t0ken-for-tests-0123456789abcdef";
+
 /// A running mx2 binary with its own config and state directory.
 pub struct Mx2 {
     pub port: u16,
@@ -39,6 +42,20 @@ impl Mx2 {
     /// Starts mx2 on the test defaults followed by `tail` (tables and [[domain]]s).
     pub fn start_tail(tail: &str) -> Mx2 {
         Self::start_config(|port, state| config_with(port, state, "", tail))
+    }
+
+    /// Starts mx2 on the test defaults, its admin port needing [`ADMIN_TOKEN`], followed by
+    /// `tail` (more tables and the [[domain]]s).
+    pub fn start_with_token(tail: &str) -> Mx2 {
+        Self::start_config(|port, state| {
+            let dir = state.parent().unwrap();
+            std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+            let tail = format!(
+                "[admin]\nlisten = \"127.0.0.1:{}\"\ntoken_file = \"admin.token\"\n{tail}",
+                free_port()
+            );
+            config_with(port, state, "", &tail)
+        })
     }
 
     /// Starts mx2 on a config made from its port and state directory.
@@ -147,6 +164,16 @@ impl Mx2 {
         let addr = line.split('"').nth(1).unwrap();
         format!("http://{addr}")
     }
+}
+
+/// Runs `mx2 ARGS --config CONFIG`: (exit code, stdout, stderr) as text.
+pub fn mx2_text(args: &[&str], config: &Path) -> (i32, String, String) {
+    let (code, out, err) = mx2_command(args, config);
+    (
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
 }
 
 /// Runs `mx2 ARGS --config CONFIG`: (exit code, stdout, stderr).
