@@ -89,8 +89,9 @@ impl Scope {
             .any(|r| r.status == RcptStatus::Pending && !self.covers(&domain_of(&r.address)))
     }
 
-    /// The events about domains in view: a primary's events when it serves one of them;
-    /// events about no primary (reloads) are the operator's.
+    /// The events about domains in view: a domain's own (its queue caps), and a primary's
+    /// when it serves one of them; events about neither (reloads, the disk) are the
+    /// operator's.
     pub fn events(&self, events: Vec<Event>, routes: &[Snapshot]) -> Vec<Event> {
         if *self == Scope::All {
             return events;
@@ -98,11 +99,12 @@ impl Scope {
         events
             .into_iter()
             .filter(|e| {
-                e.kind.primary().is_some_and(|p| {
-                    routes
-                        .iter()
-                        .any(|r| r.primary == p && r.domains.iter().any(|d| self.covers(d)))
-                })
+                e.kind.domain().is_some_and(|d| self.covers(d))
+                    || e.kind.primary().is_some_and(|p| {
+                        routes
+                            .iter()
+                            .any(|r| r.primary == p && r.domains.iter().any(|d| self.covers(d)))
+                    })
             })
             .collect()
     }
@@ -370,8 +372,21 @@ mod tests {
             },
         };
         let routes: Vec<Snapshot> = s.primaries.iter().map(|p| p.route.clone()).collect();
-        let all = vec![ev("shared:25"), ev("b-only:25"), reload];
-        assert_eq!(mine().events(all.clone(), &routes), vec![ev("shared:25")]);
-        assert_eq!(Scope::All.events(all.clone(), &routes).len(), 3);
+        let open = |d: &str| Event {
+            at_ms: 0,
+            kind: Kind::QueueOpen { domain: d.into() },
+        };
+        let all = vec![
+            ev("shared:25"),
+            ev("b-only:25"),
+            reload,
+            open("a.example"),
+            open("b.example"),
+        ];
+        assert_eq!(
+            mine().events(all.clone(), &routes),
+            vec![ev("shared:25"), open("a.example")]
+        );
+        assert_eq!(Scope::All.events(all.clone(), &routes).len(), 5);
     }
 }
