@@ -82,6 +82,7 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         dir: "the domain registry".into(),
         source,
     })?;
+    registry.set_file_configs(&config.domains);
 
     let mut listeners = Vec::new();
     let proxied_addrs = config.smtp.proxy_listen.iter().map(|a| (a, true));

@@ -138,8 +138,7 @@ impl Reloader {
             tracing::warn!("{w}");
         }
         let mut state = self.state.lock().await;
-        self.registry
-            .set_file_domains(config.domains.iter().map(|d| d.name.clone()));
+        self.registry.set_file_configs(&config.domains);
         let snapshot = self.registry.snapshot();
         report_shadowed(&snapshot);
         let effective = effective(&config, &snapshot);
