@@ -14,6 +14,7 @@ pub mod events;
 pub mod http;
 pub mod inbound;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod policy;

@@ -213,6 +213,9 @@ impl Reloader {
         self.inbound.send_replace(generation.inbound.clone());
         state.generation = generation;
         state.stored = stored;
+        drop(effective);
+        // The old generation and the build's scratch are freed now; give them back.
+        crate::memory::trim();
         info!(
             active = snapshot.active().count(),
             pending = snapshot.pending().count(),
