@@ -398,6 +398,7 @@ impl Core {
             dnsbl: Arc::new(Dnsbl::new(config.smtp.dnsbl.clone(), self.dns.clone())),
             greeting_delay: config.smtp.greeting_delay,
             error_delay: config.smtp.error_delay,
+            spool: crate::queue::spool::Spool::new(&config.state_dir),
             proxy_trusted: config.smtp.proxy_trusted.clone(),
             mail_auth: config
                 .auth

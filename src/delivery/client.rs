@@ -4,6 +4,7 @@
 use super::auth::Credentials;
 use super::mx::Target;
 use crate::config::TlsMode;
+use crate::queue::body::{BodyReader, CHUNK};
 use crate::smtp::Reply;
 use crate::smtp::reply::ReplyParser;
 use crate::tls::{ClientTls, Stream};
@@ -91,6 +92,10 @@ pub enum ClientError {
     TlsRequired { host: String, reason: String },
     #[error("{host}: protocol error: {detail}")]
     Protocol { host: String, detail: String },
+    /// The message's stored content could not be read (the primary is not at fault; the
+    /// transaction is abandoned before its end, so nothing is delivered cut short).
+    #[error("{host}: transaction abandoned, the message content cannot be read: {reason}")]
+    Content { host: String, reason: String },
 }
 
 impl ClientError {
@@ -362,10 +367,38 @@ impl Client {
         &self.t
     }
 
-    /// Sends the content dot-stuffed, ending with `<CRLF>.<CRLF>`, within the data timeout.
-    pub async fn send_content(&mut self, body: &[u8]) -> Result<(), ClientError> {
-        let wire = dot_stuff(body);
-        match timeout(self.t.data, self.stream.write_all(&wire)).await {
+    /// Streams the content from the store, dot-stuffed, ending with `<CRLF>.<CRLF>`; each
+    /// chunk's write within the data timeout. A content read error abandons the transaction
+    /// before the end of data (the connection must then be dropped).
+    pub async fn send_content(&mut self, body: &mut BodyReader) -> Result<(), ClientError> {
+        let mut stuffer = DotStuffer::default();
+        let (mut chunk, mut wire) = (
+            Vec::with_capacity(CHUNK),
+            Vec::with_capacity(CHUNK + CHUNK / 32),
+        );
+        loop {
+            let more = body
+                .next_chunk(&mut chunk)
+                .await
+                .map_err(|e| ClientError::Content {
+                    host: self.host.clone(),
+                    reason: e.to_string(),
+                })?;
+            wire.clear();
+            if more {
+                stuffer.stuff(&chunk, &mut wire);
+            } else {
+                stuffer.end(&mut wire);
+            }
+            self.write_content(&wire).await?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn write_content(&mut self, wire: &[u8]) -> Result<(), ClientError> {
+        match timeout(self.t.data, self.stream.write_all(wire)).await {
             Err(_) => Err(ClientError::Timeout {
                 host: self.host.clone(),
                 what: "sending the message",
@@ -393,27 +426,80 @@ impl Client {
 /// CRLF, then `.` CRLF.
 pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 5);
-    let mut at_line_start = true;
-    let mut start = 0;
-    for (i, &b) in body.iter().enumerate() {
-        if at_line_start && b == b'.' {
-            out.extend_from_slice(&body[start..i]);
-            out.push(b'.');
-            start = i;
-        }
-        at_line_start = b == b'\n';
-    }
-    out.extend_from_slice(&body[start..]);
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
+    let mut s = DotStuffer::default();
+    s.stuff(body, &mut out);
+    s.end(&mut out);
     out
+}
+
+/// Dot-stuffing one chunk at a time (the content streams from the store).
+#[derive(Debug)]
+pub struct DotStuffer {
+    at_line_start: bool,
+    /// The last two bytes of content so far (to end it with CRLF).
+    tail: [u8; 2],
+    empty: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        Self {
+            at_line_start: true,
+            tail: [0; 2],
+            empty: true,
+        }
+    }
+}
+
+impl DotStuffer {
+    /// Appends `chunk`, stuffed, to `out`.
+    pub fn stuff(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let mut start = 0;
+        for (i, &b) in chunk.iter().enumerate() {
+            if self.at_line_start && b == b'.' {
+                out.extend_from_slice(&chunk[start..i]);
+                out.push(b'.');
+                start = i;
+            }
+            self.at_line_start = b == b'\n';
+        }
+        out.extend_from_slice(&chunk[start..]);
+        match chunk {
+            [] => {}
+            [b] => self.tail = [self.tail[1], *b],
+            [.., a, b] => self.tail = [*a, *b],
+        }
+        self.empty &= chunk.is_empty();
+    }
+
+    /// Appends the end of data: CRLF unless the content ended with one, then `.` CRLF.
+    pub fn end(&self, out: &mut Vec<u8>) {
+        if !self.empty && self.tail != *b"\r\n" {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stuffing_in_chunks_matches_stuffing_whole() {
+        let body = b".a\r\nb\r\n..c\r\n.\r\nend\r";
+        for cut in 0..body.len() {
+            for cut2 in cut..body.len() {
+                let mut s = DotStuffer::default();
+                let mut out = Vec::new();
+                for part in [&body[..cut], &body[cut..cut2], &body[cut2..]] {
+                    s.stuff(part, &mut out);
+                }
+                s.end(&mut out);
+                assert_eq!(out, dot_stuff(body), "cut at {cut} and {cut2}");
+            }
+        }
+    }
 
     #[test]
     fn stuffing() {

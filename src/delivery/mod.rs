@@ -10,6 +10,7 @@ pub mod mx;
 pub mod reply;
 
 use crate::queue::Job;
+use crate::queue::body::BodyReader;
 use crate::smtp::Reply;
 use client::{Client, ClientError};
 use reply::RemoteReply;
@@ -55,7 +56,7 @@ pub struct Broken {
 
 /// The MAIL FROM parameters to send: SIZE is recomputed; others pass when the primary
 /// supports their extension. Err: the message needs an extension the primary lacks.
-fn mail_params(job: &Job, client: &Client, size: usize) -> Result<String, Reply> {
+fn mail_params(job: &Job, client: &Client, size: u64) -> Result<String, Reply> {
     let caps = &client.caps;
     let mut out = Vec::new();
     if caps.size.is_some() {
@@ -145,7 +146,7 @@ async fn expect(client: &mut Client, limit: Duration, what: &'static str) -> Res
 pub async fn deliver(
     client: &mut Client,
     job: &Job,
-    body: &[u8],
+    body: &mut BodyReader,
 ) -> Result<Vec<RecipientResult>, Broken> {
     match transaction(client, job, body).await {
         Ok(results) => Ok(results),
@@ -157,22 +158,22 @@ pub async fn deliver(
 async fn transaction(
     client: &mut Client,
     job: &Job,
-    body: &[u8],
+    body: &mut BodyReader,
 ) -> Result<Vec<RecipientResult>, Stop> {
     if let Some(max) = client.caps.size
-        && body.len() as u64 > max
+        && body.size > max
     {
         let r = Reply::new(
             552,
             "5.3.4",
             format!(
                 "message size {} exceeds the primary's limit of {max}",
-                body.len()
+                body.size
             ),
         );
         return Ok(all(job, &r));
     }
-    let params = match mail_params(job, client, body.len()) {
+    let params = match mail_params(job, client, body.size) {
         Ok(p) => p,
         Err(r) => return Ok(all(job, &r)),
     };

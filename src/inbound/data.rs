@@ -8,6 +8,10 @@
 //! that follows one is ordinary text. The stored content therefore has CRLF line endings only,
 //! and since the client dot-stuffs every line starting with `.`, what reaches the primary can
 //! never be read as two messages.
+//!
+//! The decoded content collects in memory until the caller takes it ([`Decoder::take`]) to
+//! spool it, so a large message is never held whole; the first [`START_KEPT`] bytes stay
+//! at hand for the checks on the header section (mail loops).
 
 /// How the content arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,12 +39,19 @@ enum State {
     Done,
 }
 
+/// How much of the content's start the decoder keeps once the rest has been taken.
+pub const START_KEPT: usize = 64 << 10;
+
 /// Decodes message content into its stored form.
 #[derive(Debug)]
 pub struct Decoder {
     mode: Mode,
     state: State,
     out: Vec<u8>,
+    /// Bytes handed out by [`Decoder::take`] so far.
+    taken: u64,
+    /// The content's first bytes, kept once some of it was taken.
+    start: Vec<u8>,
     limit: u64,
     total: u64,
     /// Bare CR or LF line endings that were normalized.
@@ -53,6 +64,8 @@ impl Decoder {
             mode,
             state: State::LineStart,
             out: Vec::new(),
+            taken: 0,
+            start: Vec::new(),
             limit,
             total: 0,
             bare_line_endings: 0,
@@ -67,6 +80,36 @@ impl Decoder {
     /// Bytes of content seen so far, counting what was discarded.
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// Decoded bytes waiting to be taken.
+    pub fn pending(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Bytes handed out by [`Decoder::take`] so far (0 for content held whole).
+    pub fn taken(&self) -> u64 {
+        self.taken
+    }
+
+    /// Hands out the content decoded so far (to be spooled); what comes later follows it.
+    pub fn take(&mut self) -> Vec<u8> {
+        if self.start.len() < START_KEPT {
+            let want = (START_KEPT - self.start.len()).min(self.out.len());
+            self.start.extend_from_slice(&self.out[..want]);
+        }
+        self.taken += self.out.len() as u64;
+        std::mem::take(&mut self.out)
+    }
+
+    /// The content's start: all of it while none was taken, else its first
+    /// [`START_KEPT`] bytes.
+    pub fn start(&self) -> &[u8] {
+        if self.taken == 0 {
+            &self.out
+        } else {
+            &self.start
+        }
     }
 
     fn emit(&mut self, bytes: &[u8]) {
@@ -144,8 +187,9 @@ impl Decoder {
         None
     }
 
-    /// Ends the content (after the last BDAT chunk) and returns it.
-    pub fn finish(mut self) -> Vec<u8> {
+    /// Ends the content (after the last BDAT chunk): a line ending or dot still undecided is
+    /// decoded as text. Nothing may be fed afterwards.
+    pub fn close(&mut self) {
         match self.state {
             State::Cr => self.bare(),
             State::Dot => self.emit(b"."),
@@ -155,6 +199,12 @@ impl Decoder {
             }
             _ => {}
         }
+        self.state = State::Done;
+    }
+
+    /// Ends the content and returns what was not taken.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.close();
         self.out
     }
 }
@@ -226,6 +276,28 @@ mod tests {
         let mut d = Decoder::new(Mode::Dot, 4);
         assert!(d.feed(b"12345\r\n.\r\n").is_some());
         assert!(d.over_limit());
+    }
+
+    #[test]
+    fn taken_content_and_the_rest_make_the_whole() {
+        let mut input = b"Received: x\r\n\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b"..line\r\n".as_slice(), 20_000).flatten());
+        input.extend_from_slice(b".\r\n");
+        let mut d = Decoder::new(Mode::Dot, 1 << 30);
+        let mut whole = Vec::new();
+        for part in input.chunks(4096) {
+            if d.feed(part).is_some() {
+                break;
+            }
+            whole.extend(d.take());
+        }
+        assert!(d.taken() > 0);
+        assert_eq!(d.start().len(), START_KEPT);
+        assert!(d.start().starts_with(b"Received: x\r\n\r\n.line\r\n"));
+        whole.extend(d.finish());
+        let mut expected = b"Received: x\r\n\r\n".to_vec();
+        expected.extend(std::iter::repeat_n(b".line\r\n".as_slice(), 20_000).flatten());
+        assert_eq!(whole, expected);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use super::conn::{Conn, Input, Quiet};
 use super::limits::{ConnectionLimits, Pressure};
 use super::receive::{Body, receive};
 use super::session::{Next, Session, SessionConfig};
+use super::spooling::Spooling;
 use crate::policy::Policy;
 use crate::policy::authres::MailAuth;
 use crate::policy::dnsbl::Dnsbl;
@@ -58,6 +59,8 @@ pub struct Inbound {
     pub dmarc_reject: bool,
     /// Load balancers allowed to send PROXY headers on the PROXY listeners.
     pub proxy_trusted: Vec<crate::config::Cidr>,
+    /// Where content too large for memory goes while it is received (`state_dir/spool`).
+    pub spool: crate::queue::spool::Spool,
 }
 
 /// Accepts connections until shutdown. Each connection runs in its own task, tracked by
@@ -148,6 +151,8 @@ async fn connection(
         return;
     }
     conn.buffer_reply(&session.greeting());
+    // A transaction's content once it outgrows memory (BDAT: across chunks).
+    let mut spooling = Spooling::default();
     loop {
         let line = match conn
             .next_line(
@@ -183,13 +188,17 @@ async fn connection(
                     break;
                 }
                 let body = Body::Data(session.data_decoder());
-                if !Box::pin(receive(&mut conn, &mut session, body, &inbound, peer)).await {
+                let received =
+                    receive(&mut conn, &mut session, body, &inbound, peer, &mut spooling);
+                if !Box::pin(received).await {
                     break;
                 }
             }
             Next::ReadChunk { size, last } => {
                 let body = Body::Chunk { size, last };
-                if !Box::pin(receive(&mut conn, &mut session, body, &inbound, peer)).await {
+                let received =
+                    receive(&mut conn, &mut session, body, &inbound, peer, &mut spooling);
+                if !Box::pin(received).await {
                     break;
                 }
             }

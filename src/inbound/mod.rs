@@ -1,6 +1,6 @@
 //! Inbound SMTP: the listener (accept, limits, timeouts, I/O), the framing of a connection
 //! (`conn`), the session state machine (which decides and phrases every reply), and the
-//! DATA/BDAT content path (`receive`, `data`). Asks `policy` for decisions and commits to
+//! DATA/BDAT content path (`receive`, `data`, `spooling`). Asks `policy` for decisions and commits to
 //! `queue`.
 
 mod conn;
@@ -11,6 +11,7 @@ pub mod proxy;
 mod receive;
 pub mod received;
 pub mod session;
+pub mod spooling;
 
 /// Starting delivery on request: what ETRN needs (the admin API's flush uses it too).
 /// Inbound owns the trait, as its consumer; the scheduler implements it, so inbound never

@@ -1,6 +1,8 @@
 //! The content path shared by DATA and BDAT: read the content (within the data timeout and
 //! the minimum data rate), let the [`Session`] check it, run sender authentication, commit to
 //! the store, and buffer the reply the session gives for the outcome. 250 only after commit.
+//! Content that outgrows memory goes to a spool file as it arrives (`spooling`), synced
+//! before the commit that refers to it.
 //!
 //! Performs I/O and reports what happened; never phrases a reply itself.
 
@@ -9,6 +11,8 @@ use super::data::Decoder;
 use super::limits::data_budget;
 use super::listener::Inbound;
 use super::session::{Content, Session};
+use super::spooling::Spooling;
+use crate::policy::authres;
 use crate::queue::new_queue_id;
 use std::net::SocketAddr;
 use std::time::SystemTime;
@@ -24,6 +28,7 @@ pub enum Body {
 }
 
 /// Reads the content, then commits what the session makes of it and buffers the reply.
+/// `spooling` is the connection's: a BDAT transaction's content spans several calls.
 /// False: the connection is finished (any reply is buffered).
 pub async fn receive(
     conn: &mut Conn,
@@ -31,12 +36,18 @@ pub async fn receive(
     body: Body,
     inbound: &Inbound,
     peer: SocketAddr,
+    spooling: &mut Spooling,
 ) -> bool {
-    let Some(body) = read(conn, session, body, inbound, peer).await else {
+    match &body {
+        Body::Data(_) => *spooling = Spooling::default(),
+        Body::Chunk { .. } => spooling.forget_unless_continued(session.chunk_decoder().as_deref()),
+    }
+    let Some(body) = read(conn, session, body, inbound, peer, spooling).await else {
         return false;
     };
-    let id = new_queue_id();
+    let id = spooling.queue_id().unwrap_or_else(new_queue_id);
     let now = SystemTime::now();
+    let ends = !matches!(body, Body::Chunk { last: false, .. });
     let content = match body {
         Body::Data(decoder) => session.data_done(decoder, now, id.clone()),
         Body::Chunk { size, last } => session.chunk_done(last, size, now, id.clone()),
@@ -46,14 +57,30 @@ pub async fn receive(
             if r.code >= 500 {
                 info!(client = %peer.ip(), reply = %r, "message refused");
             }
+            if ends {
+                *spooling = Spooling::default();
+            }
             conn.buffer_reply(&r);
             return true;
         }
         Content::Commit(m) => m,
     };
+    let spooled = match spooling.finish().await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(queue_id = %id, client = %peer.ip(), error = %e, "content could not be spooled, message refused with 4xx");
+            conn.buffer_reply(&session.committed(&id, Err(e)));
+            return true;
+        }
+    };
+    let size = message.body.len() as u64 + spooled.as_ref().map_or(0, |s| s.len);
     if let Some(auth) = &inbound.mail_auth {
+        let content = match &spooled {
+            None => authres::Content::Whole(&message.body),
+            Some(_) => authres::Content::Unread { size },
+        };
         let ev = auth
-            .evaluate(peer.ip(), &message.helo, &message.sender, &message.body)
+            .evaluate(peer.ip(), &message.helo, &message.sender, content)
             .await;
         debug!(queue_id = %id, authenticated = ev.authenticated, results = %ev.header.trim_end(), "sender authentication");
         if let Some(refusal) = session.sender_authenticated(&mut message, ev) {
@@ -68,22 +95,24 @@ pub async fn receive(
         .iter()
         .map(|r| r.address.clone())
         .collect();
-    let size = message.body.len();
     let domains: Vec<String> = message
         .recipients
         .iter()
         .map(|r| r.domain.clone())
         .collect();
-    let result = inbound.store.insert(*message).await;
+    let result = match spooled {
+        None => inbound.store.insert(*message).await,
+        Some(content) => inbound.store.insert_spooled(*message, content).await,
+    };
     match &result {
         Ok(()) => {
             inbound
                 .policy
                 .admission()
-                .accepted(domains.iter().map(String::as_str), size as u64);
+                .accepted(domains.iter().map(String::as_str), size);
             let m = crate::metrics::get();
             m.accepted_messages.inc();
-            m.accepted_bytes.inc_by(size as u64);
+            m.accepted_bytes.inc_by(size);
             info!(queue_id = %id, client = %peer.ip(), from = %sender, to = ?rcpts, size, "accepted");
             inbound.new_mail.notify_one();
         }
@@ -102,6 +131,7 @@ async fn read(
     mut body: Body,
     inbound: &Inbound,
     peer: SocketAddr,
+    spooling: &mut Spooling,
 ) -> Option<Body> {
     let mut left = match body {
         Body::Data(_) => 0,
@@ -114,16 +144,26 @@ async fn read(
                 Some(n) => (n, true),
                 None => (conn.buf.len(), false),
             },
-            Body::Chunk { .. } => {
+            Body::Chunk { last, .. } => {
                 let take = (conn.buf.len() as u64).min(left) as usize;
+                left -= take as u64;
                 if let Some(d) = session.chunk_decoder() {
                     d.feed(&conn.buf[..take]);
+                    if left == 0 && *last {
+                        d.close();
+                    }
                 }
-                left -= take as u64;
                 (take, left == 0)
             }
         };
         conn.buf.drain(..used);
+        let decoder = match &mut body {
+            Body::Data(d) => Some(d),
+            Body::Chunk { .. } => session.chunk_decoder(),
+        };
+        if let Some(d) = decoder {
+            spooling.drain(&inbound.spool, d).await;
+        }
         if complete {
             return Some(body);
         }

@@ -1,6 +1,11 @@
 //! Sender authentication at reception: SPF, DKIM and DMARC (mail-auth), the
 //! Authentication-Results header (RFC 8601) mx2 prepends, and whether the sender passed SPF or
 //! DKIM (for the `authenticated` bounce policy).
+//!
+//! DKIM and DMARC need the whole message, which mx2 holds in memory only while it is small:
+//! content that was spooled (over [`crate::inbound::spooling::INLINE_MAX`]) is judged by SPF
+//! alone, and the header says that DKIM and DMARC were not evaluated, and why
+//! (docs/decisions.md #29).
 
 use crate::dns::Dns;
 use mail_auth::dmarc::Policy as DmarcPolicy;
@@ -11,6 +16,15 @@ use mail_auth::{
     SpfResult,
 };
 use std::net::IpAddr;
+
+/// What sender authentication gets to read of the message.
+#[derive(Debug, Clone, Copy)]
+pub enum Content<'a> {
+    /// The whole message.
+    Whole(&'a [u8]),
+    /// A message too large to hold in memory, of this many bytes.
+    Unread { size: u64 },
+}
 
 pub struct MailAuth {
     auth: MessageAuthenticator,
@@ -36,12 +50,14 @@ impl MailAuth {
         }
     }
 
+    /// Evaluates the sender of a message whose content is `content`, or `Unread` when it is
+    /// too large to be held in memory (SPF only).
     pub async fn evaluate(
         &self,
         ip: IpAddr,
         helo: &str,
         sender: &str,
-        content: &[u8],
+        content: Content<'_>,
     ) -> Evaluation {
         let spf = if sender.is_empty() {
             self.auth
@@ -61,6 +77,23 @@ impl MailAuth {
             .with_spf_mailfrom_result(&spf, ip, sender, helo);
         let mut authenticated = spf.result() == SpfResult::Pass;
         let mut dmarc_reject = false;
+        let content = match content {
+            Content::Whole(c) => c,
+            Content::Unread { size } => {
+                let text = results
+                    .to_string()
+                    .replace("\r\n", "\n")
+                    .replace('\n', "\r\n");
+                return Evaluation {
+                    header: format!(
+                        "Authentication-Results: {text};\r\n\tdkim=none (not verified: message of {size} bytes is over the {} bytes mx2 checks);\r\n\tdmarc=none (not evaluated: DKIM not verified)\r\n",
+                        crate::inbound::spooling::INLINE_MAX
+                    ),
+                    authenticated,
+                    dmarc_reject: false,
+                };
+            }
+        };
         if let Some(message) = AuthenticatedMessage::parse(content) {
             let dkim = self.auth.verify_dkim(&message).await;
             authenticated |= dkim.iter().any(|d| d.result() == &DkimResult::Pass);

@@ -13,12 +13,15 @@ mod outages;
 mod recover;
 mod registry;
 mod schema;
+mod spool;
 mod writer;
 
 pub use recover::{Adopted, adopt, reset};
 pub(crate) use schema::{identity, migrate};
 
+use super::body::BodyReader;
 use super::registry::{Entry, Expect, Written};
+use super::spool::Spooled;
 use super::{
     Depth, Filter, Job, Listed, NewMessage, OperatorAction, OutageChange, RouteOutages, Shown,
     Stats, Store, StoreError, StoreFuture, Update,
@@ -83,6 +86,7 @@ impl Embedded {
         conn.execute_batch(SCHEMA).map_err(backend)?;
         conn.execute_batch(outages::SCHEMA).map_err(backend)?;
         conn.execute_batch(registry::SCHEMA).map_err(backend)?;
+        spool::prepare(&conn, state_dir)?;
         migrate(&conn).map_err(backend)?;
         let marker = ensure_identity(&conn).map_err(backend)?;
         guard.store(&marker)?;
@@ -118,6 +122,13 @@ impl Embedded {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The folder the queue lives in (`state_dir`).
+    fn state_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     }
 
     /// Transactions committed so far; each is one sync to disk.
@@ -190,13 +201,39 @@ impl Store for Embedded {
 
     fn body(&self, id: &str) -> StoreFuture<'_, Vec<u8>> {
         let id = id.to_string();
+        let dir = self.state_dir();
         self.read(move |c| {
-            c.query_row("SELECT body FROM messages WHERE id = ?1", [&id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(backend)?
-            .ok_or(StoreError::NotFound(id))
+            let (head, len) = spool::head(c, &id)
+                .map_err(backend)?
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            spool::whole(&dir, &id, head, len)
+        })
+    }
+
+    fn insert_spooled(&self, msg: NewMessage, content: Spooled) -> StoreFuture<'_, ()> {
+        if content.id != msg.id
+            || content.path != crate::queue::spool::dir(&self.state_dir()).join(&msg.id)
+        {
+            let why = format!(
+                "spool file {} is not message {}'s in this queue",
+                content.path.display(),
+                msg.id
+            );
+            return Box::pin(async move { Err(StoreError::Backend(why)) });
+        }
+        self.send(|r| Op::InsertSpooled(Box::new(msg), content, r))
+    }
+
+    fn body_reader(&self, id: &str) -> StoreFuture<'_, BodyReader> {
+        let id = id.to_string();
+        let dir = self.state_dir();
+        let key = id.clone();
+        let head = self.read(move |c| spool::head(c, &key).map_err(backend));
+        Box::pin(async move {
+            let (head, len) = head
+                .await?
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            spool::reader(&dir, &id, head, len).await
         })
     }
 

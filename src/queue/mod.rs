@@ -3,9 +3,11 @@
 //! (SQLite, the default) and `postgres` (a queue shared by several nodes). This module touches
 //! the disk and PostgreSQL through its backends and nothing else.
 
+pub mod body;
 pub mod embedded;
 pub mod postgres;
 pub mod registry;
+pub mod spool;
 #[doc(hidden)]
 pub mod suite;
 
@@ -160,8 +162,29 @@ pub trait Store: Send + Sync + 'static {
     fn insert(&self, msg: NewMessage) -> StoreFuture<'_, ()>;
     /// Claims up to `limit` pending, unclaimed recipients due at `now_ms`, grouped into jobs.
     fn claim_due(&self, now_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Job>>;
-    /// The stored content of a message.
+    /// The stored content of a message, whole in memory (small messages, tests; delivery
+    /// and notifications read through [`Store::body_reader`]).
     fn body(&self, id: &str) -> StoreFuture<'_, Vec<u8>>;
+    /// Commits a new message whose content is `msg.body` (its trace headers) followed by the
+    /// spool file `content`, synced already; the file is the store's once this returns `Ok`.
+    /// The default reads the file into memory and inserts the whole (the PostgreSQL store).
+    fn insert_spooled(&self, mut msg: NewMessage, content: spool::Spooled) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let rest = tokio::fs::read(&content.path).await.map_err(|e| {
+                StoreError::Backend(format!("cannot read the spooled content: {e}"))
+            })?;
+            msg.body.extend_from_slice(&rest);
+            drop(rest);
+            self.insert(msg).await
+            // `content` is dropped here: the file goes, its bytes are in the store.
+        })
+    }
+    /// The stored content of a message as a stream of chunks. The default reads it whole
+    /// with [`Store::body`].
+    fn body_reader(&self, id: &str) -> StoreFuture<'_, body::BodyReader> {
+        let read = self.body(id);
+        Box::pin(async move { Ok(body::BodyReader::from_vec(read.await?)) })
+    }
     /// Records outcomes, releases claims, and queues the delivery status notifications those
     /// outcomes call for, all in one durable step (a message never leaves the queue before
     /// its notifications are in it). Returns true when the message left the queue because
@@ -334,6 +357,8 @@ pub async fn open(config: &crate::config::Config) -> Result<Arc<dyn Store>, Stor
             Ok(Arc::new(store))
         }
         crate::config::StorageConfig::Postgres(pg) => {
+            // Content is committed into PostgreSQL: a local spool file is never committed.
+            spool::remove_all(&config.state_dir);
             Ok(Arc::new(postgres::Postgres::open(pg).await?))
         }
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::info;
 
 /// Originals larger than this come back as headers only (Postfix: bounce_size_limit).
-const MAX_ORIGINAL: usize = 100_000;
+pub(super) const MAX_ORIGINAL: usize = 100_000;
 
 /// The bounce settings from the config (replaced on reload).
 pub struct Bouncer {

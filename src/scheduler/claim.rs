@@ -70,7 +70,7 @@ impl Scheduler {
         if record::is_expired(job.received_at_ms, ms(self.lifetime(&job.domain)), now) {
             warn!(queue_id = %job.queue_id, domain = %job.domain, "message expired after the queue lifetime");
             let updates = record::expired(&job, now);
-            self.record(&job, updates, None, Context::default()).await;
+            self.record(&job, updates, Context::default()).await;
             return;
         }
         let route = self.route_for(&job.domain);

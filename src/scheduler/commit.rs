@@ -8,7 +8,7 @@
 //! metrics; must never deliver, open a connection or change a route's health.
 
 use super::Scheduler;
-use super::bounce::{Bouncer, Context};
+use super::bounce::{self, Bouncer, Context};
 use super::{backoff, record};
 use crate::delivery::{Broken, Outcome, RecipientResult};
 use crate::queue::{Job, NewMessage, Status, Store, Update, now_ms};
@@ -65,14 +65,13 @@ impl Scheduler {
     /// Like [`Scheduler::put_back`], noting why (shown by `mx2 queue show`).
     pub(super) async fn put_back_because(&self, job: Job, next_attempt_ms: i64, why: Option<&str>) {
         let updates = record::put_back(&job, next_attempt_ms, why);
-        self.record(&job, updates, None, Context::default()).await;
+        self.record(&job, updates, Context::default()).await;
     }
 
     /// Records a finished transaction's per-recipient results.
     pub(super) async fn record_results(
         &self,
         job: &Job,
-        body: &[u8],
         cx: Context<'_>,
         results: Vec<RecipientResult>,
     ) {
@@ -99,7 +98,7 @@ impl Scheduler {
             }
             updates.push(rec.update);
         }
-        self.record(job, updates, Some(body), cx).await;
+        self.record(job, updates, cx).await;
     }
 
     /// Records a transaction that broke off: every recipient is deferred.
@@ -117,32 +116,28 @@ impl Scheduler {
             relayed_without_dsn: false,
             remote: Some(host),
         };
-        self.record(job, updates, None, cx).await;
+        self.record(job, updates, cx).await;
     }
 
-    /// Records outcomes together with the notifications they call for. `body` is the
-    /// message's content when the caller has it at hand.
-    pub(super) async fn record(
-        &self,
-        job: &Job,
-        mut updates: Vec<Update>,
-        body: Option<&[u8]>,
-        cx: Context<'_>,
-    ) {
+    /// Records outcomes together with the notifications they call for (which quote at most
+    /// the start of the message: it is read from the store only that far).
+    pub(super) async fn record(&self, job: &Job, mut updates: Vec<Update>, cx: Context<'_>) {
         let queue_id = job.queue_id.as_str();
         let bouncer = self.bouncer();
         let reports = bouncer.reports(job, &mut updates, cx, now_ms());
         let mut notifications = Vec::new();
         if !reports.is_empty() {
-            let loaded;
-            let original = match body {
-                Some(b) => b,
-                None => {
-                    loaded = self.store.body(queue_id).await.unwrap_or_default();
-                    &loaded
+            let original = match self.store.body_reader(queue_id).await {
+                Ok(r) => r.prefix(bounce::MAX_ORIGINAL + 1).await.unwrap_or_else(|e| {
+                    warn!(queue_id, error = %e, "cannot read the message to quote it in its notification");
+                    Vec::new()
+                }),
+                Err(e) => {
+                    warn!(queue_id, error = %e, "cannot read the message to quote it in its notification");
+                    Vec::new()
                 }
             };
-            if let Some(m) = bouncer.message(job, original, &reports, std::time::SystemTime::now())
+            if let Some(m) = bouncer.message(job, &original, &reports, std::time::SystemTime::now())
             {
                 info!(queue_id, dsn_id = %m.id, to = %m.recipients[0].address, recipients = reports.len(), "delivery status notification queued");
                 crate::metrics::get().notification(reports[0].action.name());

@@ -55,7 +55,7 @@ impl Scheduler {
                     warn!(queue_id = %job.queue_id, rcpt = %r.address, reply = %reply, "returned by the operator");
                 }
                 let updates = record::failed(&job, &reply, false, now_ms());
-                self.record(&job, updates, None, Context::default()).await;
+                self.record(&job, updates, Context::default()).await;
             }
         }
         Ok(n)

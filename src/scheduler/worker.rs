@@ -63,7 +63,7 @@ impl Scheduler {
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
-                let body = match self.store.body(&job.queue_id).await {
+                let mut body = match self.store.body_reader(&job.queue_id).await {
                     Ok(b) => b,
                     Err(e) => {
                         error!(queue_id = %job.queue_id, error = %e, "cannot read the message content");
@@ -72,7 +72,7 @@ impl Scheduler {
                         continue;
                     }
                 };
-                match deliver(&mut client, &job, &body).await {
+                match deliver(&mut client, &job, &mut body).await {
                     Ok(results) => {
                         if results.iter().any(|r| r.outcome == Outcome::Delivered) {
                             route.success(std::time::Instant::now());
@@ -81,7 +81,7 @@ impl Scheduler {
                             relayed_without_dsn: !client.caps.dsn,
                             remote: Some(client.host.as_str()),
                         };
-                        self.record_results(&job, &body, cx, results).await;
+                        self.record_results(&job, cx, results).await;
                         if client.closing {
                             // 421: the primary closed the channel. The job is deferred with
                             // the primary's words; the connection is gone, and a primary
@@ -93,6 +93,14 @@ impl Scheduler {
                             .await;
                             return;
                         }
+                    }
+                    Err(broken) if matches!(broken.error, ClientError::Content { .. }) => {
+                        // Local damage, not the primary's doing: the connection, cut off
+                        // mid-content, is dropped; the route stays as it is.
+                        error!(queue_id = %job.queue_id, error = %broken.error, "cannot read the message content");
+                        self.record_broken(&job, &client.host.to_string(), &broken)
+                            .await;
+                        return;
                     }
                     Err(broken) => {
                         self.record_broken(&job, &client.host.to_string(), &broken)
@@ -194,7 +202,7 @@ impl Scheduler {
                 warn!(queue_id = %job.queue_id, rcpt = %r.address, reply = %reply, "failed permanently");
             }
             let updates = record::failed(&job, &typed, true, now_ms());
-            self.record(&job, updates, None, Context::default()).await;
+            self.record(&job, updates, Context::default()).await;
         }
     }
 }

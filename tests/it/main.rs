@@ -21,6 +21,7 @@ mod properties;
 mod queue_cli;
 mod recipients;
 mod routing;
+mod stream;
 mod swaks;
 mod tenants;
 mod tls;

@@ -142,7 +142,10 @@ impl Session {
         )
     }
 
-    /// The DATA content has ended (`<CRLF>.<CRLF>` seen).
+    /// The DATA content has ended (`<CRLF>.<CRLF>` seen). The message's `body` is the
+    /// Received header followed by the content the decoder holds. A listener that spooled
+    /// content ([`Decoder::take`]) takes all of it before this, and the body is then the
+    /// header alone, the content following it in the spool file.
     pub fn data_done(&mut self, decoder: Decoder, now: SystemTime, queue_id: QueueId) -> Content {
         self.content_done(decoder, now, queue_id, "DATA")
     }
@@ -160,8 +163,10 @@ impl Session {
         if decoder.over_limit() {
             return Content::Reply(Self::too_big(tx.max_size));
         }
+        // The header section, as far as the decoder kept it (the content may be spooled).
+        let received = count_received(decoder.start());
         let content = decoder.finish();
-        if count_received(&content) > self.cfg.max_received {
+        if received > self.cfg.max_received {
             return Content::Reply(Reply::new(
                 554,
                 "5.4.6",

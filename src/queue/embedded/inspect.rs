@@ -139,11 +139,27 @@ pub fn show(c: &Connection, id: &str) -> rusqlite::Result<Option<Shown>> {
     Ok(Some(shown))
 }
 
-pub fn export(c: &Connection, id: &str) -> rusqlite::Result<Option<Vec<u8>>> {
-    c.query_row("SELECT body FROM messages WHERE id = ?1", [id], |r| {
-        r.get(0)
-    })
-    .optional()
+/// A message's whole content (its spool file included, when it has one).
+pub fn export(c: &Connection, id: &str) -> Result<Option<Vec<u8>>, String> {
+    let stored = if super::spool::has_table(c).map_err(|e| e.to_string())? {
+        super::spool::head(c, id).map_err(|e| e.to_string())?
+    } else {
+        c.query_row("SELECT body FROM messages WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, None))
+        })
+        .optional()
+        .map_err(|e| e.to_string())?
+    };
+    let Some((head, len)) = stored else {
+        return Ok(None);
+    };
+    let state_dir = c
+        .path()
+        .and_then(|p| Path::new(p).parent())
+        .unwrap_or(Path::new("."));
+    super::spool::whole(state_dir, id, head, len)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 pub fn depth(c: &Connection) -> rusqlite::Result<Vec<Depth>> {
@@ -233,6 +249,6 @@ impl Inspector {
 
     /// The stored message, as it will be relayed (.eml).
     pub fn export(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
-        export(&self.conn, id).map_err(|e| e.to_string())
+        export(&self.conn, id)
     }
 }

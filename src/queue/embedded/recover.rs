@@ -67,5 +67,14 @@ pub fn adopt(state_dir: &Path) -> Result<Adopted, StoreError> {
 /// creates an empty queue. Fails while a server holds the queue.
 pub fn reset(state_dir: &Path) -> Result<(PathBuf, Vec<String>), StoreError> {
     let _lock = guard::Guard::lock_only(state_dir)?;
-    guard::move_aside(state_dir).map_err(StoreError::Backend)
+    let (to, mut moved) = guard::move_aside(state_dir).map_err(StoreError::Backend)?;
+    // The content of the large messages goes with the database that refers to it (the
+    // next start would remove the files, since the new queue does not).
+    let spool = crate::queue::spool::dir(state_dir);
+    if spool.exists() {
+        std::fs::rename(&spool, to.join(crate::queue::spool::DIR))
+            .map_err(|e| StoreError::Backend(format!("cannot move {}: {e}", spool.display())))?;
+        moved.push(crate::queue::spool::DIR.to_string());
+    }
+    Ok((to, moved))
 }

@@ -6,8 +6,9 @@
 //! `registry`; it never reads for operators (that is `inspect`).
 
 use super::ops::{act, claim, claim_message, insert, make_due, purge_domain, record};
-use super::{backend, guard, outages, registry};
+use super::{backend, guard, outages, registry, spool};
 use crate::queue::registry::Written;
+use crate::queue::spool::Spooled;
 use crate::queue::{Job, NewMessage, OperatorAction, OutageChange, StoreError, Update};
 use rusqlite::{Connection, params};
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub(super) type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub(super) enum Op {
     Insert(Box<NewMessage>, Answer<()>),
+    /// A message whose content continues in a spool file (its head in `body`).
+    InsertSpooled(Box<NewMessage>, Spooled, Answer<()>),
     Claim(i64, usize, Answer<Vec<Job>>),
     Record(String, Vec<Update>, Vec<NewMessage>, Answer<bool>),
     MakeDue(Vec<String>, i64, Answer<u64>),
@@ -40,7 +43,7 @@ pub(super) type Held = std::collections::HashMap<String, i64>;
 impl Op {
     fn weight(&self) -> usize {
         match self {
-            Op::Insert(m, _) => m.body.len(),
+            Op::Insert(m, _) | Op::InsertSpooled(m, _, _) => m.body.len(),
             Op::Record(_, _, dsns, _) => dsns.iter().map(|m| m.body.len()).sum(),
             _ => 0,
         }
@@ -50,6 +53,8 @@ impl Op {
 /// An operation's result, held until the batch's commit decides whether it stands.
 pub(super) enum Done {
     Unit(Answer<()>, Result<(), StoreError>),
+    /// An insert whose spool file becomes the store's if the commit stands (else it goes).
+    Spooled(Answer<()>, Result<(), StoreError>, Spooled),
     Jobs(Answer<Vec<Job>>, Result<Vec<Job>, StoreError>),
     Bool(Answer<bool>, Result<bool, StoreError>),
     Count(Answer<u64>, Result<u64, StoreError>),
@@ -71,6 +76,13 @@ impl Done {
         // A caller that went away (connection dropped) is no error here.
         match self {
             Done::Unit(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Spooled(tx, r, mut file) => {
+                let r = pick(r, commit);
+                if r.is_ok() {
+                    file.committed();
+                }
+                drop(tx.send(r));
+            }
             Done::Jobs(tx, r) => drop(tx.send(pick(r, commit))),
             Done::Bool(tx, r) => drop(tx.send(pick(r, commit))),
             Done::Count(tx, r) => drop(tx.send(pick(r, commit))),
@@ -197,6 +209,9 @@ fn run_transaction(w: &mut Writer, batch: Vec<Op>, held: &mut Held) -> Vec<Op> {
         Ok(()) => {}
         Err(e) => tracing::error!(error = %e, "queue commit failed"),
     }
+    if commit.is_ok() {
+        spool::sweep(&w.conn);
+    }
     // Before the callers hear of it: once a change is acknowledged, its watchers know.
     if commit.is_ok() && done.iter().any(Done::changed_registry) {
         w.watchers.notify();
@@ -218,7 +233,7 @@ impl Done {
 
     fn error(&self) -> Option<StoreError> {
         match self {
-            Done::Unit(_, r) => r.as_ref().err().cloned(),
+            Done::Unit(_, r) | Done::Spooled(_, r, _) => r.as_ref().err().cloned(),
             Done::Jobs(_, r) => r.as_ref().err().cloned(),
             Done::Bool(_, r) => r.as_ref().err().cloned(),
             Done::Count(_, r) => r.as_ref().err().cloned(),
@@ -231,6 +246,7 @@ fn execute_failed(op: Op, held: &mut Held) -> Done {
     let e = || StoreError::Backend("transaction could not start".into());
     match op {
         Op::Insert(_, r) => Done::Unit(r, Err(e())),
+        Op::InsertSpooled(_, s, r) => Done::Spooled(r, Err(e()), s),
         Op::Claim(_, _, r) => Done::Jobs(r, Err(e())),
         Op::Record(_, _, _, r) => Done::Bool(r, Err(e())),
         Op::MakeDue(_, _, r) => Done::Count(r, Err(e())),
@@ -259,6 +275,10 @@ fn hold(held: &mut Held, domains: Vec<String>, for_ms: Option<i64>) -> Result<()
 fn execute(c: &Connection, op: Op, held: &mut Held) -> Done {
     match op {
         Op::Insert(m, r) => Done::Unit(r, insert(c, &m, held).map_err(backend)),
+        Op::InsertSpooled(m, s, r) => {
+            let done = spool::insert(c, &m, &s, held).map_err(backend);
+            Done::Spooled(r, done, s)
+        }
         Op::HoldNewMail(domains, for_ms, r) => Done::Unit(r, hold(held, domains, for_ms)),
         Op::Claim(now, limit, r) => Done::Jobs(r, claim(c, now, limit).map_err(backend)),
         Op::Record(id, updates, dsns, r) => {
