@@ -1,11 +1,9 @@
-//! Read-only queries over the embedded queue for operators: listings, one message, depth
-//! per domain, totals, the raw content. Used by the embedded store (admin API) and by
+//! Read-only queries over the embedded queue for operators: listings, one message, the raw
+//! content (depth and totals are the maintained counters, `counts`). Used by the embedded store (admin API) and by
 //! `mx2 queue list|show|export --config`, which opens the file directly so that it works
 //! while the server is stopped (after a crash, say), as `postqueue -p` does.
 
-use crate::queue::{
-    Depth, Filter, Listed, RecipientState, Shown, State, Stats, Status, domain_key, list_limit,
-};
+use crate::queue::{Filter, Listed, RecipientState, Shown, State, Status, domain_key, list_limit};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 
@@ -144,49 +142,6 @@ pub fn export(c: &Connection, id: &str) -> rusqlite::Result<Option<Vec<u8>>> {
         r.get(0)
     })
     .optional()
-}
-
-pub fn depth(c: &Connection) -> rusqlite::Result<Vec<Depth>> {
-    let mut stmt = c.prepare_cached(
-        // One pass over the pending recipients: per (domain, message) first, so a message with
-        // several recipients in a domain counts its size once.
-        "SELECT domain, COUNT(*), SUM(n), SUM(h), SUM(size), MIN(received_at) FROM (
-             SELECT r.domain AS domain, COUNT(*) AS n, SUM(r.held) AS h,
-                    m.size AS size, m.received_at AS received_at
-             FROM recipients r JOIN messages m ON m.id = r.message_id
-             WHERE r.status = 0 GROUP BY r.domain, r.message_id)
-         GROUP BY domain ORDER BY domain",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(Depth {
-            domain: r.get(0)?,
-            messages: r.get::<_, i64>(1)? as u64,
-            recipients: r.get::<_, i64>(2)? as u64,
-            held: r.get::<_, i64>(3)? as u64,
-            bytes: r.get::<_, i64>(4)? as u64,
-            oldest_ms: r.get(5)?,
-        })
-    })?;
-    rows.collect()
-}
-
-/// What the queue holds in all: messages, their size, pending recipients.
-pub(super) fn stats(c: &Connection) -> rusqlite::Result<Stats> {
-    let (messages, bytes): (i64, i64) = c.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let pending: i64 = c.query_row(
-        "SELECT COUNT(*) FROM recipients WHERE status = 0",
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(Stats {
-        messages: messages as u64,
-        pending_recipients: pending as u64,
-        bytes: bytes as u64,
-    })
 }
 
 /// The queue file opened directly, read-only in intent (nothing here writes).

@@ -1,4 +1,5 @@
-//! The embedded queue's file: how a connection to it is opened (WAL, `synchronous=FULL`), its
+//! The embedded queue's file: how a connection to it is opened (WAL, `synchronous=FULL`,
+//! incremental auto-vacuum for a new file), its
 //! tables, the migrations that bring a file written by an older mx2 up to date, and the
 //! queue's identity row (`meta`) that the [`guard`](super::guard) compares with its marker.
 //! It runs none of the queue's operations (those are in `ops`, run by the `writer`).
@@ -36,7 +37,6 @@ CREATE TABLE IF NOT EXISTS recipients (
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(status, claimed, next_attempt);
 CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
-CREATE INDEX IF NOT EXISTS recipients_domain ON recipients(domain, status);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -53,7 +53,14 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(30))
         .map_err(backend)?;
+    // Before anything writes the file's header: a new queue can give space back (`reclaim`);
+    // an existing file keeps the mode it has.
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+        .map_err(backend)?;
     conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(backend)?;
+    // The log is cut back to this after a checkpoint, not left at its largest.
+    conn.pragma_update(None, "journal_size_limit", 64i64 << 20)
         .map_err(backend)?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(backend)?;
@@ -119,7 +126,8 @@ pub(super) fn ensure_identity(c: &Connection) -> rusqlite::Result<guard::Marker>
     Ok(m)
 }
 /// Brings a queue file written by an older mx2 up to the current schema: columns added
-/// since the first release, each with its definition.
+/// since the first release, each with its definition, then the maintained counters
+/// ([`counts`](super::counts), built once for a queue that has none).
 pub(crate) fn migrate(c: &Connection) -> rusqlite::Result<()> {
     const ADDED: [(&str, &str, &str); 3] = [
         ("recipients", "warned", "INTEGER NOT NULL DEFAULT 0"),
@@ -138,5 +146,5 @@ pub(crate) fn migrate(c: &Connection) -> rusqlite::Result<()> {
             ))?;
         }
     }
-    Ok(())
+    super::counts::ensure(c)
 }
