@@ -162,6 +162,16 @@ pub(crate) fn depth(c: &Connection) -> rusqlite::Result<Vec<Depth>> {
     depth_rows(c, &depth_sql())
 }
 
+/// Messages with a pending recipient in `domain`, from the counters.
+pub(crate) fn messages_in(c: &Connection, domain: &str) -> rusqlite::Result<u64> {
+    c.query_row(
+        "SELECT COALESCE(MAX(messages), 0) FROM domain_counts WHERE domain = ?1",
+        [domain],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
+}
+
 /// What the queue holds in all, from the counters.
 pub(crate) fn stats(c: &Connection) -> rusqlite::Result<Stats> {
     c.query_row(STATS, [], |r| {
