@@ -187,46 +187,6 @@ pub fn export(c: &Connection, id: &str) -> rusqlite::Result<Option<Vec<u8>>> {
     .optional()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::queue::embedded::Embedded;
-
-    /// A listing walks an index in queue-id order and stops at its limit: no step reads a
-    /// whole table, and none sorts what it selected.
-    #[test]
-    fn a_listing_walks_an_index_to_its_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Embedded::open(dir.path()).unwrap());
-        let c = Connection::open(dir.path().join("queue.sqlite")).unwrap();
-        for domain in [Some("x.test".to_string()), None] {
-            let f = Filter {
-                domain: domain.clone(),
-                ..Filter::default()
-            };
-            let mut stmt = c
-                .prepare(&format!("EXPLAIN QUERY PLAN {}", list_sql(&f)))
-                .unwrap();
-            let mut values = matching_params(&f).to_vec();
-            values.push(rusqlite::types::Value::Integer(100));
-            let plan: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(values), |r| r.get(3))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            let plan = plan.join("\n");
-            assert!(
-                !plan.contains("SCAN d") && !plan.contains("SCAN a"),
-                "{plan}"
-            );
-            assert!(!plan.contains("TEMP B-TREE FOR ORDER BY"), "{plan}");
-            if domain.is_some() {
-                assert!(plan.contains("recipients_domain_message"), "{plan}");
-            }
-        }
-    }
-}
-
 /// The queue file opened directly, read-only in intent (nothing here writes).
 pub struct Inspector {
     conn: Connection,
@@ -272,5 +232,45 @@ impl Inspector {
     /// The stored message, as it will be relayed (.eml).
     pub fn export(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
         export(&self.conn, id).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::embedded::Embedded;
+
+    /// A listing walks an index in queue-id order and stops at its limit: no step reads a
+    /// whole table, and none sorts what it selected.
+    #[test]
+    fn a_listing_walks_an_index_to_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Embedded::open(dir.path()).unwrap());
+        let c = Connection::open(dir.path().join("queue.sqlite")).unwrap();
+        for domain in [Some("x.test".to_string()), None] {
+            let f = Filter {
+                domain: domain.clone(),
+                ..Filter::default()
+            };
+            let mut stmt = c
+                .prepare(&format!("EXPLAIN QUERY PLAN {}", list_sql(&f)))
+                .unwrap();
+            let mut values = matching_params(&f).to_vec();
+            values.push(rusqlite::types::Value::Integer(100));
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(values), |r| r.get(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let plan = plan.join("\n");
+            assert!(
+                !plan.contains("SCAN d") && !plan.contains("SCAN a"),
+                "{plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE FOR ORDER BY"), "{plan}");
+            if domain.is_some() {
+                assert!(plan.contains("recipients_domain_message"), "{plan}");
+            }
+        }
     }
 }
