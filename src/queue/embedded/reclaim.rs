@@ -1,93 +1,113 @@
 //! Giving disk space back after the queue shrinks. SQLite keeps a file at its largest size
-//! and reuses freed pages; a queue created by this mx2 has `auto_vacuum = INCREMENTAL`
-//! (set before its first table), so the writer can move free pages to the end of the file
-//! and cut them off, a few megabytes at a time between batches, when the free pages are
-//! both a large share of the file and large in bytes. A queue created by an older mx2 has
-//! no auto-vacuum: `VACUUM` with the server stopped converts it (README, operations).
+//! and reuses freed pages; after a long outage drains, the file would stay at its peak. Once
+//! the writer has had no work for a second, and the free pages are both a large share of the
+//! file and large in bytes, while what is still queued is small, it rewrites the file
+//! (`VACUUM`, which copies only the live pages, then a truncating checkpoint). The rewrite
+//! holds up writes for as long as copying the live data takes, which the bound on it keeps
+//! short; while more than that is queued, the free pages are left for new mail to reuse.
+//! Incremental vacuum is not used: with a large free list SQLite searches the list for every
+//! page it moves or drops, which made a drain of a million messages crawl (docs/decisions.md,
+//! decision 30).
 
 use rusqlite::Connection;
 use std::time::{Duration, Instant};
 
-/// Reclaim when free pages are more than this share of the file…
+/// Rewrite when free pages are more than this share of the file…
 const FREE_SHARE: f64 = 0.25;
-/// …and more than this many bytes.
+/// …and more than this many bytes…
 const FREE_BYTES: i64 = 64 << 20;
-/// Pages given back per step (one short transaction each).
-const STEP_PAGES: i64 = 1024;
-/// Most time spent reclaiming at once, so that writes wait at most about this long.
-const BUDGET: Duration = Duration::from_millis(50);
-/// How often to look while the queue is busy.
-const INTERVAL: Duration = Duration::from_secs(1);
+/// …and the live pages at most this many bytes (the rewrite copies them).
+const LIVE_BYTES: i64 = 256 << 20;
+/// How long the writer must have had no work before it looks.
+const IDLE: Duration = Duration::from_secs(1);
 
-/// When the writer last looked, and whether there was more to give back then.
+/// When the writer last had work, and whether it has looked since.
 pub(super) struct Reclaim {
-    last: Instant,
-    pending: bool,
+    busy: Instant,
+    looked: bool,
 }
 
 impl Reclaim {
     pub(super) fn new() -> Self {
         Self {
-            last: Instant::now(),
-            pending: true,
+            busy: Instant::now(),
+            looked: false,
         }
     }
 
-    /// How long the writer may wait for work before it should look again.
+    /// The writer has work (a batch ran).
+    pub(super) fn busy(&mut self) {
+        self.busy = Instant::now();
+        self.looked = false;
+    }
+
+    /// How long the writer may wait for work before it should call [`Reclaim::idle`].
     pub(super) fn idle_wait(&self) -> Duration {
-        if self.pending {
-            Duration::from_millis(20)
+        if self.looked {
+            Duration::from_secs(3600)
         } else {
-            INTERVAL
+            IDLE
         }
     }
 
-    /// Gives back free pages for at most [`BUDGET`] if they exceed the thresholds; `idle`
-    /// says the writer has nothing else to do (else it looks at most once an [`INTERVAL`]).
-    pub(super) fn step(&mut self, c: &Connection, idle: bool) {
-        if !idle && self.last.elapsed() < INTERVAL {
+    /// The writer waited [`Reclaim::idle_wait`] without work: gives space back if the
+    /// thresholds say so (once per quiet spell).
+    pub(super) fn idle(&mut self, c: &Connection) {
+        if self.looked || self.busy.elapsed() < IDLE {
             return;
         }
-        self.last = Instant::now();
-        match run(c, FREE_BYTES) {
-            Ok(more) => self.pending = more,
-            Err(e) => {
-                tracing::warn!(error = %e, "giving the queue's free space back failed");
-                self.pending = false;
-            }
+        self.looked = true;
+        let started = Instant::now();
+        match run(c, FREE_BYTES, LIVE_BYTES) {
+            Ok(Some((before, after))) => tracing::info!(
+                before_mb = before >> 20,
+                after_mb = after >> 20,
+                seconds = started.elapsed().as_secs_f64(),
+                "gave the queue's free space back to the disk"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "giving the queue's free space back failed"),
         }
     }
 }
 
-/// Whether the free pages exceed both thresholds.
-fn too_much_free(c: &Connection, free_bytes: i64) -> rusqlite::Result<bool> {
+/// The file's pages: (all, free, page size).
+fn pages(c: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
     let pragma = |name: &str| c.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0));
-    let (pages, free, size) = (
+    Ok((
         pragma("page_count")?,
         pragma("freelist_count")?,
         pragma("page_size")?,
-    );
-    Ok(pages > 0 && free as f64 > FREE_SHARE * pages as f64 && free * size > free_bytes)
+    ))
 }
 
-/// Reclaims in steps within the budget while more than `free_bytes` (and [`FREE_SHARE`])
-/// are free; true when there is more to give back.
-pub(super) fn run(c: &Connection, free_bytes: i64) -> rusqlite::Result<bool> {
-    let mode: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
-    if mode != 2 {
-        return Ok(false);
+/// Rewrites the file if more than `free_bytes` (and [`FREE_SHARE`] of it) is free and at
+/// most `live_bytes` is in use; returns its size in bytes before and after, None when it
+/// left it.
+pub(super) fn run(
+    c: &Connection,
+    free_bytes: i64,
+    live_bytes: i64,
+) -> rusqlite::Result<Option<(i64, i64)>> {
+    let (all, free, size) = pages(c)?;
+    let worth = all > 0
+        && free as f64 > FREE_SHARE * all as f64
+        && free * size > free_bytes
+        && (all - free) * size <= live_bytes;
+    if !worth {
+        return Ok(None);
     }
-    let started = Instant::now();
-    while too_much_free(c, free_bytes)? {
-        if started.elapsed() >= BUDGET {
-            return Ok(true);
-        }
-        // incremental_vacuum returns a row per page freed: step through them.
-        let mut stmt = c.prepare_cached(&format!("PRAGMA incremental_vacuum({STEP_PAGES})"))?;
-        let mut rows = stmt.query([])?;
-        while rows.next()?.is_some() {}
+    c.execute_batch("VACUUM")?;
+    // The rewritten pages are in the log: move them into the file and cut both back, unless
+    // a reader holds the log for more than a second (a later checkpoint then does it).
+    c.busy_timeout(Duration::from_secs(1))?;
+    let checkpoint = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    c.busy_timeout(Duration::from_secs(30))?;
+    if let Err(e) = checkpoint {
+        tracing::debug!(error = %e, "checkpoint after the rewrite deferred");
     }
-    Ok(false)
+    let (after, _, _) = pages(c)?;
+    Ok(Some((all * size, after * size)))
 }
 
 #[cfg(test)]
@@ -97,12 +117,8 @@ mod tests {
     use super::*;
     use crate::queue::{OperatorAction, suite};
 
-    fn file_pages(c: &Connection) -> (i64, i64) {
-        let get = |p: &str| {
-            c.query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))
-                .unwrap()
-        };
-        (get("page_count"), get("freelist_count"))
+    fn file_bytes(path: &std::path::Path) -> u64 {
+        std::fs::metadata(path).unwrap().len()
     }
 
     /// After a queue empties, the file gives its space back to the disk, and only then.
@@ -118,21 +134,33 @@ mod tests {
             ids.push(format!("m{i:03}"));
         }
         let c = open_connection(s.path()).unwrap();
-        let (full, _) = file_pages(&c);
-        assert!(!run(&c, 1 << 20).unwrap(), "nothing is free yet");
-        assert_eq!(file_pages(&c).0, full);
-        s.act(ids, OperatorAction::Delete, 0).await.unwrap();
-        let (pages, free) = file_pages(&c);
-        assert!(
-            free * 2 > pages,
-            "the deleted messages' pages are free: {free} of {pages}"
+        assert_eq!(
+            run(&c, 1 << 20, 4 << 20).unwrap(),
+            None,
+            "nothing is free yet"
         );
-        while run(&c, 1 << 20).unwrap() {}
-        let (pages, free) = file_pages(&c);
-        assert!(pages * 4 < full, "{pages} pages left of {full}");
-        assert!(
-            free * 4096 <= 1 << 20 || free * 4 <= pages,
-            "{free} free of {pages}"
+        s.act(ids[..50].to_vec(), OperatorAction::Delete, 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            run(&c, 1 << 20, 4 << 20).unwrap(),
+            None,
+            "half the mail is still queued: more than the rewrite may copy"
         );
+        s.act(ids[50..].to_vec(), OperatorAction::Delete, 0)
+            .await
+            .unwrap();
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        let full = file_bytes(s.path());
+        assert!(full > 9 << 20, "{full}");
+        let (before, after) = run(&c, 1 << 20, 4 << 20).unwrap().expect("a rewrite");
+        assert!(after * 20 < before, "{before} -> {after}");
+        assert!(file_bytes(s.path()) * 20 < full, "the file itself shrank");
+        // The queue still works on the rewritten file.
+        s.insert(suite::message("after", &[("a@x.test", "x.test")]))
+            .await
+            .unwrap();
+        assert_eq!(s.stats().await.unwrap().messages, 1);
     }
 }

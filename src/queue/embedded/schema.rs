@@ -1,5 +1,4 @@
-//! The embedded queue's file: how a connection to it is opened (WAL, `synchronous=FULL`,
-//! incremental auto-vacuum for a new file), its
+//! The embedded queue's file: how a connection to it is opened (WAL, `synchronous=FULL`), its
 //! tables, the migrations that bring a file written by an older mx2 up to date, and the
 //! queue's identity row (`meta`) that the [`guard`](super::guard) compares with its marker.
 //! It runs none of the queue's operations (those are in `ops`, run by the `writer`).
@@ -52,10 +51,6 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)
         .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(30))
-        .map_err(backend)?;
-    // Before anything writes the file's header: a new queue can give space back (`reclaim`);
-    // an existing file keeps the mode it has.
-    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
         .map_err(backend)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(backend)?;

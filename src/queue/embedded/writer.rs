@@ -2,8 +2,8 @@
 //! their durability; it gathers whatever is waiting (up to a count and a size), runs it in
 //! one transaction with a savepoint per operation, syncs once, moves the queue's commit count
 //! and marker, tells the registry's watchers when a registry change committed, and answers
-//! every caller with what the commit decided; between batches it gives free space back
-//! (`reclaim`). The statements themselves are in `ops` and
+//! every caller with what the commit decided; when it has had no work for a second it gives
+//! free space back (`reclaim`). The statements themselves are in `ops` and
 //! `registry`; it never reads for operators (that is `inspect`).
 
 use super::ops::{act, claim, claim_message, insert, make_due, purge_domain, record};
@@ -101,7 +101,7 @@ pub(super) fn writer_loop(
         let first = match rx.recv_timeout(reclaim.idle_wait()) {
             Ok(op) => op,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                reclaim.step(&w.conn, true);
+                reclaim.idle(&w.conn);
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -125,7 +125,7 @@ pub(super) fn writer_loop(
             .observe(started.elapsed().as_secs_f64());
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::trace!(ops, bytes, "queue commit");
-        reclaim.step(&w.conn, false);
+        reclaim.busy();
     }
 }
 
