@@ -2,14 +2,17 @@
 //! the PostgreSQL store is: `schema` (the file, its tables and identity), `writer` (the one
 //! thread that commits, in groups) running `ops` (the statements), `inspect` (operators'
 //! reads, also used by the command line on the file directly), `guard` (the marker that
-//! refuses a damaged queue), `recover` (adopt, reset), `outages` (primary health) and
-//! `registry` (domains and tenants managed at run time).
+//! refuses a damaged queue), `recover` (adopt, reset), `outages` (primary health),
+//! `registry` (domains and tenants managed at run time), `counts` (the counters behind
+//! stats and depth) and `reclaim` (free space given back to the disk).
 //! Reads use connections of their own, never the writer's.
 
+mod counts;
 pub mod guard;
 pub mod inspect;
 mod ops;
 mod outages;
+mod reclaim;
 mod recover;
 mod registry;
 mod schema;
@@ -301,7 +304,7 @@ impl Store for Embedded {
     }
 
     fn depth(&self) -> StoreFuture<'_, Vec<Depth>> {
-        self.report(|c| inspect::depth(c).map_err(backend))
+        self.report(|c| counts::depth(c).map_err(backend))
     }
 
     fn hold_new_mail(&self, domains: Vec<String>, for_ms: Option<i64>) -> StoreFuture<'_, ()> {
@@ -358,7 +361,11 @@ impl Store for Embedded {
     }
 
     fn stats(&self) -> StoreFuture<'_, Stats> {
-        self.report(|c| inspect::stats(c).map_err(backend))
+        self.report(|c| counts::stats(c).map_err(backend))
+    }
+
+    fn recount(&self) -> StoreFuture<'_, (Stats, Vec<Depth>)> {
+        self.report(|c| counts::recount(c).map_err(backend))
     }
 }
 

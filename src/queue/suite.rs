@@ -9,7 +9,9 @@ use super::{
 };
 use crate::events::{OUTAGES_KEPT, Outage};
 
+mod counts;
 mod domains;
+pub use counts::counters;
 pub use domains::{purge_domain, registry, registry_watch, tenant_view};
 
 /// A message with these (address, domain) recipients, received at `received_at_ms`.

@@ -53,6 +53,11 @@ async fn conformance_cache() {
 }
 
 #[tokio::test]
+async fn conformance_counters() {
+    suite::counters(&store("suite").await).await;
+}
+
+#[tokio::test]
 async fn conformance_outages() {
     suite::outages(&store("suite").await).await;
 }

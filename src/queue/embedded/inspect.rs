@@ -1,35 +1,54 @@
-//! Read-only queries over the embedded queue for operators: listings, one message, depth
-//! per domain, totals, the raw content. Used by the embedded store (admin API) and by
+//! Read-only queries over the embedded queue for operators: listings, one message, the raw
+//! content (depth and totals are the maintained counters, `counts`). Used by the embedded store (admin API) and by
 //! `mx2 queue list|show|export --config`, which opens the file directly so that it works
 //! while the server is stopped (after a crash, say), as `postqueue -p` does.
 
-use crate::queue::{
-    Depth, Filter, Listed, RecipientState, Shown, State, Stats, Status, domain_key, list_limit,
-};
+use crate::queue::{Filter, Listed, RecipientState, Shown, State, Status, domain_key, list_limit};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 
-/// The messages a filter selects (parameters ?1 to ?7; ?7, the tenant's domains, a JSON
-/// array), grouped by message: what a listing shows and a count counts.
-const MATCHING: &str = "FROM messages m JOIN recipients r ON r.message_id = m.id
-         WHERE r.status = 0
-           AND (?1 IS NULL OR EXISTS (SELECT 1 FROM recipients x
-                 WHERE x.message_id = m.id AND x.status = 0 AND x.domain = ?1))
+/// The filter's conditions on one message, `{ID}` its queue id (parameters ?2 to ?4, ?6, ?7;
+/// ?7, the tenant's domains, a JSON array). Each is an index lookup by queue id.
+const CONDITIONS: &str = "EXISTS (SELECT 1 FROM messages m WHERE m.id = {ID}
+               AND (?2 IS NULL OR instr(lower(m.sender), ?2) > 0)
+               AND (?4 IS NULL OR m.received_at <= ?4))
            AND (?7 IS NULL OR EXISTS (SELECT 1 FROM recipients x
-                 WHERE x.message_id = m.id AND x.status = 0
+                 WHERE x.message_id = {ID} AND x.status = 0
                    AND x.domain IN (SELECT value FROM json_each(?7))))
-           AND (?2 IS NULL OR instr(lower(m.sender), ?2) > 0)
            AND (?3 IS NULL OR EXISTS (SELECT 1 FROM recipients x
-                 WHERE x.message_id = m.id AND x.status = 0 AND instr(lower(x.address), ?3) > 0))
-           AND (?4 IS NULL OR m.received_at <= ?4)
-           AND (?5 IS NULL OR m.id > ?5)
-         GROUP BY m.id
-         HAVING ?6 IS NULL OR (CASE WHEN MAX(r.held) = 1 THEN 'held'
-                                    WHEN MAX(r.claimed) = 1 THEN 'active'
-                                    WHEN MAX(r.attempts) > 0 THEN 'deferred'
-                                    ELSE 'queued' END) = ?6";
+                 WHERE x.message_id = {ID} AND x.status = 0 AND instr(lower(x.address), ?3) > 0))
+           AND (?6 IS NULL OR (SELECT CASE WHEN MAX(x.held) = 1 THEN 'held'
+                                           WHEN MAX(x.claimed) = 1 THEN 'active'
+                                           WHEN MAX(x.attempts) > 0 THEN 'deferred'
+                                           ELSE 'queued' END
+                               FROM recipients x WHERE x.message_id = {ID} AND x.status = 0) = ?6)";
 
-/// The filter's values for [`MATCHING`], in order.
+/// The queue ids a filter selects, oldest first, after ?5: walked in queue-id order through
+/// `recipients(domain, status, message_id)` when the filter names a domain (?1), else
+/// through the messages' primary key, so that a listing stops after its limit instead of
+/// reading the whole queue.
+fn selected(f: &Filter) -> String {
+    if f.domain.is_some() {
+        format!(
+            "SELECT d.message_id AS id FROM recipients d
+             WHERE d.domain = ?1 AND d.status = 0 AND d.message_id > COALESCE(?5, '')
+               AND {}
+             GROUP BY d.message_id ORDER BY d.message_id",
+            CONDITIONS.replace("{ID}", "d.message_id")
+        )
+    } else {
+        format!(
+            "SELECT a.id AS id FROM messages a
+             WHERE a.id > COALESCE(?5, '')
+               AND EXISTS (SELECT 1 FROM recipients x WHERE x.message_id = a.id AND x.status = 0)
+               AND {}
+             ORDER BY a.id",
+            CONDITIONS.replace("{ID}", "a.id")
+        )
+    }
+}
+
+/// The filter's values for [`selected`] (?1 to ?7), in order.
 fn matching_params(f: &Filter) -> [rusqlite::types::Value; 7] {
     use rusqlite::types::Value;
     let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
@@ -51,9 +70,22 @@ fn matching_params(f: &Filter) -> [rusqlite::types::Value; 7] {
     ]
 }
 
-/// How many messages the filter selects (its limit aside).
+/// How many messages the filter selects (its limit aside). A filter on nothing or on one
+/// domain alone is answered from the counters; any other walks what it selects.
 pub fn count(c: &Connection, f: &Filter) -> rusqlite::Result<u64> {
-    let sql = format!("SELECT COUNT(*) FROM (SELECT m.id {MATCHING})");
+    let only_domain = f.domains.is_empty()
+        && f.sender.is_none()
+        && f.recipient.is_none()
+        && f.received_before_ms.is_none()
+        && f.state.is_none()
+        && f.after.is_none();
+    if only_domain {
+        return match &f.domain {
+            Some(d) => super::counts::messages_in(c, &domain_key(d)),
+            None => super::counts::stats(c).map(|s| s.messages),
+        };
+    }
+    let sql = format!("SELECT COUNT(*) FROM ({})", selected(f));
     c.prepare_cached(&sql)?
         .query_row(rusqlite::params_from_iter(matching_params(f)), |r| {
             r.get::<_, i64>(0)
@@ -61,14 +93,23 @@ pub fn count(c: &Connection, f: &Filter) -> rusqlite::Result<u64> {
         .map(|n| n.max(0) as u64)
 }
 
-pub fn list(c: &Connection, f: &Filter) -> rusqlite::Result<Vec<Listed>> {
-    let limit = list_limit(f);
-    let sql = format!(
+/// A listing's statement: the selected ids first, up to the limit (?8), then their rows
+/// (CROSS JOIN keeps SQLite to that order).
+fn list_sql(f: &Filter) -> String {
+    format!(
         "SELECT m.id, m.received_at, m.sender, m.size, GROUP_CONCAT(r.address, ' '),
                 MIN(r.next_attempt), MAX(r.last_reply), MAX(r.held), MAX(r.claimed), MAX(r.attempts)
-         {MATCHING} ORDER BY m.id LIMIT ?8"
-    );
-    let mut stmt = c.prepare_cached(&sql)?;
+         FROM ({} LIMIT ?8) s
+         CROSS JOIN messages m ON m.id = s.id
+         CROSS JOIN recipients r ON r.message_id = m.id AND r.status = 0
+         GROUP BY m.id ORDER BY m.id",
+        selected(f)
+    )
+}
+
+pub fn list(c: &Connection, f: &Filter) -> rusqlite::Result<Vec<Listed>> {
+    let limit = list_limit(f);
+    let mut stmt = c.prepare_cached(&list_sql(f))?;
     let mut values = matching_params(f).to_vec();
     values.push(rusqlite::types::Value::Integer(limit as i64));
     let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
@@ -162,49 +203,6 @@ pub fn export(c: &Connection, id: &str) -> Result<Option<Vec<u8>>, String> {
         .map_err(|e| e.to_string())
 }
 
-pub fn depth(c: &Connection) -> rusqlite::Result<Vec<Depth>> {
-    let mut stmt = c.prepare_cached(
-        // One pass over the pending recipients: per (domain, message) first, so a message with
-        // several recipients in a domain counts its size once.
-        "SELECT domain, COUNT(*), SUM(n), SUM(h), SUM(size), MIN(received_at) FROM (
-             SELECT r.domain AS domain, COUNT(*) AS n, SUM(r.held) AS h,
-                    m.size AS size, m.received_at AS received_at
-             FROM recipients r JOIN messages m ON m.id = r.message_id
-             WHERE r.status = 0 GROUP BY r.domain, r.message_id)
-         GROUP BY domain ORDER BY domain",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(Depth {
-            domain: r.get(0)?,
-            messages: r.get::<_, i64>(1)? as u64,
-            recipients: r.get::<_, i64>(2)? as u64,
-            held: r.get::<_, i64>(3)? as u64,
-            bytes: r.get::<_, i64>(4)? as u64,
-            oldest_ms: r.get(5)?,
-        })
-    })?;
-    rows.collect()
-}
-
-/// What the queue holds in all: messages, their size, pending recipients.
-pub(super) fn stats(c: &Connection) -> rusqlite::Result<Stats> {
-    let (messages, bytes): (i64, i64) = c.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let pending: i64 = c.query_row(
-        "SELECT COUNT(*) FROM recipients WHERE status = 0",
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(Stats {
-        messages: messages as u64,
-        pending_recipients: pending as u64,
-        bytes: bytes as u64,
-    })
-}
-
 /// The queue file opened directly, read-only in intent (nothing here writes).
 pub struct Inspector {
     conn: Connection,
@@ -250,5 +248,45 @@ impl Inspector {
     /// The stored message, as it will be relayed (.eml).
     pub fn export(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
         export(&self.conn, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::embedded::Embedded;
+
+    /// A listing walks an index in queue-id order and stops at its limit: no step reads a
+    /// whole table, and none sorts what it selected.
+    #[test]
+    fn a_listing_walks_an_index_to_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Embedded::open(dir.path()).unwrap());
+        let c = Connection::open(dir.path().join("queue.sqlite")).unwrap();
+        for domain in [Some("x.test".to_string()), None] {
+            let f = Filter {
+                domain: domain.clone(),
+                ..Filter::default()
+            };
+            let mut stmt = c
+                .prepare(&format!("EXPLAIN QUERY PLAN {}", list_sql(&f)))
+                .unwrap();
+            let mut values = matching_params(&f).to_vec();
+            values.push(rusqlite::types::Value::Integer(100));
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(values), |r| r.get(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let plan = plan.join("\n");
+            assert!(
+                !plan.contains("SCAN d") && !plan.contains("SCAN a"),
+                "{plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE FOR ORDER BY"), "{plan}");
+            if domain.is_some() {
+                assert!(plan.contains("recipients_domain_message"), "{plan}");
+            }
+        }
     }
 }

@@ -36,7 +36,6 @@ CREATE TABLE IF NOT EXISTS recipients (
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(status, claimed, next_attempt);
 CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
-CREATE INDEX IF NOT EXISTS recipients_domain ON recipients(domain, status);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -54,6 +53,9 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(30))
         .map_err(backend)?;
     conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(backend)?;
+    // The log is cut back to this after a checkpoint, not left at its largest.
+    conn.pragma_update(None, "journal_size_limit", 64i64 << 20)
         .map_err(backend)?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(backend)?;
@@ -119,7 +121,8 @@ pub(super) fn ensure_identity(c: &Connection) -> rusqlite::Result<guard::Marker>
     Ok(m)
 }
 /// Brings a queue file written by an older mx2 up to the current schema: columns added
-/// since the first release, each with its definition.
+/// since the first release, each with its definition, then the maintained counters
+/// ([`counts`](super::counts), built once for a queue that has none).
 pub(crate) fn migrate(c: &Connection) -> rusqlite::Result<()> {
     const ADDED: [(&str, &str, &str); 3] = [
         ("recipients", "warned", "INTEGER NOT NULL DEFAULT 0"),
@@ -138,5 +141,5 @@ pub(crate) fn migrate(c: &Connection) -> rusqlite::Result<()> {
             ))?;
         }
     }
-    Ok(())
+    super::counts::ensure(c)
 }

@@ -124,6 +124,12 @@ async fn conformance_operator_actions() {
 }
 
 #[tokio::test]
+async fn conformance_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::counters(&Embedded::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
 async fn conformance_outages() {
     let dir = tempfile::tempdir().unwrap();
     suite::outages(&Embedded::open(dir.path()).unwrap()).await;

@@ -2,10 +2,12 @@
 //! their durability; it gathers whatever is waiting (up to a count and a size), runs it in
 //! one transaction with a savepoint per operation, syncs once, moves the queue's commit count
 //! and marker, tells the registry's watchers when a registry change committed, and answers
-//! every caller with what the commit decided. The statements themselves are in `ops` and
+//! every caller with what the commit decided; when it has had no work for a second it gives
+//! free space back (`reclaim`). The statements themselves are in `ops` and
 //! `registry`; it never reads for operators (that is `inspect`).
 
 use super::ops::{act, claim, claim_message, insert, make_due, purge_domain, record};
+use super::reclaim::Reclaim;
 use super::{backend, guard, outages, registry, spool};
 use crate::queue::registry::Written;
 use crate::queue::spool::Spooled;
@@ -106,7 +108,16 @@ pub(super) fn writer_loop(
     commits: &std::sync::atomic::AtomicU64,
 ) {
     let mut held = Held::new();
-    while let Ok(first) = rx.recv() {
+    let mut reclaim = Reclaim::new();
+    loop {
+        let first = match rx.recv_timeout(reclaim.idle_wait()) {
+            Ok(op) => op,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                reclaim.idle(&w.conn);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut batch = vec![first];
         let mut bytes = batch[0].weight();
         while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
@@ -126,6 +137,7 @@ pub(super) fn writer_loop(
             .observe(started.elapsed().as_secs_f64());
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::trace!(ops, bytes, "queue commit");
+        reclaim.busy();
     }
 }
 
