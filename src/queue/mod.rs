@@ -196,7 +196,8 @@ pub trait Store: Send + Sync + 'static {
         notifications: Vec<NewMessage>,
     ) -> StoreFuture<'_, bool>;
     /// Makes every pending, unclaimed recipient in these domains due at `now_ms`; returns
-    /// how many there are.
+    /// how many there are. A store may do it in steps, so that deliveries of the first
+    /// recipients begin before the last are due.
     fn make_due(&self, domains: Vec<String>, now_ms: i64) -> StoreFuture<'_, u64>;
     /// While a domain's primary is down: recipients in these domains inserted from now on
     /// are due `for_ms` after they were received (`None` ends the hold: due at once), as if

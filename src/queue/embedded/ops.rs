@@ -149,14 +149,31 @@ fn remove(c: &Connection, id: &str) -> rusqlite::Result<bool> {
 pub(super) const PENDING_OF_MESSAGE: &str =
     "SELECT COUNT(*) FROM recipients WHERE message_id = ?1 AND +status = ?2";
 
-pub(super) fn make_due(c: &Connection, domains: &[String], now: i64) -> rusqlite::Result<u64> {
+/// Makes up to `limit` pending, unclaimed recipients in these domains that are not yet due
+/// due at `now`, oldest messages first; returns how many it changed. [`Embedded`] calls it
+/// until fewer than `limit` change, one writer transaction each, so that a million held
+/// recipients do not stop every other write (and the first delivery) until all are due.
+///
+/// [`Embedded`]: super::Embedded
+pub(super) fn make_due(
+    c: &Connection,
+    domains: &[String],
+    now: i64,
+    limit: usize,
+) -> rusqlite::Result<u64> {
     let mut stmt = c.prepare_cached(
-        "UPDATE recipients SET next_attempt = ?1
-         WHERE domain = ?2 AND status = 0 AND claimed = 0 AND held = 0",
+        "UPDATE recipients SET next_attempt = ?1 WHERE id IN (
+             SELECT id FROM recipients
+             WHERE domain = ?2 AND status = 0 AND claimed = 0 AND held = 0 AND next_attempt > ?1
+             LIMIT ?3)",
     )?;
     let mut n = 0;
     for d in domains {
-        n += stmt.execute(params![now, d])? as u64;
+        let left = limit.saturating_sub(n as usize);
+        if left == 0 {
+            break;
+        }
+        n += stmt.execute(params![now, d, left as i64])? as u64;
     }
     Ok(n)
 }

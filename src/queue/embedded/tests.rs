@@ -206,3 +206,50 @@ async fn concurrent_inserts_share_commits() {
         "every insert got its own commit: group commit is not working"
     );
 }
+
+/// A million held recipients become due in steps, oldest first, each step its own
+/// transaction; none is changed twice and those already due are left alone.
+#[tokio::test]
+async fn make_due_works_in_steps_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Embedded::open(dir.path()).unwrap();
+    for i in 0..5 {
+        s.insert(suite::message(&format!("m{i}"), &[("a@x.test", "x.test")]))
+            .await
+            .unwrap();
+    }
+    drop(s);
+    let c = open_connection(&dir.path().join("queue.sqlite")).unwrap();
+    // Held for later (as a down primary's hold leaves them), one already due.
+    c.execute("UPDATE recipients SET next_attempt = 9000", [])
+        .unwrap();
+    c.execute(
+        "UPDATE recipients SET next_attempt = 10 WHERE message_id = 'm4'",
+        [],
+    )
+    .unwrap();
+    let domains = vec!["x.test".to_string()];
+    assert_eq!(super::ops::make_due(&c, &domains, 100, 2).unwrap(), 2);
+    let due: Vec<String> = c
+        .prepare("SELECT message_id FROM recipients WHERE next_attempt = 100 ORDER BY message_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(due, ["m0", "m1"], "the oldest first");
+    assert_eq!(super::ops::make_due(&c, &domains, 100, 2).unwrap(), 2);
+    assert_eq!(
+        super::ops::make_due(&c, &domains, 100, 2).unwrap(),
+        0,
+        "m4 was due already: not counted, not changed"
+    );
+    let m4: i64 = c
+        .query_row(
+            "SELECT next_attempt FROM recipients WHERE message_id = 'm4'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(m4, 10);
+}

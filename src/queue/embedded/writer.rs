@@ -29,7 +29,7 @@ pub(super) enum Op {
     InsertSpooled(Box<NewMessage>, Spooled, Answer<()>),
     Claim(i64, usize, Answer<Vec<Job>>),
     Record(String, Vec<Update>, Vec<NewMessage>, Answer<bool>),
-    MakeDue(Vec<String>, i64, Answer<u64>),
+    MakeDue(Vec<String>, i64, usize, Answer<u64>),
     CachePut(String, bool, i64, Answer<()>),
     Act(Vec<String>, OperatorAction, i64, Answer<u64>),
     ClaimMessage(String, Answer<Vec<Job>>),
@@ -261,7 +261,7 @@ fn execute_failed(op: Op, held: &mut Held) -> Done {
         Op::InsertSpooled(_, s, r) => Done::Spooled(r, Err(e()), s),
         Op::Claim(_, _, r) => Done::Jobs(r, Err(e())),
         Op::Record(_, _, _, r) => Done::Bool(r, Err(e())),
-        Op::MakeDue(_, _, r) => Done::Count(r, Err(e())),
+        Op::MakeDue(_, _, _, r) => Done::Count(r, Err(e())),
         Op::CachePut(_, _, _, r) => Done::Unit(r, Err(e())),
         Op::Act(_, _, _, r) => Done::Count(r, Err(e())),
         Op::ClaimMessage(_, r) => Done::Jobs(r, Err(e())),
@@ -296,7 +296,9 @@ fn execute(c: &Connection, op: Op, held: &mut Held) -> Done {
         Op::Record(id, updates, dsns, r) => {
             Done::Bool(r, record(c, &id, &updates, &dsns).map_err(backend))
         }
-        Op::MakeDue(domains, now, r) => Done::Count(r, make_due(c, &domains, now).map_err(backend)),
+        Op::MakeDue(domains, now, limit, r) => {
+            Done::Count(r, make_due(c, &domains, now, limit).map_err(backend))
+        }
         Op::CachePut(key, exists, expires, r) => Done::Unit(
             r,
             c.prepare_cached("INSERT OR REPLACE INTO recipient_cache (key, exists_, expires_at) VALUES (?1, ?2, ?3)")
