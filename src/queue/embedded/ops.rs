@@ -150,7 +150,7 @@ pub(super) const PENDING_OF_MESSAGE: &str =
     "SELECT COUNT(*) FROM recipients WHERE message_id = ?1 AND +status = ?2";
 
 /// Makes up to `limit` pending, unclaimed recipients in these domains that are not yet due
-/// due at `now`, oldest messages first; returns how many it changed. [`Embedded`] calls it
+/// due at `now`, those due soonest first; returns how many it changed. [`Embedded`] calls it
 /// until fewer than `limit` change, one writer transaction each, so that a million held
 /// recipients do not stop every other write (and the first delivery) until all are due.
 ///
@@ -162,9 +162,11 @@ pub(super) fn make_due(
     limit: usize,
 ) -> rusqlite::Result<u64> {
     let mut stmt = c.prepare_cached(
+        // Through the due-time index, from `now` up: the rows an earlier step made due (at
+        // `now`) are outside the range, so no step walks over them again.
         "UPDATE recipients SET next_attempt = ?1 WHERE id IN (
-             SELECT id FROM recipients
-             WHERE domain = ?2 AND status = 0 AND claimed = 0 AND held = 0 AND next_attempt > ?1
+             SELECT id FROM recipients INDEXED BY recipients_due
+             WHERE status = 0 AND claimed = 0 AND next_attempt > ?1 AND domain = ?2 AND held = 0
              LIMIT ?3)",
     )?;
     let mut n = 0;

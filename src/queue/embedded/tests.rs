@@ -207,10 +207,10 @@ async fn concurrent_inserts_share_commits() {
     );
 }
 
-/// A million held recipients become due in steps, oldest first, each step its own
-/// transaction; none is changed twice and those already due are left alone.
+/// A million held recipients become due in steps, those due soonest first, each step its
+/// own transaction; none is changed twice and those already due are left alone.
 #[tokio::test]
-async fn make_due_works_in_steps_oldest_first() {
+async fn make_due_works_in_steps_soonest_first() {
     let dir = tempfile::tempdir().unwrap();
     let s = Embedded::open(dir.path()).unwrap();
     for i in 0..5 {
@@ -237,7 +237,7 @@ async fn make_due_works_in_steps_oldest_first() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(due, ["m0", "m1"], "the oldest first");
+    assert_eq!(due, ["m0", "m1"], "those due soonest first");
     assert_eq!(super::ops::make_due(&c, &domains, 100, 2).unwrap(), 2);
     assert_eq!(
         super::ops::make_due(&c, &domains, 100, 2).unwrap(),
