@@ -54,7 +54,7 @@ pub struct Embedded {
 }
 
 /// Recipients [`Store::make_due`] changes per writer transaction.
-const MAKE_DUE_STEP: usize = 5_000;
+const MAKE_DUE_STEP: usize = 20_000;
 
 pub(super) fn backend(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
