@@ -330,6 +330,7 @@ impl Alerter {
             }],
             body: body.into_bytes(),
             authenticated: None,
+            held: false,
         };
         match self.store.insert(msg).await {
             Ok(()) => {

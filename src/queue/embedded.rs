@@ -2,12 +2,14 @@
 //! the PostgreSQL store is: `schema` (the file, its tables and identity), `writer` (the one
 //! thread that commits, in groups) running `ops` (the statements), `inspect` (operators'
 //! reads, also used by the command line on the file directly), `guard` (the marker that
-//! refuses a damaged queue), `recover` (adopt, reset), `outages` (primary health),
+//! refuses a damaged queue), `recover` (adopt, reset), `outages` (primary health), `drills`
+//! (fire drill results),
 //! `registry` (domains and tenants managed at run time), `counts` (the counters behind
 //! stats and depth) and `reclaim` (free space given back to the disk).
 //! Reads use connections of their own, never the writer's.
 
 mod counts;
+mod drills;
 pub mod guard;
 pub mod inspect;
 mod ops;
@@ -26,8 +28,8 @@ use super::body::BodyReader;
 use super::registry::{Entry, Expect, Written};
 use super::spool::Spooled;
 use super::{
-    Depth, Filter, Job, Listed, NewMessage, OperatorAction, OutageChange, RouteOutages, Shown,
-    Stats, Store, StoreError, StoreFuture, Update,
+    Depth, DrillSummary, Filter, Job, Listed, NewMessage, OperatorAction, OutageChange,
+    RouteOutages, Shown, Stats, Store, StoreError, StoreFuture, StoredDrill, Update,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension};
 use schema::{SCHEMA, ensure_identity, open_connection};
@@ -94,6 +96,7 @@ impl Embedded {
         let conn = open_connection(&path)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         conn.execute_batch(outages::SCHEMA).map_err(backend)?;
+        conn.execute_batch(drills::SCHEMA).map_err(backend)?;
         conn.execute_batch(registry::SCHEMA).map_err(backend)?;
         spool::prepare(&conn, state_dir)?;
         migrate(&conn).map_err(backend)?;
@@ -363,6 +366,19 @@ impl Store for Embedded {
 
     fn outages(&self, per_route: usize) -> StoreFuture<'_, Vec<RouteOutages>> {
         self.report(move |c| outages::load(c, per_route).map_err(backend))
+    }
+
+    fn record_drill(&self, drill: StoredDrill, keep: usize) -> StoreFuture<'_, ()> {
+        self.send(|r| Op::Drill(Box::new(drill), keep, r))
+    }
+
+    fn drills(&self, domain: &str, limit: usize) -> StoreFuture<'_, Vec<StoredDrill>> {
+        let domain = domain.to_string();
+        self.report(move |c| drills::load(c, &domain, limit).map_err(backend))
+    }
+
+    fn drill_summaries(&self) -> StoreFuture<'_, Vec<DrillSummary>> {
+        self.report(|c| drills::summaries(c).map_err(backend))
     }
 
     fn registry(&self) -> StoreFuture<'_, Vec<Entry>> {

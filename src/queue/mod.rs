@@ -51,6 +51,9 @@ pub struct NewMessage {
     pub body: Vec<u8>,
     /// Whether the sender passed SPF or DKIM at reception (None: not evaluated).
     pub authenticated: Option<bool>,
+    /// Inserted held, as an operator's `hold` would leave it: never tried until released
+    /// (a drill's own message, `crate::drill`; never set for anyone else's mail).
+    pub held: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -300,7 +303,42 @@ pub trait Store: Send + Sync + 'static {
     /// left with no pending recipient leaves the queue. Returns how many messages had a
     /// recipient dropped. Claimed recipients (in delivery now) are left alone.
     fn purge_domain(&self, domain: &str) -> StoreFuture<'_, u64>;
+
+    // ---- fire drills (`crate::drill`): each domain's last results ----
+
+    /// Keeps one drill's result, and only the domain's last `keep` (durable when it returns).
+    fn record_drill(&self, drill: StoredDrill, keep: usize) -> StoreFuture<'_, ()>;
+    /// The last `limit` drills of `domain`, newest first.
+    fn drills(&self, domain: &str, limit: usize) -> StoreFuture<'_, Vec<StoredDrill>>;
+    /// For each domain with a drill that ran (not skipped): the last such drill and when the
+    /// last one passed; ordered by domain.
+    fn drill_summaries(&self) -> StoreFuture<'_, Vec<DrillSummary>>;
 }
+
+/// One fire drill's result as the store keeps it: the columns listings need, and the whole
+/// result (every step) as JSON text the store does not look into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDrill {
+    pub domain: String,
+    pub at_ms: i64,
+    /// `passed`, `failed` or `skipped`.
+    pub outcome: String,
+    pub duration_ms: i64,
+    pub result: String,
+}
+
+/// A domain's drills at a glance (dashboard, metrics, the overdue alert).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrillSummary {
+    /// The last drill that ran (passed or failed).
+    pub last: StoredDrill,
+    pub last_passed_ms: Option<i64>,
+}
+
+/// The outcome a summary counts: a skipped drill did not run.
+pub const DRILL_SKIPPED: &str = "skipped";
+/// The outcome of a drill whose every step passed.
+pub const DRILL_PASSED: &str = "passed";
 
 /// A change in a primary's health, for [`Store::record_outage`] (times in ms since the epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,11 +6,13 @@
 //! hear of new work through LISTEN/NOTIFY ([`wake`]), with the scheduler's polling as the
 //! fallback that guarantees progress. Primary health is shared in the `primaries` table, and
 //! its outage history in `primary_outages` ([`outages`]); the registry of domains and tenants
-//! in `registry` ([`registry`]), a domain's mail purged by [`purge`].
+//! in `registry` ([`registry`]), a domain's mail purged by [`purge`], fire drill results in
+//! `drills` ([`drills`]).
 //! Lease times are the database server's clock, so nodes' clocks cannot disagree about them.
 //! This module owns the SQL; it talks to PostgreSQL and nothing else.
 
 mod connect;
+mod drills;
 mod inspect;
 mod outages;
 mod purge;
@@ -21,8 +23,9 @@ mod writer;
 
 use super::registry::{Entry, Expect, Written};
 use super::{
-    ClaimedRow, Depth, Filter, Job, Listed, NewMessage, OperatorAction, OutageChange, ProbeTurn,
-    Recipient, RouteOutages, Shown, Stats, Store, StoreError, StoreFuture, Update, into_jobs,
+    ClaimedRow, Depth, DrillSummary, Filter, Job, Listed, NewMessage, OperatorAction, OutageChange,
+    ProbeTurn, Recipient, RouteOutages, Shown, Stats, Store, StoreError, StoreFuture, StoredDrill,
+    Update, into_jobs,
 };
 use deadpool_postgres::Pool;
 use std::sync::{Arc, Weak};
@@ -547,6 +550,19 @@ impl Store for Postgres {
 
     fn outages(&self, per_route: usize) -> StoreFuture<'_, Vec<RouteOutages>> {
         self.run(move |_, c| Box::pin(async move { outages::load(c, per_route).await }))
+    }
+
+    fn record_drill(&self, drill: StoredDrill, keep: usize) -> StoreFuture<'_, ()> {
+        self.run(move |_, c| Box::pin(async move { drills::record(c, &drill, keep).await }))
+    }
+
+    fn drills(&self, domain: &str, limit: usize) -> StoreFuture<'_, Vec<StoredDrill>> {
+        let domain = domain.to_string();
+        self.run(move |_, c| Box::pin(async move { drills::load(c, &domain, limit).await }))
+    }
+
+    fn drill_summaries(&self) -> StoreFuture<'_, Vec<DrillSummary>> {
+        self.run(|_, c| Box::pin(async move { drills::summaries(c).await }))
     }
 
     fn registry(&self) -> StoreFuture<'_, Vec<Entry>> {

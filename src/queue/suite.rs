@@ -33,6 +33,7 @@ pub fn message(id: &str, rcpts: &[(&str, &str)]) -> NewMessage {
             .collect(),
         body: b"Subject: t\r\n\r\nhello\r\n".to_vec(),
         authenticated: Some(true),
+        held: false,
     }
 }
 
@@ -419,4 +420,79 @@ pub async fn outages(s: &dyn Store) {
     assert!(!mine.contains(&closed), "the oldest went");
     let last_two = s.outages(2).await.unwrap();
     assert_eq!(last_two[0].outages, mine[OUTAGES_KEPT - 2..].to_vec());
+}
+
+/// A drill's own message: inserted held, it is never claimed until released, and it is the
+/// only message held that way (another message of the same domain is due as usual).
+pub async fn inserted_held(s: &dyn Store) {
+    let mut drill = message("drill1", &[("mx2-drill@x.test", "x.test")]);
+    drill.held = true;
+    s.insert(drill).await.unwrap();
+    s.insert(message("other1", &[("a@x.test", "x.test")]))
+        .await
+        .unwrap();
+    let jobs = s.claim_due(10_000, 10).await.unwrap();
+    let claimed: Vec<&str> = jobs.iter().map(|j| j.queue_id.as_str()).collect();
+    assert_eq!(claimed, ["other1"], "the held message is not claimed");
+    let shown = s.show("drill1").await.unwrap().expect("still queued");
+    assert!(shown.recipients[0].held, "{shown:?}");
+    let depth = s.depth().await.unwrap();
+    let x = depth.iter().find(|d| d.domain == "x.test").unwrap();
+    assert_eq!(x.held, 1, "{depth:?}");
+    assert_eq!(
+        s.act(vec!["drill1".into()], OperatorAction::Release, 20_000)
+            .await
+            .unwrap(),
+        1
+    );
+    let jobs = s.claim_due(20_000, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].queue_id, "drill1");
+}
+
+/// Drill results: each domain's last `keep` kept, newest first; the summary names each
+/// domain's last drill that ran (a skipped one does not count) and its last pass.
+pub async fn drills(s: &dyn Store) {
+    use super::{DRILL_PASSED, DRILL_SKIPPED, StoredDrill};
+    assert!(s.drill_summaries().await.unwrap().is_empty());
+    let drill = |domain: &str, at_ms: i64, outcome: &str| StoredDrill {
+        domain: domain.into(),
+        at_ms,
+        outcome: outcome.into(),
+        duration_ms: at_ms / 10,
+        result: format!("{{\"at_ms\":{at_ms}}}"),
+    };
+    for (at, outcome) in [
+        (1000, DRILL_PASSED),
+        (2000, DRILL_PASSED),
+        (3000, "failed"),
+        (4000, DRILL_SKIPPED),
+    ] {
+        s.record_drill(drill("a.test", at, outcome), 3)
+            .await
+            .unwrap();
+    }
+    s.record_drill(drill("b.test", 5000, DRILL_SKIPPED), 3)
+        .await
+        .unwrap();
+    let kept: Vec<i64> = s
+        .drills("a.test", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.at_ms)
+        .collect();
+    assert_eq!(kept, [4000, 3000, 2000], "the last three, newest first");
+    assert_eq!(
+        s.drills("a.test", 1).await.unwrap()[0].outcome,
+        DRILL_SKIPPED
+    );
+    assert_eq!(
+        s.drills("a.test", 1).await.unwrap()[0].result,
+        "{\"at_ms\":4000}"
+    );
+    let sums = s.drill_summaries().await.unwrap();
+    assert_eq!(sums.len(), 1, "b.test never ran a drill: {sums:?}");
+    assert_eq!(sums[0].last, drill("a.test", 3000, "failed"));
+    assert_eq!(sums[0].last_passed_ms, Some(2000));
 }

@@ -160,6 +160,7 @@ impl Bouncer {
             }],
             body,
             authenticated: None,
+            held: false,
         })
     }
 }

@@ -63,6 +63,16 @@ async fn conformance_outages() {
 }
 
 #[tokio::test]
+async fn conformance_inserted_held() {
+    suite::inserted_held(&store("suite").await).await;
+}
+
+#[tokio::test]
+async fn conformance_drills() {
+    suite::drills(&store("suite").await).await;
+}
+
+#[tokio::test]
 async fn conformance_registry() {
     suite::registry(&store("suite").await).await;
 }

@@ -210,6 +210,7 @@ impl Session {
             recipients: tx.recipients,
             body,
             authenticated: None,
+            held: false,
         }))
     }
 

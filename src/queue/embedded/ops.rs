@@ -26,7 +26,8 @@ pub(super) fn insert(c: &Connection, m: &NewMessage, held: &Held) -> rusqlite::R
         m.authenticated.map(i64::from)
     ])?;
     let mut stmt = c.prepare_cached(
-        "INSERT INTO recipients (message_id, address, domain, params, next_attempt) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO recipients (message_id, address, domain, params, next_attempt, held)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for r in &m.recipients {
         stmt.execute(params![
@@ -34,7 +35,8 @@ pub(super) fn insert(c: &Connection, m: &NewMessage, held: &Held) -> rusqlite::R
             r.address,
             r.domain,
             r.params,
-            m.received_at_ms + held.get(&r.domain).copied().unwrap_or(0)
+            m.received_at_ms + held.get(&r.domain).copied().unwrap_or(0),
+            i64::from(m.held)
         ])?;
     }
     Ok(())

@@ -136,6 +136,18 @@ async fn conformance_outages() {
 }
 
 #[tokio::test]
+async fn conformance_inserted_held() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::inserted_held(&Embedded::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn conformance_drills() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::drills(&Embedded::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
 async fn conformance_cache() {
     let dir = tempfile::tempdir().unwrap();
     suite::cache(&Embedded::open(dir.path()).unwrap()).await;

@@ -8,10 +8,12 @@
 
 use super::ops::{act, claim, claim_message, insert, make_due, purge_domain, record};
 use super::reclaim::Reclaim;
-use super::{backend, guard, outages, registry, spool};
+use super::{backend, drills, guard, outages, registry, spool};
 use crate::queue::registry::Written;
 use crate::queue::spool::Spooled;
-use crate::queue::{Job, NewMessage, OperatorAction, OutageChange, StoreError, Update};
+use crate::queue::{
+    Job, NewMessage, OperatorAction, OutageChange, StoreError, StoredDrill, Update,
+};
 use rusqlite::{Connection, params};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -35,6 +37,7 @@ pub(super) enum Op {
     ClaimMessage(String, Answer<Vec<Job>>),
     HoldNewMail(Vec<String>, Option<i64>, Answer<()>),
     Outage(String, OutageChange, Answer<()>),
+    Drill(Box<StoredDrill>, usize, Answer<()>),
     Registry(registry::Change, Answer<Written>),
     PurgeDomain(String, Answer<u64>),
 }
@@ -266,6 +269,7 @@ fn execute_failed(op: Op, held: &mut Held) -> Done {
         Op::Act(_, _, _, r) => Done::Count(r, Err(e())),
         Op::ClaimMessage(_, r) => Done::Jobs(r, Err(e())),
         Op::Outage(_, _, r) => Done::Unit(r, Err(e())),
+        Op::Drill(_, _, r) => Done::Unit(r, Err(e())),
         Op::Registry(_, r) => Done::Registry(r, Err(e())),
         Op::PurgeDomain(_, r) => Done::Count(r, Err(e())),
         // Not a change to the file: it takes effect whatever the transaction does.
@@ -311,6 +315,7 @@ fn execute(c: &Connection, op: Op, held: &mut Held) -> Done {
         Op::Outage(route, change, r) => {
             Done::Unit(r, outages::record(c, &route, change).map_err(backend))
         }
+        Op::Drill(d, keep, r) => Done::Unit(r, drills::record(c, &d, keep).map_err(backend)),
         Op::Registry(change, r) => {
             Done::Registry(r, registry::apply(c, &change).map_err(backend))
         }

@@ -293,12 +293,13 @@ async fn insert_envelopes(tx: &Transaction<'_>, ms: &[&NewMessage]) -> Result<()
     };
     let ids: Vec<&str> = rcpts.iter().map(|(m, _)| m.id.as_str()).collect();
     let due: Vec<i64> = rcpts.iter().map(|(m, _)| m.received_at_ms).collect();
+    let held: Vec<bool> = rcpts.iter().map(|(m, _)| m.held).collect();
     let st = tx
         .prepare_cached(
-            "INSERT INTO recipients (message_id, address, domain, params, next_attempt)
-             SELECT i, a, d, p, t
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
-                  WITH ORDINALITY AS u(i, a, d, p, t, n)
+            "INSERT INTO recipients (message_id, address, domain, params, next_attempt, held)
+             SELECT i, a, d, p, t, h
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bool[])
+                  WITH ORDINALITY AS u(i, a, d, p, t, h, n)
              ORDER BY n",
         )
         .await
@@ -311,6 +312,7 @@ async fn insert_envelopes(tx: &Transaction<'_>, ms: &[&NewMessage]) -> Result<()
             &rcol(|r| &r.domain),
             &rcol(|r| &r.params),
             &due,
+            &held,
         ],
     )
     .await
