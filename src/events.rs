@@ -41,6 +41,13 @@ pub enum Kind {
     DiskLow { free_bytes: u64, reserve_bytes: u64 },
     /// Free disk space is above the reserve again.
     DiskOk { free_bytes: u64 },
+    /// A fire drill of a domain failed: the backup path is broken at the step named.
+    DrillFailed { domain: String, detail: String },
+    /// No drill of a domain passed within twice its interval.
+    DrillOverdue {
+        domain: String,
+        since_s: Option<u64>,
+    },
 }
 
 impl Kind {
@@ -96,13 +103,26 @@ impl Kind {
                 "disk space above the reserve again ({} free); new mail is accepted",
                 size(*free_bytes)
             ),
+            Kind::DrillFailed { domain, detail } => {
+                format!("{domain}: fire drill FAILED at {detail}")
+            }
+            Kind::DrillOverdue { domain, since_s } => match since_s {
+                Some(s) => format!(
+                    "{domain}: no fire drill passed for {}, more than twice its interval",
+                    crate::admin::dashboard::duration(*s as i64)
+                ),
+                None => format!("{domain}: no fire drill has passed yet, after twice its interval"),
+            },
         }
     }
 
     /// The recipient domain an event is about, when it is about one.
     pub fn domain(&self) -> Option<&str> {
         match self {
-            Kind::QueueFull { domain, .. } | Kind::QueueOpen { domain } => Some(domain),
+            Kind::QueueFull { domain, .. }
+            | Kind::QueueOpen { domain }
+            | Kind::DrillFailed { domain, .. }
+            | Kind::DrillOverdue { domain, .. } => Some(domain),
             _ => None,
         }
     }

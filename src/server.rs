@@ -145,6 +145,12 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
     // Before delivery and status start: a primary down when mx2 stopped is still down.
     scheduler.restore_health().await;
     let scheduler_task = tokio::spawn(scheduler.clone().run());
+    let driller =
+        crate::drill::Driller::new(&effective, store.clone(), scheduler.clone(), dns.clone());
+    tokio::spawn(crate::drill::schedule::run(
+        driller.clone(),
+        shutdown.clone(),
+    ));
 
     let admission = Admission::new();
     tokio::spawn(crate::policy::admission::watch(
@@ -164,6 +170,7 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         store: store.clone(),
         scheduler: scheduler.clone(),
         dns: dns.clone(),
+        driller: driller.clone(),
         wake,
         acceptor,
         shutdown: shutdown.clone(),
@@ -239,6 +246,7 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
             history,
             registry: registry.clone(),
             dns: dns.clone(),
+            driller,
         });
         tokio::spawn(admin::serve(l, admin, shutdown.clone()));
     }
@@ -291,6 +299,8 @@ struct Core {
     store: Arc<dyn Store>,
     scheduler: Arc<Scheduler>,
     dns: Arc<Dns>,
+    /// Fire drills: each generation's domains' settings.
+    driller: Arc<crate::drill::Driller>,
     wake: Arc<Notify>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     shutdown: shutdown::Shutdown,
@@ -317,6 +327,7 @@ impl Core {
     ) -> Generation {
         self.admission
             .set_limits(config.domains.iter().map(|d| (d.name.clone(), d.limits)));
+        self.driller.configure(config);
         let (scope, shutdown) = self.shutdown.child();
         let recipients = Arc::new(Recipients::new(
             config

@@ -1,7 +1,8 @@
 //! Alerts: a JSON POST to a webhook (and optionally a mail to an address elsewhere) when a
 //! primary has been down longer than `alerts.down_after`, when it is back, when everything
 //! held for it is delivered, when a domain's queue reaches its cap (once per crossing) and
-//! when the disk falls below its reserve. A domain's cap alerts also go to its tenant's
+//! when the disk falls below its reserve, and when a domain's fire drill fails or none passed
+//! within twice its interval. A domain's cap alerts also go to its tenant's
 //! webhook and address (never with the operator's webhook token). Alerts go out one at a
 //! time, in order, each retried with backoff until it is taken (or, after about half an
 //! hour, given up and logged).
@@ -159,11 +160,15 @@ impl Alerter {
                 }
             }
             Kind::Reload { .. } => {}
-            Kind::QueueFull { ref domain, .. } | Kind::QueueOpen { ref domain } => {
-                let event = if matches!(ev.kind, Kind::QueueFull { .. }) {
-                    "queue_full"
-                } else {
-                    "queue_open"
+            Kind::QueueFull { ref domain, .. }
+            | Kind::QueueOpen { ref domain }
+            | Kind::DrillFailed { ref domain, .. }
+            | Kind::DrillOverdue { ref domain, .. } => {
+                let event = match ev.kind {
+                    Kind::QueueFull { .. } => "queue_full",
+                    Kind::QueueOpen { .. } => "queue_open",
+                    Kind::DrillFailed { .. } => "drill_failed",
+                    _ => "drill_overdue",
                 };
                 let text = format!("mx2 {h}: {}", ev.kind.text());
                 let body = json!({

@@ -1,6 +1,6 @@
 //! The dashboard at `/`: server-rendered HTML (askama, no JavaScript, no CDN, refreshes
 //! itself every 10 s): each primary with its state and outage timeline, the queue's depth
-//! over the last hours as an inline SVG chart, the oldest messages, recent events. A tenant
+//! over the last hours as an inline SVG chart, each domain's last fire drill, the oldest messages, recent events. A tenant
 //! sees its own domains only (the same [`super::scope`] as the API).
 
 use super::Admin;
@@ -55,6 +55,8 @@ struct PrimaryRow {
     connections: String,
     last_probe: String,
     outages: Vec<String>,
+    /// Each of its domains' last fire drill: passed, and how it reads.
+    drills: Vec<(bool, String)>,
 }
 
 struct MessageRow {
@@ -97,6 +99,7 @@ async fn page(a: &Admin, scope: &Scope) -> Result<Page, crate::queue::StoreError
             },
         )
         .await?;
+    let drills = a.store.drill_summaries().await?;
     let primaries: Vec<PrimaryRow> = status
         .primaries
         .iter()
@@ -126,6 +129,18 @@ async fn page(a: &Admin, scope: &Scope) -> Result<Page, crate::queue::StoreError
                 rate: r.delivered_last_minute,
                 connections: format!("{} of {}", r.connections, r.connections_allowed),
                 last_probe: r.last_probe_ms.map(ago).unwrap_or_else(|| "-".into()),
+                drills: drills
+                    .iter()
+                    .filter(|d| r.domains.contains(&d.last.domain))
+                    .map(|d| {
+                        let passed = d.last.outcome == crate::queue::DRILL_PASSED;
+                        let age = duration((crate::queue::now_ms() - d.last.at_ms).max(0) / 1000);
+                        (
+                            passed,
+                            format!("{} {} {age} ago", d.last.domain, d.last.outcome),
+                        )
+                    })
+                    .collect(),
                 outages: p
                     .outages
                     .iter()

@@ -1,5 +1,5 @@
 //! `GET /metrics`: the process's counters (`crate::metrics`) and, computed now, the queue
-//! per domain and each primary's state, in the OpenMetrics text format Prometheus reads.
+//! per domain, each primary's state and each domain's last fire drill, in the OpenMetrics text format Prometheus reads.
 
 use super::Admin;
 use axum::extract::State;
@@ -104,9 +104,40 @@ pub async fn text(a: &Admin) -> Result<String, crate::queue::StoreError> {
             .get_or_create(&l)
             .set(p.route.connections as i64);
     }
+    drills(&mut r, &a.store.drill_summaries().await?);
     let mut out = String::new();
     encode(&mut out, &r).map_err(|e| crate::queue::StoreError::Backend(e.to_string()))?;
     Ok(out)
+}
+
+/// Each domain's last drill that ran: passed or not, when, how long it took.
+fn drills(r: &mut Registry, summaries: &[crate::queue::DrillSummary]) {
+    let success = gauge_family(
+        r,
+        "mx2_drill_success",
+        "1 when the domain's last fire drill passed, 0 when it failed",
+    );
+    let last = gauge_family(
+        r,
+        "mx2_drill_last_timestamp_seconds",
+        "When the domain's last fire drill ran (Unix time)",
+    );
+    let duration = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    r.register(
+        "mx2_drill_duration_seconds",
+        "How long the domain's last fire drill took",
+        duration.clone(),
+    );
+    for s in summaries {
+        let l = vec![("domain", s.last.domain.clone())];
+        success
+            .get_or_create(&l)
+            .set(i64::from(s.last.outcome == crate::queue::DRILL_PASSED));
+        last.get_or_create(&l).set(s.last.at_ms / 1000);
+        duration
+            .get_or_create(&l)
+            .set(s.last.duration_ms as f64 / 1000.0);
+    }
 }
 
 pub async fn render(State(a): State<Arc<Admin>>) -> Response {

@@ -4,7 +4,7 @@
 //! ([`guard`]); every request but `/healthz` needs the bearer token when one is configured
 //! (a browser may give it as the password of HTTP Basic auth), or a tenant's token, which
 //! reaches only that tenant's domains and mail ([`access`], [`scope`]). Domains and tenants
-//! managed at run time are [`domains`] and `tenants`. Slow and idle connections are bounded
+//! managed at run time are [`domains`] and `tenants`; fire drills are `drills`. Slow and idle connections are bounded
 //! ([`listener`]). It reads the queue through the `Store` trait and acts through
 //! the scheduler; it never touches SMTP.
 
@@ -16,6 +16,7 @@ mod bodies;
 pub mod dashboard;
 pub mod domain_view;
 pub mod domains;
+mod drills;
 pub mod guard;
 pub mod history;
 pub mod listener;
@@ -75,6 +76,8 @@ pub struct Admin {
     pub registry: Arc<crate::registry::Registry>,
     /// For the ownership check of stored domains (`POST /api/v1/domains/NAME/verify`).
     pub dns: Arc<crate::dns::Dns>,
+    /// Fire drills (`/api/v1/drills`).
+    pub driller: Arc<crate::drill::Driller>,
 }
 
 /// One primary (route) with what the queue holds for it.
@@ -329,6 +332,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/", axum::routing::get(dashboard::render))
         .merge(api::routes())
         .merge(domains::routes())
+        .merge(drills::routes())
         .merge(tenants::routes())
         .layer(axum::middleware::from_fn_with_state(
             admin.clone(),

@@ -1,10 +1,12 @@
 //! The command line: `mx2 serve`, `config check`, `check`, `status`, `reload`, `queue …`
-//! (with `adopt` and `reset` for a damaged queue), and `domain …` and `tenant …` for the
-//! domains and tenants managed at run time. Parses arguments, loads the config, sets up
-//! logging, and maps errors to exit codes (2: configuration or usage, 1: runtime).
+//! (with `adopt` and `reset` for a damaged queue), `domain …` and `tenant …` for the
+//! domains and tenants managed at run time, and `drill` (fire drills). Parses arguments,
+//! loads the config, sets up logging, and maps errors to exit codes (2: configuration or
+//! usage, 1: runtime).
 
 mod api;
 mod domain;
+mod drill;
 mod queue;
 mod recover;
 mod settings;
@@ -77,6 +79,20 @@ pub enum Cmd {
     Tenant {
         #[command(subcommand)]
         action: tenant::TenantCmd,
+    },
+    /// Run a fire drill of a domain now: find this server in its MX records, send a marked
+    /// message to its canary (drill_rcpt) as an outside sender, hold it, hand it to the
+    /// primary, and say what each step found. Exit code 1 when the drill failed.
+    Drill {
+        domain: String,
+        /// Print the domain's last drills instead of running one.
+        #[arg(long)]
+        history: bool,
+        #[command(flatten)]
+        target: api::Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Each primary's state and what is held for it (asks the running server).
     Status {
@@ -188,6 +204,12 @@ pub fn main() -> ExitCode {
         Cmd::Domain { action } => domain::run(action),
         Cmd::Tenant { action } => tenant::run(action),
         Cmd::Status { target, json } => status::status(&target, json),
+        Cmd::Drill {
+            domain,
+            history,
+            target,
+            json,
+        } => drill::run(&domain, history, &target, json),
         Cmd::Reload { target } => status::reload(&target),
         Cmd::Check {
             domain,

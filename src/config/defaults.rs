@@ -109,6 +109,15 @@ pub mod domain {
     pub const STANDBY: bool = false;
 }
 
+/// `drill` and `drill_rcpt` in `[[domain]]`.
+pub mod drill {
+    use super::*;
+    /// The canary's local part: `mx2-drill@DOMAIN`.
+    pub const RCPT_LOCAL: &str = "mx2-drill";
+    /// The shortest interval between scheduled drills.
+    pub const MIN_EVERY: Duration = secs(1);
+}
+
 /// `[auth]`.
 pub mod auth {
     pub const ENABLED: bool = true;

@@ -3,6 +3,7 @@
 //! built by `recipients.rs`. Parsing and validation only: nothing here connects anywhere.
 
 use super::defaults::domain as default;
+use super::drill::DrillConfig;
 use super::host::{HostPort, is_domain_name};
 use super::limits::DomainLimits;
 use super::recipients::RecipientPolicy;
@@ -27,6 +28,8 @@ pub struct DomainConfig {
     pub standby: bool,
     /// Its own queue caps, lifetime, message size and rate.
     pub limits: DomainLimits,
+    /// Its fire drill: schedule and canary.
+    pub drill: DrillConfig,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -120,6 +123,8 @@ pub(super) struct RawDomain {
     pub(super) lifetime: Option<Spanned<HumanDuration>>,
     pub(super) max_message_size: Option<Spanned<Size>>,
     pub(super) recipients_per_minute: Option<Spanned<u32>>,
+    drill: Option<Spanned<String>>,
+    drill_rcpt: Option<Spanned<String>>,
 }
 
 impl Ctx<'_> {
@@ -215,6 +220,7 @@ impl Ctx<'_> {
         };
         let recipients = self.recipient_policy(&d)?;
         let limits = self.domain_limits(&d)?;
+        let drill = self.drill(&name, d.drill.as_ref(), d.drill_rcpt.as_ref())?;
         Ok(DomainConfig {
             name,
             route,
@@ -224,6 +230,7 @@ impl Ctx<'_> {
             recipients,
             standby: d.standby.unwrap_or(default::STANDBY),
             limits,
+            drill,
         })
     }
 

@@ -113,6 +113,8 @@ pub struct Client {
     buf: Vec<u8>,
     /// The primary in logs: `name (ip:port)`.
     pub host: String,
+    /// The host name it was reached by (what its certificate should name).
+    pub server_name: String,
     pub caps: Capabilities,
     /// The TLS version and cipher, when the session is encrypted.
     pub tls: Option<String>,
@@ -191,6 +193,7 @@ impl Client {
             stream: Stream::Plain(stream),
             buf: Vec::new(),
             host: name.clone(),
+            server_name: target.name.clone(),
             caps: Capabilities::default(),
             tls: None,
             closing: false,

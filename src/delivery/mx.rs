@@ -48,7 +48,18 @@ pub struct Identity {
 }
 
 impl Identity {
-    fn is_me(&self, host: &MxHost, port: u16) -> bool {
+    /// This server as its configuration describes it: `[routing] my_names` (the hostname
+    /// first), the SMTP listen addresses and `my_addresses`.
+    pub fn of(config: &crate::config::Config) -> Self {
+        Identity {
+            names: config.routing.my_names.iter().cloned().collect(),
+            addrs: config.smtp.listen.clone(),
+            extra: config.routing.my_addresses.iter().copied().collect(),
+        }
+    }
+
+    /// Whether an MX host (reached on `port`) is this server.
+    pub fn is_me(&self, host: &MxHost, port: u16) -> bool {
         if self.names.contains(&host.name) {
             return true;
         }

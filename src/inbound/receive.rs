@@ -89,6 +89,11 @@ pub async fn receive(
             return true;
         }
     }
+    // A fire drill's own message (its header carries the token the drill registered) is
+    // held from the start, so delivery cannot take it before the drill releases it.
+    if spooled.is_none() {
+        message.held = crate::drill::watch::get().accept(&message.body, &message.recipients, &id);
+    }
     let sender = message.sender.clone();
     let rcpts: Vec<String> = message
         .recipients
@@ -100,6 +105,7 @@ pub async fn receive(
         .iter()
         .map(|r| r.domain.clone())
         .collect();
+    let held = message.held;
     let result = match spooled {
         None => inbound.store.insert(*message).await,
         Some(content) => inbound.store.insert_spooled(*message, content).await,
@@ -113,7 +119,7 @@ pub async fn receive(
             let m = crate::metrics::get();
             m.accepted_messages.inc();
             m.accepted_bytes.inc_by(size);
-            info!(queue_id = %id, client = %peer.ip(), from = %sender, to = ?rcpts, size, "accepted");
+            info!(queue_id = %id, client = %peer.ip(), from = %sender, to = ?rcpts, size, drill = held, "accepted");
             inbound.new_mail.notify_one();
         }
         Err(e) => {

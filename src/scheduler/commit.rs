@@ -66,6 +66,9 @@ impl Scheduler {
     pub(super) async fn put_back_because(&self, job: Job, next_attempt_ms: i64, why: Option<&str>) {
         let updates = record::put_back(&job, next_attempt_ms, why);
         self.record(&job, updates, Context::default()).await;
+        if let Some(why) = why {
+            crate::drill::watch::get().not_handed_over(&job.queue_id, why);
+        }
     }
 
     /// Records a finished transaction's per-recipient results.
@@ -117,6 +120,7 @@ impl Scheduler {
             remote: Some(host),
         };
         self.record(job, updates, cx).await;
+        crate::drill::watch::get().not_handed_over(&job.queue_id, &reply);
     }
 
     /// Records outcomes together with the notifications they call for (which quote at most

@@ -103,11 +103,7 @@ impl Scheduler {
         tasks: Tracker,
     ) -> Result<Arc<Self>, String> {
         let routes = routes::routes_for(config)?;
-        let identity = Identity {
-            names: config.routing.my_names.iter().cloned().collect(),
-            addrs: config.smtp.listen.clone(),
-            extra: config.routing.my_addresses.iter().copied().collect(),
-        };
+        let identity = Identity::of(config);
         Ok(Arc::new(Self {
             store,
             settings: Settings::from_config(config),

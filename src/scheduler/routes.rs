@@ -134,6 +134,11 @@ impl Scheduler {
     }
 
     /// Where a route delivers now.
+    /// Whether delivery finds the primary of `domain` up (drills wait while it is down).
+    pub fn primary_is_up(&self, domain: &str) -> bool {
+        self.route_for(domain).is_up()
+    }
+
     pub(super) async fn targets(&self, route: &Route) -> Result<Vec<Target>, NoRoute> {
         mx::resolve(&route.kind, &self.dns, &self.identity, self.mx_port).await
     }

@@ -12,14 +12,34 @@ use super::Scheduler;
 use super::bounce::Context;
 use super::record;
 use super::route::{Failure, Route, Transition};
+use crate::delivery::RecipientResult;
 use crate::delivery::client::{Client, ClientError, Timeouts};
 use crate::delivery::mx::{NoRoute, Target};
 use crate::delivery::reply::RemoteReply;
 use crate::delivery::{Outcome, deliver};
+use crate::drill::watch::{self, Handoff};
 use crate::queue::{Job, now_ms};
 use crate::smtp::Reply;
 use std::sync::Arc;
 use tracing::{debug, error, info, warn};
+
+/// What a drill watching this job's message learns of its handoff (None: no drill watches).
+fn drill_handoff(job: &Job, client: &Client, results: &[RecipientResult]) -> Option<Handoff> {
+    if !watch::get().watching(&job.queue_id) {
+        return None;
+    }
+    let reply = results
+        .first()
+        .map(|r| r.reply.clone())
+        .ok_or_else(|| "no reply for the canary".to_string());
+    Some(Handoff {
+        primary: client.host.clone(),
+        reply,
+        tls: client.tls.clone(),
+        server_name: client.server_name.clone(),
+        certificates: client.peer_certificates(),
+    })
+}
 
 impl Scheduler {
     /// One connection's worth of deliveries on `route`, reconnecting after
@@ -81,7 +101,11 @@ impl Scheduler {
                             relayed_without_dsn: !client.caps.dsn,
                             remote: Some(client.host.as_str()),
                         };
+                        let drill = drill_handoff(&job, &client, &results);
                         self.record_results(&job, cx, results).await;
+                        if let Some(h) = drill {
+                            watch::get().handed_over(&job.queue_id, h);
+                        }
                         if client.closing {
                             // 421: the primary closed the channel. The job is deferred with
                             // the primary's words; the connection is gone, and a primary

@@ -181,7 +181,15 @@ fn api_and_cli_with_the_primary_down_then_up() {
 
 /// `name{labels} value` lines as a map.
 fn scrape(api: &str) -> std::collections::HashMap<String, f64> {
-    let (code, body) = http("GET", &format!("{api}/metrics"), Some(TOKEN), None);
+    scrape_with(api, Some(TOKEN))
+}
+
+/// `/metrics` as name{labels} → value.
+pub(crate) fn scrape_with(
+    api: &str,
+    token: Option<&str>,
+) -> std::collections::HashMap<String, f64> {
+    let (code, body) = http("GET", &format!("{api}/metrics"), token, None);
     assert_eq!(code, 200, "{body}");
     body.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -314,7 +322,7 @@ fn a_primary_keeps_its_health_and_outages_across_restarts() {
 }
 
 /// An HTTP server that answers 503 to its first request and 200 after, keeping the bodies.
-fn webhook_receiver() -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
+pub(crate) fn webhook_receiver() -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let got = Arc::new(Mutex::new(Vec::new()));

@@ -11,6 +11,7 @@ mod auth;
 mod check;
 mod crash;
 mod domains;
+mod drills;
 mod dsn;
 mod e2e;
 mod examples;

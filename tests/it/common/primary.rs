@@ -99,6 +99,8 @@ pub struct PrimaryOptions {
     /// For the first N messages: take the whole message, then drop the connection without a
     /// reply (the RFC 1047 duplicate window).
     pub drop_after_dot: usize,
+    /// Answer every MAIL with this reply (e.g. "550 5.7.23 SPF fail") instead of 250.
+    pub mail_reply: Option<&'static str>,
 }
 
 impl Default for PrimaryOptions {
@@ -112,6 +114,7 @@ impl Default for PrimaryOptions {
             auth: None,
             silent: false,
             drop_after_dot: 0,
+            mail_reply: None,
         }
     }
 }

@@ -169,7 +169,12 @@ pub(super) fn serve_primary(
             params = rest[(end + 1).min(rest.len())..].trim().to_string();
             rcpts.clear();
             rcpt_params.clear();
-            reply(&mut c, "250 2.1.0 ok\r\n")?;
+            match opts.mail_reply {
+                Some(r) => reply(&mut c, &format!("{r}\r\n"))?,
+                None => reply(&mut c, "250 2.1.0 ok\r\n")?,
+            }
+        } else if upper.starts_with("RCPT TO:") && opts.mail_reply.is_some() {
+            reply(&mut c, "503 5.5.1 no valid MAIL command\r\n")?;
         } else if upper.starts_with("RCPT TO:") {
             let rest = &text[8..];
             let rparams = rest
