@@ -256,6 +256,12 @@ mod tests {
         assert_eq!(readme("[[domain]] subaddress_separator"), separator);
         assert_eq!(number::<bool>("[[domain]] standby"), domain::STANDBY);
         assert!(README.contains("port defaults to 25") && domain::PRIMARY_PORT == 25);
+        assert_eq!(readme("[[domain]] drill"), "off");
+        assert_eq!(
+            readme("[[domain]] drill_rcpt"),
+            format!("{}@DOMAIN", drill::RCPT_LOCAL)
+        );
+        assert!(README.contains(&format!("(at least `{}s`)", drill::MIN_EVERY.as_secs())));
 
         assert_eq!(number::<bool>("[auth] enabled"), auth::ENABLED);
         assert_eq!(number::<bool>("[auth] dmarc_reject"), auth::DMARC_REJECT);
