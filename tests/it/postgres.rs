@@ -152,12 +152,12 @@ async fn an_older_queue_gains_the_registry() {
     let db = url.rsplit('/').next().unwrap();
     Pg::shared().sql(
         db,
-        "DROP TABLE registry; DROP TABLE registry_version; UPDATE mx2_schema SET version = 2",
+        "DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; UPDATE mx2_schema SET version = 2",
     );
     let s = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "3");
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "4");
     suite::registry(&s).await;
 }
 
@@ -176,8 +176,8 @@ async fn nodes_starting_at_once_migrate_once() {
     let db = url.rsplit('/').next().unwrap();
     assert_eq!(
         Pg::shared().sql(db, "SELECT version FROM mx2_schema"),
-        "3",
-        "step 3: the registry"
+        "4",
+        "step 3: the registry, step 4: drill results"
     );
     assert_eq!(Pg::shared().sql(db, "SELECT COUNT(*) FROM mx2_schema"), "1");
 }
