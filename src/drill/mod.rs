@@ -24,7 +24,7 @@ use crate::queue::{OperatorAction, Store, StoreError, now_ms};
 use crate::scheduler::Scheduler;
 use report::{Drill, Outcome, Status, Step, Trigger};
 use send::{Clock, fact};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -83,7 +83,7 @@ pub struct Driller {
     handoff_limit: Duration,
     domains: RwLock<Arc<HashMap<String, DomainDrill>>>,
     /// Domains with a drill running, and when each domain's last manual drill started.
-    running: Mutex<HashMap<String, ()>>,
+    running: Mutex<HashSet<String>>,
     manual: Mutex<HashMap<String, Instant>>,
 }
 
@@ -114,7 +114,7 @@ impl Driller {
             timeouts,
             handoff_limit: (handoff_limit + Duration::from_secs(10)).min(HANDOFF_MAX),
             domains: RwLock::new(Arc::new(HashMap::new())),
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashSet::new()),
             manual: Mutex::new(HashMap::new()),
         });
         me.configure(config);
@@ -181,7 +181,7 @@ impl Driller {
     /// Marks the domain's drill running (until the guard drops), after the rate limit.
     fn start(&self, domain: &str, trigger: Trigger) -> Result<Running<'_>, Refusal> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.contains_key(domain) {
+        if running.contains(domain) {
             return Err(Refusal::Running(domain.to_string()));
         }
         if trigger == Trigger::Manual {
@@ -198,7 +198,7 @@ impl Driller {
             }
             manual.insert(domain.to_string(), Instant::now());
         }
-        running.insert(domain.to_string(), ());
+        running.insert(domain.to_string());
         Ok(Running {
             driller: self,
             domain: domain.to_string(),
