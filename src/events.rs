@@ -1,7 +1,8 @@
 //! What happened to the primaries, for people and for alerts: a bounded log of recent events
 //! and each primary's outage timeline (down at, back at, how much was held, how long the
 //! drain took), plus a broadcast channel that the alerting task listens on. Events are
-//! recorded by the scheduler and the admin monitor; a leaf module that calls nobody.
+//! recorded by the scheduler, the admin monitor and the emergency inbox (logins, messages
+//! read); a leaf module that calls nobody.
 
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -41,6 +42,15 @@ pub enum Kind {
     DiskLow { free_bytes: u64, reserve_bytes: u64 },
     /// Free disk space is above the reserve again.
     DiskOk { free_bytes: u64 },
+    /// A login to the emergency inbox (`address` is the mailbox key), good or refused.
+    InboxLogin {
+        address: String,
+        client: String,
+        ok: bool,
+        detail: String,
+    },
+    /// A user read a held message in the emergency inbox.
+    InboxRead { address: String, queue_id: String },
 }
 
 impl Kind {
@@ -96,6 +106,21 @@ impl Kind {
                 "disk space above the reserve again ({} free); new mail is accepted",
                 size(*free_bytes)
             ),
+            Kind::InboxLogin {
+                address,
+                client,
+                ok: true,
+                ..
+            } => format!("inbox: {address} logged in from {client}"),
+            Kind::InboxLogin {
+                address,
+                client,
+                detail,
+                ..
+            } => format!("inbox: login as {address} from {client} refused ({detail})"),
+            Kind::InboxRead { address, queue_id } => {
+                format!("inbox: {address} read message {queue_id}")
+            }
         }
     }
 
@@ -103,6 +128,9 @@ impl Kind {
     pub fn domain(&self) -> Option<&str> {
         match self {
             Kind::QueueFull { domain, .. } | Kind::QueueOpen { domain } => Some(domain),
+            Kind::InboxLogin { address, .. } | Kind::InboxRead { address, .. } => {
+                address.rsplit_once('@').map(|(_, d)| d)
+            }
             _ => None,
         }
     }

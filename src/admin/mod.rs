@@ -18,6 +18,7 @@ pub mod domain_view;
 pub mod domains;
 pub mod guard;
 pub mod history;
+mod inbox;
 pub mod listener;
 mod metrics;
 pub mod monitor;
@@ -330,6 +331,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .merge(api::routes())
         .merge(domains::routes())
         .merge(tenants::routes())
+        .merge(inbox::routes())
         .layer(axum::middleware::from_fn_with_state(
             admin.clone(),
             authenticate,

@@ -27,6 +27,8 @@ pub struct DomainConfig {
     pub standby: bool,
     /// Its own queue caps, lifetime, message size and rate.
     pub limits: DomainLimits,
+    /// Its users may read the mail held for them in the emergency inbox.
+    pub inbox: bool,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -114,6 +116,7 @@ pub(super) struct RawDomain {
     pub(super) local_part_case: Option<Spanned<String>>,
     pub(super) subaddress_separator: Option<Spanned<String>>,
     standby: Option<bool>,
+    inbox: Option<bool>,
     pub(super) recipient_addresses: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) max_queue_messages: Option<Spanned<u64>>,
     pub(super) max_queue_bytes: Option<Spanned<Size>>,
@@ -224,6 +227,7 @@ impl Ctx<'_> {
             recipients,
             standby: d.standby.unwrap_or(default::STANDBY),
             limits,
+            inbox: d.inbox.unwrap_or(default::INBOX),
         })
     }
 

@@ -15,6 +15,7 @@ mod delivery;
 mod dns;
 mod domain;
 mod host;
+mod inbox;
 mod limits;
 mod log;
 mod probe;
@@ -34,6 +35,7 @@ pub use delivery::DeliveryConfig;
 pub use dns::DnsConfig;
 pub use domain::{BouncePolicy, DomainConfig, DomainRoute, PrimaryAuthConfig, TlsMode, TlsPolicy};
 pub use host::{HostPort, is_domain_name};
+pub use inbox::InboxConfig;
 pub use limits::DomainLimits;
 pub use log::{LogConfig, LogFormat};
 pub use probe::ProbeConfig;
@@ -91,6 +93,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub admin: AdminConfig,
     pub alerts: AlertsConfig,
+    /// The emergency inbox (`[inbox]`).
+    pub inbox: InboxConfig,
     pub domains: Vec<DomainConfig>,
     /// Where the queue lives (`[storage]`).
     pub storage: StorageConfig,
@@ -133,6 +137,8 @@ struct RawConfig {
     admin: admin::RawAdmin,
     #[serde(default)]
     alerts: admin::RawAlerts,
+    #[serde(default)]
+    inbox: inbox::RawInbox,
     #[serde(default)]
     domain: Vec<domain::RawDomain>,
     #[serde(default)]
@@ -235,6 +241,7 @@ impl Ctx<'_> {
         let tls = self.tls(raw.tls);
         let admin = self.admin(raw.admin)?;
         let alerts = self.alerts(raw.alerts)?;
+        let inbox = self.inbox(raw.inbox, tls.is_some())?;
         let storage = self.storage(raw.storage, &hostname)?;
         Ok(Config {
             admin,
@@ -251,6 +258,7 @@ impl Ctx<'_> {
             recipients,
             auth: raw.auth,
             tls,
+            inbox,
             domains,
             storage,
             warnings: self.warnings.take(),

@@ -15,6 +15,7 @@ mod dsn;
 mod e2e;
 mod examples;
 mod faults;
+mod inbox;
 mod postfix;
 mod postgres;
 mod properties;

@@ -48,6 +48,13 @@ async fn conformance_operator_actions() {
 }
 
 #[tokio::test]
+async fn conformance_inbox() {
+    let s = store("suite").await;
+    suite::inbox_credentials(&s).await;
+    suite::inbox_mailboxes(&s).await;
+}
+
+#[tokio::test]
 async fn conformance_cache() {
     suite::cache(&store("suite").await).await;
 }

@@ -63,6 +63,7 @@ CREATE TABLE primaries (
 ",
     super::outages::SCHEMA,
     super::registry::SCHEMA,
+    super::inbox::SCHEMA,
 ];
 
 /// The schema version this mx2 writes.
