@@ -28,12 +28,12 @@ struct Credential {
 }
 
 /// The mailbox key of an address, or the answer saying what is wrong with it.
-fn key(address: &str) -> Result<String, Response> {
+fn key(address: &str) -> Result<String, Box<Response>> {
     mailbox_key(address).ok_or_else(|| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             &format!("`{address}` is not a mail address (user@domain)"),
-        )
+        ))
     })
 }
 
@@ -44,7 +44,7 @@ async fn set(
 ) -> Response {
     let key = match key(&address) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let b = match body(b, r#"{"hash": "$argon2id$v=19$..."}"#) {
         Ok(b) => b,
@@ -65,7 +65,7 @@ async fn set(
 async fn remove(State(a): State<Arc<Admin>>, Path(address): Path<String>) -> Response {
     let key = match key(&address) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match a.store.inbox_set_credential(&key, None).await {
         Ok(true) => Json(json!({ "address": key, "deleted": true })).into_response(),

@@ -492,13 +492,13 @@ impl Session {
             if lsub {
                 Data::Lsub {
                     items,
-                    delimiter: delimiter.clone(),
+                    delimiter,
                     mailbox,
                 }
             } else {
                 Data::List {
                     items,
-                    delimiter: delimiter.clone(),
+                    delimiter,
                     mailbox,
                 }
             }
