@@ -106,10 +106,18 @@ impl<S: Stream> Driver<S> {
                     let mut buf = [0u8; 8192];
                     let read = self.stream.read(&mut buf);
                     let n = match wake.as_deref_mut() {
-                        Some(w) => tokio::select! {
-                            r = tokio::time::timeout(self.timeout, read) => r,
-                            _ = w.changed() => return Ok(Input::Woken),
-                        },
+                        Some(w) => {
+                            // A sender gone (never while the server runs) wakes nobody.
+                            let woken = async {
+                                if w.changed().await.is_err() {
+                                    std::future::pending::<()>().await;
+                                }
+                            };
+                            tokio::select! {
+                                r = tokio::time::timeout(self.timeout, read) => r,
+                                _ = woken => return Ok(Input::Woken),
+                            }
+                        }
                         None => tokio::time::timeout(self.timeout, read).await,
                     };
                     match n {

@@ -400,3 +400,140 @@ pub fn search_headers(raw: &[u8]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imap_next::imap_types::core::AString;
+
+    const MIXED: &[u8] = b"Received: from x\r\nFrom: \"Jo Doe\" <jo@x.test>\r\nTo: al@y.test\r\nSubject: Hi\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\npreamble\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\nthere\r\n--b\r\nContent-Type: application/pdf; name=\"a.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n";
+
+    fn held() -> Held {
+        Held {
+            uid: 7,
+            queue_id: "q".into(),
+            received_at_ms: 1_700_000_000_123,
+            size: MIXED.len() as u64,
+            seen: false,
+            flagged: true,
+        }
+    }
+
+    fn body_item(section: Option<Section<'static>>, partial: Option<(u32, u32)>) -> Vec<u8> {
+        let name = MessageDataItemName::BodyExt {
+            section,
+            partial: partial.map(|(a, b)| (a, NonZeroU32::new(b).unwrap())),
+            peek: true,
+        };
+        match render(&held(), &[name], Some(MIXED), false).pop() {
+            Some(MessageDataItem::BodyExt {
+                data: NString(Some(s)),
+                ..
+            }) => s.as_ref().to_vec(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn part(n: &[u32]) -> Part {
+        Part(
+            Vec1::try_from(
+                n.iter()
+                    .map(|n| NonZeroU32::new(*n).unwrap())
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn sections_are_byte_ranges_of_the_stored_message() {
+        assert_eq!(body_item(None, None), MIXED);
+        assert_eq!(body_item(None, Some((0, 9))), b"Received:");
+        assert_eq!(
+            body_item(Some(Section::Part(part(&[1]))), None),
+            b"hello\r\nthere"
+        );
+        assert_eq!(
+            body_item(Some(Section::Part(part(&[2]))), None),
+            b"JVBERi0="
+        );
+        assert!(body_item(Some(Section::Part(part(&[3]))), None).is_empty());
+        let header = body_item(Some(Section::Header(None)), None);
+        assert!(header.starts_with(b"Received:") && header.ends_with(b"\"b\"\r\n\r\n"));
+        let names = Vec1::try_from(vec![
+            AString::try_from("subject").unwrap(),
+            AString::try_from("TO").unwrap(),
+        ])
+        .unwrap();
+        let fields = body_item(Some(Section::HeaderFields(None, names)), None);
+        assert_eq!(fields, b"To: al@y.test\r\nSubject: Hi\r\n\r\n");
+        let mime = body_item(Some(Section::Mime(part(&[2]))), None);
+        assert!(
+            mime.starts_with(b"Content-Type: application/pdf"),
+            "{}",
+            String::from_utf8_lossy(&mime)
+        );
+    }
+
+    #[test]
+    fn structure_envelope_and_flags() {
+        let names = [
+            MessageDataItemName::Flags,
+            MessageDataItemName::Envelope,
+            MessageDataItemName::BodyStructure,
+            MessageDataItemName::Rfc822Size,
+        ];
+        assert!(needs_content(&names) && !needs_content(&names[..1]));
+        let items = render(&held(), &names, Some(MIXED), true);
+        assert!(
+            matches!(items[0], MessageDataItem::Uid(u) if u.get() == 7),
+            "UID FETCH adds UID"
+        );
+        assert!(
+            matches!(&items[1], MessageDataItem::Flags(f) if f == &vec![FlagFetch::Flag(Flag::Flagged)])
+        );
+        let MessageDataItem::Envelope(e) = &items[2] else {
+            panic!()
+        };
+        assert_eq!(e.from[0].mailbox, NString::try_from("jo").unwrap());
+        assert_eq!(e.from[0].name, NString::try_from("Jo Doe").unwrap());
+        assert_eq!(e.subject, NString::try_from("Hi").unwrap());
+        assert_eq!(e.sender, e.from, "Sender defaults to From");
+        let MessageDataItem::BodyStructure(BodyStructure::Multi {
+            bodies, subtype, ..
+        }) = &items[3]
+        else {
+            panic!("{:?}", items[3])
+        };
+        assert_eq!(subtype, &IString::try_from("mixed").unwrap());
+        let b = bodies.as_ref();
+        assert!(
+            matches!(&b[0], BodyStructure::Single { body: Body { specific: SpecificFields::Text { number_of_lines: 1, .. }, basic }, .. } if basic.size == 12)
+        );
+        assert!(
+            matches!(&b[1], BodyStructure::Single { body: Body { specific: SpecificFields::Basic { .. }, basic }, .. } if basic.size == 8)
+        );
+        assert!(matches!(items[4], MessageDataItem::Rfc822Size(n) if n as usize == MIXED.len()));
+    }
+
+    #[test]
+    fn what_marks_a_message_seen() {
+        let body = |peek| MessageDataItemName::BodyExt {
+            section: None,
+            partial: None,
+            peek,
+        };
+        assert!(!marks_seen(&[body(true), MessageDataItemName::Flags]));
+        assert!(marks_seen(&[body(false)]));
+        assert!(marks_seen(&[MessageDataItemName::Rfc822]));
+    }
+
+    #[test]
+    fn search_headers_are_decoded_and_lower_case() {
+        let h = search_headers(
+            b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nFrom: Jo <JO@x.test>\r\n\r\nx",
+        );
+        assert!(h.contains("subject: grüße"), "{h}");
+        assert!(h.contains("from: jo <jo@x.test>"), "{h}");
+    }
+}
