@@ -137,7 +137,7 @@ async fn concurrent_registry_changes_number_without_gaps() {
     assert_eq!(b.registry_version().await.unwrap(), 20);
 }
 
-/// A queue of an older mx2 (before the registry) gains it at start.
+/// A queue of an older mx2 (before the registry and the inbox) gains both at start.
 #[tokio::test]
 async fn an_older_queue_gains_the_registry() {
     let url = Pg::shared().fresh_db();
@@ -149,13 +149,15 @@ async fn an_older_queue_gains_the_registry() {
     let db = url.rsplit('/').next().unwrap();
     Pg::shared().sql(
         db,
-        "DROP TABLE registry; DROP TABLE registry_version; UPDATE mx2_schema SET version = 2",
+        "DROP TABLE registry; DROP TABLE registry_version; DROP TABLE inbox_credentials; \
+         DROP TABLE inbox_mailboxes; DROP TABLE inbox_uids; UPDATE mx2_schema SET version = 2",
     );
     let s = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "3");
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "4");
     suite::registry(&s).await;
+    suite::inbox_credentials(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,8 +175,8 @@ async fn nodes_starting_at_once_migrate_once() {
     let db = url.rsplit('/').next().unwrap();
     assert_eq!(
         Pg::shared().sql(db, "SELECT version FROM mx2_schema"),
-        "3",
-        "step 3: the registry"
+        "4",
+        "step 3: the registry, step 4: the inbox"
     );
     assert_eq!(Pg::shared().sql(db, "SELECT COUNT(*) FROM mx2_schema"), "1");
 }
