@@ -1,7 +1,8 @@
 //! What happened to the primaries, for people and for alerts: a bounded log of recent events
 //! and each primary's outage timeline (down at, back at, how much was held, how long the
 //! drain took), plus a broadcast channel that the alerting task listens on. Events are
-//! recorded by the scheduler and the admin monitor; a leaf module that calls nobody.
+//! recorded by the scheduler, the admin monitor and the emergency inbox (logins, messages
+//! read); a leaf module that calls nobody.
 
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -48,6 +49,15 @@ pub enum Kind {
         domain: String,
         since_s: Option<u64>,
     },
+    /// A login to the emergency inbox (`address` is the mailbox key), good or refused.
+    InboxLogin {
+        address: String,
+        client: String,
+        ok: bool,
+        detail: String,
+    },
+    /// A user read a held message in the emergency inbox.
+    InboxRead { address: String, queue_id: String },
 }
 
 impl Kind {
@@ -113,6 +123,21 @@ impl Kind {
                 ),
                 None => format!("{domain}: no fire drill has passed yet, after twice its interval"),
             },
+            Kind::InboxLogin {
+                address,
+                client,
+                ok: true,
+                ..
+            } => format!("inbox: {address} logged in from {client}"),
+            Kind::InboxLogin {
+                address,
+                client,
+                detail,
+                ..
+            } => format!("inbox: login as {address} from {client} refused ({detail})"),
+            Kind::InboxRead { address, queue_id } => {
+                format!("inbox: {address} read message {queue_id}")
+            }
         }
     }
 
@@ -123,6 +148,9 @@ impl Kind {
             | Kind::QueueOpen { domain }
             | Kind::DrillFailed { domain, .. }
             | Kind::DrillOverdue { domain, .. } => Some(domain),
+            Kind::InboxLogin { address, .. } | Kind::InboxRead { address, .. } => {
+                address.rsplit_once('@').map(|(_, d)| d)
+            }
             _ => None,
         }
     }

@@ -14,6 +14,7 @@ pub mod dsn;
 pub mod events;
 pub mod http;
 pub mod inbound;
+pub mod inbox;
 pub mod limits;
 pub mod memory;
 pub mod metrics;

@@ -101,6 +101,17 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         listeners.push((l, proxied));
     }
 
+    let mut inbox_listeners = Vec::new();
+    for (addr, implicit) in [
+        (config.inbox.listen, false),
+        (config.inbox.tls_listen, true),
+    ] {
+        let Some(addr) = addr else { continue };
+        let l = crate::net::listen(addr).map_err(|source| StartError::Listen { addr, source })?;
+        info!(address = %l.local_addr().unwrap_or(addr), implicit_tls = implicit, "listening for IMAP (emergency inbox)");
+        inbox_listeners.push((l, implicit));
+    }
+
     // Bound now, so that it answers as soon as SMTP does.
     let admin_listener = match config.admin.listen {
         None => None,
@@ -123,8 +134,31 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         Some(c) => Some(c.acceptor().map_err(StartError::Tls)?),
     };
     let wake = Arc::new(Notify::new());
-    // Other nodes sharing the queue wake this one's scheduler (PostgreSQL; a no-op otherwise).
-    store.forward_wakeups(wake.clone());
+    let inbox = match (&acceptor, config.inbox.enabled()) {
+        (Some(a), true) => Some(crate::inbox::Inbox::new(
+            &config.inbox,
+            store.clone(),
+            a.clone(),
+            config.smtp.ipv6_prefix_length,
+        )),
+        _ => None,
+    };
+    // What new mail tells: the scheduler, and with the inbox on, idling IMAP sessions too.
+    let new_mail = match &inbox {
+        None => wake.clone(),
+        Some(inbox) => {
+            let relayed = Arc::new(Notify::new());
+            tokio::spawn(crate::inbox::relay(
+                relayed.clone(),
+                wake.clone(),
+                inbox.clone(),
+                shutdown.clone(),
+            ));
+            relayed
+        }
+    };
+    // Other nodes sharing the queue wake this one (PostgreSQL; a no-op otherwise).
+    store.forward_wakeups(new_mail.clone());
     let connections = Tracker::default();
     let deliveries = Tracker::default();
 
@@ -171,8 +205,9 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         scheduler: scheduler.clone(),
         dns: dns.clone(),
         driller: driller.clone(),
-        wake,
+        new_mail,
         acceptor,
+        inbox: inbox.clone(),
         shutdown: shutdown.clone(),
     };
     let generation = core.start(&effective, &snapshot, None).await;
@@ -186,6 +221,16 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
             connections.clone(),
             proxied,
         )));
+    }
+    if let Some(inbox) = &inbox {
+        for (l, implicit) in inbox_listeners {
+            accept_tasks.push(tokio::spawn(crate::inbox::listener::run(
+                l,
+                inbox.clone(),
+                implicit,
+                shutdown.clone(),
+            )));
+        }
     }
     let history = Arc::new(History::new(HISTORY_SAMPLES));
     tokio::spawn(monitor::run(
@@ -301,8 +346,11 @@ struct Core {
     dns: Arc<Dns>,
     /// Fire drills: each generation's domains' settings.
     driller: Arc<crate::drill::Driller>,
-    wake: Arc<Notify>,
+    /// Told of each new message (the scheduler's wake-up, or the relay to it and the inbox).
+    new_mail: Arc<Notify>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// The emergency inbox, when `[inbox]` has a listener.
+    inbox: Option<Arc<crate::inbox::Inbox>>,
     shutdown: shutdown::Shutdown,
 }
 
@@ -328,6 +376,15 @@ impl Core {
         self.admission
             .set_limits(config.domains.iter().map(|d| (d.name.clone(), d.limits)));
         self.driller.configure(config);
+        if let Some(inbox) = &self.inbox {
+            inbox.set_domains(
+                config
+                    .domains
+                    .iter()
+                    .filter(|d| d.inbox)
+                    .map(|d| d.name.clone()),
+            );
+        }
         let (scope, shutdown) = self.shutdown.child();
         let recipients = Arc::new(Recipients::new(
             config
@@ -402,7 +459,7 @@ impl Core {
             data_timeout: config.smtp.data_timeout,
             min_data_rate: config.smtp.min_data_rate,
             stress_timeout: config.smtp.stress_timeout,
-            new_mail: self.wake.clone(),
+            new_mail: self.new_mail.clone(),
             flusher: self.scheduler.clone(),
             tls: self.acceptor.clone(),
             recipients,

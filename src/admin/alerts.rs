@@ -159,7 +159,7 @@ impl Alerter {
                     queue(tx, payload(h, "drained", &primary, ev.at_ms, &detail));
                 }
             }
-            Kind::Reload { .. } => {}
+            Kind::Reload { .. } | Kind::InboxLogin { .. } | Kind::InboxRead { .. } => {}
             Kind::QueueFull { ref domain, .. }
             | Kind::QueueOpen { ref domain }
             | Kind::DrillFailed { ref domain, .. }

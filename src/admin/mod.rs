@@ -19,6 +19,7 @@ pub mod domains;
 mod drills;
 pub mod guard;
 pub mod history;
+mod inbox;
 pub mod listener;
 mod metrics;
 pub mod monitor;
@@ -334,6 +335,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .merge(domains::routes())
         .merge(drills::routes())
         .merge(tenants::routes())
+        .merge(inbox::routes())
         .layer(axum::middleware::from_fn_with_state(
             admin.clone(),
             authenticate,

@@ -1,12 +1,13 @@
 //! The command line: `mx2 serve`, `config check`, `check`, `status`, `reload`, `queue …`
 //! (with `adopt` and `reset` for a damaged queue), `domain …` and `tenant …` for the
-//! domains and tenants managed at run time, and `drill` (fire drills). Parses arguments,
-//! loads the config, sets up logging, and maps errors to exit codes (2: configuration or
-//! usage, 1: runtime).
+//! domains and tenants managed at run time, `drill` (fire drills), and `inbox passwd` for
+//! the emergency inbox. Parses arguments, loads the config, sets up logging, and maps errors
+//! to exit codes (2: configuration or usage, 1: runtime).
 
 mod api;
 mod domain;
 mod drill;
+mod inbox;
 mod queue;
 mod recover;
 mod settings;
@@ -73,6 +74,11 @@ pub enum Cmd {
     Domain {
         #[command(subcommand)]
         action: domain::DomainCmd,
+    },
+    /// The emergency inbox: `passwd` gives a user a password (asks the running server).
+    Inbox {
+        #[command(subcommand)]
+        action: inbox::InboxCmd,
     },
     /// Tenants (customers) of a backup-MX service and their API tokens (asks the running
     /// server).
@@ -203,6 +209,7 @@ pub fn main() -> ExitCode {
         Cmd::Queue { action } => queue::run(action),
         Cmd::Domain { action } => domain::run(action),
         Cmd::Tenant { action } => tenant::run(action),
+        Cmd::Inbox { action } => inbox::run(action),
         Cmd::Status { target, json } => status::status(&target, json),
         Cmd::Drill {
             domain,

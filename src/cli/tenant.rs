@@ -65,7 +65,7 @@ pub enum TenantCmd {
 }
 
 /// Calls the API and prints the answer as JSON, or as text through `text`.
-fn call(
+pub(super) fn call(
     target: &Target,
     method: &'static str,
     path: &str,

@@ -107,6 +107,7 @@ pub mod domain {
     pub const PRIMARY_PORT: u16 = 25;
     pub const SUBADDRESS_SEPARATOR: char = '+';
     pub const STANDBY: bool = false;
+    pub const INBOX: bool = false;
 }
 
 /// `drill` and `drill_rcpt` in `[[domain]]`.
@@ -128,6 +129,15 @@ pub mod auth {
 pub mod admin {
     use super::*;
     pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8025));
+}
+
+/// `[inbox]`.
+pub mod inbox {
+    use super::*;
+    pub const MAX_LOGIN_FAILURES: u32 = 5;
+    pub const LOCKOUT: Duration = secs(60);
+    pub const MAX_CONNECTIONS: usize = 200;
+    pub const IDLE_TIMEOUT: Duration = secs(1800);
 }
 
 /// `[alerts]`.
@@ -283,5 +293,14 @@ mod tests {
         assert_eq!(duration("[alerts] down_after"), alerts::DOWN_AFTER);
         assert_eq!(number::<usize>("[storage] pool_size"), storage::POOL_SIZE);
         assert_eq!(duration("[storage] lease"), storage::LEASE);
+        assert_eq!(readme("[inbox] listen"), "off");
+        assert_eq!(readme("[inbox] tls_listen"), "off");
+        let n = number::<u32>("[inbox] max_login_failures");
+        assert_eq!(n, inbox::MAX_LOGIN_FAILURES);
+        assert_eq!(duration("[inbox] lockout"), inbox::LOCKOUT);
+        let n = number::<usize>("[inbox] max_connections");
+        assert_eq!(n, inbox::MAX_CONNECTIONS);
+        assert_eq!(duration("[inbox] idle_timeout"), inbox::IDLE_TIMEOUT);
+        assert_eq!(number::<bool>("[[domain]] inbox"), domain::INBOX);
     }
 }

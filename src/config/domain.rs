@@ -30,6 +30,8 @@ pub struct DomainConfig {
     pub limits: DomainLimits,
     /// Its fire drill: schedule and canary.
     pub drill: DrillConfig,
+    /// Its users may read the mail held for them in the emergency inbox.
+    pub inbox: bool,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -117,6 +119,7 @@ pub(super) struct RawDomain {
     pub(super) local_part_case: Option<Spanned<String>>,
     pub(super) subaddress_separator: Option<Spanned<String>>,
     standby: Option<bool>,
+    inbox: Option<bool>,
     pub(super) recipient_addresses: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) max_queue_messages: Option<Spanned<u64>>,
     pub(super) max_queue_bytes: Option<Spanned<Size>>,
@@ -231,6 +234,7 @@ impl Ctx<'_> {
             standby: d.standby.unwrap_or(default::STANDBY),
             limits,
             drill,
+            inbox: d.inbox.unwrap_or(default::INBOX),
         })
     }
 

@@ -16,6 +16,7 @@ mod dns;
 mod domain;
 mod drill;
 mod host;
+mod inbox;
 mod limits;
 mod log;
 mod probe;
@@ -36,6 +37,7 @@ pub use dns::DnsConfig;
 pub use domain::{BouncePolicy, DomainConfig, DomainRoute, PrimaryAuthConfig, TlsMode, TlsPolicy};
 pub use drill::DrillConfig;
 pub use host::{HostPort, is_domain_name};
+pub use inbox::InboxConfig;
 pub use limits::DomainLimits;
 pub use log::{LogConfig, LogFormat};
 pub use probe::ProbeConfig;
@@ -93,6 +95,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub admin: AdminConfig,
     pub alerts: AlertsConfig,
+    /// The emergency inbox (`[inbox]`).
+    pub inbox: InboxConfig,
     pub domains: Vec<DomainConfig>,
     /// Where the queue lives (`[storage]`).
     pub storage: StorageConfig,
@@ -135,6 +139,8 @@ struct RawConfig {
     admin: admin::RawAdmin,
     #[serde(default)]
     alerts: admin::RawAlerts,
+    #[serde(default)]
+    inbox: inbox::RawInbox,
     #[serde(default)]
     domain: Vec<domain::RawDomain>,
     #[serde(default)]
@@ -237,6 +243,7 @@ impl Ctx<'_> {
         let tls = self.tls(raw.tls);
         let admin = self.admin(raw.admin)?;
         let alerts = self.alerts(raw.alerts)?;
+        let inbox = self.inbox(raw.inbox, tls.is_some())?;
         let storage = self.storage(raw.storage, &hostname)?;
         Ok(Config {
             admin,
@@ -253,6 +260,7 @@ impl Ctx<'_> {
             recipients,
             auth: raw.auth,
             tls,
+            inbox,
             domains,
             storage,
             warnings: self.warnings.take(),

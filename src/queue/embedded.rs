@@ -11,6 +11,7 @@
 mod counts;
 mod drills;
 pub mod guard;
+mod inbox;
 pub mod inspect;
 mod ops;
 mod outages;
@@ -25,6 +26,7 @@ pub use recover::{Adopted, adopt, reset};
 pub(crate) use schema::{identity, migrate};
 
 use super::body::BodyReader;
+use super::inbox::{Candidate, FlagChange, Stored};
 use super::registry::{Entry, Expect, Written};
 use super::spool::Spooled;
 use super::{
@@ -98,6 +100,7 @@ impl Embedded {
         conn.execute_batch(outages::SCHEMA).map_err(backend)?;
         conn.execute_batch(drills::SCHEMA).map_err(backend)?;
         conn.execute_batch(registry::SCHEMA).map_err(backend)?;
+        conn.execute_batch(inbox::SCHEMA).map_err(backend)?;
         spool::prepare(&conn, state_dir)?;
         migrate(&conn).map_err(backend)?;
         let marker = ensure_identity(&conn).map_err(backend)?;
@@ -419,6 +422,41 @@ impl Store for Embedded {
     fn purge_domain(&self, domain: &str) -> StoreFuture<'_, u64> {
         let domain = super::domain_key(domain);
         self.send(|r| Op::PurgeDomain(domain, r))
+    }
+
+    fn inbox_credential(&self, key: &str) -> StoreFuture<'_, Option<String>> {
+        let key = key.to_string();
+        self.report(move |c| inbox::credential(c, &key).map_err(backend))
+    }
+
+    fn inbox_set_credential(&self, key: &str, hash: Option<String>) -> StoreFuture<'_, bool> {
+        let key = key.to_string();
+        self.send(|r| Op::InboxCredential(key, hash, r))
+    }
+
+    fn inbox_candidates(&self, domain: &str) -> StoreFuture<'_, Vec<Candidate>> {
+        let domain = domain.to_string();
+        self.report(move |c| inbox::candidates(c, &domain).map_err(backend))
+    }
+
+    fn inbox_stored(&self, key: &str) -> StoreFuture<'_, Option<Stored>> {
+        let key = key.to_string();
+        self.report(move |c| inbox::stored(c, &key).map_err(backend))
+    }
+
+    fn inbox_assign(&self, key: &str, ids: Vec<String>, now_ms: i64) -> StoreFuture<'_, ()> {
+        let key = key.to_string();
+        self.send(|r| Op::InboxAssign(key, ids, now_ms, r))
+    }
+
+    fn inbox_set_flags(
+        &self,
+        key: &str,
+        uids: Vec<u32>,
+        change: FlagChange,
+    ) -> StoreFuture<'_, ()> {
+        let key = key.to_string();
+        self.send(|r| Op::InboxFlags(key, uids, change, r))
     }
 
     fn stats(&self) -> StoreFuture<'_, Stats> {

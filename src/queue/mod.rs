@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod embedded;
+pub mod inbox;
 pub mod postgres;
 pub mod registry;
 pub mod spool;
@@ -313,6 +314,46 @@ pub trait Store: Send + Sync + 'static {
     /// For each domain with a drill that ran (not skipped): the last such drill and when the
     /// last one passed; ordered by domain.
     fn drill_summaries(&self) -> StoreFuture<'_, Vec<DrillSummary>>;
+
+    // ---- the emergency inbox (`inbox.rs`): keys are `inbox::mailbox_key`s ----
+
+    /// The argon2id hash (PHC string) stored for a mailbox, if any.
+    fn inbox_credential(&self, key: &str) -> StoreFuture<'_, Option<String>>;
+    /// Stores (`Some`) or removes (`None`) a mailbox's credential; true when one was there.
+    fn inbox_set_credential(&self, key: &str, hash: Option<String>) -> StoreFuture<'_, bool>;
+    /// Every message with a pending recipient in `domain` (addresses as received).
+    #[doc(hidden)]
+    fn inbox_candidates(&self, domain: &str) -> StoreFuture<'_, Vec<inbox::Candidate>>;
+    /// What is stored of a mailbox (None: never opened).
+    #[doc(hidden)]
+    fn inbox_stored(&self, key: &str) -> StoreFuture<'_, Option<inbox::Stored>>;
+    /// Creates the mailbox if needed and gives each of `ids` (in this order) that has none
+    /// the next UID; forgets the UIDs of messages no longer in the queue. Durable.
+    #[doc(hidden)]
+    fn inbox_assign(&self, key: &str, ids: Vec<String>, now_ms: i64) -> StoreFuture<'_, ()>;
+    /// Changes the flags of these UIDs of a mailbox (others are ignored). Durable.
+    fn inbox_set_flags(
+        &self,
+        key: &str,
+        uids: Vec<u32>,
+        change: inbox::FlagChange,
+    ) -> StoreFuture<'_, ()>;
+    /// A mailbox: every message with a pending recipient whose address is `key`'s, in UID
+    /// order, new ones given UIDs first (durably, in queue-id order).
+    fn inbox_mailbox(&self, key: &str) -> StoreFuture<'_, inbox::Mailbox> {
+        let key = key.to_string();
+        Box::pin(async move {
+            let domain = inbox::key_domain(&key).to_string();
+            let found = inbox::select(&key, self.inbox_candidates(&domain).await?);
+            let mut stored = self.inbox_stored(&key).await?;
+            let new = inbox::unassigned(&found, stored.as_ref());
+            if !new.is_empty() || stored.is_none() {
+                self.inbox_assign(&key, new, now_ms()).await?;
+                stored = self.inbox_stored(&key).await?;
+            }
+            Ok(inbox::view(found, stored.unwrap_or_default()))
+        })
+    }
 }
 
 /// One fire drill's result as the store keeps it: the columns listings need, and the whole

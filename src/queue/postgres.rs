@@ -8,11 +8,14 @@
 //! its outage history in `primary_outages` ([`outages`]); the registry of domains and tenants
 //! in `registry` ([`registry`]), a domain's mail purged by [`purge`], fire drill results in
 //! `drills` ([`drills`]).
+//! in `registry` ([`registry`]), a domain's mail purged by [`purge`], the emergency inbox's
+//! credentials, UIDs and flags in [`inbox`].
 //! Lease times are the database server's clock, so nodes' clocks cannot disagree about them.
 //! This module owns the SQL; it talks to PostgreSQL and nothing else.
 
 mod connect;
 mod drills;
+mod inbox;
 mod inspect;
 mod outages;
 mod purge;
@@ -21,6 +24,7 @@ mod schema;
 mod wake;
 mod writer;
 
+use super::inbox::{Candidate, FlagChange, Stored};
 use super::registry::{Entry, Expect, Written};
 use super::{
     ClaimedRow, Depth, DrillSummary, Filter, Job, Listed, NewMessage, OperatorAction, OutageChange,
@@ -599,5 +603,45 @@ impl Store for Postgres {
     fn purge_domain(&self, domain: &str) -> StoreFuture<'_, u64> {
         let domain = super::domain_key(domain);
         self.run(move |_, c| Box::pin(async move { purge::purge_domain(c, &domain).await }))
+    }
+
+    fn inbox_credential(&self, key: &str) -> StoreFuture<'_, Option<String>> {
+        let key = key.to_string();
+        self.run(move |_, c| Box::pin(async move { inbox::credential(c, &key).await }))
+    }
+
+    fn inbox_set_credential(&self, key: &str, hash: Option<String>) -> StoreFuture<'_, bool> {
+        let key = key.to_string();
+        let now = super::now_ms();
+        self.run(move |_, c| {
+            Box::pin(async move { inbox::set_credential(c, &key, hash.as_deref(), now).await })
+        })
+    }
+
+    fn inbox_candidates(&self, domain: &str) -> StoreFuture<'_, Vec<Candidate>> {
+        let domain = domain.to_string();
+        self.run(move |_, c| Box::pin(async move { inbox::candidates(c, &domain).await }))
+    }
+
+    fn inbox_stored(&self, key: &str) -> StoreFuture<'_, Option<Stored>> {
+        let key = key.to_string();
+        self.run(move |_, c| Box::pin(async move { inbox::stored(c, &key).await }))
+    }
+
+    fn inbox_assign(&self, key: &str, ids: Vec<String>, now_ms: i64) -> StoreFuture<'_, ()> {
+        let key = key.to_string();
+        self.run(move |_, c| Box::pin(async move { inbox::assign(c, &key, &ids, now_ms).await }))
+    }
+
+    fn inbox_set_flags(
+        &self,
+        key: &str,
+        uids: Vec<u32>,
+        change: FlagChange,
+    ) -> StoreFuture<'_, ()> {
+        let key = key.to_string();
+        self.run(move |_, c| {
+            Box::pin(async move { inbox::set_flags(c, &key, &uids, change).await })
+        })
     }
 }

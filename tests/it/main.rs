@@ -16,6 +16,7 @@ mod dsn;
 mod e2e;
 mod examples;
 mod faults;
+mod inbox;
 mod postfix;
 mod postgres;
 mod properties;

@@ -48,6 +48,13 @@ async fn conformance_operator_actions() {
 }
 
 #[tokio::test]
+async fn conformance_inbox() {
+    let s = store("suite").await;
+    suite::inbox_credentials(&s).await;
+    suite::inbox_mailboxes(&s).await;
+}
+
+#[tokio::test]
 async fn conformance_cache() {
     suite::cache(&store("suite").await).await;
 }
@@ -140,7 +147,7 @@ async fn concurrent_registry_changes_number_without_gaps() {
     assert_eq!(b.registry_version().await.unwrap(), 20);
 }
 
-/// A queue of an older mx2 (before the registry) gains it at start.
+/// A queue of an older mx2 (before the registry, drills and the inbox) gains them at start.
 #[tokio::test]
 async fn an_older_queue_gains_the_registry() {
     let url = Pg::shared().fresh_db();
@@ -152,13 +159,17 @@ async fn an_older_queue_gains_the_registry() {
     let db = url.rsplit('/').next().unwrap();
     Pg::shared().sql(
         db,
-        "DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; UPDATE mx2_schema SET version = 2",
+        "DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; \
+         DROP TABLE inbox_credentials; DROP TABLE inbox_mailboxes; DROP TABLE inbox_uids; \
+         UPDATE mx2_schema SET version = 2",
     );
     let s = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "4");
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "5");
     suite::registry(&s).await;
+    suite::drills(&s).await;
+    suite::inbox_credentials(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,8 +187,8 @@ async fn nodes_starting_at_once_migrate_once() {
     let db = url.rsplit('/').next().unwrap();
     assert_eq!(
         Pg::shared().sql(db, "SELECT version FROM mx2_schema"),
-        "4",
-        "step 3: the registry, step 4: drill results"
+        "5",
+        "step 3: the registry, step 4: drill results, step 5: the inbox"
     );
     assert_eq!(Pg::shared().sql(db, "SELECT COUNT(*) FROM mx2_schema"), "1");
 }

@@ -148,6 +148,14 @@ async fn conformance_drills() {
 }
 
 #[tokio::test]
+async fn conformance_inbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Embedded::open(dir.path()).unwrap();
+    suite::inbox_credentials(&s).await;
+    suite::inbox_mailboxes(&s).await;
+}
+
+#[tokio::test]
 async fn conformance_cache() {
     let dir = tempfile::tempdir().unwrap();
     suite::cache(&Embedded::open(dir.path()).unwrap()).await;

@@ -4,11 +4,12 @@
 //! and marker, tells the registry's watchers when a registry change committed, and answers
 //! every caller with what the commit decided; when it has had no work for a second it gives
 //! free space back (`reclaim`). The statements themselves are in `ops` and
-//! `registry`; it never reads for operators (that is `inspect`).
+//! `registry` (and `inbox`); it never reads for operators (that is `inspect`).
 
 use super::ops::{act, claim, claim_message, insert, make_due, purge_domain, record};
 use super::reclaim::Reclaim;
-use super::{backend, drills, guard, outages, registry, spool};
+use super::{backend, drills, guard, inbox, outages, registry, spool};
+use crate::queue::inbox::FlagChange;
 use crate::queue::registry::Written;
 use crate::queue::spool::Spooled;
 use crate::queue::{
@@ -40,6 +41,9 @@ pub(super) enum Op {
     Drill(Box<StoredDrill>, usize, Answer<()>),
     Registry(registry::Change, Answer<Written>),
     PurgeDomain(String, Answer<u64>),
+    InboxCredential(String, Option<String>, Answer<bool>),
+    InboxAssign(String, Vec<String>, i64, Answer<()>),
+    InboxFlags(String, Vec<u32>, FlagChange, Answer<()>),
 }
 
 /// Domains whose new mail is held (their primary is down), and for how long (ms).
@@ -272,6 +276,8 @@ fn execute_failed(op: Op, held: &mut Held) -> Done {
         Op::Drill(_, _, r) => Done::Unit(r, Err(e())),
         Op::Registry(_, r) => Done::Registry(r, Err(e())),
         Op::PurgeDomain(_, r) => Done::Count(r, Err(e())),
+        Op::InboxCredential(_, _, r) => Done::Bool(r, Err(e())),
+        Op::InboxAssign(_, _, _, r) | Op::InboxFlags(_, _, _, r) => Done::Unit(r, Err(e())),
         // Not a change to the file: it takes effect whatever the transaction does.
         Op::HoldNewMail(domains, for_ms, r) => Done::Unit(r, hold(held, domains, for_ms)),
     }
@@ -320,5 +326,16 @@ fn execute(c: &Connection, op: Op, held: &mut Held) -> Done {
             Done::Registry(r, registry::apply(c, &change).map_err(backend))
         }
         Op::PurgeDomain(domain, r) => Done::Count(r, purge_domain(c, &domain).map_err(backend)),
+        Op::InboxCredential(key, hash, r) => Done::Bool(
+            r,
+            inbox::set_credential(c, &key, hash.as_deref(), crate::queue::now_ms())
+                .map_err(backend),
+        ),
+        Op::InboxAssign(key, ids, now, r) => {
+            Done::Unit(r, inbox::assign(c, &key, &ids, now).map_err(backend))
+        }
+        Op::InboxFlags(key, uids, change, r) => {
+            Done::Unit(r, inbox::set_flags(c, &key, &uids, change).map_err(backend))
+        }
     }
 }

@@ -64,6 +64,7 @@ CREATE TABLE primaries (
     super::outages::SCHEMA,
     super::registry::SCHEMA,
     super::drills::SCHEMA,
+    super::inbox::SCHEMA,
 ];
 
 /// The schema version this mx2 writes.

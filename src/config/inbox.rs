@@ -1,0 +1,160 @@
+//! The `[inbox]` table: the emergency inbox's IMAP listeners (STARTTLS and implicit TLS, both
+//! off unless given, both needing the `[tls]` certificate), login failure limits and the
+//! connection cap. Which domains have an inbox is the `[[domain]] inbox` key
+//! (`domain.rs`). Parsing and validation only; `src/inbox/` uses the result.
+
+use super::defaults::inbox as default;
+use super::{ConfigError, Ctx, HumanDuration};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Clone)]
+pub struct InboxConfig {
+    /// IMAP with STARTTLS (143-style); None: off.
+    pub listen: Option<SocketAddr>,
+    /// IMAP over TLS from the first byte (993-style); None: off.
+    pub tls_listen: Option<SocketAddr>,
+    /// Failed logins (per address, and per client address) before a lockout.
+    pub max_login_failures: u32,
+    /// The first lockout; each further failure while locked out doubles it (at most an hour).
+    pub lockout: Duration,
+    /// IMAP connections at once.
+    pub max_connections: usize,
+    /// How long a session may stay silent (IDLE included) before it is closed.
+    pub idle_timeout: Duration,
+}
+
+impl InboxConfig {
+    /// Whether any listener is on.
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some() || self.tls_listen.is_some()
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInbox {
+    listen: Option<Spanned<String>>,
+    tls_listen: Option<Spanned<String>>,
+    max_login_failures: Option<Spanned<u32>>,
+    lockout: Option<Spanned<HumanDuration>>,
+    max_connections: Option<Spanned<usize>>,
+    idle_timeout: Option<Spanned<HumanDuration>>,
+}
+
+impl Ctx<'_> {
+    pub(super) fn inbox(&self, raw: RawInbox, has_tls: bool) -> Result<InboxConfig, ConfigError> {
+        let listen = self.inbox_address(raw.listen.as_ref(), "143", has_tls)?;
+        let tls_listen = self.inbox_address(raw.tls_listen.as_ref(), "993", has_tls)?;
+        let max_login_failures = match raw.max_login_failures {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(self.at(
+                    v.span(),
+                    "must be at least 1 (failed logins before a lockout)",
+                ));
+            }
+            Some(v) => v.into_inner(),
+            None => default::MAX_LOGIN_FAILURES,
+        };
+        let lockout = match raw.lockout {
+            Some(v) if v.get_ref().0 < Duration::from_secs(1) => {
+                return Err(self.at(v.span(), "must be at least 1s"));
+            }
+            Some(v) => v.into_inner().0,
+            None => default::LOCKOUT,
+        };
+        let idle_timeout = match raw.idle_timeout {
+            Some(v) if v.get_ref().0 < Duration::from_secs(10) => {
+                return Err(self.at(v.span(), "must be at least 10s (RFC 3501 asks for 30m)"));
+            }
+            Some(v) => v.into_inner().0,
+            None => default::IDLE_TIMEOUT,
+        };
+        Ok(InboxConfig {
+            listen,
+            tls_listen,
+            max_login_failures,
+            lockout,
+            max_connections: self.positive(raw.max_connections, default::MAX_CONNECTIONS)?,
+            idle_timeout,
+        })
+    }
+
+    /// One listener's address: `""` or absent is off; on needs `[tls]`.
+    fn inbox_address(
+        &self,
+        v: Option<&Spanned<String>>,
+        port: &str,
+        has_tls: bool,
+    ) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(v) = v.filter(|v| !v.get_ref().is_empty()) else {
+            return Ok(None);
+        };
+        let addr = v.get_ref().parse::<SocketAddr>().map_err(|_| {
+            self.at(
+                v.span(),
+                &format!(
+                    "`{}` is not an IP:port address, e.g. \"0.0.0.0:{port}\" (or \"\" for none)",
+                    v.get_ref()
+                ),
+            )
+        })?;
+        if !has_tls {
+            return Err(self.at(
+                v.span(),
+                "the inbox needs a certificate (IMAP logins carry passwords): add a [tls] table with cert and key",
+            ));
+        }
+        Ok(Some(addr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let head = "hostname = \"mx2.test\"\n[[domain]]\nname = \"a.test\"\nprimary = [\"h:25\"]\n";
+        Config::parse(&format!("{head}{text}"), "mx2.toml", dir.path()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn off_by_default_and_needs_tls() {
+        let c = parse("").unwrap();
+        assert!(!c.inbox.enabled());
+        assert!(!c.domains[0].inbox);
+        let e = parse("[inbox]\ntls_listen = \"127.0.0.1:993\"\n").unwrap_err();
+        assert!(
+            e.starts_with("mx2.toml:6:14: key `inbox.tls_listen`:") && e.contains("[tls]"),
+            "{e}"
+        );
+        let e = parse("[tls]\ncert = \"c\"\nkey = \"k\"\n[inbox]\nlisten = \"143\"\n").unwrap_err();
+        assert!(
+            e.contains("key `inbox.listen`") && e.contains("0.0.0.0:143"),
+            "{e}"
+        );
+        let e = parse("[inbox]\nmax_login_failures = 0\n").unwrap_err();
+        assert!(
+            e.contains("key `inbox.max_login_failures`: must be at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn listeners_and_limits() {
+        let c = parse(
+            "[tls]\ncert = \"c\"\nkey = \"k\"\n[inbox]\nlisten = \"127.0.0.1:1143\"\ntls_listen = \"[::1]:1993\"\nmax_login_failures = 3\nlockout = \"2m\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.inbox.listen, Some("127.0.0.1:1143".parse().unwrap()));
+        assert_eq!(c.inbox.tls_listen, Some("[::1]:1993".parse().unwrap()));
+        assert_eq!(c.inbox.max_login_failures, 3);
+        assert_eq!(c.inbox.lockout.as_secs(), 120);
+        let c =
+            parse("[[domain]]\nname = \"b.test\"\nprimary = [\"h:25\"]\ninbox = true\n").unwrap();
+        assert!(c.domains[1].inbox && !c.domains[0].inbox);
+    }
+}

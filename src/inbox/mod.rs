@@ -1,0 +1,94 @@
+//! The emergency inbox: people read the mail mx2 holds for them while their primary is down,
+//! over IMAP4rev1 (read-only), with the client they already use. `listener.rs` accepts on
+//! `[inbox] listen` (STARTTLS) and `tls_listen` (implicit TLS); `driver.rs` is the I/O
+//! around imap-next's server state machine (STARTTLS, IDLE wake-ups); `session.rs` the
+//! protocol states and commands; `mailbox.rs` a session's view of `INBOX` (sequence numbers,
+//! sets, changes, SEARCH); `fetch.rs` renders FETCH items from a stored message; `auth.rs`
+//! the argon2id hashes and the login lockout. Mail is read from the queue store
+//! (`Store::inbox_mailbox`, `Store::body`), never copied; `\Seen` and `\Flagged` are kept
+//! per user in the store and never change what is delivered.
+
+pub mod auth;
+pub mod driver;
+pub mod fetch;
+pub mod listener;
+pub mod mailbox;
+pub mod session;
+
+use crate::config::InboxConfig;
+use crate::queue::Store;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+/// What every inbox session shares.
+pub struct Inbox {
+    pub store: Arc<dyn Store>,
+    /// Domains with `inbox = true` (the configuration's and the registry's, per generation).
+    domains: RwLock<HashSet<String>>,
+    pub lockout: auth::Lockout,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub ipv6_prefix: u8,
+    /// Bumped whenever new mail may be in the store: idling sessions look again.
+    pub arrivals: watch::Sender<u64>,
+}
+
+impl Inbox {
+    pub fn new(
+        config: &InboxConfig,
+        store: Arc<dyn Store>,
+        acceptor: tokio_rustls::TlsAcceptor,
+        ipv6_prefix: u8,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            domains: Default::default(),
+            lockout: auth::Lockout::new(config.max_login_failures, config.lockout),
+            acceptor,
+            idle_timeout: config.idle_timeout,
+            max_connections: config.max_connections,
+            ipv6_prefix,
+            arrivals: watch::channel(0).0,
+        })
+    }
+
+    /// The domains whose users may log in (a new configuration generation's).
+    pub fn set_domains(&self, domains: impl IntoIterator<Item = String>) {
+        let set = domains.into_iter().collect();
+        *self.domains.write().unwrap_or_else(|p| p.into_inner()) = set;
+    }
+
+    pub fn has_domain(&self, domain: &str) -> bool {
+        self.domains
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(domain)
+    }
+
+    /// New mail may have arrived.
+    pub fn arrived(&self) {
+        self.arrivals.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Passes each new-mail wake-up (an insert here, or another node's through the store) on
+/// to the scheduler and to idling inbox sessions.
+pub async fn relay(
+    new_mail: Arc<Notify>,
+    scheduler: Arc<Notify>,
+    inbox: Arc<Inbox>,
+    mut shutdown: crate::shutdown::Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = new_mail.notified() => {
+                scheduler.notify_one();
+                inbox.arrived();
+            }
+            _ = shutdown.wait() => return,
+        }
+    }
+}

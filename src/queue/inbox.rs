@@ -1,0 +1,166 @@
+//! What the store keeps for the emergency inbox (`src/inbox/`): per-address credentials
+//! (argon2id hashes), each address's mailbox of held mail with stable IMAP UIDs (assigned in
+//! queue-id order, one UIDVALIDITY per address, kept across restarts), and the `\Seen` and
+//! `\Flagged` flags a user set. Never a copy of the mail: a mailbox lists the messages the
+//! queue holds for the address, read from the queue itself. Types and the address rule only;
+//! the backends hold the SQL.
+
+/// One message of an address's mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub uid: u32,
+    pub queue_id: String,
+    pub received_at_ms: i64,
+    pub size: u64,
+    pub seen: bool,
+    pub flagged: bool,
+}
+
+/// An address's mailbox: the mail the queue holds for it, in UID order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    pub uid_validity: u32,
+    /// The UID the next message will get.
+    pub uid_next: u32,
+    pub messages: Vec<Held>,
+}
+
+/// A change to flags: `Some(true)` sets, `Some(false)` clears, `None` leaves alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlagChange {
+    pub seen: Option<bool>,
+    pub flagged: Option<bool>,
+}
+
+/// A message the queue holds for some recipient of a domain, as a backend reads it before
+/// the addresses are compared (see [`mailbox_key`]).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub address: String,
+    pub queue_id: String,
+    pub received_at_ms: i64,
+    pub size: u64,
+}
+
+/// The mailbox an address reads: domain lower-cased (no trailing dot), local part
+/// lower-cased, a `+tag` dropped (`Jo+News@Example.COM` → `jo@example.com`). None for
+/// something that is not `local@domain`. Every address that maps to the same key is one
+/// mailbox; any other never sees its mail.
+pub fn mailbox_key(address: &str) -> Option<String> {
+    let address = address.trim().trim_start_matches('<').trim_end_matches('>');
+    let (local, domain) = address.rsplit_once('@')?;
+    let domain = super::domain_key(domain);
+    if local.is_empty() || domain.is_empty() || local.contains(char::is_whitespace) {
+        return None;
+    }
+    let local = match local.split_once('+') {
+        Some((base, _)) if !base.is_empty() => base,
+        _ => local,
+    };
+    Some(format!("{}@{domain}", local.to_lowercase()))
+}
+
+/// What a backend keeps of one mailbox: its UIDVALIDITY, next UID, and each message's UID
+/// and flags by queue id.
+#[derive(Debug, Clone, Default)]
+pub struct Stored {
+    pub uid_validity: u32,
+    pub uid_next: u32,
+    pub uids: std::collections::HashMap<String, (u32, bool, bool)>,
+}
+
+/// The queue ids of `candidates` without a UID yet.
+pub(crate) fn unassigned(candidates: &[Candidate], stored: Option<&Stored>) -> Vec<String> {
+    candidates
+        .iter()
+        .filter(|c| stored.is_none_or(|s| !s.uids.contains_key(&c.queue_id)))
+        .map(|c| c.queue_id.clone())
+        .collect()
+}
+
+/// The mailbox from its messages and what is stored of it; a message without a UID (one
+/// that arrived after the UIDs were assigned) waits for the next look.
+pub(crate) fn view(candidates: Vec<Candidate>, stored: Stored) -> Mailbox {
+    let mut messages: Vec<Held> = candidates
+        .into_iter()
+        .filter_map(|c| {
+            let &(uid, seen, flagged) = stored.uids.get(&c.queue_id)?;
+            Some(Held {
+                uid,
+                queue_id: c.queue_id,
+                received_at_ms: c.received_at_ms,
+                size: c.size,
+                seen,
+                flagged,
+            })
+        })
+        .collect();
+    messages.sort_by_key(|m| m.uid);
+    Mailbox {
+        uid_validity: stored.uid_validity,
+        uid_next: stored.uid_next,
+        messages,
+    }
+}
+
+/// The domain part of a mailbox key.
+pub fn key_domain(key: &str) -> &str {
+    key.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+/// The candidates whose address is `key`'s mailbox, each message once, in queue-id order.
+pub(crate) fn select(key: &str, mut candidates: Vec<Candidate>) -> Vec<Candidate> {
+    candidates.retain(|c| mailbox_key(&c.address).as_deref() == Some(key));
+    candidates.sort_by(|a, b| a.queue_id.cmp(&b.queue_id));
+    candidates.dedup_by(|a, b| a.queue_id == b.queue_id);
+    candidates
+}
+
+/// A new mailbox's UIDVALIDITY: the time in seconds (never 0), so a mailbox made again after
+/// its row was lost gets a new one and clients drop what they cached.
+pub(crate) fn new_uid_validity(now_ms: i64) -> u32 {
+    u32::try_from((now_ms / 1000).clamp(1, i64::from(u32::MAX))).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_fold_case_and_tags() {
+        assert_eq!(
+            mailbox_key("Jo+News@Example.COM.").unwrap(),
+            "jo@example.com"
+        );
+        assert_eq!(mailbox_key("<jo@example.com>").unwrap(), "jo@example.com");
+        assert_eq!(mailbox_key("JO@example.com").unwrap(), "jo@example.com");
+        assert_eq!(mailbox_key("+x@example.com").unwrap(), "+x@example.com");
+        assert_eq!(mailbox_key("jo+a+b@x.test").unwrap(), "jo@x.test");
+        assert!(mailbox_key("nobody").is_none());
+        assert!(mailbox_key("@x.test").is_none());
+        assert!(mailbox_key("a b@x.test").is_none());
+        assert_ne!(mailbox_key("jo2@x.test"), mailbox_key("jo@x.test"));
+    }
+
+    #[test]
+    fn selection_keeps_one_mailbox() {
+        let c = |a: &str, id: &str| Candidate {
+            address: a.into(),
+            queue_id: id.into(),
+            received_at_ms: 0,
+            size: 1,
+        };
+        let got = select(
+            "jo@x.test",
+            vec![
+                c("other@x.test", "1"),
+                c("JO+t@x.test", "3"),
+                c("jo@x.test", "2"),
+                c("jo@X.test", "3"),
+                c("jot@x.test", "4"),
+            ],
+        );
+        let ids: Vec<_> = got.iter().map(|c| c.queue_id.as_str()).collect();
+        assert_eq!(ids, ["2", "3"]);
+    }
+}

@@ -1,0 +1,194 @@
+//! The emergency inbox's tables on PostgreSQL (the same as the embedded store's): credentials,
+//! mailboxes and the UID and flags of each (mailbox, message), shared by every node, so any
+//! node serves any user and `\Seen` is the cluster's. UIDs are assigned under a row lock on
+//! the mailbox, so two nodes never give one UID twice.
+
+use super::pg_error;
+use crate::queue::StoreError;
+use crate::queue::inbox::{Candidate, FlagChange, Stored, new_uid_validity};
+
+type Client = deadpool_postgres::Object;
+
+/// Migration step 5 (see `schema::MIGRATIONS`): the inbox's tables.
+pub(super) const SCHEMA: &str = "
+CREATE TABLE inbox_credentials (
+    address TEXT PRIMARY KEY,
+    hash TEXT NOT NULL,
+    changed_at BIGINT NOT NULL
+);
+CREATE TABLE inbox_mailboxes (
+    address TEXT PRIMARY KEY,
+    uid_validity BIGINT NOT NULL,
+    uid_next BIGINT NOT NULL
+);
+CREATE TABLE inbox_uids (
+    address TEXT NOT NULL,
+    queue_id TEXT COLLATE \"C\" NOT NULL,
+    uid BIGINT NOT NULL,
+    seen BOOLEAN NOT NULL DEFAULT false,
+    flagged BOOLEAN NOT NULL DEFAULT false,
+    PRIMARY KEY (address, queue_id)
+);
+CREATE INDEX inbox_uids_uid ON inbox_uids (address, uid);
+";
+
+pub(super) async fn credential(c: &Client, key: &str) -> Result<Option<String>, StoreError> {
+    let row = c
+        .query_opt(
+            "SELECT hash FROM inbox_credentials WHERE address = $1",
+            &[&key],
+        )
+        .await
+        .map_err(pg_error)?;
+    row.map(|r| r.try_get(0)).transpose().map_err(pg_error)
+}
+
+pub(super) async fn set_credential(
+    c: &mut Client,
+    key: &str,
+    hash: Option<&str>,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let tx = c.transaction().await.map_err(pg_error)?;
+    let had = tx
+        .execute("DELETE FROM inbox_credentials WHERE address = $1", &[&key])
+        .await
+        .map_err(pg_error)?
+        > 0;
+    if let Some(h) = hash {
+        tx.execute(
+            "INSERT INTO inbox_credentials (address, hash, changed_at) VALUES ($1, $2, $3)",
+            &[&key, &h, &now_ms],
+        )
+        .await
+        .map_err(pg_error)?;
+    }
+    tx.commit().await.map_err(pg_error)?;
+    Ok(had)
+}
+
+pub(super) async fn candidates(c: &Client, domain: &str) -> Result<Vec<Candidate>, StoreError> {
+    let rows = c
+        .query(
+            "SELECT r.address, m.id, m.received_at, m.size FROM recipients r
+             JOIN messages m ON m.id = r.message_id WHERE r.domain = $1 AND r.status = 0",
+            &[&domain],
+        )
+        .await
+        .map_err(pg_error)?;
+    rows.iter()
+        .map(|r| {
+            Ok(Candidate {
+                address: r.try_get(0)?,
+                queue_id: r.try_get(1)?,
+                received_at_ms: r.try_get(2)?,
+                size: r.try_get::<_, i64>(3)?.max(0) as u64,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(pg_error)
+}
+
+pub(super) async fn stored(c: &Client, key: &str) -> Result<Option<Stored>, StoreError> {
+    let Some(head) = c
+        .query_opt(
+            "SELECT uid_validity, uid_next FROM inbox_mailboxes WHERE address = $1",
+            &[&key],
+        )
+        .await
+        .map_err(pg_error)?
+    else {
+        return Ok(None);
+    };
+    let rows = c
+        .query(
+            "SELECT queue_id, uid, seen, flagged FROM inbox_uids WHERE address = $1",
+            &[&key],
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut out = Stored {
+        uid_validity: head.try_get::<_, i64>(0).map_err(pg_error)? as u32,
+        uid_next: head.try_get::<_, i64>(1).map_err(pg_error)? as u32,
+        uids: Default::default(),
+    };
+    for r in rows {
+        out.uids.insert(
+            r.try_get(0).map_err(pg_error)?,
+            (
+                r.try_get::<_, i64>(1).map_err(pg_error)? as u32,
+                r.try_get(2).map_err(pg_error)?,
+                r.try_get(3).map_err(pg_error)?,
+            ),
+        );
+    }
+    Ok(Some(out))
+}
+
+pub(super) async fn assign(
+    c: &mut Client,
+    key: &str,
+    ids: &[String],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let tx = c.transaction().await.map_err(pg_error)?;
+    tx.execute(
+        "INSERT INTO inbox_mailboxes (address, uid_validity, uid_next) VALUES ($1, $2, 1)
+         ON CONFLICT (address) DO NOTHING",
+        &[&key, &i64::from(new_uid_validity(now_ms))],
+    )
+    .await
+    .map_err(pg_error)?;
+    // The row lock orders nodes assigning UIDs to one mailbox.
+    let mut next: i64 = tx
+        .query_one(
+            "SELECT uid_next FROM inbox_mailboxes WHERE address = $1 FOR UPDATE",
+            &[&key],
+        )
+        .await
+        .map_err(pg_error)?
+        .try_get(0)
+        .map_err(pg_error)?;
+    tx.execute(
+        "DELETE FROM inbox_uids u WHERE u.address = $1
+         AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = u.queue_id)",
+        &[&key],
+    )
+    .await
+    .map_err(pg_error)?;
+    for id in ids {
+        let added = tx
+            .execute(
+                "INSERT INTO inbox_uids (address, queue_id, uid) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&key, id, &next],
+            )
+            .await
+            .map_err(pg_error)?;
+        next += i64::try_from(added).unwrap_or(0);
+    }
+    tx.execute(
+        "UPDATE inbox_mailboxes SET uid_next = $2 WHERE address = $1",
+        &[&key, &next],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)
+}
+
+pub(super) async fn set_flags(
+    c: &Client,
+    key: &str,
+    uids: &[u32],
+    change: FlagChange,
+) -> Result<(), StoreError> {
+    let uids: Vec<i64> = uids.iter().map(|u| i64::from(*u)).collect();
+    c.execute(
+        "UPDATE inbox_uids SET seen = coalesce($3, seen), flagged = coalesce($4, flagged)
+         WHERE address = $1 AND uid = ANY($2)",
+        &[&key, &uids, &change.seen, &change.flagged],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! The emergency inbox against the real binary and real clients: Python's imaplib and curl
+//! log in over TLS (implicit and STARTTLS), list, fetch a held message byte for byte, search,
+//! set `\Seen` (kept across a reconnect); another user sees none of it (also through `+tag`
+//! and case variants); a wrong password is refused and the lockout starts after the
+//! configured failures; LOGIN before STARTTLS is refused and a command pipelined behind
+//! STARTTLS is never run; IDLE reports new mail; a message read is still delivered. The
+//! scenario runs on SQLite and on PostgreSQL.
+
+use crate::common::pg::Pg;
+use crate::common::pki::Pki;
+use crate::common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CLIENT: &str = include_str!("inbox/client.py");
+
+struct Inbox {
+    mx2: Mx2,
+    imaps: u16,
+    imap: u16,
+    ca: PathBuf,
+    script: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// mx2 with the inbox on for example.test (whose primary is on `primary_port`), on the
+/// embedded store or the one `storage` names.
+fn start(primary_port: u16, storage: &str, max_failures: u32) -> Inbox {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = pki.leaf(dir.path(), "mx2", &["mx2.test", "127.0.0.1"]);
+    let ca = pki.write_ca(dir.path());
+    let (imap, imaps) = (free_port(), free_port());
+    let tail = format!(
+        "{storage}[tls]\ncert = \"{}\"\nkey = \"{}\"\n[inbox]\nlisten = \"127.0.0.1:{imap}\"\ntls_listen = \"127.0.0.1:{imaps}\"\nmax_login_failures = {max_failures}\nlockout = \"1m\"\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\ninbox = true\n[[domain]]\nname = \"other.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\n",
+        leaf.cert.display(),
+        leaf.key.display()
+    );
+    let mx2 = Mx2::start_tail(&tail);
+    let script = dir.path().join("client.py");
+    std::fs::write(&script, CLIENT).unwrap();
+    Inbox {
+        mx2,
+        imaps,
+        imap,
+        ca,
+        script,
+        _dir: dir,
+    }
+}
+
+impl Inbox {
+    /// `mx2 inbox passwd ADDRESS --password-stdin`.
+    fn passwd(&self, address: &str, password: &str) {
+        let mut child = Command::new(mx2_binary())
+            .args(["inbox", "passwd", address, "--password-stdin", "--config"])
+            .arg(&self.mx2.config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "passwd: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("inbox password"), "{text}");
+    }
+
+    /// Runs a step of the imaplib client; its JSON answer.
+    fn py(&self, mode: &str, port: u16, user: &str, password: &str) -> serde_json::Value {
+        let out = Command::new("python3")
+            .arg(&self.script)
+            .args([mode, "127.0.0.1", &port.to_string()])
+            .arg(&self.ca)
+            .args([user, password])
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .output()
+            .expect("python3 must be installed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "client.py {mode}: {stdout}{}\nmx2 log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.mx2.log()
+        );
+        serde_json::from_str(stdout.trim()).unwrap()
+    }
+
+    fn send(&self, to: &str, subject: &str) -> Vec<u8> {
+        let content = format!(
+            "From: Sender <s@sender.test>\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@sender.test>\r\n\r\nbody of {subject}\r\nline two\r\n"
+        )
+        .into_bytes();
+        let mut c = self.mx2.client();
+        c.cmd("EHLO client.test");
+        let r = c.send_mail("s@sender.test", &[to], &content);
+        assert!(r.starts_with("250"), "{r}");
+        content
+    }
+
+    fn curl(&self, args: &[&str]) -> (bool, Vec<u8>) {
+        let out = Command::new("curl")
+            .args(["-s", "-S", "--max-time", "20", "--cacert"])
+            .arg(&self.ca)
+            .args(args)
+            .output()
+            .expect("curl must be installed");
+        if !out.status.success() {
+            eprintln!("curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        (out.status.success(), out.stdout)
+    }
+}
+
+fn base64(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+/// The whole story for one store (`storage`: its `[storage]` table, empty for SQLite).
+fn scenario(storage: &str) {
+    let primary_port = free_port();
+    let ib = start(primary_port, storage, 3);
+    ib.passwd("Jo@Example.TEST", "jo-secret");
+    ib.passwd("al@example.test", "al-secret");
+    let report = ib.send("jo+news@example.test", "Quarterly");
+    ib.send("JO@example.test", "Second");
+    ib.send("al@example.test", "ForAl");
+    ib.send("jo@other.test", "OtherDomain");
+
+    let r = ib.py("read", ib.imaps, "jo@example.test", "jo-secret");
+    assert_eq!(r["login"], "OK", "{r}");
+    assert!(r["list"][0].as_str().unwrap().ends_with("INBOX"), "{r}");
+    assert_eq!(r["exists"], 2, "jo sees their two messages: {r}");
+    assert_eq!(r["search"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["unseen"].as_array().unwrap().len(), 2, "{r}");
+    let fetched = base64(r["body"].as_str().unwrap());
+    assert!(
+        fetched.ends_with(&report),
+        "the held message, as stored (trace header first): {}",
+        String::from_utf8_lossy(&fetched)
+    );
+    assert!(
+        fetched.starts_with(b"Received: "),
+        "{}",
+        String::from_utf8_lossy(&fetched)
+    );
+    let meta = r["meta"].as_str().unwrap();
+    assert!(
+        meta.contains(&format!("RFC822.SIZE {}", fetched.len())),
+        "{meta}"
+    );
+    assert!(
+        meta.contains("\"Quarterly\"") && meta.contains("\"sender.test\""),
+        "{meta}"
+    );
+    assert!(
+        meta.to_lowercase()
+            .contains("bodystructure (\"text\" \"plain\"")
+            && meta.contains(" 2))"),
+        "{meta}"
+    );
+    assert!(
+        !r["flags_before"].as_str().unwrap().contains("Seen"),
+        "PEEK sets nothing: {r}"
+    );
+    assert_eq!(r["store"], "OK");
+    assert!(r["copy"].as_str().unwrap().contains("CANNOT"), "{r}");
+    let after = r["flags_after"].as_str().unwrap();
+    assert!(
+        after.contains("\\Seen") && after.contains("\\Flagged"),
+        "kept across a reconnect: {r}"
+    );
+    assert_eq!(r["seen"].as_array().unwrap().len(), 1, "{r}");
+
+    // Another user sees only their own mail, whatever case or +tag jo's address is given in.
+    let al = ib.py("login", ib.imaps, "al@example.test", "al-secret");
+    assert_eq!(
+        (al["result"].as_str(), al["exists"].as_u64()),
+        (Some("OK"), Some(1)),
+        "{al}"
+    );
+    for variant in ["JO+x@EXAMPLE.test", "jo+other@example.test."] {
+        let v = ib.py("login", ib.imaps, variant, "jo-secret");
+        assert_eq!(v["exists"], 2, "{variant} is jo's own mailbox: {v}");
+    }
+    let wrong = ib.py("login", ib.imaps, "jo@example.test", "al-secret");
+    assert_eq!(wrong["result"], "NO", "al's password is not jo's: {wrong}");
+    let no_inbox = ib.py("login", ib.imaps, "jo@other.test", "jo-secret");
+    assert_eq!(
+        no_inbox["result"], "NO",
+        "other.test has no inbox: {no_inbox}"
+    );
+
+    // STARTTLS: LOGIN refused before it, fine after.
+    let st = ib.py("starttls", ib.imap, "al@example.test", "al-secret");
+    let before: Vec<&str> = st["caps_before"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        before.contains(&"STARTTLS") && before.contains(&"LOGINDISABLED"),
+        "{st}"
+    );
+    assert_ne!(st["plain_login"], "OK", "{st}");
+    assert!(
+        !st["caps_after"].to_string().contains("LOGINDISABLED"),
+        "{st}"
+    );
+    assert_eq!(
+        (st["login"].as_str(), st["exists"].as_u64()),
+        (Some("OK"), Some(1)),
+        "{st}"
+    );
+
+    // curl, a second real client: implicit TLS and STARTTLS.
+    let url = format!("imaps://127.0.0.1:{}/INBOX", ib.imaps);
+    let (ok, search) = ib.curl(&[
+        "--user",
+        "jo@example.test:jo-secret",
+        "-X",
+        "SEARCH SUBJECT Second",
+        &url,
+    ]);
+    assert!(
+        ok && String::from_utf8_lossy(&search).starts_with("* SEARCH "),
+        "{}",
+        String::from_utf8_lossy(&search)
+    );
+    let uid = String::from_utf8_lossy(&search)
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let (ok, body) = ib.curl(&[
+        "--user",
+        "jo@example.test:jo-secret",
+        &format!("{url};UID={uid}"),
+    ]);
+    assert!(
+        ok && body.ends_with(b"body of Second\r\nline two\r\n"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let plain = format!("imap://127.0.0.1:{}/INBOX;UID={uid}", ib.imap);
+    let (ok, body2) = ib.curl(&["--ssl-reqd", "--user", "jo@example.test:jo-secret", &plain]);
+    assert!(ok && body2 == body, "STARTTLS gives the same bytes");
+    let (_, theirs) = ib.curl(&[
+        "--user",
+        "al@example.test:al-secret",
+        &format!("{url};UID={uid}"),
+    ]);
+    assert!(
+        !theirs.ends_with(b"body of Second\r\nline two\r\n"),
+        "al cannot fetch jo's UID"
+    );
+
+    // IDLE: a message arriving while jo idles is reported within 2 s.
+    let mut idle = Command::new("python3")
+        .arg(&ib.script)
+        .args(["idle", "127.0.0.1", &ib.imaps.to_string()])
+        .arg(&ib.ca)
+        .args(["jo@example.test", "jo-secret"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(idle.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "IDLING");
+    let sent = Instant::now();
+    ib.send("jo@example.test", "WhileIdling");
+    let accepted = sent.elapsed();
+    let answer: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let took = sent.elapsed();
+    assert!(idle.wait().unwrap().success());
+    println!(
+        "IDLE: new mail reported {took:?} after the SMTP transaction began (accepted after {accepted:?})"
+    );
+    assert_eq!(answer["line"], "* 3 EXISTS", "{answer}");
+    assert!(answer["done"].as_str().unwrap().contains("OK"), "{answer}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    // Every login and message read is in the event log.
+    let url = format!("{}/api/v1/events", ib.mx2.admin_url());
+    let (_, events) = crate::common::http::http("GET", &url, None, None);
+    assert!(
+        events.contains("inbox_login") && events.contains("inbox_read"),
+        "{events}"
+    );
+
+    // The primary comes back: what jo read is delivered all the same.
+    let primary = Primary::start(primary_port);
+    let got = primary.wait_for(5, Duration::from_secs(20));
+    assert!(
+        got.iter()
+            .any(|m| m.body.ends_with(&report) && m.rcpts.iter().any(|r| r.contains("jo+news"))),
+        "the read message reaches the primary"
+    );
+    let gone = ib.py("login", ib.imaps, "jo@example.test", "jo-secret");
+    assert_eq!(gone["exists"], 0, "delivered mail leaves the inbox: {gone}");
+}
+
+#[test]
+fn imap_on_sqlite() {
+    scenario("");
+}
+
+#[test]
+fn imap_on_postgres() {
+    let url = Pg::shared().fresh_db();
+    scenario(&format!(
+        "[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n"
+    ));
+}
+
+/// Wrong passwords are refused; after `max_login_failures` even the right one is, for the
+/// lockout.
+#[test]
+fn lockout_after_failures() {
+    let ib = start(free_port(), "", 3);
+    ib.passwd("jo@example.test", "jo-secret");
+    for _ in 0..3 {
+        let r = ib.py("login", ib.imaps, "jo@example.test", "guess");
+        assert_eq!(r["result"], "NO", "{r}");
+        assert!(
+            r["error"]
+                .as_str()
+                .unwrap()
+                .contains("AUTHENTICATIONFAILED"),
+            "{r}"
+        );
+    }
+    let r = ib.py("login", ib.imaps, "jo@example.test", "jo-secret");
+    assert_eq!(r["result"], "NO", "locked out: {r}");
+    assert!(r["error"].as_str().unwrap().contains("try again in"), "{r}");
+    assert!(ib.mx2.log().contains("locked out"), "logged");
+}
+
+/// A command pipelined behind STARTTLS is dropped, never run inside TLS.
+#[test]
+fn starttls_drops_pipelined_commands() {
+    let ib = start(free_port(), "", 5);
+    ib.passwd("jo@example.test", "jo-secret");
+    let mut tcp = TcpStream::connect(("127.0.0.1", ib.imap)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(tcp.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("* OK") && line.contains("STARTTLS"),
+        "{line}"
+    );
+    tcp.write_all(b"a LOGIN jo@example.test jo-secret\r\n")
+        .unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("a NO"), "LOGIN before STARTTLS: {line}");
+    tcp.write_all(b"b STARTTLS\r\nc LOGIN jo@example.test jo-secret\r\n")
+        .unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("b OK"), "{line}");
+    drop(r);
+    let pki_ca = std::fs::read(&ib.ca).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile_certs(&pki_ca) {
+        roots.add(c).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "mx2.test".try_into().unwrap())
+            .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"d SELECT INBOX\r\n").unwrap();
+    let mut r = BufReader::new(tls);
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("d BAD") && line.contains("log in first"),
+        "the pipelined LOGIN must not have run: {line}"
+    );
+}
+
+/// The certificates in a PEM file.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.unwrap())
+        .collect()
+}
