@@ -9,8 +9,10 @@ use super::{
 };
 use crate::events::{OUTAGES_KEPT, Outage};
 
+mod content;
 mod counts;
 mod domains;
+pub use content::spooled_content;
 pub use counts::counters;
 pub use domains::{purge_domain, registry, registry_watch, tenant_view};
 
