@@ -49,6 +49,15 @@ impl BodyReader {
     }
 }
 
+impl BodyReader {
+    /// The whole content in memory (operators' exports, tests: one message at a time).
+    pub async fn into_vec(mut self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(usize::try_from(self.size).unwrap_or(0));
+        self.reader.read_to_end(&mut out).await?;
+        Ok(out)
+    }
+}
+
 impl std::fmt::Debug for BodyReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BodyReader")

@@ -170,25 +170,12 @@ pub trait Store: Send + Sync + 'static {
     /// and notifications read through [`Store::body_reader`]).
     fn body(&self, id: &str) -> StoreFuture<'_, Vec<u8>>;
     /// Commits a new message whose content is `msg.body` (its trace headers) followed by the
-    /// spool file `content`, synced already; the file is the store's once this returns `Ok`.
-    /// The default reads the file into memory and inserts the whole (the PostgreSQL store).
-    fn insert_spooled(&self, mut msg: NewMessage, content: spool::Spooled) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            let rest = tokio::fs::read(&content.path).await.map_err(|e| {
-                StoreError::Backend(format!("cannot read the spooled content: {e}"))
-            })?;
-            msg.body.extend_from_slice(&rest);
-            drop(rest);
-            self.insert(msg).await
-            // `content` is dropped here: the file goes, its bytes are in the store.
-        })
-    }
-    /// The stored content of a message as a stream of chunks. The default reads it whole
-    /// with [`Store::body`].
-    fn body_reader(&self, id: &str) -> StoreFuture<'_, body::BodyReader> {
-        let read = self.body(id);
-        Box::pin(async move { Ok(body::BodyReader::from_vec(read.await?)) })
-    }
+    /// spool file `content`, synced already; the file is the store's once this returns `Ok`
+    /// (the embedded store keeps it; PostgreSQL copies it into the database, a chunk at a
+    /// time, and removes it). Never reads the file whole into memory.
+    fn insert_spooled(&self, msg: NewMessage, content: spool::Spooled) -> StoreFuture<'_, ()>;
+    /// The stored content of a message as a stream of chunks, never whole in memory.
+    fn body_reader(&self, id: &str) -> StoreFuture<'_, body::BodyReader>;
     /// Records outcomes, releases claims, and queues the delivery status notifications those
     /// outcomes call for, all in one durable step (a message never leaves the queue before
     /// its notifications are in it). Returns true when the message left the queue because

@@ -2,7 +2,8 @@
 //! recipients are claimed with leases (`FOR UPDATE SKIP LOCKED`, `claimed_by`, `lease_until`)
 //! so that one node at a time delivers a recipient, and a dead node's claims expire. Each node
 //! renews its leases while it lives and clears its own at start. Acceptances share
-//! transactions (group commit, [`writer`]); bodies are stored in 1 MiB chunks. Other nodes
+//! transactions (group commit, [`writer`]); bodies are stored in 1 MiB chunks, streamed in from
+//! spool files and out to deliveries one chunk at a time ([`content`]). Other nodes
 //! hear of new work through LISTEN/NOTIFY ([`wake`]), with the scheduler's polling as the
 //! fallback that guarantees progress. Primary health is shared in the `primaries` table, and
 //! its outage history in `primary_outages` ([`outages`]); the registry of domains and tenants
@@ -14,6 +15,7 @@
 //! This module owns the SQL; it talks to PostgreSQL and nothing else.
 
 mod connect;
+mod content;
 mod drills;
 mod inbox;
 mod inspect;
@@ -24,8 +26,10 @@ mod schema;
 mod wake;
 mod writer;
 
+use super::body::BodyReader;
 use super::inbox::{Candidate, FlagChange, Stored};
 use super::registry::{Entry, Expect, Written};
+use super::spool::Spooled;
 use super::{
     ClaimedRow, Depth, DrillSummary, Filter, Job, Listed, NewMessage, OperatorAction, OutageChange,
     ProbeTurn, Recipient, RouteOutages, Shown, Stats, Store, StoreError, StoreFuture, StoredDrill,
@@ -248,54 +252,28 @@ impl Store for Postgres {
     }
 
     fn body(&self, id: &str) -> StoreFuture<'_, Vec<u8>> {
-        let id = id.to_string();
-        self.run(move |_, c| {
-            Box::pin(async move {
-                // The envelope's size and the first chunk in one round trip (most messages
-                // are one chunk), then the others one at a time: the body is held once, plus
-                // the chunk in flight. Bodies never change once stored; a message deleted
-                // meanwhile is not found.
-                let head = c
-                    .prepare_cached(
-                        "SELECT m.size, m.chunks, b.chunk FROM messages m
-                         LEFT JOIN bodies b ON b.message_id = m.id AND b.seq = 0
-                         WHERE m.id = $1",
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                let head = c
-                    .query_opt(&head, &[&id])
-                    .await
-                    .map_err(pg_error)?
-                    .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-                let size: i64 = head.try_get(0).map_err(pg_error)?;
-                let chunks: i32 = head.try_get(1).map_err(pg_error)?;
-                let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-                if let Some(first) = head.try_get::<_, Option<&[u8]>>(2).map_err(pg_error)? {
-                    body.extend_from_slice(first);
-                }
-                drop(head);
-                let st = c
-                    .prepare_cached("SELECT chunk FROM bodies WHERE message_id = $1 AND seq = $2")
-                    .await
-                    .map_err(pg_error)?;
-                for seq in 1..chunks {
-                    let row = c
-                        .query_opt(&st, &[&id, &seq])
-                        .await
-                        .map_err(pg_error)?
-                        .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-                    body.extend_from_slice(row.try_get::<_, &[u8]>(0).map_err(pg_error)?);
-                }
-                if i64::try_from(body.len()).ok() != Some(size) {
-                    return Err(StoreError::Backend(format!(
-                        "message {id}: {} bytes of content stored, {size} expected",
-                        body.len()
-                    )));
-                }
-                Ok(body)
-            })
+        let reader = self.body_reader(id);
+        Box::pin(async move {
+            reader
+                .await?
+                .into_vec()
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))
         })
+    }
+
+    fn insert_spooled(&self, msg: NewMessage, content: Spooled) -> StoreFuture<'_, ()> {
+        // The file stays with the write until it is committed (or failed), then goes: the
+        // content lives in PostgreSQL, no node's disk.
+        let done = self
+            .inner
+            .writer
+            .submit(writer::Write::InsertSpooled(Box::new(msg), content));
+        Box::pin(async move { done.await.map(|_| ()) })
+    }
+
+    fn body_reader(&self, id: &str) -> StoreFuture<'_, BodyReader> {
+        Box::pin(content::reader(self.inner.pool.clone(), id.to_string()))
     }
 
     fn record(

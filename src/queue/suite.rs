@@ -9,9 +9,11 @@ use super::{
 };
 use crate::events::{OUTAGES_KEPT, Outage};
 
+mod content;
 mod counts;
 mod domains;
 mod inbox;
+pub use content::spooled_content;
 pub use counts::counters;
 pub use domains::{purge_domain, registry, registry_watch, tenant_view};
 pub use inbox::{inbox_credentials, inbox_mailboxes};

@@ -28,13 +28,14 @@ fn config(url: &str, node: &str, lease: Duration) -> PostgresConfig {
 }
 
 async fn store(node: &str) -> Postgres {
-    Postgres::open(&config(
-        &Pg::shared().fresh_db(),
-        node,
-        Duration::from_secs(300),
-    ))
-    .await
-    .unwrap()
+    store_at(&Pg::shared().fresh_db(), node).await
+}
+
+/// A store on the database at `url` (leases of five minutes).
+async fn store_at(url: &str, node: &str) -> Postgres {
+    Postgres::open(&config(url, node, Duration::from_secs(300)))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -62,6 +63,46 @@ async fn conformance_cache() {
 #[tokio::test]
 async fn conformance_counters() {
     suite::counters(&store("suite").await).await;
+}
+
+#[tokio::test]
+async fn conformance_spooled_content() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::spooled_content(&store("suite").await, dir.path()).await;
+}
+
+/// Spooled content goes into chunk rows of 1 MiB, the head first; the spool file is gone
+/// once the message is committed (the content lives in the database, not on this node).
+#[tokio::test]
+async fn spooled_content_goes_into_chunk_rows_and_its_file_goes() {
+    let url = Pg::shared().fresh_db();
+    let s = store_at(&url, "spool").await;
+    let dir = tempfile::tempdir().unwrap();
+    let content: Vec<u8> = (0..(3 << 20) + 5u32).map(|i| (i % 253) as u8).collect();
+    let mut w = mx2::queue::spool::Spool::new(dir.path())
+        .create(&"sp".to_string())
+        .await
+        .unwrap();
+    w.write(&content).await.unwrap();
+    let file = w.finish().await.unwrap();
+    let path = file.path.clone();
+    let mut m = suite::message("sp", &[("a@x.test", "x.test")]);
+    m.body = b"Received: by test\r\n".to_vec();
+    let total = m.body.len() + content.len();
+    s.insert_spooled(m, file).await.unwrap();
+    assert!(!path.exists(), "the spool file outlived the commit");
+    let db = url.rsplit('/').next().unwrap();
+    assert_eq!(
+        Pg::shared().sql(
+            db,
+            "SELECT COUNT(*), MAX(length(chunk)), SUM(length(chunk)) FROM bodies"
+        ),
+        format!("4|1048576|{total}")
+    );
+    assert_eq!(
+        Pg::shared().sql(db, "SELECT size, chunks FROM messages"),
+        format!("{total}|4")
+    );
 }
 
 #[tokio::test]
@@ -403,9 +444,7 @@ async fn concurrent_inserts_share_transactions() {
 #[tokio::test]
 async fn a_50_mb_body_is_stored_in_chunks_and_read_back() {
     let url = Pg::shared().fresh_db();
-    let s = Postgres::open(&config(&url, "big", Duration::from_secs(300)))
-        .await
-        .unwrap();
+    let s = store_at(&url, "big").await;
     let mut m = suite::message("big", &[("a@x.test", "x.test")]);
     m.body = (0..50_000_000u32).map(|i| (i % 251) as u8).collect();
     let expect = m.body.clone();

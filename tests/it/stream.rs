@@ -1,10 +1,12 @@
 //! Large messages never held whole in memory: twenty sessions each send 20 MB to mx2 at once
 //! while the primary takes them; mx2's resident memory, sampled throughout reception and
 //! delivery, stays far below the 400 MB the messages add up to, and the primary receives
-//! every byte as it was sent.
+//! every byte as it was sent. Once with the embedded store (content in spool files), once
+//! with PostgreSQL (content streamed from the spool file into chunk rows, and out of them).
 
 use crate::common::client::Client;
 use crate::common::config::test_config;
+use crate::common::pg::Pg;
 use crate::common::primary::Primary;
 use crate::common::runner::Mx2;
 use crate::common::{exclusive, free_port};
@@ -67,6 +69,23 @@ fn rss(pid: u32) -> u64 {
 
 #[test]
 fn twenty_sessions_of_20_mb_each_never_hold_a_message_whole() {
+    twenty_sessions_of_20_mb("");
+}
+
+#[test]
+fn twenty_sessions_of_20_mb_each_never_hold_a_message_whole_on_postgres() {
+    let url = Pg::shared().fresh_db();
+    let db = url.rsplit('/').next().unwrap_or_default().to_string();
+    twenty_sessions_of_20_mb(&format!(
+        "[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\nnode = \"stream\"\n"
+    ));
+    // Delivered messages left the queue with their chunk rows.
+    assert_eq!(Pg::shared().sql(&db, "SELECT COUNT(*) FROM messages"), "0");
+    assert_eq!(Pg::shared().sql(&db, "SELECT COUNT(*) FROM bodies"), "0");
+}
+
+/// The test with `storage` (a `[storage]` table, or nothing for the embedded store).
+fn twenty_sessions_of_20_mb(storage: &str) {
     let _x = exclusive();
     let primary_port = free_port();
     let primary = Primary::start(primary_port);
@@ -74,7 +93,7 @@ fn twenty_sessions_of_20_mb_each_never_hold_a_message_whole() {
         test_config(port, primary_port, state, "").replace(
             "max_message_size = \"1MB\"",
             "max_message_size = \"30MB\"\ndata_timeout = \"120s\"",
-        )
+        ) + storage
     });
     let pid = mx2.pid();
     let before = rss(pid);
@@ -124,7 +143,12 @@ fn twenty_sessions_of_20_mb_each_never_hold_a_message_whole() {
     sampler.join().unwrap();
     let peak = peak.load(Ordering::SeqCst);
     eprintln!(
-        "mx2 RSS: {} MB at start, peak {} MB while receiving and delivering {SESSIONS} × {} MB",
+        "mx2 RSS ({}): {} MB at start, peak {} MB while receiving and delivering {SESSIONS} × {} MB",
+        if storage.is_empty() {
+            "embedded"
+        } else {
+            "postgres"
+        },
         before >> 20,
         peak >> 20,
         MESSAGE >> 20

@@ -130,6 +130,12 @@ async fn conformance_counters() {
 }
 
 #[tokio::test]
+async fn conformance_spooled_content() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::spooled_content(&Embedded::open(dir.path()).unwrap(), dir.path()).await;
+}
+
+#[tokio::test]
 async fn conformance_outages() {
     let dir = tempfile::tempdir().unwrap();
     suite::outages(&Embedded::open(dir.path()).unwrap()).await;

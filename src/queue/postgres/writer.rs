@@ -4,7 +4,8 @@
 //! pooled connections; while they do, the next batch gathers. A batch that fails is run again
 //! one write per transaction, so one bad write does not fail the others.
 
-use super::{CHANNEL, CHUNK, pg_error, pool_error};
+use super::{CHANNEL, CHUNK, content, pg_error, pool_error};
+use crate::queue::spool::Spooled;
 use crate::queue::{NewMessage, Status, StoreError, StoreFuture, Update};
 use deadpool_postgres::{Pool, Transaction};
 use std::sync::Arc;
@@ -19,6 +20,9 @@ const MAX_BATCH_BYTES: usize = 32 << 20;
 /// A change the writer commits.
 pub(super) enum Write {
     Insert(Box<NewMessage>),
+    /// A message whose content is its trace headers followed by a synced spool file; the
+    /// file is removed once the write is done with (committed or failed).
+    InsertSpooled(Box<NewMessage>, Spooled),
     Record {
         id: String,
         updates: Vec<Update>,
@@ -35,6 +39,9 @@ impl Write {
     fn weight(&self) -> usize {
         match self {
             Write::Insert(m) => m.body.len(),
+            Write::InsertSpooled(m, s) => {
+                usize::try_from(content::spooled_len(m, s)).unwrap_or(usize::MAX)
+            }
             Write::Record { notifications, .. } => notifications.iter().map(|m| m.body.len()).sum(),
             Write::CachePut { .. } => 0,
         }
@@ -174,6 +181,11 @@ async fn transaction(
         let (removed, due) = match w {
             Write::Insert(m) if m.body.len() <= CHUNK => (false, true),
             Write::Insert(m) => insert(&tx, m).await.map(|()| (false, true))?,
+            Write::InsertSpooled(m, s) => {
+                insert_envelopes(&tx, &[(m, content::spooled_len(m, s))]).await?;
+                content::insert_spooled(&tx, m, s).await?;
+                (false, true)
+            }
             Write::Record {
                 id,
                 updates,
@@ -215,7 +227,7 @@ async fn transaction(
 
 /// A new message: envelope, recipients (due at once), body chunks.
 pub(super) async fn insert(tx: &Transaction<'_>, m: &NewMessage) -> Result<(), StoreError> {
-    insert_envelopes(tx, &[m]).await?;
+    insert_envelopes(tx, &[(m, m.body.len() as u64)]).await?;
     let st = tx
         .prepare_cached("INSERT INTO bodies (message_id, seq, chunk) VALUES ($1, $2, $3)")
         .await
@@ -231,7 +243,8 @@ pub(super) async fn insert(tx: &Transaction<'_>, m: &NewMessage) -> Result<(), S
 
 /// New messages of at most one chunk each, all in three statements.
 async fn insert_small(tx: &Transaction<'_>, ms: &[&NewMessage]) -> Result<(), StoreError> {
-    insert_envelopes(tx, ms).await?;
+    let envelopes: Vec<(&NewMessage, u64)> = ms.iter().map(|m| (*m, m.body.len() as u64)).collect();
+    insert_envelopes(tx, &envelopes).await?;
     let with_body: Vec<&&NewMessage> = ms.iter().filter(|m| !m.body.is_empty()).collect();
     let ids: Vec<&str> = with_body.iter().map(|m| m.id.as_str()).collect();
     let bodies: Vec<&[u8]> = with_body.iter().map(|m| m.body.as_slice()).collect();
@@ -246,17 +259,22 @@ async fn insert_small(tx: &Transaction<'_>, ms: &[&NewMessage]) -> Result<(), St
     Ok(())
 }
 
-/// The envelopes and recipients of new messages (bodies apart), in two statements.
-async fn insert_envelopes(tx: &Transaction<'_>, ms: &[&NewMessage]) -> Result<(), StoreError> {
+/// The envelopes and recipients of new messages, each with its content's length (the
+/// content apart), in two statements.
+async fn insert_envelopes(
+    tx: &Transaction<'_>,
+    with_len: &[(&NewMessage, u64)],
+) -> Result<(), StoreError> {
+    let ms: Vec<&NewMessage> = with_len.iter().map(|(m, _)| *m).collect();
     let col = |f: fn(&NewMessage) -> &str| ms.iter().map(|m| f(m)).collect::<Vec<&str>>();
     let received: Vec<i64> = ms.iter().map(|m| m.received_at_ms).collect();
-    let sizes: Vec<i64> = ms
+    let sizes: Vec<i64> = with_len
         .iter()
-        .map(|m| i64::try_from(m.body.len()).unwrap_or(i64::MAX))
+        .map(|(_, len)| i64::try_from(*len).unwrap_or(i64::MAX))
         .collect();
-    let chunks = ms
+    let chunks = with_len
         .iter()
-        .map(|m| i32::try_from(m.body.len().div_ceil(CHUNK)))
+        .map(|(_, len)| i32::try_from(len.div_ceil(CHUNK as u64)))
         .collect::<Result<Vec<i32>, _>>()
         .map_err(|_| StoreError::Backend("message too large".into()))?;
     let auth: Vec<Option<bool>> = ms.iter().map(|m| m.authenticated).collect();
