@@ -42,6 +42,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tracing::{debug, warn};
 
+/// Recipients [`Store::make_due`] changes per transaction (as the embedded store does).
+const MAKE_DUE_STEP: i64 = 20_000;
+
 /// The database server's clock in milliseconds since the epoch (leases, primary health).
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// The channel every node LISTENs on; a notification means "something may be due".
@@ -289,12 +292,37 @@ impl Store for Postgres {
         })
     }
 
+    /// In steps of [`MAKE_DUE_STEP`] recipients, each its own transaction that wakes every
+    /// node when it commits, soonest first along the due-time index: after a long outage the
+    /// first deliveries start after one step, not after a million rows are rewritten (and
+    /// other writers never wait for one huge transaction's row locks).
     fn make_due(&self, domains: Vec<String>, now_ms: i64) -> StoreFuture<'_, u64> {
-        const SQL: &str = "WITH changed AS (UPDATE recipients SET next_attempt = $1
-            WHERE domain = ANY($2) AND status = 0 AND NOT held
-              AND (claimed_by IS NULL OR lease_until < (extract(epoch from clock_timestamp()) * 1000)::bigint)
-            RETURNING 1) SELECT COUNT(*) FROM changed";
-        self.update_and_wake(SQL, vec![Box::new(now_ms), Box::new(domains)])
+        const SQL: &str = "WITH step AS (SELECT id FROM recipients
+                WHERE status = 0 AND NOT held AND next_attempt > $1 AND domain = ANY($2)
+                  AND (claimed_by IS NULL OR lease_until < (extract(epoch from clock_timestamp()) * 1000)::bigint)
+                ORDER BY next_attempt LIMIT $3 FOR UPDATE SKIP LOCKED),
+            changed AS (UPDATE recipients r SET next_attempt = $1 FROM step WHERE r.id = step.id
+                RETURNING 1)
+            SELECT COUNT(*) FROM changed";
+        Box::pin(async move {
+            let mut total = 0;
+            loop {
+                let n = self
+                    .update_and_wake(
+                        SQL,
+                        vec![
+                            Box::new(now_ms),
+                            Box::new(domains.clone()),
+                            Box::new(MAKE_DUE_STEP),
+                        ],
+                    )
+                    .await?;
+                total += n;
+                if n < MAKE_DUE_STEP as u64 {
+                    return Ok(total);
+                }
+            }
+        })
     }
 
     fn next_due(&self) -> StoreFuture<'_, Option<i64>> {

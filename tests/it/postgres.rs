@@ -71,6 +71,60 @@ async fn conformance_spooled_content() {
     suite::spooled_content(&store("suite").await, dir.path()).await;
 }
 
+/// Held mail is made due in steps (20,000 recipients a transaction), soonest first, until
+/// every held recipient of the domains is due; one already due is left as it was, and
+/// another domain's are not touched.
+#[tokio::test]
+async fn make_due_works_through_more_than_one_step() {
+    let url = Pg::shared().fresh_db();
+    let s = store_at(&url, "due").await;
+    s.insert(suite::message("m0", &[("a@x.test", "x.test")]))
+        .await
+        .unwrap();
+    s.insert(suite::message("m1", &[("a@y.test", "y.test")]))
+        .await
+        .unwrap();
+    let db = url.rsplit('/').next().unwrap();
+    // 45,000 more recipients held for later (as a long outage leaves them), one already due.
+    Pg::shared().sql(
+        db,
+        "INSERT INTO recipients (message_id, address, domain, params, next_attempt) \
+         SELECT 'm0', 'r' || g || '@x.test', 'x.test', '', 900000 + g \
+         FROM generate_series(1, 45000) g; \
+         UPDATE recipients SET next_attempt = 900000 WHERE message_id = 'm1'; \
+         UPDATE recipients SET next_attempt = 10 WHERE address = 'a@x.test'",
+    );
+    assert_eq!(
+        s.make_due(vec!["x.test".into()], 5000).await.unwrap(),
+        45_000,
+        "three steps, every held recipient of x.test"
+    );
+    assert_eq!(
+        Pg::shared().sql(
+            db,
+            "SELECT COUNT(*) FROM recipients WHERE domain = 'x.test' AND next_attempt = 5000"
+        ),
+        "45000"
+    );
+    assert_eq!(
+        Pg::shared().sql(
+            db,
+            "SELECT next_attempt FROM recipients WHERE address = 'a@x.test'"
+        ),
+        "10",
+        "already due: left as it was"
+    );
+    assert_eq!(
+        Pg::shared().sql(
+            db,
+            "SELECT next_attempt FROM recipients WHERE domain = 'y.test'"
+        ),
+        "900000",
+        "another domain's mail is not touched"
+    );
+    assert_eq!(s.make_due(vec!["x.test".into()], 5000).await.unwrap(), 0);
+}
+
 /// Spooled content goes into chunk rows of 1 MiB, the head first; the spool file is gone
 /// once the message is committed (the content lives in the database, not on this node).
 #[tokio::test]
