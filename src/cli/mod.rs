@@ -1,15 +1,19 @@
 //! The command line: `mx2 serve`, `config check`, `check`, `status`, `reload`, `queue …`
 //! (with `adopt` and `reset` for a damaged queue), `domain …` and `tenant …` for the
 //! domains and tenants managed at run time, `drill` (fire drills), and `inbox passwd` for
-//! the emergency inbox. Parses arguments, loads the config, sets up logging, and maps errors
+//! the emergency inbox, `init` (a starter configuration) and the hidden `generate` (man pages
+//! and completions for the package). Parses arguments, loads the config, sets up logging, and maps errors
 //! to exit codes (2: configuration or usage, 1: runtime).
 
 mod api;
 mod domain;
 mod drill;
+mod generate;
 mod inbox;
+mod init;
 mod queue;
 mod recover;
+mod reference;
 mod settings;
 mod status;
 mod tenant;
@@ -118,6 +122,16 @@ pub enum Cmd {
         #[command(subcommand)]
         action: ConfigCmd,
     },
+    /// Write a starter configuration (from flags, or a few questions on a terminal), check it
+    /// as `config check` does, and print the DNS records to publish. Never overwrites a file
+    /// without --force.
+    Init(init::InitArgs),
+    /// Write man pages or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: generate::GenerateCmd,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -218,6 +232,8 @@ pub fn main() -> ExitCode {
             json,
         } => drill::run(&domain, history, &target, json),
         Cmd::Reload { target } => status::reload(&target),
+        Cmd::Init(args) => init::run(args),
+        Cmd::Generate { what } => generate::run(what),
         Cmd::Check {
             domain,
             resolver,

@@ -17,6 +17,7 @@ mod e2e;
 mod examples;
 mod faults;
 mod inbox;
+mod init;
 mod postfix;
 mod postgres;
 mod properties;
