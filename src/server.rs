@@ -292,6 +292,7 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
             registry: registry.clone(),
             dns: dns.clone(),
             driller,
+            inbox_code_validity: config.inbox.code_validity,
         });
         tokio::spawn(admin::serve(l, admin, shutdown.clone()));
     }

@@ -4,14 +4,17 @@
 //! around imap-next's server state machine (STARTTLS, IDLE wake-ups); `session.rs` the
 //! protocol states and commands; `mailbox.rs` a session's view of `INBOX` (sequence numbers,
 //! sets, changes, SEARCH); `fetch.rs` renders FETCH items from a stored message; `auth.rs`
-//! the argon2id hashes and the login lockout. Mail is read from the queue store
+//! the argon2id hashes and the login lockout; `codes.rs` one-time login codes; `login.rs` one
+//! login attempt (lockout, password, code), shared by IMAP and the web inbox. Mail is read from the queue store
 //! (`Store::inbox_mailbox`, `Store::body`), never copied; `\Seen` and `\Flagged` are kept
 //! per user in the store and never change what is delivered.
 
 pub mod auth;
+pub mod codes;
 pub mod driver;
 pub mod fetch;
 pub mod listener;
+pub mod login;
 pub mod mailbox;
 pub mod session;
 
@@ -43,6 +46,7 @@ impl Inbox {
         acceptor: tokio_rustls::TlsAcceptor,
         ipv6_prefix: u8,
     ) -> Arc<Self> {
+        auth::prepare();
         Arc::new(Self {
             store,
             domains: Default::default(),

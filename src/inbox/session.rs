@@ -5,6 +5,7 @@
 //! service: everything that would change mail answers `NO [CANNOT]`.
 
 use super::driver::{Closed, Driver, Input};
+use super::login::{Refused, Via};
 use super::mailbox::{self, View};
 use super::{Inbox, fetch};
 use crate::events::{self, Kind};
@@ -26,7 +27,6 @@ use imap_next::server::Event;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Instant;
 use tracing::{debug, info, warn};
 
 enum State {
@@ -368,39 +368,30 @@ impl Session {
         let Some(key) = mailbox_key(user) else {
             return failed(tag);
         };
-        let now = Instant::now();
-        if let Err(l) = self.inbox.lockout.check(&key, self.client_key, now) {
-            self.record_login(&key, false, &format!("locked out for {} s", l.for_secs));
-            return status_no(
-                tag,
-                code("AUTHENTICATIONFAILED"),
-                &format!("too many failed logins: try again in {} s", l.for_secs),
-            );
+        match self.inbox.login(&key, self.client_key, password).await {
+            Ok(via) => {
+                let how = match via {
+                    Via::Password => "",
+                    Via::Code => "one-time code",
+                };
+                self.record_login(&key, true, how);
+                self.state = State::Authenticated { key };
+                let caps = Code::Capability(capabilities(true, true));
+                status_ok(tag, Some(caps), "logged in")
+            }
+            Err(r @ Refused::Locked(secs)) => {
+                self.record_login(&key, false, &r.detail());
+                status_no(
+                    tag,
+                    code("AUTHENTICATIONFAILED"),
+                    &format!("too many failed logins: try again in {secs} s"),
+                )
+            }
+            Err(r) => {
+                self.record_login(&key, false, &r.detail());
+                failed(tag)
+            }
         }
-        let hash = if self.inbox.has_domain(crate::queue::inbox::key_domain(&key)) {
-            self.inbox.store.inbox_credential(&key).await.ok().flatten()
-        } else {
-            None
-        };
-        let good = match hash {
-            Some(h) => tokio::task::spawn_blocking(move || super::auth::verify(&password, &h))
-                .await
-                .unwrap_or(false),
-            None => false,
-        };
-        if good {
-            self.inbox.lockout.succeeded(&key, self.client_key);
-            self.record_login(&key, true, "");
-            self.state = State::Authenticated { key };
-            let caps = Code::Capability(capabilities(true, true));
-            return status_ok(tag, Some(caps), "logged in");
-        }
-        let detail = match self.inbox.lockout.failed(&key, self.client_key, now) {
-            Some(l) => format!("wrong password; locked out for {} s", l.for_secs),
-            None => "wrong password".into(),
-        };
-        self.record_login(&key, false, &detail);
-        failed(tag)
     }
 
     fn record_login(&self, key: &str, ok: bool, detail: &str) {

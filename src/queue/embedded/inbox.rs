@@ -25,7 +25,40 @@ CREATE TABLE IF NOT EXISTS inbox_uids (
     PRIMARY KEY (address, queue_id)
 );
 CREATE INDEX IF NOT EXISTS inbox_uids_uid ON inbox_uids (address, uid);
+CREATE TABLE IF NOT EXISTS inbox_codes (
+    hash TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
 ";
+
+pub(super) fn add_code(
+    c: &Connection,
+    key: &str,
+    hash: &str,
+    expires_at_ms: i64,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    c.execute("DELETE FROM inbox_codes WHERE expires_at <= ?1", [now_ms])?;
+    c.execute(
+        "INSERT OR REPLACE INTO inbox_codes (hash, address, expires_at) VALUES (?1, ?2, ?3)",
+        params![hash, key, expires_at_ms],
+    )?;
+    Ok(())
+}
+
+pub(super) fn use_code(
+    c: &Connection,
+    key: &str,
+    hash: &str,
+    now_ms: i64,
+) -> rusqlite::Result<bool> {
+    let gone = c.execute(
+        "DELETE FROM inbox_codes WHERE hash = ?1 AND address = ?2 AND expires_at > ?3",
+        params![hash, key, now_ms],
+    )?;
+    Ok(gone > 0)
+}
 
 pub(super) fn credential(c: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
     c.prepare_cached("SELECT hash FROM inbox_credentials WHERE address = ?1")?

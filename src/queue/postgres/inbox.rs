@@ -32,6 +32,52 @@ CREATE TABLE inbox_uids (
 CREATE INDEX inbox_uids_uid ON inbox_uids (address, uid);
 ";
 
+/// Migration step 6: one-time login codes (hashes).
+pub(super) const CODES_SCHEMA: &str = "
+CREATE TABLE inbox_codes (
+    hash TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+";
+
+pub(super) async fn add_code(
+    c: &mut Client,
+    key: &str,
+    hash: &str,
+    expires_at_ms: i64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let tx = c.transaction().await.map_err(pg_error)?;
+    tx.execute("DELETE FROM inbox_codes WHERE expires_at <= $1", &[&now_ms])
+        .await
+        .map_err(pg_error)?;
+    tx.execute(
+        "INSERT INTO inbox_codes (hash, address, expires_at) VALUES ($1, $2, $3)
+         ON CONFLICT (hash) DO UPDATE SET address = excluded.address, expires_at = excluded.expires_at",
+        &[&hash, &key, &expires_at_ms],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)
+}
+
+pub(super) async fn use_code(
+    c: &Client,
+    key: &str,
+    hash: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let gone = c
+        .execute(
+            "DELETE FROM inbox_codes WHERE hash = $1 AND address = $2 AND expires_at > $3",
+            &[&hash, &key, &now_ms],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(gone > 0)
+}
+
 pub(super) async fn credential(c: &Client, key: &str) -> Result<Option<String>, StoreError> {
     let row = c
         .query_opt(

@@ -28,6 +28,48 @@ pub async fn inbox_credentials(s: &dyn Store) {
     assert_eq!(s.inbox_credential("jo@x.test").await.unwrap(), None);
 }
 
+/// A one-time code works once, for its mailbox only, and not after it expired; adding a
+/// code drops the expired ones.
+pub async fn inbox_codes(s: &dyn Store) {
+    let now = crate::queue::now_ms();
+    s.inbox_add_code("jo@x.test", "old".into(), now - 1)
+        .await
+        .unwrap();
+    s.inbox_add_code("jo@x.test", "c1".into(), now + 60_000)
+        .await
+        .unwrap();
+    assert!(
+        !s.inbox_use_code("al@x.test", "c1".into(), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.inbox_use_code("jo@x.test", "c2".into(), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.inbox_use_code("jo@x.test", "c1".into(), now + 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.inbox_use_code("jo@x.test", "c1".into(), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.inbox_use_code("jo@x.test", "c1".into(), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.inbox_use_code("jo@x.test", "old".into(), now - 10)
+            .await
+            .unwrap()
+    );
+}
+
 /// A mailbox holds exactly the messages pending for its address (case and `+tag` folded),
 /// with UIDs that stay, are never reused, and flags kept per mailbox.
 pub async fn inbox_mailboxes(s: &dyn Store) {
