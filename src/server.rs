@@ -383,7 +383,7 @@ impl Core {
                     .domains
                     .iter()
                     .filter(|d| d.inbox)
-                    .map(|d| d.name.clone()),
+                    .map(|d| (d.name.clone(), d.inbox_delete)),
             );
         }
         let (scope, shutdown) = self.shutdown.child();

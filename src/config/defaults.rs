@@ -304,5 +304,6 @@ mod tests {
         assert_eq!(duration("[inbox] idle_timeout"), inbox::IDLE_TIMEOUT);
         assert_eq!(duration("[inbox] code_validity"), inbox::CODE_VALIDITY);
         assert_eq!(number::<bool>("[[domain]] inbox"), domain::INBOX);
+        assert_eq!(readme("[[domain]] inbox_delete"), "keep_delivering");
     }
 }

@@ -1,10 +1,11 @@
 //! The `[inbox]` table: the emergency inbox's IMAP listeners (STARTTLS and implicit TLS, both
 //! off unless given, both needing the `[tls]` certificate), login failure limits and the
 //! connection cap, and how long a one-time login code is good for. Which domains have an inbox is the `[[domain]] inbox` key
-//! (`domain.rs`). Parsing and validation only; `src/inbox/` uses the result.
+//! (`domain.rs`), what a user's delete does its `inbox_delete` (parsed here). Parsing and validation only; `src/inbox/` uses the result.
 
 use super::defaults::inbox as default;
 use super::{ConfigError, Ctx, HumanDuration};
+use crate::queue::inbox::DeletePolicy;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -99,6 +100,21 @@ impl Ctx<'_> {
         })
     }
 
+    /// `[[domain]] inbox_delete`.
+    pub(super) fn inbox_delete(
+        &self,
+        v: Option<&Spanned<String>>,
+    ) -> Result<DeletePolicy, ConfigError> {
+        match v.map(|v| (v, v.get_ref().as_str())) {
+            None | Some((_, "keep_delivering")) => Ok(DeletePolicy::KeepDelivering),
+            Some((_, "do_not_deliver")) => Ok(DeletePolicy::DoNotDeliver),
+            Some((v, other)) => Err(self.at(
+                v.span(),
+                &format!("inbox_delete `{other}`: use \"keep_delivering\" or \"do_not_deliver\""),
+            )),
+        }
+    }
+
     /// One listener's address: `""` or absent is off; on needs `[tls]`.
     fn inbox_address(
         &self,
@@ -131,6 +147,7 @@ impl Ctx<'_> {
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
+    use crate::queue::inbox::DeletePolicy;
 
     fn parse(text: &str) -> Result<Config, String> {
         let dir = tempfile::tempdir().unwrap();
@@ -179,5 +196,13 @@ mod tests {
         let c =
             parse("[[domain]]\nname = \"b.test\"\nprimary = [\"h:25\"]\ninbox = true\n").unwrap();
         assert!(c.domains[1].inbox && !c.domains[0].inbox);
+        assert_eq!(c.domains[1].inbox_delete, DeletePolicy::KeepDelivering);
+        let c = parse("[[domain]]\nname = \"b.test\"\nprimary = [\"h:25\"]\ninbox_delete = \"do_not_deliver\"\n")
+            .unwrap();
+        assert_eq!(c.domains[1].inbox_delete, DeletePolicy::DoNotDeliver);
+        let e =
+            parse("[[domain]]\nname = \"b.test\"\nprimary = [\"h:25\"]\ninbox_delete = \"drop\"\n")
+                .unwrap_err();
+        assert!(e.contains("inbox_delete `drop`: use"), "{e}");
     }
 }

@@ -20,7 +20,8 @@ pub mod session;
 
 use crate::config::InboxConfig;
 use crate::queue::Store;
-use std::collections::HashSet;
+use crate::queue::inbox::DeletePolicy;
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -29,7 +30,7 @@ use tokio::sync::{Notify, watch};
 pub struct Inbox {
     pub store: Arc<dyn Store>,
     /// Domains with `inbox = true` (the configuration's and the registry's, per generation).
-    domains: RwLock<HashSet<String>>,
+    domains: RwLock<HashMap<String, DeletePolicy>>,
     pub lockout: auth::Lockout,
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub idle_timeout: Duration,
@@ -59,17 +60,24 @@ impl Inbox {
         })
     }
 
-    /// The domains whose users may log in (a new configuration generation's).
-    pub fn set_domains(&self, domains: impl IntoIterator<Item = String>) {
+    /// The domains whose users may log in, with what a delete does there (a new
+    /// configuration generation's).
+    pub fn set_domains(&self, domains: impl IntoIterator<Item = (String, DeletePolicy)>) {
         let set = domains.into_iter().collect();
         *self.domains.write().unwrap_or_else(|p| p.into_inner()) = set;
     }
 
     pub fn has_domain(&self, domain: &str) -> bool {
+        self.delete_policy(domain).is_some()
+    }
+
+    /// What a user's delete does in `domain`; None: the domain has no inbox.
+    pub fn delete_policy(&self, domain: &str) -> Option<DeletePolicy> {
         self.domains
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(domain)
+            .get(domain)
+            .copied()
     }
 
     /// New mail may have arrived.

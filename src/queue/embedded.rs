@@ -444,6 +444,16 @@ impl Store for Embedded {
         self.send(|r| Op::InboxUseCode(key, hash, now_ms, r))
     }
 
+    fn inbox_delete(
+        &self,
+        key: &str,
+        ids: Vec<String>,
+        drop_recipients: bool,
+    ) -> StoreFuture<'_, ()> {
+        let key = key.to_string();
+        self.send(|r| Op::InboxDelete(key, ids, drop_recipients, r))
+    }
+
     fn inbox_candidates(&self, domain: &str) -> StoreFuture<'_, Vec<Candidate>> {
         let domain = domain.to_string();
         self.report(move |c| inbox::candidates(c, &domain).map_err(backend))

@@ -14,6 +14,9 @@ pub struct Held {
     pub size: u64,
     pub seen: bool,
     pub flagged: bool,
+    /// `\Deleted`, as the session set it (never stored: EXPUNGE acts on it, and a session
+    /// that ends without one forgets it).
+    pub deleted: bool,
 }
 
 /// An address's mailbox: the mail the queue holds for it, in UID order.
@@ -67,6 +70,28 @@ pub struct Stored {
     pub uid_validity: u32,
     pub uid_next: u32,
     pub uids: std::collections::HashMap<String, (u32, bool, bool)>,
+    /// Queue ids the user deleted (`inbox_delete = "keep_delivering"`): still queued, no
+    /// longer shown.
+    pub hidden: std::collections::HashSet<String>,
+}
+
+/// What a user's delete in the inbox does, per domain (`[[domain]] inbox_delete`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeletePolicy {
+    /// The message leaves this user's inbox only; it is still delivered.
+    #[default]
+    KeepDelivering,
+    /// The user's recipient is dropped from the queue (as an operator's delete of it
+    /// would): never delivered to them.
+    DoNotDeliver,
+}
+
+/// Which of a message's pending recipients (`(row id, address)`) are `key`'s mailbox.
+pub(crate) fn rows_of(key: &str, rows: Vec<(i64, String)>) -> Vec<i64> {
+    rows.into_iter()
+        .filter(|(_, a)| mailbox_key(a).as_deref() == Some(key))
+        .map(|(id, _)| id)
+        .collect()
 }
 
 /// The queue ids of `candidates` without a UID yet.
@@ -83,6 +108,7 @@ pub(crate) fn unassigned(candidates: &[Candidate], stored: Option<&Stored>) -> V
 pub(crate) fn view(candidates: Vec<Candidate>, stored: Stored) -> Mailbox {
     let mut messages: Vec<Held> = candidates
         .into_iter()
+        .filter(|c| !stored.hidden.contains(&c.queue_id))
         .filter_map(|c| {
             let &(uid, seen, flagged) = stored.uids.get(&c.queue_id)?;
             Some(Held {
@@ -92,6 +118,7 @@ pub(crate) fn view(candidates: Vec<Candidate>, stored: Stored) -> Mailbox {
                 size: c.size,
                 seen,
                 flagged,
+                deleted: false,
             })
         })
         .collect();

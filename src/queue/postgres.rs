@@ -631,6 +631,18 @@ impl Store for Postgres {
         self.run(move |_, c| Box::pin(async move { inbox::use_code(c, &key, &hash, now_ms).await }))
     }
 
+    fn inbox_delete(
+        &self,
+        key: &str,
+        ids: Vec<String>,
+        drop_recipients: bool,
+    ) -> StoreFuture<'_, ()> {
+        let key = key.to_string();
+        self.run(move |_, c| {
+            Box::pin(async move { inbox::delete(c, &key, &ids, drop_recipients).await })
+        })
+    }
+
     fn inbox_candidates(&self, domain: &str) -> StoreFuture<'_, Vec<Candidate>> {
         let domain = domain.to_string();
         self.run(move |_, c| Box::pin(async move { inbox::candidates(c, &domain).await }))

@@ -431,6 +431,83 @@ fn one_time_codes() {
     );
 }
 
+/// A user's delete (STORE +FLAGS \Deleted, EXPUNGE): with the default `keep_delivering` it
+/// only leaves the inbox and the message is still delivered; with `do_not_deliver` the
+/// user's recipient is dropped (another recipient of the same message is still delivered).
+#[test]
+fn deletes_follow_inbox_delete() {
+    let primary_port = free_port();
+    let ib = start_with(
+        primary_port,
+        "",
+        5,
+        "",
+        &format!(
+            "[[domain]]\nname = \"drop.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\ninbox = true\ninbox_delete = \"do_not_deliver\"\n"
+        ),
+    );
+    ib.passwd("jo@example.test", "jo-secret");
+    ib.passwd("jo@drop.test", "jo-secret");
+    ib.send("jo@example.test", "KeptForDelivery");
+    ib.send("jo@drop.test", "NotDelivered");
+    let content: &[u8] = b"From: s@sender.test\r\nTo: jo@drop.test, al@drop.test\r\nSubject: Shared\r\nMessage-ID: <shared@sender.test>\r\n\r\nfor both\r\n";
+    let mut c = ib.mx2.client();
+    c.cmd("EHLO client.test");
+    let r = c.send_mail(
+        "s@sender.test",
+        &["Jo+x@drop.test", "al@drop.test"],
+        content,
+    );
+    assert!(r.starts_with("250"), "{r}");
+
+    for (user, n) in [("jo@example.test", 1), ("jo@drop.test", 2)] {
+        let d = ib.py("delete", ib.imaps, user, "jo-secret");
+        assert_eq!(d["before"], n, "{user}: {d}");
+        assert_eq!(
+            (d["store"].as_str(), d["expunge"].as_str()),
+            (Some("OK"), Some("OK")),
+            "{d}"
+        );
+        assert!(d["flags"].to_string().contains("\\\\Deleted"), "{d}");
+        assert_eq!(d["expunged"].as_array().unwrap().len(), n as usize, "{d}");
+        assert_eq!(d["after"], 0, "{user}: deleted from the inbox: {d}");
+    }
+
+    let primary = Primary::start(primary_port);
+    // Two deliveries are due; anything more would arrive while settling.
+    let got = primary.wait_and_settle(2, Duration::from_secs(20), Duration::from_secs(2));
+    let delivered: Vec<(String, String)> = got
+        .iter()
+        .map(|m| {
+            let text = String::from_utf8_lossy(&m.body).into_owned();
+            let subject = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: "))
+                .unwrap_or("")
+                .to_string();
+            (subject, m.rcpts.join(" "))
+        })
+        .collect();
+    let has = |subject: &str, rcpt: &str| {
+        delivered
+            .iter()
+            .any(|(s, r)| s == subject && r.contains(rcpt) && !r.contains("jo+x@drop.test"))
+    };
+    assert!(
+        has("KeptForDelivery", "jo@example.test"),
+        "keep_delivering: still delivered: {delivered:?}"
+    );
+    assert!(
+        has("Shared", "al@drop.test"),
+        "the other recipient is still delivered, jo's is not: {delivered:?}"
+    );
+    assert_eq!(
+        delivered.len(),
+        2,
+        "do_not_deliver: jo's drop.test mail is not delivered: {delivered:?}"
+    );
+}
+
 /// Wrong passwords are refused; after `max_login_failures` even the right one is, for the
 /// lockout.
 #[test]

@@ -53,6 +53,7 @@ async fn conformance_inbox() {
     suite::inbox_credentials(&s).await;
     suite::inbox_codes(&s).await;
     suite::inbox_mailboxes(&s).await;
+    suite::inbox_deletes(&s).await;
 }
 
 #[tokio::test]
@@ -162,7 +163,7 @@ async fn an_older_queue_gains_the_registry() {
         db,
         "DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; \
          DROP TABLE inbox_credentials; DROP TABLE inbox_mailboxes; DROP TABLE inbox_uids; \
-         DROP TABLE inbox_codes; UPDATE mx2_schema SET version = 2",
+         DROP TABLE inbox_codes; DROP TABLE inbox_hidden; UPDATE mx2_schema SET version = 2",
     );
     let s = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
         .await

@@ -154,6 +154,7 @@ async fn conformance_inbox() {
     suite::inbox_credentials(&s).await;
     suite::inbox_codes(&s).await;
     suite::inbox_mailboxes(&s).await;
+    suite::inbox_deletes(&s).await;
 }
 
 #[tokio::test]
