@@ -47,13 +47,15 @@ pub struct Candidate {
 
 /// The mailbox an address reads: domain lower-cased (no trailing dot), local part
 /// lower-cased, a `+tag` dropped (`Jo+News@Example.COM` → `jo@example.com`). None for
-/// something that is not `local@domain`. Every address that maps to the same key is one
+/// something that is not `local@domain` or holds spaces, control characters, `<`, `>` or
+/// `"` (so a key is safe in a mail header). Every address that maps to the same key is one
 /// mailbox; any other never sees its mail.
 pub fn mailbox_key(address: &str) -> Option<String> {
     let address = address.trim().trim_start_matches('<').trim_end_matches('>');
     let (local, domain) = address.rsplit_once('@')?;
     let domain = super::domain_key(domain);
-    if local.is_empty() || domain.is_empty() || local.contains(char::is_whitespace) {
+    let odd = |c: char| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"');
+    if local.is_empty() || domain.is_empty() || local.contains(odd) || domain.contains(odd) {
         return None;
     }
     let local = match local.split_once('+') {
@@ -166,6 +168,8 @@ mod tests {
         assert!(mailbox_key("nobody").is_none());
         assert!(mailbox_key("@x.test").is_none());
         assert!(mailbox_key("a b@x.test").is_none());
+        assert!(mailbox_key("a@x.test\r\nBcc: e@vil.test").is_none());
+        assert!(mailbox_key("a\"b@x.test").is_none());
         assert_ne!(mailbox_key("jo2@x.test"), mailbox_key("jo@x.test"));
     }
 

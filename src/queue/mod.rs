@@ -329,8 +329,9 @@ pub trait Store: Send + Sync + 'static {
     fn inbox_use_code(&self, key: &str, hash: String, now_ms: i64) -> StoreFuture<'_, bool>;
     /// A user deleted these messages in the inbox: they no longer show in `key`'s mailbox;
     /// with `drop_recipients`, the pending recipients whose address is `key`'s mailbox are
-    /// dropped too (claimed ones, in delivery now, are left), and a message left with none
-    /// pending leaves the queue. Durable.
+    /// dropped too, claimed ones included (as an operator's delete drops them: a delivery in
+    /// flight may still complete), and a message left with none pending leaves the queue.
+    /// Durable.
     fn inbox_delete(
         &self,
         key: &str,

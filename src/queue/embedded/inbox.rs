@@ -212,7 +212,7 @@ pub(super) fn delete(
         }
         let rows = c
             .prepare_cached(
-                "SELECT id, address FROM recipients WHERE message_id = ?1 AND status = 0 AND claimed = 0",
+                "SELECT id, address FROM recipients WHERE message_id = ?1 AND status = 0",
             )?
             .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -3,7 +3,7 @@
 //! node serves any user and `\Seen` is the cluster's. UIDs are assigned under a row lock on
 //! the mailbox, so two nodes never give one UID twice.
 
-use super::{NOW_MS, pg_error};
+use super::pg_error;
 use crate::queue::StoreError;
 use crate::queue::inbox::{Candidate, FlagChange, Stored, new_uid_validity, rows_of};
 
@@ -262,8 +262,8 @@ pub(super) async fn set_flags(
     Ok(())
 }
 
-/// See [`crate::queue::Store::inbox_delete`]. A recipient a node is delivering (claimed,
-/// lease running) is left, as `purge_domain` leaves it.
+/// See [`crate::queue::Store::inbox_delete`]. A recipient a node is delivering goes too, as
+/// an operator's delete takes it (that node's result for it is then ignored).
 pub(super) async fn delete(
     c: &mut Client,
     key: &str,
@@ -281,10 +281,8 @@ pub(super) async fn delete(
     if drop_recipients {
         let rows = tx
             .query(
-                &format!(
-                    "SELECT id, address FROM recipients WHERE message_id = ANY($1) AND status = 0
-                     AND (claimed_by IS NULL OR lease_until < {NOW_MS}) FOR UPDATE"
-                ),
+                "SELECT id, address FROM recipients WHERE message_id = ANY($1) AND status = 0
+                 FOR UPDATE",
                 &[&ids],
             )
             .await
