@@ -19,6 +19,7 @@ pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod net;
+pub mod notice;
 pub mod policy;
 pub mod queue;
 pub mod registry;

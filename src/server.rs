@@ -292,6 +292,7 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
             registry: registry.clone(),
             dns: dns.clone(),
             driller,
+            inbox_code_validity: config.inbox.code_validity,
         });
         tokio::spawn(admin::serve(l, admin, shutdown.clone()));
     }
@@ -382,7 +383,7 @@ impl Core {
                     .domains
                     .iter()
                     .filter(|d| d.inbox)
-                    .map(|d| d.name.clone()),
+                    .map(|d| (d.name.clone(), d.inbox_delete)),
             );
         }
         let (scope, shutdown) = self.shutdown.child();

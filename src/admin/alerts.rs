@@ -10,7 +10,7 @@
 use crate::config::AlertsConfig;
 use crate::dns::Dns;
 use crate::events::{self, Event, Kind};
-use crate::queue::{NewMessage, NewRecipient, Store, new_queue_id, now_ms};
+use crate::queue::{Store, now_ms};
 use crate::scheduler::Scheduler;
 use crate::shutdown::Shutdown;
 use serde_json::json;
@@ -307,41 +307,16 @@ impl Alerter {
 
     /// Queues the alert as a mail (null sender, so nothing ever bounces back to mx2).
     async fn mail(&self, to: &str, alert: &serde_json::Value) {
-        let domain = to
-            .rsplit_once('@')
-            .map(|(_, d)| d.to_ascii_lowercase())
-            .unwrap_or_default();
-        let id = new_queue_id();
         let text = alert["text"].as_str().unwrap_or("");
-        let date = crate::date::rfc5322_date(std::time::SystemTime::now());
-        let body = format!(
-            "From: mx2 on {h} <postmaster@{h}>\r\nTo: <{to}>\r\nSubject: [mx2] {text}\r\nDate: {date}\r\nMessage-ID: <{id}.alert@{h}>\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n\r\n{json}\r\n",
-            h = self.hostname,
-            json = serde_json::to_string_pretty(alert)
-                .unwrap_or_default()
-                .replace('\n', "\r\n"),
-        );
-        let msg = NewMessage {
-            id: id.clone(),
-            received_at_ms: now_ms(),
-            sender: String::new(),
-            mail_params: String::new(),
-            client: "127.0.0.1".into(),
-            helo: self.hostname.clone(),
-            recipients: vec![NewRecipient {
-                address: to.to_string(),
-                domain,
-                params: String::new(),
-            }],
-            body: body.into_bytes(),
-            authenticated: None,
-            held: false,
+        let json = serde_json::to_string_pretty(alert).unwrap_or_default();
+        let notice = crate::notice::Notice {
+            to,
+            subject: &format!("[mx2] {text}"),
+            text: &format!("{text}\n\n{json}"),
+            kind: "alert",
         };
-        match self.store.insert(msg).await {
-            Ok(()) => {
-                info!(queue_id = %id, to = %to, "alert mail queued");
-                self.scheduler.wake();
-            }
+        match crate::notice::queue(&*self.store, &self.scheduler, &self.hostname, notice).await {
+            Ok(id) => info!(queue_id = %id, to = %to, "alert mail queued"),
             Err(e) => error!(error = %e, "cannot queue the alert mail"),
         }
     }

@@ -79,6 +79,8 @@ pub struct Admin {
     pub dns: Arc<crate::dns::Dns>,
     /// Fire drills (`/api/v1/drills`).
     pub driller: Arc<crate::drill::Driller>,
+    /// How long a one-time inbox login code works (`[inbox] code_validity`).
+    pub inbox_code_validity: std::time::Duration,
 }
 
 /// One primary (route) with what the queue holds for it.

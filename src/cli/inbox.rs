@@ -1,7 +1,8 @@
 //! `mx2 inbox passwd ADDRESS`: gives a user of the emergency inbox a password (asked twice
 //! on the terminal without echo, or one line from standard input with `--password-stdin`),
 //! hashed here with argon2id and stored through the admin API, so the password itself
-//! never leaves this process; `--delete` removes it.
+//! never leaves this process; `--delete` removes it. `mx2 inbox invite ADDRESS --to ALT`
+//! has the server mail a one-time login code to an alternate address.
 
 use super::api::{Target, encode};
 use super::queue::fail;
@@ -27,19 +28,60 @@ pub enum InboxCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Mail ADDRESS's user a one-time login code (good for one login within
+    /// `[inbox] code_validity`, 15 minutes by default) at an alternate address.
+    Invite {
+        address: String,
+        /// The alternate address the code is mailed to (not in ADDRESS's domain).
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        target: Target,
+        /// Print the API's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The most a password may be (bytes).
 const MAX_PASSWORD: usize = 1024;
 
 pub fn run(cmd: InboxCmd) -> ExitCode {
-    let InboxCmd::Passwd {
-        address,
-        password_stdin,
-        delete,
-        target,
-        json,
-    } = cmd;
+    match cmd {
+        InboxCmd::Passwd {
+            address,
+            password_stdin,
+            delete,
+            target,
+            json,
+        } => passwd(address, password_stdin, delete, target, json),
+        InboxCmd::Invite {
+            address,
+            to,
+            target,
+            json,
+        } => {
+            let path = format!("/api/v1/inbox/users/{}/invite", encode(&address));
+            let body = serde_json::json!({ "to": to });
+            super::tenant::call(&target, "POST", &path, Some(body), json, |v| {
+                println!(
+                    "{}: a one-time login code is queued for {} (queue id {})",
+                    super::api::text(&v["address"]),
+                    super::api::text(&v["to"]),
+                    super::api::text(&v["queue_id"]),
+                );
+            })
+        }
+    }
+}
+
+fn passwd(
+    address: String,
+    password_stdin: bool,
+    delete: bool,
+    target: Target,
+    json: bool,
+) -> ExitCode {
     let path = format!("/api/v1/inbox/users/{}", encode(&address));
     if delete {
         return super::tenant::call(&target, "DELETE", &path, None, json, |v| {

@@ -138,6 +138,7 @@ pub mod inbox {
     pub const LOCKOUT: Duration = secs(60);
     pub const MAX_CONNECTIONS: usize = 200;
     pub const IDLE_TIMEOUT: Duration = secs(1800);
+    pub const CODE_VALIDITY: Duration = secs(900);
 }
 
 /// `[alerts]`.
@@ -301,6 +302,8 @@ mod tests {
         let n = number::<usize>("[inbox] max_connections");
         assert_eq!(n, inbox::MAX_CONNECTIONS);
         assert_eq!(duration("[inbox] idle_timeout"), inbox::IDLE_TIMEOUT);
+        assert_eq!(duration("[inbox] code_validity"), inbox::CODE_VALIDITY);
         assert_eq!(number::<bool>("[[domain]] inbox"), domain::INBOX);
+        assert_eq!(readme("[[domain]] inbox_delete"), "keep_delivering");
     }
 }

@@ -32,6 +32,8 @@ pub struct DomainConfig {
     pub drill: DrillConfig,
     /// Its users may read the mail held for them in the emergency inbox.
     pub inbox: bool,
+    /// What a user's delete in the inbox does.
+    pub inbox_delete: crate::queue::inbox::DeletePolicy,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -120,6 +122,7 @@ pub(super) struct RawDomain {
     pub(super) subaddress_separator: Option<Spanned<String>>,
     standby: Option<bool>,
     inbox: Option<bool>,
+    inbox_delete: Option<Spanned<String>>,
     pub(super) recipient_addresses: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) max_queue_messages: Option<Spanned<u64>>,
     pub(super) max_queue_bytes: Option<Spanned<Size>>,
@@ -235,6 +238,7 @@ impl Ctx<'_> {
             limits,
             drill,
             inbox: d.inbox.unwrap_or(default::INBOX),
+            inbox_delete: self.inbox_delete(d.inbox_delete.as_ref())?,
         })
     }
 

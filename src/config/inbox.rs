@@ -1,10 +1,11 @@
 //! The `[inbox]` table: the emergency inbox's IMAP listeners (STARTTLS and implicit TLS, both
 //! off unless given, both needing the `[tls]` certificate), login failure limits and the
-//! connection cap. Which domains have an inbox is the `[[domain]] inbox` key
-//! (`domain.rs`). Parsing and validation only; `src/inbox/` uses the result.
+//! connection cap, and how long a one-time login code is good for. Which domains have an inbox is the `[[domain]] inbox` key
+//! (`domain.rs`), what a user's delete does its `inbox_delete` (parsed here). Parsing and validation only; `src/inbox/` uses the result.
 
 use super::defaults::inbox as default;
 use super::{ConfigError, Ctx, HumanDuration};
+use crate::queue::inbox::DeletePolicy;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,6 +25,8 @@ pub struct InboxConfig {
     pub max_connections: usize,
     /// How long a session may stay silent (IDLE included) before it is closed.
     pub idle_timeout: Duration,
+    /// How long a one-time login code (`mx2 inbox invite`) is good for.
+    pub code_validity: Duration,
 }
 
 impl InboxConfig {
@@ -42,6 +45,7 @@ pub(super) struct RawInbox {
     lockout: Option<Spanned<HumanDuration>>,
     max_connections: Option<Spanned<usize>>,
     idle_timeout: Option<Spanned<HumanDuration>>,
+    code_validity: Option<Spanned<HumanDuration>>,
 }
 
 impl Ctx<'_> {
@@ -72,6 +76,19 @@ impl Ctx<'_> {
             Some(v) => v.into_inner().0,
             None => default::IDLE_TIMEOUT,
         };
+        let code_validity = match raw.code_validity {
+            Some(v)
+                if v.get_ref().0 < Duration::from_secs(1)
+                    || v.get_ref().0 > Duration::from_secs(86_400) =>
+            {
+                return Err(self.at(
+                    v.span(),
+                    "must be between 1s and 1d (how long a one-time login code works)",
+                ));
+            }
+            Some(v) => v.into_inner().0,
+            None => default::CODE_VALIDITY,
+        };
         Ok(InboxConfig {
             listen,
             tls_listen,
@@ -79,7 +96,23 @@ impl Ctx<'_> {
             lockout,
             max_connections: self.positive(raw.max_connections, default::MAX_CONNECTIONS)?,
             idle_timeout,
+            code_validity,
         })
+    }
+
+    /// `[[domain]] inbox_delete`.
+    pub(super) fn inbox_delete(
+        &self,
+        v: Option<&Spanned<String>>,
+    ) -> Result<DeletePolicy, ConfigError> {
+        match v.map(|v| (v, v.get_ref().as_str())) {
+            None | Some((_, "keep_delivering")) => Ok(DeletePolicy::KeepDelivering),
+            Some((_, "do_not_deliver")) => Ok(DeletePolicy::DoNotDeliver),
+            Some((v, other)) => Err(self.at(
+                v.span(),
+                &format!("inbox_delete `{other}`: use \"keep_delivering\" or \"do_not_deliver\""),
+            )),
+        }
     }
 
     /// One listener's address: `""` or absent is off; on needs `[tls]`.
@@ -114,6 +147,7 @@ impl Ctx<'_> {
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
+    use crate::queue::inbox::DeletePolicy;
 
     fn parse(text: &str) -> Result<Config, String> {
         let dir = tempfile::tempdir().unwrap();
@@ -146,15 +180,29 @@ mod tests {
     #[test]
     fn listeners_and_limits() {
         let c = parse(
-            "[tls]\ncert = \"c\"\nkey = \"k\"\n[inbox]\nlisten = \"127.0.0.1:1143\"\ntls_listen = \"[::1]:1993\"\nmax_login_failures = 3\nlockout = \"2m\"\n",
+            "[tls]\ncert = \"c\"\nkey = \"k\"\n[inbox]\nlisten = \"127.0.0.1:1143\"\ntls_listen = \"[::1]:1993\"\nmax_login_failures = 3\nlockout = \"2m\"\ncode_validity = \"5m\"\n",
         )
         .unwrap();
         assert_eq!(c.inbox.listen, Some("127.0.0.1:1143".parse().unwrap()));
         assert_eq!(c.inbox.tls_listen, Some("[::1]:1993".parse().unwrap()));
         assert_eq!(c.inbox.max_login_failures, 3);
         assert_eq!(c.inbox.lockout.as_secs(), 120);
+        assert_eq!(c.inbox.code_validity.as_secs(), 300);
+        let e = parse("[inbox]\ncode_validity = \"2d\"\n").unwrap_err();
+        assert!(
+            e.contains("key `inbox.code_validity`: must be between 1s and 1d"),
+            "{e}"
+        );
         let c =
             parse("[[domain]]\nname = \"b.test\"\nprimary = [\"h:25\"]\ninbox = true\n").unwrap();
         assert!(c.domains[1].inbox && !c.domains[0].inbox);
+        assert_eq!(c.domains[1].inbox_delete, DeletePolicy::KeepDelivering);
+        let c = parse("[[domain]]\nname = \"b.test\"\nprimary = [\"h:25\"]\ninbox_delete = \"do_not_deliver\"\n")
+            .unwrap();
+        assert_eq!(c.domains[1].inbox_delete, DeletePolicy::DoNotDeliver);
+        let e =
+            parse("[[domain]]\nname = \"b.test\"\nprimary = [\"h:25\"]\ninbox_delete = \"drop\"\n")
+                .unwrap_err();
+        assert!(e.contains("inbox_delete `drop`: use"), "{e}");
     }
 }

@@ -3,13 +3,18 @@
 //! (IPv6: per prefix); after `max_login_failures` of either, logins from that client or for
 //! that mailbox are refused for `lockout`, doubled by each further failure (at most an hour),
 //! until a good login. The lockout is pure (time passed in) and kept in memory.
+//!
+//! Every login costs one argon2 verification, whether or not the address has a credential:
+//! without one (or with a broken one) the password is checked against a dummy hash made at
+//! start with the same parameters, so response time does not tell which addresses have
+//! credentials.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2};
 use rand_core::OsRng;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 /// The longest lockout.
@@ -31,14 +36,42 @@ pub fn is_argon2id(hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| h.algorithm == Algorithm::Argon2id.ident())
 }
 
-/// Whether `password` matches the stored argon2id `hash` (a broken hash never matches).
-pub fn verify(password: &[u8], hash: &str) -> bool {
-    match PasswordHash::new(hash) {
-        Ok(h) if h.algorithm == Algorithm::Argon2id.ident() => {
-            Argon2::default().verify_password(password, &h).is_ok()
-        }
-        _ => false,
+/// A hash of a random secret nobody knows, with the parameters [`hash_password`] uses: what
+/// a login without a credential is checked against.
+static DUMMY: LazyLock<String> = LazyLock::new(|| {
+    let mut secret = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut OsRng, &mut secret);
+    // Hashing with the default parameters fails only on a bug.
+    hash_password(&String::from_utf8_lossy(&secret)).expect("argon2id with default parameters")
+});
+
+/// The hash a login is checked against, and whether a match counts: the stored argon2id
+/// hash, or (none, or not an argon2id PHC string) the dummy, which never counts.
+fn to_check(hash: Option<&str>) -> (PasswordHash<'_>, bool) {
+    if let Some(h) = hash.and_then(|h| PasswordHash::new(h).ok())
+        && h.algorithm == Algorithm::Argon2id.ident()
+    {
+        return (h, true);
     }
+    // The dummy is made by this module with argon2id; it parses.
+    (
+        PasswordHash::new(&DUMMY).expect("the dummy hash parses"),
+        false,
+    )
+}
+
+/// Whether `password` matches the stored argon2id `hash`; always runs one argon2
+/// verification (against the dummy when `hash` is None or broken, which never matches).
+pub fn verify(password: &[u8], hash: Option<&str>) -> bool {
+    let (h, counts) = to_check(hash);
+    let matched = Argon2::default().verify_password(password, &h).is_ok();
+    matched && counts
+}
+
+/// Makes the dummy hash now (at start), so the first login without a credential does not
+/// pay for it.
+pub fn prepare() {
+    LazyLock::force(&DUMMY);
 }
 
 /// Failures of one mailbox or one client.
@@ -152,12 +185,37 @@ mod tests {
     fn hashes_verify_and_are_argon2id() {
         let h = hash_password("correct horse").unwrap();
         assert!(h.starts_with("$argon2id$") && is_argon2id(&h));
-        assert!(verify(b"correct horse", &h));
-        assert!(!verify(b"correct horsf", &h));
-        assert!(!verify(b"x", "not a hash"));
+        assert!(verify(b"correct horse", Some(&h)));
+        assert!(!verify(b"correct horsf", Some(&h)));
+        assert!(!verify(b"x", Some("not a hash")));
+        assert!(!verify(b"x", None));
         assert!(!is_argon2id(
             "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaA"
         ));
+    }
+
+    #[test]
+    fn no_credential_is_checked_against_an_equal_cost_dummy() {
+        let real = hash_password("pw").unwrap();
+        let (h, counts) = to_check(Some(&real));
+        assert!(counts && h.to_string() == real);
+        // Without a credential, or with a broken or non-argon2id one, the verification still
+        // runs, against the dummy, whose algorithm and parameters are the real ones'.
+        for hash in [
+            None,
+            Some("not a hash"),
+            Some("$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaA"),
+        ] {
+            let (d, counts) = to_check(hash);
+            assert!(!counts);
+            assert_eq!(d.algorithm, h.algorithm);
+            assert_eq!(d.params, h.params);
+            assert_eq!(d.version, h.version);
+            assert!(d.hash.is_some());
+        }
+        // The dummy's own secret is not the empty password or its hash text.
+        assert!(!verify(b"", None));
+        assert!(!verify(DUMMY.as_bytes(), None));
     }
 
     #[test]

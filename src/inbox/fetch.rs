@@ -49,6 +49,9 @@ pub fn flags(m: &Held) -> Vec<FlagFetch<'static>> {
     if m.flagged {
         f.push(FlagFetch::Flag(Flag::Flagged));
     }
+    if m.deleted {
+        f.push(FlagFetch::Flag(Flag::Deleted));
+    }
     f
 }
 
@@ -416,6 +419,7 @@ mod tests {
             size: MIXED.len() as u64,
             seen: false,
             flagged: true,
+            deleted: false,
         }
     }
 

@@ -224,6 +224,7 @@ mod tests {
             size: 100,
             seen,
             flagged: false,
+            deleted: false,
         }
     }
 

@@ -4,20 +4,24 @@
 //! around imap-next's server state machine (STARTTLS, IDLE wake-ups); `session.rs` the
 //! protocol states and commands; `mailbox.rs` a session's view of `INBOX` (sequence numbers,
 //! sets, changes, SEARCH); `fetch.rs` renders FETCH items from a stored message; `auth.rs`
-//! the argon2id hashes and the login lockout. Mail is read from the queue store
+//! the argon2id hashes and the login lockout; `codes.rs` one-time login codes; `login.rs` one
+//! login attempt (lockout, password, code), shared by IMAP and the web inbox. Mail is read from the queue store
 //! (`Store::inbox_mailbox`, `Store::body`), never copied; `\Seen` and `\Flagged` are kept
 //! per user in the store and never change what is delivered.
 
 pub mod auth;
+pub mod codes;
 pub mod driver;
 pub mod fetch;
 pub mod listener;
+pub mod login;
 pub mod mailbox;
 pub mod session;
 
 use crate::config::InboxConfig;
 use crate::queue::Store;
-use std::collections::HashSet;
+use crate::queue::inbox::DeletePolicy;
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -26,7 +30,7 @@ use tokio::sync::{Notify, watch};
 pub struct Inbox {
     pub store: Arc<dyn Store>,
     /// Domains with `inbox = true` (the configuration's and the registry's, per generation).
-    domains: RwLock<HashSet<String>>,
+    domains: RwLock<HashMap<String, DeletePolicy>>,
     pub lockout: auth::Lockout,
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub idle_timeout: Duration,
@@ -43,6 +47,7 @@ impl Inbox {
         acceptor: tokio_rustls::TlsAcceptor,
         ipv6_prefix: u8,
     ) -> Arc<Self> {
+        auth::prepare();
         Arc::new(Self {
             store,
             domains: Default::default(),
@@ -55,17 +60,24 @@ impl Inbox {
         })
     }
 
-    /// The domains whose users may log in (a new configuration generation's).
-    pub fn set_domains(&self, domains: impl IntoIterator<Item = String>) {
+    /// The domains whose users may log in, with what a delete does there (a new
+    /// configuration generation's).
+    pub fn set_domains(&self, domains: impl IntoIterator<Item = (String, DeletePolicy)>) {
         let set = domains.into_iter().collect();
         *self.domains.write().unwrap_or_else(|p| p.into_inner()) = set;
     }
 
     pub fn has_domain(&self, domain: &str) -> bool {
+        self.delete_policy(domain).is_some()
+    }
+
+    /// What a user's delete does in `domain`; None: the domain has no inbox.
+    pub fn delete_policy(&self, domain: &str) -> Option<DeletePolicy> {
         self.domains
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(domain)
+            .get(domain)
+            .copied()
     }
 
     /// New mail may have arrived.

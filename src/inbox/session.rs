@@ -1,14 +1,17 @@
 //! One IMAP session: the RFC 3501 states (not authenticated, authenticated, selected), what
 //! each command does and the responses it queues. Commands arrive parsed by imap-next
 //! through the [`Driver`]; the mailbox is read from the store (`Store::inbox_mailbox`,
-//! `Store::body`), flags written back to it; LOGIN is checked by [`super::auth`]. Read-only
-//! service: everything that would change mail answers `NO [CANNOT]`.
+//! `Store::body`), flags written back to it; LOGIN is checked by [`super::login`]. Mail is
+//! never changed: APPEND, COPY, MOVE, CREATE answer `NO [CANNOT]`; `\Deleted` is kept for
+//! the session and EXPUNGE (or CLOSE) hides those messages from the user or, with the
+//! domain's `inbox_delete = "do_not_deliver"`, drops the user's recipient from the queue.
 
 use super::driver::{Closed, Driver, Input};
+use super::login::{Refused, Via};
 use super::mailbox::{self, View};
 use super::{Inbox, fetch};
 use crate::events::{self, Kind};
-use crate::queue::inbox::{FlagChange, mailbox_key};
+use crate::queue::inbox::{DeletePolicy, FlagChange, mailbox_key};
 use crate::tls::Stream;
 use imap_next::imap_types::ToStatic;
 use imap_next::imap_types::auth::{AuthMechanism, AuthenticateData};
@@ -26,7 +29,6 @@ use imap_next::server::Event;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Instant;
 use tracing::{debug, info, warn};
 
 enum State {
@@ -277,11 +279,18 @@ impl Session {
             _ if !matches!(self.state, State::Selected { .. }) => {
                 status_bad(tag, "select INBOX first")
             }
-            CommandBody::Copy { .. }
-            | CommandBody::Move { .. }
-            | CommandBody::Expunge
-            | CommandBody::ExpungeUid { .. } => cannot(tag),
-            CommandBody::Close | CommandBody::Unselect => {
+            CommandBody::Copy { .. } | CommandBody::Move { .. } => cannot(tag),
+            CommandBody::Expunge => self.expunge(drv, tag, None).await?,
+            CommandBody::ExpungeUid { sequence_set } => {
+                self.expunge(drv, tag, Some(&sequence_set)).await?
+            }
+            body @ (CommandBody::Close | CommandBody::Unselect) => {
+                // CLOSE removes what is marked \Deleted, without telling (RFC 3501 6.4.2).
+                if matches!(body, CommandBody::Close)
+                    && let Err(e) = self.delete_marked(None).await
+                {
+                    warn!(error = %e, "inbox CLOSE: the deletes failed");
+                }
                 if let State::Selected { key, .. } = &self.state {
                     self.state = State::Authenticated { key: key.clone() };
                 }
@@ -368,39 +377,30 @@ impl Session {
         let Some(key) = mailbox_key(user) else {
             return failed(tag);
         };
-        let now = Instant::now();
-        if let Err(l) = self.inbox.lockout.check(&key, self.client_key, now) {
-            self.record_login(&key, false, &format!("locked out for {} s", l.for_secs));
-            return status_no(
-                tag,
-                code("AUTHENTICATIONFAILED"),
-                &format!("too many failed logins: try again in {} s", l.for_secs),
-            );
+        match self.inbox.login(&key, self.client_key, password).await {
+            Ok(via) => {
+                let how = match via {
+                    Via::Password => "",
+                    Via::Code => "one-time code",
+                };
+                self.record_login(&key, true, how);
+                self.state = State::Authenticated { key };
+                let caps = Code::Capability(capabilities(true, true));
+                status_ok(tag, Some(caps), "logged in")
+            }
+            Err(r @ Refused::Locked(secs)) => {
+                self.record_login(&key, false, &r.detail());
+                status_no(
+                    tag,
+                    code("AUTHENTICATIONFAILED"),
+                    &format!("too many failed logins: try again in {secs} s"),
+                )
+            }
+            Err(r) => {
+                self.record_login(&key, false, &r.detail());
+                failed(tag)
+            }
         }
-        let hash = if self.inbox.has_domain(crate::queue::inbox::key_domain(&key)) {
-            self.inbox.store.inbox_credential(&key).await.ok().flatten()
-        } else {
-            None
-        };
-        let good = match hash {
-            Some(h) => tokio::task::spawn_blocking(move || super::auth::verify(&password, &h))
-                .await
-                .unwrap_or(false),
-            None => false,
-        };
-        if good {
-            self.inbox.lockout.succeeded(&key, self.client_key);
-            self.record_login(&key, true, "");
-            self.state = State::Authenticated { key };
-            let caps = Code::Capability(capabilities(true, true));
-            return status_ok(tag, Some(caps), "logged in");
-        }
-        let detail = match self.inbox.lockout.failed(&key, self.client_key, now) {
-            Some(l) => format!("wrong password; locked out for {} s", l.for_secs),
-            None => "wrong password".into(),
-        };
-        self.record_login(&key, false, &detail);
-        failed(tag)
     }
 
     fn record_login(&self, key: &str, ok: bool, detail: &str) {
@@ -443,10 +443,14 @@ impl Session {
             Err(e) => return Ok(status_no(tag, code("UNAVAILABLE"), &e.to_string())),
         };
         let s = drv.server();
-        s.enqueue_data(Data::Flags(vec![Flag::Seen, Flag::Flagged]));
+        s.enqueue_data(Data::Flags(vec![Flag::Seen, Flag::Flagged, Flag::Deleted]));
         s.enqueue_data(Data::Exists(view.exists()));
         s.enqueue_data(Data::Recent(0));
-        let perm = vec![FlagPerm::Flag(Flag::Seen), FlagPerm::Flag(Flag::Flagged)];
+        let perm = vec![
+            FlagPerm::Flag(Flag::Seen),
+            FlagPerm::Flag(Flag::Flagged),
+            FlagPerm::Flag(Flag::Deleted),
+        ];
         let untagged =
             |c: Code<'static>| Status::ok(None, Some(c), "-").unwrap_or_else(|_| unreachable!());
         s.enqueue_status(untagged(Code::UidValidity(nz(view.uid_validity))));
@@ -728,12 +732,14 @@ impl Session {
             seen: set_to(has(&Flag::Seen)),
             flagged: set_to(has(&Flag::Flagged)),
         };
+        let deleted = set_to(has(&Flag::Deleted));
         let chosen: Vec<u32> = view.select(set, uid).iter().map(|(_, m)| m.uid).collect();
-        if let Err(e) = self
-            .inbox
-            .store
-            .inbox_set_flags(key, chosen.clone(), change)
-            .await
+        if (change.seen.is_some() || change.flagged.is_some())
+            && let Err(e) = self
+                .inbox
+                .store
+                .inbox_set_flags(key, chosen.clone(), change)
+                .await
         {
             return Ok(status_no(tag, code("UNAVAILABLE"), &e.to_string()));
         }
@@ -743,6 +749,7 @@ impl Session {
             }
             m.seen = change.seen.unwrap_or(m.seen);
             m.flagged = change.flagged.unwrap_or(m.flagged);
+            m.deleted = deleted.unwrap_or(m.deleted);
             if response == StoreResponse::Answer {
                 let mut items = vec![MessageDataItem::Flags(fetch::flags(m))];
                 if uid {
@@ -757,6 +764,68 @@ impl Session {
             }
         }
         Ok(status_ok(tag, None, "STORE done"))
+    }
+
+    /// EXPUNGE (and UID EXPUNGE with `uids`): the messages marked `\Deleted` leave this
+    /// user's inbox; what else happens is the domain's `inbox_delete`.
+    async fn expunge(
+        &mut self,
+        drv: &mut Driver<Stream>,
+        tag: Tag<'static>,
+        uids: Option<&imap_next::imap_types::sequence::SequenceSet>,
+    ) -> Result<Status<'static>, Closed> {
+        if let State::Selected {
+            read_only: true, ..
+        } = self.state
+        {
+            return Ok(status_no(
+                tag,
+                None,
+                "INBOX was opened with EXAMINE (read-only)",
+            ));
+        }
+        if let Err(e) = self.delete_marked(uids).await {
+            return Ok(status_no(tag, code("UNAVAILABLE"), &e.to_string()));
+        }
+        self.refresh(drv).await?;
+        Ok(status_ok(tag, None, "EXPUNGE done"))
+    }
+
+    /// Deletes the selected mailbox's messages marked `\Deleted` (within `uids` if given)
+    /// as the domain's `inbox_delete` says; nothing when EXAMINEd.
+    async fn delete_marked(
+        &mut self,
+        uids: Option<&imap_next::imap_types::sequence::SequenceSet>,
+    ) -> Result<(), crate::queue::StoreError> {
+        let State::Selected {
+            key,
+            view,
+            read_only: false,
+        } = &self.state
+        else {
+            return Ok(());
+        };
+        let largest = view.messages.last().map_or(0, |m| m.uid);
+        let ids: Vec<String> = view
+            .messages
+            .iter()
+            .filter(|m| m.deleted && uids.is_none_or(|s| mailbox::contains(s, m.uid, largest)))
+            .map(|m| m.queue_id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let policy = self
+            .inbox
+            .delete_policy(crate::queue::inbox::key_domain(key))
+            .unwrap_or_default();
+        let drop = policy == DeletePolicy::DoNotDeliver;
+        self.inbox
+            .store
+            .inbox_delete(key, ids.clone(), drop)
+            .await?;
+        info!(address = %key, client = %self.client, messages = ?ids, not_delivered = drop, "inbox delete");
+        Ok(())
     }
 
     async fn search(

@@ -434,6 +434,26 @@ impl Store for Embedded {
         self.send(|r| Op::InboxCredential(key, hash, r))
     }
 
+    fn inbox_add_code(&self, key: &str, hash: String, expires_at_ms: i64) -> StoreFuture<'_, ()> {
+        let key = key.to_string();
+        self.send(|r| Op::InboxAddCode(key, hash, expires_at_ms, r))
+    }
+
+    fn inbox_use_code(&self, key: &str, hash: String, now_ms: i64) -> StoreFuture<'_, bool> {
+        let key = key.to_string();
+        self.send(|r| Op::InboxUseCode(key, hash, now_ms, r))
+    }
+
+    fn inbox_delete(
+        &self,
+        key: &str,
+        ids: Vec<String>,
+        drop_recipients: bool,
+    ) -> StoreFuture<'_, ()> {
+        let key = key.to_string();
+        self.send(|r| Op::InboxDelete(key, ids, drop_recipients, r))
+    }
+
     fn inbox_candidates(&self, domain: &str) -> StoreFuture<'_, Vec<Candidate>> {
         let domain = domain.to_string();
         self.report(move |c| inbox::candidates(c, &domain).map_err(backend))

@@ -14,6 +14,9 @@ pub struct Held {
     pub size: u64,
     pub seen: bool,
     pub flagged: bool,
+    /// `\Deleted`, as the session set it (never stored: EXPUNGE acts on it, and a session
+    /// that ends without one forgets it).
+    pub deleted: bool,
 }
 
 /// An address's mailbox: the mail the queue holds for it, in UID order.
@@ -44,13 +47,15 @@ pub struct Candidate {
 
 /// The mailbox an address reads: domain lower-cased (no trailing dot), local part
 /// lower-cased, a `+tag` dropped (`Jo+News@Example.COM` → `jo@example.com`). None for
-/// something that is not `local@domain`. Every address that maps to the same key is one
+/// something that is not `local@domain` or holds spaces, control characters, `<`, `>` or
+/// `"` (so a key is safe in a mail header). Every address that maps to the same key is one
 /// mailbox; any other never sees its mail.
 pub fn mailbox_key(address: &str) -> Option<String> {
     let address = address.trim().trim_start_matches('<').trim_end_matches('>');
     let (local, domain) = address.rsplit_once('@')?;
     let domain = super::domain_key(domain);
-    if local.is_empty() || domain.is_empty() || local.contains(char::is_whitespace) {
+    let odd = |c: char| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"');
+    if local.is_empty() || domain.is_empty() || local.contains(odd) || domain.contains(odd) {
         return None;
     }
     let local = match local.split_once('+') {
@@ -67,6 +72,28 @@ pub struct Stored {
     pub uid_validity: u32,
     pub uid_next: u32,
     pub uids: std::collections::HashMap<String, (u32, bool, bool)>,
+    /// Queue ids the user deleted (`inbox_delete = "keep_delivering"`): still queued, no
+    /// longer shown.
+    pub hidden: std::collections::HashSet<String>,
+}
+
+/// What a user's delete in the inbox does, per domain (`[[domain]] inbox_delete`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeletePolicy {
+    /// The message leaves this user's inbox only; it is still delivered.
+    #[default]
+    KeepDelivering,
+    /// The user's recipient is dropped from the queue (as an operator's delete of it
+    /// would): never delivered to them.
+    DoNotDeliver,
+}
+
+/// Which of a message's pending recipients (`(row id, address)`) are `key`'s mailbox.
+pub(crate) fn rows_of(key: &str, rows: Vec<(i64, String)>) -> Vec<i64> {
+    rows.into_iter()
+        .filter(|(_, a)| mailbox_key(a).as_deref() == Some(key))
+        .map(|(id, _)| id)
+        .collect()
 }
 
 /// The queue ids of `candidates` without a UID yet.
@@ -83,6 +110,7 @@ pub(crate) fn unassigned(candidates: &[Candidate], stored: Option<&Stored>) -> V
 pub(crate) fn view(candidates: Vec<Candidate>, stored: Stored) -> Mailbox {
     let mut messages: Vec<Held> = candidates
         .into_iter()
+        .filter(|c| !stored.hidden.contains(&c.queue_id))
         .filter_map(|c| {
             let &(uid, seen, flagged) = stored.uids.get(&c.queue_id)?;
             Some(Held {
@@ -92,6 +120,7 @@ pub(crate) fn view(candidates: Vec<Candidate>, stored: Stored) -> Mailbox {
                 size: c.size,
                 seen,
                 flagged,
+                deleted: false,
             })
         })
         .collect();
@@ -139,6 +168,8 @@ mod tests {
         assert!(mailbox_key("nobody").is_none());
         assert!(mailbox_key("@x.test").is_none());
         assert!(mailbox_key("a b@x.test").is_none());
+        assert!(mailbox_key("a@x.test\r\nBcc: e@vil.test").is_none());
+        assert!(mailbox_key("a\"b@x.test").is_none());
         assert_ne!(mailbox_key("jo2@x.test"), mailbox_key("jo@x.test"));
     }
 

@@ -308,6 +308,23 @@ pub trait Store: Send + Sync + 'static {
     fn inbox_credential(&self, key: &str) -> StoreFuture<'_, Option<String>>;
     /// Stores (`Some`) or removes (`None`) a mailbox's credential; true when one was there.
     fn inbox_set_credential(&self, key: &str, hash: Option<String>) -> StoreFuture<'_, bool>;
+    /// Keeps the hash of a one-time login code for a mailbox until `expires_at_ms`; drops
+    /// every expired code. Durable.
+    fn inbox_add_code(&self, key: &str, hash: String, expires_at_ms: i64) -> StoreFuture<'_, ()>;
+    /// Uses a one-time login code: true when `hash` is a code of the mailbox that has not
+    /// expired at `now_ms`; it is gone then (each code works once, also across nodes).
+    fn inbox_use_code(&self, key: &str, hash: String, now_ms: i64) -> StoreFuture<'_, bool>;
+    /// A user deleted these messages in the inbox: they no longer show in `key`'s mailbox;
+    /// with `drop_recipients`, the pending recipients whose address is `key`'s mailbox are
+    /// dropped too, claimed ones included (as an operator's delete drops them: a delivery in
+    /// flight may still complete), and a message left with none pending leaves the queue.
+    /// Durable.
+    fn inbox_delete(
+        &self,
+        key: &str,
+        ids: Vec<String>,
+        drop_recipients: bool,
+    ) -> StoreFuture<'_, ()>;
     /// Every message with a pending recipient in `domain` (addresses as received).
     #[doc(hidden)]
     fn inbox_candidates(&self, domain: &str) -> StoreFuture<'_, Vec<inbox::Candidate>>;

@@ -624,6 +624,31 @@ impl Store for Postgres {
         })
     }
 
+    fn inbox_add_code(&self, key: &str, hash: String, expires_at_ms: i64) -> StoreFuture<'_, ()> {
+        let key = key.to_string();
+        let now = super::now_ms();
+        self.run(move |_, c| {
+            Box::pin(async move { inbox::add_code(c, &key, &hash, expires_at_ms, now).await })
+        })
+    }
+
+    fn inbox_use_code(&self, key: &str, hash: String, now_ms: i64) -> StoreFuture<'_, bool> {
+        let key = key.to_string();
+        self.run(move |_, c| Box::pin(async move { inbox::use_code(c, &key, &hash, now_ms).await }))
+    }
+
+    fn inbox_delete(
+        &self,
+        key: &str,
+        ids: Vec<String>,
+        drop_recipients: bool,
+    ) -> StoreFuture<'_, ()> {
+        let key = key.to_string();
+        self.run(move |_, c| {
+            Box::pin(async move { inbox::delete(c, &key, &ids, drop_recipients).await })
+        })
+    }
+
     fn inbox_candidates(&self, domain: &str) -> StoreFuture<'_, Vec<Candidate>> {
         let domain = domain.to_string();
         self.run(move |_, c| Box::pin(async move { inbox::candidates(c, &domain).await }))

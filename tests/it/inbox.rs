@@ -29,13 +29,24 @@ struct Inbox {
 /// mx2 with the inbox on for example.test (whose primary is on `primary_port`), on the
 /// embedded store or the one `storage` names.
 fn start(primary_port: u16, storage: &str, max_failures: u32) -> Inbox {
+    start_with(primary_port, storage, max_failures, "", "")
+}
+
+/// The same with more `[inbox]` keys and more tables after the domains.
+fn start_with(
+    primary_port: u16,
+    storage: &str,
+    max_failures: u32,
+    inbox_keys: &str,
+    more: &str,
+) -> Inbox {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let leaf = pki.leaf(dir.path(), "mx2", &["mx2.test", "127.0.0.1"]);
     let ca = pki.write_ca(dir.path());
     let (imap, imaps) = (free_port(), free_port());
     let tail = format!(
-        "{storage}[tls]\ncert = \"{}\"\nkey = \"{}\"\n[inbox]\nlisten = \"127.0.0.1:{imap}\"\ntls_listen = \"127.0.0.1:{imaps}\"\nmax_login_failures = {max_failures}\nlockout = \"1m\"\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\ninbox = true\n[[domain]]\nname = \"other.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\n",
+        "{storage}[tls]\ncert = \"{}\"\nkey = \"{}\"\n[inbox]\nlisten = \"127.0.0.1:{imap}\"\ntls_listen = \"127.0.0.1:{imaps}\"\nmax_login_failures = {max_failures}\nlockout = \"1m\"\n{inbox_keys}[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\ninbox = true\n[[domain]]\nname = \"other.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\n{more}",
         leaf.cert.display(),
         leaf.key.display()
     );
@@ -321,6 +332,180 @@ fn imap_on_postgres() {
     scenario(&format!(
         "[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n"
     ));
+}
+
+/// `mx2 inbox invite`: the code is mailed (through the queue) to the alternate address's
+/// server, works once as the IMAP password, and not after `code_validity`.
+#[test]
+fn one_time_codes() {
+    let alt_port = free_port();
+    let alt = Primary::start(alt_port);
+    let ib = start_with(
+        free_port(),
+        "",
+        5,
+        "code_validity = \"10s\"\n",
+        &format!("[[domain]]\nname = \"alt.test\"\nprimary = [\"127.0.0.1:{alt_port}\"]\n"),
+    );
+    let invite = |to: &str| -> (bool, serde_json::Value, String) {
+        let out = Command::new(mx2_binary())
+            .args([
+                "inbox",
+                "invite",
+                "Jo@example.test",
+                "--to",
+                to,
+                "--json",
+                "--config",
+            ])
+            .arg(&ib.mx2.config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let v = serde_json::from_str(text.trim()).unwrap_or(serde_json::Value::Null);
+        (out.status.success(), v, format!("{text}{err}"))
+    };
+    let (ok, _, text) = invite("jo2@example.test");
+    assert!(
+        !ok && text.contains("elsewhere"),
+        "not in the held domain: {text}"
+    );
+
+    let (ok, answer, text) = invite("jo.private@alt.test");
+    assert!(ok, "{text}");
+    assert_eq!(answer["address"], "jo@example.test", "{answer}");
+    // The code is the line of the mail shaped `xxxxx-xxxxx-xxxxx-xxxxx`.
+    let code_in = |m: &Received| {
+        let mail = String::from_utf8_lossy(&m.body).into_owned();
+        mail.lines()
+            .map(str::trim)
+            .find(|l| l.len() == 23 && l.matches('-').count() == 3)
+            .unwrap_or_else(|| panic!("no code in the mail:\n{mail}"))
+            .to_string()
+    };
+    let got = alt.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got[0].mail_from, "", "null sender: {:?}", got[0].mail_from);
+    assert_eq!(got[0].rcpts, ["jo.private@alt.test"]);
+    let code = code_in(&got[0]);
+    assert!(!text.contains(&code), "the code is only in the mail");
+
+    ib.send("jo@example.test", "Held");
+    let first = ib.py("login", ib.imaps, "jo@example.test", &code);
+    assert_eq!(
+        (first["result"].as_str(), first["exists"].as_u64()),
+        (Some("OK"), Some(1)),
+        "the code logs in: {first}"
+    );
+    let again = ib.py("login", ib.imaps, "jo@example.test", &code);
+    assert_eq!(again["result"], "NO", "a code works once: {again}");
+    let (_, events) = crate::common::http::http(
+        "GET",
+        &format!("{}/api/v1/events", ib.mx2.admin_url()),
+        None,
+        None,
+    );
+    assert!(events.contains("one-time code"), "{events}");
+
+    // A second code, not used within its validity, is refused after it.
+    let (ok, answer, text) = invite("jo.private@alt.test");
+    assert!(ok, "{text}");
+    let got = alt.wait_for(2, Duration::from_secs(20));
+    let late = code_in(&got[1]);
+    assert_ne!(late, code);
+    let expires = answer["expires_at_ms"].as_u64().unwrap();
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        if now > expires + 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(expires + 250 - now));
+    }
+    let expired = ib.py("login", ib.imaps, "jo@example.test", &late);
+    assert_eq!(
+        expired["result"], "NO",
+        "an expired code is refused: {expired}"
+    );
+}
+
+/// A user's delete (STORE +FLAGS \Deleted, EXPUNGE): with the default `keep_delivering` it
+/// only leaves the inbox and the message is still delivered; with `do_not_deliver` the
+/// user's recipient is dropped (another recipient of the same message is still delivered).
+#[test]
+fn deletes_follow_inbox_delete() {
+    let primary_port = free_port();
+    let ib = start_with(
+        primary_port,
+        "",
+        5,
+        "",
+        &format!(
+            "[[domain]]\nname = \"drop.test\"\nprimary = [\"127.0.0.1:{primary_port}\"]\ninbox = true\ninbox_delete = \"do_not_deliver\"\n"
+        ),
+    );
+    ib.passwd("jo@example.test", "jo-secret");
+    ib.passwd("jo@drop.test", "jo-secret");
+    ib.send("jo@example.test", "KeptForDelivery");
+    ib.send("jo@drop.test", "NotDelivered");
+    let content: &[u8] = b"From: s@sender.test\r\nTo: jo@drop.test, al@drop.test\r\nSubject: Shared\r\nMessage-ID: <shared@sender.test>\r\n\r\nfor both\r\n";
+    let mut c = ib.mx2.client();
+    c.cmd("EHLO client.test");
+    let r = c.send_mail(
+        "s@sender.test",
+        &["Jo+x@drop.test", "al@drop.test"],
+        content,
+    );
+    assert!(r.starts_with("250"), "{r}");
+
+    for (user, n) in [("jo@example.test", 1), ("jo@drop.test", 2)] {
+        let d = ib.py("delete", ib.imaps, user, "jo-secret");
+        assert_eq!(d["before"], n, "{user}: {d}");
+        assert_eq!(
+            (d["store"].as_str(), d["expunge"].as_str()),
+            (Some("OK"), Some("OK")),
+            "{d}"
+        );
+        assert!(d["flags"].to_string().contains("\\\\Deleted"), "{d}");
+        assert_eq!(d["expunged"].as_array().unwrap().len(), n as usize, "{d}");
+        assert_eq!(d["after"], 0, "{user}: deleted from the inbox: {d}");
+    }
+
+    let primary = Primary::start(primary_port);
+    // Two deliveries are due; anything more would arrive while settling.
+    let got = primary.wait_and_settle(2, Duration::from_secs(20), Duration::from_secs(2));
+    let delivered: Vec<(String, String)> = got
+        .iter()
+        .map(|m| {
+            let text = String::from_utf8_lossy(&m.body).into_owned();
+            let subject = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: "))
+                .unwrap_or("")
+                .to_string();
+            (subject, m.rcpts.join(" "))
+        })
+        .collect();
+    let has = |subject: &str, rcpt: &str| {
+        delivered
+            .iter()
+            .any(|(s, r)| s == subject && r.contains(rcpt) && !r.contains("jo+x@drop.test"))
+    };
+    assert!(
+        has("KeptForDelivery", "jo@example.test"),
+        "keep_delivering: still delivered: {delivered:?}"
+    );
+    assert!(
+        has("Shared", "al@drop.test"),
+        "the other recipient is still delivered, jo's is not: {delivered:?}"
+    );
+    assert_eq!(
+        delivered.len(),
+        2,
+        "do_not_deliver: jo's drop.test mail is not delivered: {delivered:?}"
+    );
 }
 
 /// Wrong passwords are refused; after `max_login_failures` even the right one is, for the

@@ -52,7 +52,9 @@ async fn conformance_operator_actions() {
 async fn conformance_inbox() {
     let s = store("suite").await;
     suite::inbox_credentials(&s).await;
+    suite::inbox_codes(&s).await;
     suite::inbox_mailboxes(&s).await;
+    suite::inbox_deletes(&s).await;
 }
 
 #[tokio::test]
@@ -256,15 +258,16 @@ async fn an_older_queue_gains_the_registry() {
         db,
         "DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; \
          DROP TABLE inbox_credentials; DROP TABLE inbox_mailboxes; DROP TABLE inbox_uids; \
-         UPDATE mx2_schema SET version = 2",
+         DROP TABLE inbox_codes; DROP TABLE inbox_hidden; UPDATE mx2_schema SET version = 2",
     );
     let s = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "5");
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "6");
     suite::registry(&s).await;
     suite::drills(&s).await;
     suite::inbox_credentials(&s).await;
+    suite::inbox_codes(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,8 +285,8 @@ async fn nodes_starting_at_once_migrate_once() {
     let db = url.rsplit('/').next().unwrap();
     assert_eq!(
         Pg::shared().sql(db, "SELECT version FROM mx2_schema"),
-        "5",
-        "step 3: the registry, step 4: drill results, step 5: the inbox"
+        "6",
+        "step 3: the registry, step 4: drill results, step 5: the inbox, step 6: inbox codes"
     );
     assert_eq!(Pg::shared().sql(db, "SELECT COUNT(*) FROM mx2_schema"), "1");
 }

@@ -2,7 +2,7 @@
 //! next UID) and the UID and flags of each (mailbox, message). Reads run on a reading
 //! connection; the changes are run by the writer inside its transaction.
 
-use crate::queue::inbox::{Candidate, FlagChange, Stored, new_uid_validity};
+use crate::queue::inbox::{Candidate, FlagChange, Stored, new_uid_validity, rows_of};
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub(super) const SCHEMA: &str = "
@@ -25,7 +25,45 @@ CREATE TABLE IF NOT EXISTS inbox_uids (
     PRIMARY KEY (address, queue_id)
 );
 CREATE INDEX IF NOT EXISTS inbox_uids_uid ON inbox_uids (address, uid);
+CREATE TABLE IF NOT EXISTS inbox_hidden (
+    address TEXT NOT NULL,
+    queue_id TEXT NOT NULL,
+    PRIMARY KEY (address, queue_id)
+);
+CREATE TABLE IF NOT EXISTS inbox_codes (
+    hash TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
 ";
+
+pub(super) fn add_code(
+    c: &Connection,
+    key: &str,
+    hash: &str,
+    expires_at_ms: i64,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    c.execute("DELETE FROM inbox_codes WHERE expires_at <= ?1", [now_ms])?;
+    c.execute(
+        "INSERT OR REPLACE INTO inbox_codes (hash, address, expires_at) VALUES (?1, ?2, ?3)",
+        params![hash, key, expires_at_ms],
+    )?;
+    Ok(())
+}
+
+pub(super) fn use_code(
+    c: &Connection,
+    key: &str,
+    hash: &str,
+    now_ms: i64,
+) -> rusqlite::Result<bool> {
+    let gone = c.execute(
+        "DELETE FROM inbox_codes WHERE hash = ?1 AND address = ?2 AND expires_at > ?3",
+        params![hash, key, now_ms],
+    )?;
+    Ok(gone > 0)
+}
 
 pub(super) fn credential(c: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
     c.prepare_cached("SELECT hash FROM inbox_credentials WHERE address = ?1")?
@@ -89,10 +127,15 @@ pub(super) fn stored(c: &Connection, key: &str) -> rusqlite::Result<Option<Store
             ))
         })?
         .collect::<rusqlite::Result<_>>()?;
+    let hidden = c
+        .prepare_cached("SELECT queue_id FROM inbox_hidden WHERE address = ?1")?
+        .query_map([key], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(Some(Stored {
         uid_validity: validity as u32,
         uid_next: next as u32,
         uids,
+        hidden,
     }))
 }
 
@@ -109,6 +152,11 @@ pub(super) fn assign(
     c.execute(
         "DELETE FROM inbox_uids WHERE address = ?1
          AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = inbox_uids.queue_id)",
+        [key],
+    )?;
+    c.execute(
+        "DELETE FROM inbox_hidden WHERE address = ?1
+         AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = inbox_hidden.queue_id)",
         [key],
     )?;
     for id in ids {
@@ -145,6 +193,34 @@ pub(super) fn set_flags(
             change.seen.map(i64::from),
             change.flagged.map(i64::from)
         ])?;
+    }
+    Ok(())
+}
+
+/// See [`crate::queue::Store::inbox_delete`].
+pub(super) fn delete(
+    c: &Connection,
+    key: &str,
+    ids: &[String],
+    drop_recipients: bool,
+) -> rusqlite::Result<()> {
+    for id in ids {
+        c.prepare_cached("INSERT OR IGNORE INTO inbox_hidden (address, queue_id) VALUES (?1, ?2)")?
+            .execute(params![key, id])?;
+        if !drop_recipients {
+            continue;
+        }
+        let rows = c
+            .prepare_cached(
+                "SELECT id, address FROM recipients WHERE message_id = ?1 AND status = 0",
+            )?
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for row in rows_of(key, rows) {
+            c.prepare_cached("DELETE FROM recipients WHERE id = ?1")?
+                .execute([row])?;
+        }
+        super::ops::remove_if_done(c, id)?;
     }
     Ok(())
 }

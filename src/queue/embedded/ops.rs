@@ -125,7 +125,7 @@ pub(super) fn record(
 }
 
 /// Removes a message none of whose recipients is pending any more; true when it did.
-fn remove_if_done(c: &Connection, id: &str) -> rusqlite::Result<bool> {
+pub(super) fn remove_if_done(c: &Connection, id: &str) -> rusqlite::Result<bool> {
     let pending: i64 = c
         .prepare_cached(PENDING_OF_MESSAGE)?
         .query_row(params![id, Status::Pending as i64], |r| r.get(0))?;

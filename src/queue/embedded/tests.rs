@@ -158,7 +158,9 @@ async fn conformance_inbox() {
     let dir = tempfile::tempdir().unwrap();
     let s = Embedded::open(dir.path()).unwrap();
     suite::inbox_credentials(&s).await;
+    suite::inbox_codes(&s).await;
     suite::inbox_mailboxes(&s).await;
+    suite::inbox_deletes(&s).await;
 }
 
 #[tokio::test]

@@ -43,6 +43,9 @@ pub(super) enum Op {
     PurgeDomain(String, Answer<u64>),
     InboxCredential(String, Option<String>, Answer<bool>),
     InboxAssign(String, Vec<String>, i64, Answer<()>),
+    InboxAddCode(String, String, i64, Answer<()>),
+    InboxDelete(String, Vec<String>, bool, Answer<()>),
+    InboxUseCode(String, String, i64, Answer<bool>),
     InboxFlags(String, Vec<u32>, FlagChange, Answer<()>),
 }
 
@@ -276,8 +279,11 @@ fn execute_failed(op: Op, held: &mut Held) -> Done {
         Op::Drill(_, _, r) => Done::Unit(r, Err(e())),
         Op::Registry(_, r) => Done::Registry(r, Err(e())),
         Op::PurgeDomain(_, r) => Done::Count(r, Err(e())),
-        Op::InboxCredential(_, _, r) => Done::Bool(r, Err(e())),
-        Op::InboxAssign(_, _, _, r) | Op::InboxFlags(_, _, _, r) => Done::Unit(r, Err(e())),
+        Op::InboxCredential(_, _, r) | Op::InboxUseCode(_, _, _, r) => Done::Bool(r, Err(e())),
+        Op::InboxAssign(_, _, _, r)
+        | Op::InboxFlags(_, _, _, r)
+        | Op::InboxAddCode(_, _, _, r)
+        | Op::InboxDelete(_, _, _, r) => Done::Unit(r, Err(e())),
         // Not a change to the file: it takes effect whatever the transaction does.
         Op::HoldNewMail(domains, for_ms, r) => Done::Unit(r, hold(held, domains, for_ms)),
     }
@@ -336,6 +342,16 @@ fn execute(c: &Connection, op: Op, held: &mut Held) -> Done {
         }
         Op::InboxFlags(key, uids, change, r) => {
             Done::Unit(r, inbox::set_flags(c, &key, &uids, change).map_err(backend))
+        }
+        Op::InboxAddCode(key, hash, expires, r) => Done::Unit(
+            r,
+            inbox::add_code(c, &key, &hash, expires, crate::queue::now_ms()).map_err(backend),
+        ),
+        Op::InboxDelete(key, ids, drop, r) => {
+            Done::Unit(r, inbox::delete(c, &key, &ids, drop).map_err(backend))
+        }
+        Op::InboxUseCode(key, hash, now, r) => {
+            Done::Bool(r, inbox::use_code(c, &key, &hash, now).map_err(backend))
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use super::pg_error;
 use crate::queue::StoreError;
-use crate::queue::inbox::{Candidate, FlagChange, Stored, new_uid_validity};
+use crate::queue::inbox::{Candidate, FlagChange, Stored, new_uid_validity, rows_of};
 
 type Client = deadpool_postgres::Object;
 
@@ -31,6 +31,57 @@ CREATE TABLE inbox_uids (
 );
 CREATE INDEX inbox_uids_uid ON inbox_uids (address, uid);
 ";
+
+/// Migration step 6: one-time login codes (hashes) and messages users deleted.
+pub(super) const CODES_SCHEMA: &str = "
+CREATE TABLE inbox_hidden (
+    address TEXT NOT NULL,
+    queue_id TEXT COLLATE \"C\" NOT NULL,
+    PRIMARY KEY (address, queue_id)
+);
+CREATE TABLE inbox_codes (
+    hash TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+";
+
+pub(super) async fn add_code(
+    c: &mut Client,
+    key: &str,
+    hash: &str,
+    expires_at_ms: i64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let tx = c.transaction().await.map_err(pg_error)?;
+    tx.execute("DELETE FROM inbox_codes WHERE expires_at <= $1", &[&now_ms])
+        .await
+        .map_err(pg_error)?;
+    tx.execute(
+        "INSERT INTO inbox_codes (hash, address, expires_at) VALUES ($1, $2, $3)
+         ON CONFLICT (hash) DO UPDATE SET address = excluded.address, expires_at = excluded.expires_at",
+        &[&hash, &key, &expires_at_ms],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)
+}
+
+pub(super) async fn use_code(
+    c: &Client,
+    key: &str,
+    hash: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let gone = c
+        .execute(
+            "DELETE FROM inbox_codes WHERE hash = $1 AND address = $2 AND expires_at > $3",
+            &[&hash, &key, &now_ms],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(gone > 0)
+}
 
 pub(super) async fn credential(c: &Client, key: &str) -> Result<Option<String>, StoreError> {
     let row = c
@@ -111,7 +162,18 @@ pub(super) async fn stored(c: &Client, key: &str) -> Result<Option<Stored>, Stor
         uid_validity: head.try_get::<_, i64>(0).map_err(pg_error)? as u32,
         uid_next: head.try_get::<_, i64>(1).map_err(pg_error)? as u32,
         uids: Default::default(),
+        hidden: Default::default(),
     };
+    let hidden = c
+        .query(
+            "SELECT queue_id FROM inbox_hidden WHERE address = $1",
+            &[&key],
+        )
+        .await
+        .map_err(pg_error)?;
+    for r in hidden {
+        out.hidden.insert(r.try_get(0).map_err(pg_error)?);
+    }
     for r in rows {
         out.uids.insert(
             r.try_get(0).map_err(pg_error)?,
@@ -149,6 +211,13 @@ pub(super) async fn assign(
         .map_err(pg_error)?
         .try_get(0)
         .map_err(pg_error)?;
+    tx.execute(
+        "DELETE FROM inbox_hidden h WHERE h.address = $1
+         AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = h.queue_id)",
+        &[&key],
+    )
+    .await
+    .map_err(pg_error)?;
     tx.execute(
         "DELETE FROM inbox_uids u WHERE u.address = $1
          AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = u.queue_id)",
@@ -191,4 +260,42 @@ pub(super) async fn set_flags(
     .await
     .map_err(pg_error)?;
     Ok(())
+}
+
+/// See [`crate::queue::Store::inbox_delete`]. A recipient a node is delivering goes too, as
+/// an operator's delete takes it (that node's result for it is then ignored).
+pub(super) async fn delete(
+    c: &mut Client,
+    key: &str,
+    ids: &[String],
+    drop_recipients: bool,
+) -> Result<(), StoreError> {
+    let tx = c.transaction().await.map_err(pg_error)?;
+    tx.execute(
+        "INSERT INTO inbox_hidden (address, queue_id) SELECT $1, unnest($2::text[])
+         ON CONFLICT DO NOTHING",
+        &[&key, &ids],
+    )
+    .await
+    .map_err(pg_error)?;
+    if drop_recipients {
+        let rows = tx
+            .query(
+                "SELECT id, address FROM recipients WHERE message_id = ANY($1) AND status = 0
+                 FOR UPDATE",
+                &[&ids],
+            )
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<Vec<(i64, String)>, tokio_postgres::Error>>()
+            .map_err(pg_error)?;
+        let drop = rows_of(key, rows);
+        tx.execute("DELETE FROM recipients WHERE id = ANY($1)", &[&drop])
+            .await
+            .map_err(pg_error)?;
+        super::purge::remove_done(&tx, ids).await?;
+    }
+    tx.commit().await.map_err(pg_error)
 }

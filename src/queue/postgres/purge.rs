@@ -34,7 +34,17 @@ pub(super) async fn purge_domain(
         .map_err(pg_error)?;
     ids.sort_unstable();
     ids.dedup();
-    // Body chunks and final recipients go with the message (ON DELETE CASCADE).
+    remove_done(&tx, &ids).await?;
+    tx.commit().await.map_err(pg_error)?;
+    Ok(ids.len() as u64)
+}
+
+/// Removes those of `ids` left with no pending recipient; body chunks and final recipients
+/// go with each message (ON DELETE CASCADE).
+pub(super) async fn remove_done(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ids: &[String],
+) -> Result<(), StoreError> {
     tx.execute(
         "DELETE FROM messages m WHERE m.id = ANY($1)
          AND NOT EXISTS (SELECT 1 FROM recipients x WHERE x.message_id = m.id AND x.status = 0)",
@@ -42,6 +52,5 @@ pub(super) async fn purge_domain(
     )
     .await
     .map_err(pg_error)?;
-    tx.commit().await.map_err(pg_error)?;
-    Ok(ids.len() as u64)
+    Ok(())
 }

@@ -65,6 +65,7 @@ CREATE TABLE primaries (
     super::registry::SCHEMA,
     super::drills::SCHEMA,
     super::inbox::SCHEMA,
+    super::inbox::CODES_SCHEMA,
 ];
 
 /// The schema version this mx2 writes.

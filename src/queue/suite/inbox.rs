@@ -28,6 +28,95 @@ pub async fn inbox_credentials(s: &dyn Store) {
     assert_eq!(s.inbox_credential("jo@x.test").await.unwrap(), None);
 }
 
+/// A one-time code works once, for its mailbox only, and not after it expired; adding a
+/// code drops the expired ones.
+pub async fn inbox_codes(s: &dyn Store) {
+    let now = crate::queue::now_ms();
+    s.inbox_add_code("jo@x.test", "old".into(), now - 1)
+        .await
+        .unwrap();
+    s.inbox_add_code("jo@x.test", "c1".into(), now + 60_000)
+        .await
+        .unwrap();
+    assert!(
+        !s.inbox_use_code("al@x.test", "c1".into(), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.inbox_use_code("jo@x.test", "c2".into(), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.inbox_use_code("jo@x.test", "c1".into(), now + 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.inbox_use_code("jo@x.test", "c1".into(), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.inbox_use_code("jo@x.test", "c1".into(), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.inbox_use_code("jo@x.test", "old".into(), now - 10)
+            .await
+            .unwrap()
+    );
+}
+
+/// A user's delete hides a message from their mailbox only; dropping also removes their
+/// pending recipients (any case or `+tag`), and the message once none is left, never
+/// another user's.
+pub async fn inbox_deletes(s: &dyn Store) {
+    s.insert(message(
+        "d1",
+        &[("Jo@z.test", "z.test"), ("al@z.test", "z.test")],
+    ))
+    .await
+    .unwrap();
+    s.insert(message("d2", &[("jo+t@z.test", "z.test")]))
+        .await
+        .unwrap();
+    s.insert(message("d3", &[("jo@z.test", "z.test")]))
+        .await
+        .unwrap();
+    let ids = |m: crate::queue::inbox::Mailbox| {
+        m.messages
+            .into_iter()
+            .map(|h| h.queue_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(s.inbox_mailbox("jo@z.test").await.unwrap()),
+        ["d1", "d2", "d3"]
+    );
+    s.inbox_delete("jo@z.test", vec!["d3".into()], false)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(s.inbox_mailbox("jo@z.test").await.unwrap()),
+        ["d1", "d2"]
+    );
+    let d3 = s.show("d3").await.unwrap().expect("still queued");
+    assert_eq!(d3.recipients[0].status, Status::Pending);
+
+    s.inbox_delete("jo@z.test", vec!["d1".into(), "d2".into()], true)
+        .await
+        .unwrap();
+    assert!(s.show("d2").await.unwrap().is_none(), "no recipient left");
+    let d1 = s.show("d1").await.unwrap().expect("al's recipient stays");
+    let left: Vec<_> = d1.recipients.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(left, ["al@z.test"]);
+    assert_eq!(ids(s.inbox_mailbox("al@z.test").await.unwrap()), ["d1"]);
+    assert!(ids(s.inbox_mailbox("jo@z.test").await.unwrap()).is_empty());
+}
+
 /// A mailbox holds exactly the messages pending for its address (case and `+tag` folded),
 /// with UIDs that stay, are never reused, and flags kept per mailbox.
 pub async fn inbox_mailboxes(s: &dyn Store) {

@@ -58,6 +58,23 @@ elif mode == "login":
     except imaplib.IMAP4.error as e:
         out["result"] = "NO"
         out["error"] = str(e)
+elif mode == "delete":
+    m = tls()
+    m.login(user, password)
+    typ, data = m.select("INBOX")
+    out["before"] = int(data[0])
+    typ, data = m.store("1:*", "+FLAGS", "(\\Deleted)")
+    out["store"] = typ
+    out["flags"] = [d.decode() for d in data if d]
+    typ, data = m.expunge()
+    out["expunge"] = typ
+    out["expunged"] = [d.decode() for d in data if d]
+    m.logout()
+    m = tls()
+    m.login(user, password)
+    typ, data = m.select("INBOX")
+    out["after"] = int(data[0])
+    m.logout()
 elif mode == "starttls":
     m = imaplib.IMAP4(host, port, timeout=20)
     out["caps_before"] = sorted(m.capabilities)

@@ -1,0 +1,81 @@
+//! One login attempt, the same for IMAP and the web inbox: the lockout first, then the
+//! password against the address's argon2id hash (or the dummy, `auth.rs`), then, if the
+//! password has a code's shape, a one-time code (`codes.rs`, used up by this login). A
+//! failure counts towards the lockout; a success ends it. Logging and the event log are the
+//! caller's (it knows the protocol).
+
+use super::{Inbox, auth, codes};
+use crate::queue::inbox::key_domain;
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// How a login succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Password,
+    Code,
+}
+
+/// Why a login was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Locked out for this many seconds; the password was not checked.
+    Locked(u64),
+    /// Wrong password (or no credentials); `Some`: this failure started a lockout.
+    Wrong(Option<u64>),
+}
+
+impl Refused {
+    /// For the event log and the log line.
+    pub fn detail(self) -> String {
+        match self {
+            Refused::Locked(s) => format!("locked out for {s} s"),
+            Refused::Wrong(Some(s)) => format!("wrong password; locked out for {s} s"),
+            Refused::Wrong(None) => "wrong password".into(),
+        }
+    }
+}
+
+impl Inbox {
+    /// Checks a login for mailbox `key` from `client` (its lockout key).
+    pub async fn login(
+        &self,
+        key: &str,
+        client: IpAddr,
+        password: Vec<u8>,
+    ) -> Result<Via, Refused> {
+        let now = Instant::now();
+        if let Err(l) = self.lockout.check(key, client, now) {
+            return Err(Refused::Locked(l.for_secs));
+        }
+        let enabled = self.has_domain(key_domain(key));
+        let hash = if enabled {
+            self.store.inbox_credential(key).await.ok().flatten()
+        } else {
+            None
+        };
+        let code = (enabled && codes::looks_like(&password)).then(|| codes::hash(&password));
+        // One argon2 verification whether or not there is a hash (see `auth`).
+        let good = tokio::task::spawn_blocking(move || auth::verify(&password, hash.as_deref()))
+            .await
+            .unwrap_or(false);
+        let via = if good {
+            Some(Via::Password)
+        } else if let Some(code) = code {
+            let now_ms = crate::queue::now_ms();
+            let used = self.store.inbox_use_code(key, code, now_ms).await;
+            used.unwrap_or(false).then_some(Via::Code)
+        } else {
+            None
+        };
+        match via {
+            Some(v) => {
+                self.lockout.succeeded(key, client);
+                Ok(v)
+            }
+            None => Err(Refused::Wrong(
+                self.lockout.failed(key, client, now).map(|l| l.for_secs),
+            )),
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Mail mx2 writes itself (alert mails, one-time inbox login codes): plain text from
+//! `postmaster@` the hostname with the null sender (so nothing ever bounces back to mx2),
+//! queued durably like any received mail and delivered by the scheduler.
+
+use crate::queue::{NewMessage, NewRecipient, Store, StoreError, new_queue_id, now_ms};
+use crate::scheduler::Scheduler;
+
+/// One mail to write.
+pub struct Notice<'a> {
+    pub to: &'a str,
+    pub subject: &'a str,
+    /// The body (lines end in `\n` or `\r\n`).
+    pub text: &'a str,
+    /// Names the kind in the Message-ID (`<id.KIND@host>`).
+    pub kind: &'a str,
+}
+
+/// Queues the mail (durable when it returns) and wakes the scheduler; returns its queue id.
+pub async fn queue(
+    store: &dyn Store,
+    scheduler: &Scheduler,
+    hostname: &str,
+    n: Notice<'_>,
+) -> Result<String, StoreError> {
+    let domain =
+        n.to.rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
+    let id = new_queue_id();
+    let date = crate::date::rfc5322_date(std::time::SystemTime::now());
+    let text = n.text.replace("\r\n", "\n").replace('\n', "\r\n");
+    let body = format!(
+        "From: mx2 on {h} <postmaster@{h}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nDate: {date}\r\nMessage-ID: <{id}.{kind}@{h}>\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n",
+        h = hostname,
+        to = n.to,
+        subject = n.subject,
+        kind = n.kind,
+    );
+    let msg = NewMessage {
+        id: id.clone(),
+        received_at_ms: now_ms(),
+        sender: String::new(),
+        mail_params: String::new(),
+        client: "127.0.0.1".into(),
+        helo: hostname.to_string(),
+        recipients: vec![NewRecipient {
+            address: n.to.to_string(),
+            domain,
+            params: String::new(),
+        }],
+        body: body.into_bytes(),
+        authenticated: None,
+        held: false,
+    };
+    store.insert(msg).await?;
+    scheduler.wake();
+    Ok(id)
+}
