@@ -23,6 +23,29 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::from_std(s.into())
 }
 
+/// The next connection on `listener`, or `None` once `shutdown` fires. An accept error
+/// (EMFILE and friends) is logged, naming the `listener`, and the loop pauses 100 ms rather
+/// than spin.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    shutdown: &mut crate::shutdown::Shutdown,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait() => return None,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok(x) => return Some(x),
+            Err(e) => {
+                tracing::warn!(error = %e, listener = what, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// The peer as policy sees it: an IPv4-mapped IPv6 address (from a dual-stack socket or a
 /// PROXY header) becomes the IPv4 address it stands for.
 pub fn canonical(peer: SocketAddr) -> SocketAddr {

@@ -73,20 +73,7 @@ pub async fn run(
     tasks: crate::tasks::Tracker,
     proxied: bool,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.wait() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off a little rather than spin.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = crate::net::accept(&listener, &mut shutdown, "smtp").await {
         let inbound = current.borrow().clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move { connection(stream, peer, inbound, shutdown, proxied).await });

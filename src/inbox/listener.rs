@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// Accepts until shutdown; `implicit_tls`: the TLS listener.
 pub async fn run(
@@ -23,19 +23,7 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.wait() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "inbox accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = crate::net::accept(&listener, &mut shutdown, "inbox").await {
         let peer = crate::net::canonical(peer);
         let slot = Slot::take(&open, inbox.max_connections);
         let inbox = inbox.clone();

@@ -403,6 +403,15 @@ impl Session {
         }
     }
 
+    /// A message's content when `wanted` (`Some(None)` when not), or `None` when it left the
+    /// queue meanwhile (the next NOOP reports it expunged).
+    async fn content(&self, queue_id: &str, wanted: bool) -> Option<Option<Vec<u8>>> {
+        if !wanted {
+            return Some(None);
+        }
+        self.inbox.store.body(queue_id).await.ok().map(Some)
+    }
+
     fn record_login(&self, key: &str, ok: bool, detail: &str) {
         if ok {
             info!(address = key, client = %self.client, "inbox login");
@@ -628,14 +637,8 @@ impl Session {
         let seen = fetch::marks_seen(names) && !*read_only;
         let mut newly_seen = Vec::new();
         for (seq, mut m) in wanted {
-            let raw = if content {
-                match self.inbox.store.body(&m.queue_id).await {
-                    Ok(b) => Some(b),
-                    // It left the queue meanwhile: the next NOOP reports it expunged.
-                    Err(_) => continue,
-                }
-            } else {
-                None
+            let Some(raw) = self.content(&m.queue_id, content).await else {
+                continue;
             };
             if seen && !m.seen {
                 m.seen = true;
@@ -843,13 +846,8 @@ impl Session {
         let mut found = Vec::new();
         for (i, m) in view.messages.iter().enumerate() {
             let seq = i as u32 + 1;
-            let raw = if content {
-                match self.inbox.store.body(&m.queue_id).await {
-                    Ok(b) => Some(b),
-                    Err(_) => continue,
-                }
-            } else {
-                None
+            let Some(raw) = self.content(&m.queue_id, content).await else {
+                continue;
             };
             let c = raw.as_deref().map(|r| mailbox::Content {
                 raw: r,
