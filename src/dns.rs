@@ -1,11 +1,19 @@
-//! DNS lookups mx2 needs (MX and addresses), through hickory-resolver with configurable name
-//! servers, so tests point it at a local DNS server. Answers are reduced to what routing uses.
+//! DNS lookups mx2 needs (MX, addresses, TXT, PTR, TLSA), through hickory-resolver with
+//! configurable name servers, so tests point it at a local DNS server. Answers are reduced to
+//! what routing uses. The lookups DANE depends on (MX, the MX hosts' addresses, TLSA) also come
+//! [`Proven`]: validated by hickory's own DNSSEC validator from the configured trust anchor
+//! (the IANA root keys unless `[dns] dnssec_trust_anchor` names others), so "secure" never
+//! rests on a flag a name server set.
 
+use crate::config::Dnssec;
+use crate::delivery::dane::Tlsa;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
+use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A domain's MX answer.
@@ -29,27 +37,85 @@ pub struct DnsFailure {
     pub reason: String,
 }
 
+/// An answer, and whether DNSSEC proved every record in it (RFC 4033 "secure"). Without
+/// validation (`[dns] dnssec = "off"`) nothing is secure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proven<T> {
+    pub answer: T,
+    pub secure: bool,
+}
+
 pub struct Dns {
     resolver: TokioResolver,
     /// The same servers, nothing cached: for answers that must be current the moment a
     /// record is published (a domain's ownership challenge).
     fresh: TokioResolver,
+    /// The same servers through hickory's DNSSEC validator (None: `dnssec = "off"`). A bogus
+    /// answer is an error here, never an insecure one.
+    validating: Option<TokioResolver>,
+}
+
+/// The trust anchors a [`Dnssec`] setting names: the file's DNSKEY records, or hickory's
+/// built-in IANA root keys. Err: the file cannot be read or holds no DNSKEY record.
+pub fn trust_anchors(path: Option<&std::path::Path>) -> Result<TrustAnchors, String> {
+    let Some(path) = path else {
+        return Ok(TrustAnchors::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the trust anchor: {e}", path.display()))?;
+    let anchors: TrustAnchors = text.parse().map_err(|e| {
+        format!(
+            "{}: not a DNSSEC trust anchor file (DNSKEY records in zone-file syntax, e.g. \
+             `. IN DNSKEY 257 3 8 AwEAAa...`): {e}",
+            path.display()
+        )
+    })?;
+    if text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with(';')
+    }) {
+        return Err(format!(
+            "{}: the trust anchor file holds no DNSKEY record",
+            path.display()
+        ));
+    }
+    Ok(anchors)
 }
 
 impl Dns {
-    /// Uses `nameservers` (IP:port, UDP then TCP) when given, else the system's resolv.conf.
-    pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, String> {
+    /// Uses `nameservers` (IP:port, UDP then TCP) when given, else the system's resolv.conf;
+    /// `dnssec` says whether (and from which trust anchor) DANE's lookups are validated.
+    pub fn new(
+        nameservers: &[SocketAddr],
+        timeout: Duration,
+        dnssec: &Dnssec,
+    ) -> Result<Self, String> {
+        let validating = match dnssec {
+            Dnssec::Off => None,
+            Dnssec::Validate { trust_anchor } => {
+                let anchors = Arc::new(trust_anchors(trust_anchor.as_deref())?);
+                Some(Self::resolver_for(
+                    nameservers,
+                    timeout,
+                    true,
+                    Some(anchors),
+                )?)
+            }
+        };
         Ok(Self {
-            resolver: Self::resolver_for(nameservers, timeout, true)?,
-            fresh: Self::resolver_for(nameservers, timeout, false)?,
+            resolver: Self::resolver_for(nameservers, timeout, true, None)?,
+            fresh: Self::resolver_for(nameservers, timeout, false, None)?,
+            validating,
         })
     }
 
-    /// A resolver for `nameservers`; without `cache`, every answer is asked for anew.
+    /// A resolver for `nameservers`; without `cache`, every answer is asked for anew; with
+    /// `anchors`, every answer is DNSSEC-validated from them.
     fn resolver_for(
         nameservers: &[SocketAddr],
         timeout: Duration,
         cache: bool,
+        anchors: Option<Arc<TrustAnchors>>,
     ) -> Result<TokioResolver, String> {
         let mut builder = if nameservers.is_empty() {
             Resolver::builder_tokio()
@@ -79,7 +145,15 @@ impl Dns {
             opts.positive_max_ttl = Some(Duration::ZERO);
             opts.negative_max_ttl = Some(Duration::ZERO);
         }
+        if anchors.is_some() {
+            opts.validate = true;
+            // The DO bit travels in EDNS; signed answers need more than 512 bytes.
+            opts.edns0 = true;
+        }
         *builder.options_mut() = opts;
+        if let Some(anchors) = anchors {
+            builder = builder.with_trust_anchor(anchors);
+        }
         builder
             .build()
             .map_err(|e| format!("cannot start the DNS resolver: {e}"))
@@ -99,8 +173,28 @@ impl Dns {
     }
 
     pub async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsFailure> {
-        match self.resolver.mx_lookup(Self::fqdn(domain)).await {
+        Self::mx_from(&self.resolver, domain)
+            .await
+            .map(|p| p.answer)
+    }
+
+    /// As [`Dns::mx`], validated: `secure` when DNSSEC proved the MX records (an implicit
+    /// MX, null MX or missing domain is never secure: DANE then does not apply).
+    pub async fn mx_proven(&self, domain: &str) -> Result<Proven<MxAnswer>, DnsFailure> {
+        Self::mx_from(self.validating.as_ref().unwrap_or(&self.resolver), domain).await
+    }
+
+    async fn mx_from(
+        resolver: &TokioResolver,
+        domain: &str,
+    ) -> Result<Proven<MxAnswer>, DnsFailure> {
+        let insecure = |answer| Proven {
+            answer,
+            secure: false,
+        };
+        match resolver.mx_lookup(Self::fqdn(domain)).await {
             Ok(lookup) => {
+                let secure = all_secure(lookup.answers(), RecordType::MX);
                 let mut records = Vec::new();
                 for r in lookup.answers() {
                     if let RData::MX(mx) = &r.data {
@@ -113,17 +207,20 @@ impl Dns {
                     }
                 }
                 if records.len() == 1 && records[0].1.is_empty() {
-                    return Ok(MxAnswer::NullMx);
+                    return Ok(insecure(MxAnswer::NullMx));
                 }
                 records.retain(|(_, h)| !h.is_empty());
                 if records.is_empty() {
-                    Ok(MxAnswer::NoMx)
+                    Ok(insecure(MxAnswer::NoMx))
                 } else {
-                    Ok(MxAnswer::Records(records))
+                    Ok(Proven {
+                        answer: MxAnswer::Records(records),
+                        secure,
+                    })
                 }
             }
-            Err(e) if e.is_nx_domain() => Ok(MxAnswer::NoDomain),
-            Err(e) if e.is_no_records_found() => Ok(MxAnswer::NoMx),
+            Err(e) if e.is_nx_domain() => Ok(insecure(MxAnswer::NoDomain)),
+            Err(e) if e.is_no_records_found() => Ok(insecure(MxAnswer::NoMx)),
             Err(e) => Err(DnsFailure {
                 name: domain.to_string(),
                 reason: e.to_string(),
@@ -210,19 +307,39 @@ impl Dns {
 
     /// A and AAAA of a host (an IP literal is returned as is). Empty: the name has no address.
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
+        Self::addresses_from(&self.resolver, host)
+            .await
+            .map(|p| p.answer)
+    }
+
+    /// As [`Dns::addresses`], validated: `secure` when DNSSEC proved every address record
+    /// (an IP literal is not secure: it names no host a TLSA record could belong to).
+    pub async fn addresses_proven(&self, host: &str) -> Result<Proven<Vec<IpAddr>>, DnsFailure> {
+        Self::addresses_from(self.validating.as_ref().unwrap_or(&self.resolver), host).await
+    }
+
+    async fn addresses_from(
+        resolver: &TokioResolver,
+        host: &str,
+    ) -> Result<Proven<Vec<IpAddr>>, DnsFailure> {
         if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(vec![ip]);
+            return Ok(Proven {
+                answer: vec![ip],
+                secure: false,
+            });
         }
         let name = Self::fqdn(host);
         let (v4, v6) = tokio::join!(
-            self.resolver.ipv4_lookup(name.clone()),
-            self.resolver.ipv6_lookup(name)
+            resolver.ipv4_lookup(name.clone()),
+            resolver.ipv6_lookup(name)
         );
         let mut out = Vec::new();
         let mut failure = None;
-        for result in [v4, v6] {
+        let mut secure = true;
+        for (result, kind) in [(v4, RecordType::A), (v6, RecordType::AAAA)] {
             match result {
                 Ok(lookup) => {
+                    secure &= all_secure(lookup.answers(), kind);
                     for r in lookup.answers() {
                         match &r.data {
                             RData::A(a) => out.push(IpAddr::V4(a.0)),
@@ -240,7 +357,53 @@ impl Dns {
                 name: host.to_string(),
                 reason,
             }),
-            _ => Ok(out),
+            (empty, failure) => Ok(Proven {
+                answer: out,
+                secure: secure && !empty && failure.is_none(),
+            }),
         }
     }
+
+    /// The TLSA records at `name` (e.g. `_25._tcp.mx.example.net`), validated. No records
+    /// (NODATA, NXDOMAIN) is an empty answer; a bogus answer is a failure (the host is then
+    /// not to be used, RFC 7672 §2.2). Records of a malformed kind are kept for the matcher
+    /// to judge unusable.
+    pub async fn tlsa(&self, name: &str) -> Result<Proven<Vec<Tlsa>>, DnsFailure> {
+        let resolver = self.validating.as_ref().unwrap_or(&self.resolver);
+        match resolver.tlsa_lookup(Self::fqdn(name)).await {
+            Ok(lookup) => Ok(Proven {
+                secure: all_secure(lookup.answers(), RecordType::TLSA),
+                answer: lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TLSA(t) => Some(Tlsa {
+                            usage: t.cert_usage.into(),
+                            selector: t.selector.into(),
+                            matching: t.matching.into(),
+                            data: t.cert_data.clone(),
+                        }),
+                        _ => None,
+                    })
+                    .collect(),
+            }),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Proven {
+                answer: Vec::new(),
+                secure: false,
+            }),
+            Err(e) => Err(DnsFailure {
+                name: name.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Whether the answer holds records of `kind` and DNSSEC proved all of them.
+fn all_secure(records: &[Record], kind: RecordType) -> bool {
+    let mut of_kind = records
+        .iter()
+        .filter(|r| r.record_type() == kind)
+        .peekable();
+    of_kind.peek().is_some() && of_kind.all(|r| r.proof == Proof::Secure)
 }

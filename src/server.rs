@@ -162,8 +162,14 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
     let connections = Tracker::default();
     let deliveries = Tracker::default();
 
-    let dns =
-        Arc::new(Dns::new(&config.dns.nameservers, config.dns.timeout).map_err(StartError::Dns)?);
+    let dns = Arc::new(
+        Dns::new(
+            &config.dns.nameservers,
+            config.dns.timeout,
+            &config.dns.dnssec,
+        )
+        .map_err(StartError::Dns)?,
+    );
     let snapshot = registry.snapshot();
     reload::report_shadowed(&snapshot);
     let effective = reload::effective(&config, &snapshot);

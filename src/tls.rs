@@ -1,8 +1,10 @@
 //! TLS for both directions: the server certificate (loaded from PEM files, reloaded when they
 //! change or on SIGHUP), the client policies for delivery (opportunistic, required, verify,
-//! optional SHA-256 pin), and a stream type that is plain TCP or TLS. ring is the crypto provider.
+//! optional SHA-256 pin, DANE's TLSA records), and a stream type that is plain TCP or TLS.
+//! ring is the crypto provider.
 
 use crate::config::{TlsMode, TlsPolicy};
+use crate::delivery::dane::{self, Tlsa};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -174,6 +176,29 @@ pub fn client_config(policy: &TlsPolicy) -> Result<rustls::ClientConfig, String>
 }
 
 impl ClientTls {
+    /// The client side of DANE for one host (`host` as logs show it): the certificate must
+    /// match one of `records` (usable TLSA records) — a DANE-EE record directly, a DANE-TA
+    /// record through a chain valid for one of `names`.
+    pub fn dane(records: &[Tlsa], names: &[String], host: &str) -> Result<Self, String> {
+        let p = provider();
+        let verifier = Arc::new(DaneVerifier {
+            records: records.to_vec(),
+            names: names.to_vec(),
+            host: host.to_string(),
+            provider: p.clone(),
+        });
+        let config = rustls::ClientConfig::builder_with_provider(p)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(Self {
+            mode: TlsMode::Dane,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
+    }
+
     pub async fn connect(
         &self,
         name: &str,
@@ -186,6 +211,71 @@ impl ClientTls {
         };
         self.connector.connect(server_name, tcp).await
     }
+}
+
+/// Why a handshake failed, in words: a verifier's own reason (DANE's) as it gave it.
+pub fn handshake_failure(e: &std::io::Error) -> String {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::General(reason)) => reason.clone(),
+        _ => e.to_string(),
+    }
+}
+
+/// Checks a certificate chain (end entity first) against usable TLSA records as DANE does
+/// (RFC 7672 §3): Ok, or the reason, starting "DANE: " and naming `host`.
+pub fn verify_dane(
+    records: &[Tlsa],
+    chain: &[&[u8]],
+    names: &[String],
+    host: &str,
+    now: UnixTime,
+) -> Result<(), String> {
+    let Some(ee) = chain.first() else {
+        return Err(format!("DANE: {host} presented no certificate"));
+    };
+    if dane::ee_matches(records, ee) {
+        return Ok(());
+    }
+    let anchors = dane::trust_anchors(records, chain);
+    if anchors.is_empty() {
+        return Err(format!(
+            "DANE: {host} presented a certificate matching no TLSA record"
+        ));
+    }
+    let ee = CertificateDer::from(ee.to_vec());
+    let intermediates: Vec<CertificateDer<'_>> = chain[1..]
+        .iter()
+        .map(|c| CertificateDer::from(c.to_vec()))
+        .collect();
+    let mut last = String::new();
+    for anchor in anchors {
+        let mut roots = rustls::RootCertStore::empty();
+        if roots.add(CertificateDer::from(anchor)).is_err() {
+            continue;
+        }
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+        for name in names {
+            let Ok(server_name) = ServerName::try_from(name.clone()) else {
+                continue;
+            };
+            match verifier.verify_server_cert(&ee, &intermediates, &server_name, &[], now) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+    }
+    Err(format!(
+        "DANE: {host} presented a certificate that does not chain to its TLSA trust anchor for {}: {last}",
+        names.join(" or ")
+    ))
 }
 
 /// Checks a server certificate chain for `name` against the Mozilla roots and `ca_file`:
@@ -254,6 +344,55 @@ impl ServerCertVerifier for AnyCert {
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// DANE's verifier: the chain must satisfy [`verify_dane`]; handshake signatures are checked
+/// as usual, so the session is bound to the certificate that matched.
+#[derive(Debug)]
+struct DaneVerifier {
+    records: Vec<Tlsa>,
+    names: Vec<String>,
+    host: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for DaneVerifier {
+    fn verify_server_cert(
+        &self,
+        ee: &CertificateDer<'_>,
+        im: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let chain: Vec<&[u8]> = std::iter::once(ee.as_ref())
+            .chain(im.iter().map(|c| c.as_ref()))
+            .collect();
+        verify_dane(&self.records, &chain, &self.names, &self.host, now)
+            .map(|()| ServerCertVerified::assertion())
+            .map_err(rustls::Error::General)
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        AnyCert(self.provider.clone()).verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        AnyCert(self.provider.clone()).verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -36,10 +36,7 @@ pub async fn run(r: &mut Report, port: u16, ca_file: Option<&Path>, helo: &str) 
             .collect();
     for (pref, name, ips) in hosts {
         for ip in ips {
-            let target = Target {
-                name: name.clone(),
-                addr: SocketAddr::new(ip, port),
-            };
+            let target = Target::configured(&name, SocketAddr::new(ip, port));
             let id = format!("smtp.{name}.{ip}");
             let start = Instant::now();
             let mut c =

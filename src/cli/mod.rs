@@ -66,6 +66,10 @@ pub enum Cmd {
         /// Extra trusted CA certificates (PEM) for the STARTTLS check.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// DNSSEC trust anchor (DNSKEY records, zone-file syntax) for the TLSA checks, instead
+        /// of the IANA root keys.
+        #[arg(long)]
+        trust_anchor: Option<PathBuf>,
     },
     /// The queue: list, show, export (these also work while the server is stopped), flush,
     /// hold, release, delete, bounce.
@@ -174,6 +178,7 @@ fn init_logging(config: &Config) {
 fn check(
     domain: &str,
     resolver: Option<&str>,
+    dnssec: &crate::config::Dnssec,
     opts: crate::check::Options,
     json: bool,
 ) -> ExitCode {
@@ -204,7 +209,7 @@ fn check(
         }
     };
     rt.block_on(async {
-        let dns = match crate::dns::Dns::new(&servers, std::time::Duration::from_secs(5)) {
+        let dns = match crate::dns::Dns::new(&servers, std::time::Duration::from_secs(5), dnssec) {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("mx2: {e}");
@@ -242,13 +247,15 @@ pub fn main() -> ExitCode {
             smtp,
             smtp_port,
             ca_file,
+            trust_anchor,
         } => {
             let opts = crate::check::Options {
                 geoip,
                 smtp_port: smtp.then_some(smtp_port),
                 ca_file,
             };
-            check(&domain, resolver.as_deref(), opts, json)
+            let dnssec = crate::config::Dnssec::Validate { trust_anchor };
+            check(&domain, resolver.as_deref(), &dnssec, opts, json)
         }
         Cmd::Config {
             action: ConfigCmd::Check { config },

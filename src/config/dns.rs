@@ -1,10 +1,13 @@
-//! The `[dns]` table: which name servers mx2 asks (MX, addresses, SPF/DKIM/DMARC, DNSBL) and
-//! how long it waits. Parsing and validation only; the resolver is built elsewhere.
+//! The `[dns]` table: which name servers mx2 asks (MX, addresses, SPF/DKIM/DMARC, DNSBL), how
+//! long it waits, and whether DANE's lookups are DNSSEC-validated (from which trust anchor).
+//! Parsing and validation only (the trust anchor file is read to check it); the resolver is
+//! built elsewhere.
 
 use super::defaults::dns as default;
 use super::{ConfigError, Ctx, HumanDuration};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -13,6 +16,17 @@ pub struct DnsConfig {
     /// Name servers (IP:port); empty: the system's resolv.conf.
     pub nameservers: Vec<SocketAddr>,
     pub timeout: Duration,
+    pub dnssec: Dnssec,
+}
+
+/// Whether the lookups DANE depends on are DNSSEC-validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dnssec {
+    /// hickory's validator, from the DNSKEY records in `trust_anchor` (None: the IANA root
+    /// keys built into hickory).
+    Validate { trust_anchor: Option<PathBuf> },
+    /// Nothing is validated: no answer is secure, so DANE never applies.
+    Off,
 }
 
 #[derive(Deserialize, Default)]
@@ -20,6 +34,8 @@ pub struct DnsConfig {
 pub(super) struct RawDns {
     nameservers: Option<Vec<Spanned<String>>>,
     timeout: Option<HumanDuration>,
+    dnssec: Option<Spanned<String>>,
+    dnssec_trust_anchor: Option<Spanned<String>>,
 }
 
 impl Ctx<'_> {
@@ -41,9 +57,39 @@ impl Ctx<'_> {
                 })?;
             nameservers.push(addr);
         }
+        let dnssec = match raw.dnssec.as_ref().map(|d| (d, d.get_ref().as_str())) {
+            None | Some((_, "validate")) => {
+                let trust_anchor = match &raw.dnssec_trust_anchor {
+                    None => None,
+                    Some(f) => {
+                        let path = self.resolve(f.get_ref());
+                        crate::dns::trust_anchors(Some(&path))
+                            .map_err(|e| self.at(f.span(), &e))?;
+                        Some(path)
+                    }
+                };
+                Dnssec::Validate { trust_anchor }
+            }
+            Some((_, "off")) => {
+                if let Some(f) = &raw.dnssec_trust_anchor {
+                    return Err(self.at(
+                        f.span(),
+                        "dnssec_trust_anchor is set but dnssec = \"off\": remove one of them",
+                    ));
+                }
+                Dnssec::Off
+            }
+            Some((d, other)) => {
+                return Err(self.at(
+                    d.span(),
+                    &format!("unknown dnssec setting `{other}`: use \"validate\" or \"off\""),
+                ));
+            }
+        };
         Ok(DnsConfig {
             nameservers,
             timeout: raw.timeout.map_or(default::TIMEOUT, |v| v.0),
+            dnssec,
         })
     }
 }

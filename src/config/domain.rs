@@ -64,6 +64,19 @@ pub enum TlsMode {
     Required,
     /// STARTTLS must succeed with a certificate valid for the host name.
     Verify,
+    /// DANE (RFC 7672) per MX host: the host's DNSSEC-secure TLSA records decide, and a host
+    /// where DANE does not apply is not used (`route = "mx"` only).
+    Dane,
+    /// DANE where it applies to the MX host, else opportunistic: the default for
+    /// `route = "mx"` and for notifications to senders' domains.
+    Auto,
+}
+
+impl TlsMode {
+    /// Whether a failed or missing STARTTLS may fall back to plaintext.
+    pub fn opportunistic(self) -> bool {
+        matches!(self, TlsMode::Opportunistic | TlsMode::Auto)
+    }
 }
 
 /// A domain's outbound TLS settings.
@@ -195,7 +208,7 @@ impl Ctx<'_> {
                 return Err(self.at(b.span(), &format!("unknown bounce policy `{other}`: use \"authenticated\", \"sender\", \"postmaster\" or \"none\"")));
             }
         };
-        let tls = self.tls_policy(&d)?;
+        let tls = self.tls_policy(&d, &route)?;
         let auth = match (&d.auth_user, &d.auth_password_file) {
             (None, None) => None,
             (Some(u), Some(f)) => {
@@ -285,14 +298,30 @@ impl Ctx<'_> {
         })
     }
 
-    /// `tls`, `tls_ca_file` and `tls_pin`.
-    fn tls_policy(&self, d: &RawDomain) -> Result<TlsPolicy, ConfigError> {
+    /// `tls`, `tls_ca_file` and `tls_pin`. `dane` and `auto` (the default for `route = "mx"`)
+    /// choose per MX host, so they need an MX route and take no pin or CA file.
+    fn tls_policy(&self, d: &RawDomain, route: &DomainRoute) -> Result<TlsPolicy, ConfigError> {
+        let by_mx = *route == DomainRoute::Mx;
         let mode = match d.tls.as_ref().map(|t| (t, t.get_ref().as_str())) {
+            None if by_mx && d.tls_pin.is_none() && d.tls_ca_file.is_none() => TlsMode::Auto,
             None | Some((_, "opportunistic")) => TlsMode::Opportunistic,
             Some((_, "required")) => TlsMode::Required,
             Some((_, "verify")) => TlsMode::Verify,
+            Some((t, m @ ("dane" | "auto"))) => {
+                if !by_mx {
+                    return Err(self.at(t.span(), &format!("tls = \"{m}\" chooses a policy per MX host: it needs route = \"mx\"; for static primaries use \"opportunistic\", \"required\" or \"verify\" (with tls_pin)")));
+                }
+                if let Some(p) = &d.tls_pin {
+                    return Err(self.at(p.span(), &format!("tls_pin does not go with tls = \"{m}\" (DANE's TLSA records name the certificate): remove tls_pin or use tls = \"required\"")));
+                }
+                if m == "dane" {
+                    TlsMode::Dane
+                } else {
+                    TlsMode::Auto
+                }
+            }
             Some((t, other)) => {
-                return Err(self.at(t.span(), &format!("unknown tls mode `{other}`: use \"opportunistic\", \"required\" or \"verify\"")));
+                return Err(self.at(t.span(), &format!("unknown tls mode `{other}`: use \"opportunistic\", \"required\", \"verify\", \"dane\" or \"auto\"")));
             }
         };
         let pin = match &d.tls_pin {

@@ -33,7 +33,7 @@ pub use admin::{AdminConfig, AlertsConfig};
 pub use auth::SenderAuthConfig;
 pub use cidr::Cidr;
 pub use delivery::DeliveryConfig;
-pub use dns::DnsConfig;
+pub use dns::{DnsConfig, Dnssec};
 pub use domain::{BouncePolicy, DomainConfig, DomainRoute, PrimaryAuthConfig, TlsMode, TlsPolicy};
 pub use drill::DrillConfig;
 pub use host::{HostPort, is_domain_name};

@@ -3,7 +3,7 @@
 
 use super::auth::Credentials;
 use super::mx::Target;
-use crate::config::TlsMode;
+use super::policy::Policy;
 use crate::queue::body::{BodyReader, CHUNK};
 use crate::smtp::Reply;
 use crate::smtp::reply::ReplyParser;
@@ -90,6 +90,9 @@ pub enum ClientError {
     Tls { host: String, reason: String },
     #[error("{host}: TLS is required for this domain and {reason}")]
     TlsRequired { host: String, reason: String },
+    /// The host's TLS policy (DANE) was not met; `reason` names the policy and the host.
+    #[error("{reason}")]
+    Policy { host: String, reason: String },
     #[error("{host}: protocol error: {detail}")]
     Protocol { host: String, detail: String },
     /// The message's stored content could not be read (the primary is not at fault; the
@@ -104,6 +107,24 @@ impl ClientError {
             host: host.to_string(),
             detail,
         }
+    }
+}
+
+/// A failure under DANE, phrased so the held mail's reason names the policy.
+fn dane_failure(host_name: &str, e: ClientError) -> ClientError {
+    match e {
+        ClientError::Tls { host, reason } if reason.starts_with("DANE:") => {
+            ClientError::Policy { host, reason }
+        }
+        ClientError::Tls { host, reason } => ClientError::Policy {
+            reason: format!("DANE: TLS with {host} failed: {reason}"),
+            host,
+        },
+        ClientError::TlsRequired { host, reason } => ClientError::Policy {
+            reason: format!("DANE: {host_name} must use TLS but {reason}"),
+            host,
+        },
+        other => other,
     }
 }
 
@@ -128,8 +149,9 @@ const MAX_REPLY_LINE: usize = 4096;
 
 impl Client {
     /// Connects to the first target that answers with a 220 greeting and accepts EHLO (or
-    /// HELO), starting TLS as `tls` says. With opportunistic TLS a failed handshake is retried
-    /// once in plaintext on the same target. The error is the last target's.
+    /// HELO), starting TLS as the target's policy says: DANE's, or `tls` (the domain's
+    /// configured mode). With opportunistic TLS a failed handshake is retried once in
+    /// plaintext on the same target; under DANE never. The error is the last target's.
     pub async fn connect(
         targets: &[Target],
         helo: &str,
@@ -145,7 +167,7 @@ impl Client {
             let attempt = match Self::connect_one(target, helo, t, Some(tls)).await {
                 // Plaintext is worth a try only when nothing secret is to be sent.
                 Err(ClientError::Tls { host, reason })
-                    if tls.mode == TlsMode::Opportunistic && auth.is_none() =>
+                    if tls.mode.opportunistic() && auth.is_none() =>
                 {
                     tracing::info!(primary = %host, reason, "TLS handshake failed; retrying without TLS (opportunistic)");
                     Self::connect_one(target, helo, t, None).await
@@ -209,20 +231,52 @@ impl Client {
         }
         c.hello(helo).await?;
         let Some(tls) = tls else { return Ok(c) };
-        if !c.caps.starttls {
-            if tls.mode == TlsMode::Opportunistic {
-                return Ok(c);
+        match &target.policy.policy {
+            Policy::Configured => c.start_tls(target, tls, tls.mode.opportunistic()).await?,
+            Policy::Dane { records, names } => {
+                let dane =
+                    ClientTls::dane(records, names, &name).map_err(|reason| ClientError::Tls {
+                        host: name.clone(),
+                        reason,
+                    })?;
+                // DANE: STARTTLS is mandatory and the certificate must match; whatever fails,
+                // the reason names the policy (RFC 7672 §2.2).
+                c.start_tls(target, &dane, false)
+                    .await
+                    .map_err(|e| dane_failure(&target.name, e))?;
+            }
+        }
+        if c.tls.is_some() {
+            c.hello(helo).await?;
+        }
+        Ok(c)
+    }
+
+    /// STARTTLS with `tls`. Without the extension or with a refusal, an `opportunistic`
+    /// session goes on in plaintext (`self.tls` stays None); otherwise that is an error.
+    async fn start_tls(
+        &mut self,
+        target: &Target,
+        tls: &ClientTls,
+        opportunistic: bool,
+    ) -> Result<(), ClientError> {
+        let name = self.host.clone();
+        if !self.caps.starttls {
+            if opportunistic {
+                return Ok(());
             }
             return Err(ClientError::TlsRequired {
                 host: name,
                 reason: "the primary does not offer STARTTLS".into(),
             });
         }
-        c.send(b"STARTTLS\r\n", "STARTTLS").await?;
-        let reply = c.read_reply(t.command, "the STARTTLS reply").await?;
+        self.send(b"STARTTLS\r\n", "STARTTLS").await?;
+        let reply = self
+            .read_reply(self.t.command, "the STARTTLS reply")
+            .await?;
         if reply.code != 220 {
-            if tls.mode == TlsMode::Opportunistic {
-                return Ok(c);
+            if opportunistic {
+                return Ok(());
             }
             return Err(ClientError::TlsRequired {
                 host: name,
@@ -230,14 +284,14 @@ impl Client {
             });
         }
         // Anything the server sent before the handshake is not to be trusted (CVE-2021-38371).
-        c.buf.clear();
-        let Some(tcp) = c.stream.take_plain() else {
+        self.buf.clear();
+        let Some(tcp) = self.stream.take_plain() else {
             return Err(ClientError::Tls {
                 host: name,
                 reason: "no plain stream to start TLS on".into(),
             });
         };
-        match timeout(t.command, tls.connect(&target.name, tcp)).await {
+        match timeout(self.t.command, tls.connect(&target.name, tcp)).await {
             Err(_) => {
                 return Err(ClientError::Tls {
                     host: name,
@@ -247,14 +301,13 @@ impl Client {
             Ok(Err(e)) => {
                 return Err(ClientError::Tls {
                     host: name,
-                    reason: e.to_string(),
+                    reason: crate::tls::handshake_failure(&e),
                 });
             }
-            Ok(Ok(s)) => c.stream = Stream::Client(Box::new(s)),
+            Ok(Ok(s)) => self.stream = Stream::Client(Box::new(s)),
         }
-        c.tls = c.stream.tls_info();
-        c.hello(helo).await?;
-        Ok(c)
+        self.tls = self.stream.tls_info();
+        Ok(())
     }
 
     /// EHLO, or HELO when EHLO is refused; sets the capabilities.

@@ -1,12 +1,15 @@
 //! Delivery: one mail transaction to a primary for one job (a message's recipients in one
 //! domain), turning the primary's replies into per-recipient outcomes (a typed [`reply`]).
 //! Which hosts to try is the route's business: the domain's static `primary` hosts in order,
-//! or its MX records more preferred than this server ([`mx`]); the connection, TLS and AUTH
-//! come from [`client::Client`] and [`auth`].
+//! or its MX records more preferred than this server ([`mx`]), each host with its TLS
+//! [`policy`] (DANE from its TLSA records, [`dane`]); the connection, TLS and AUTH come from
+//! [`client::Client`] and [`auth`].
 
 pub mod auth;
 pub mod client;
+pub mod dane;
 pub mod mx;
+pub mod policy;
 pub mod reply;
 
 use crate::queue::Job;

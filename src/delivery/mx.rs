@@ -1,19 +1,35 @@
 //! Where a domain's mail goes: its static primary hosts, or its MX records under the RFC 5321
-//! §5.1 rule (only hosts strictly more preferred than mx2 itself; never mx2 itself). The
-//! selection is pure; [`resolve`] does the lookups.
+//! §5.1 rule (only hosts strictly more preferred than mx2 itself; never mx2 itself), each with
+//! the TLS policy chosen for it ([`policy`](super::policy)). The selection is pure;
+//! [`resolve`] does the lookups (DNSSEC-validated where the domain's mode may use DANE).
 
-use crate::config::HostPort;
+use super::dane;
+use super::policy::{self, HostFacts, HostPolicy};
+use crate::config::{HostPort, TlsMode};
 use crate::dns::{Dns, MxAnswer};
 use crate::smtp::Reply;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use tracing::warn;
+use tracing::{debug, warn};
 
-/// One address to connect to, with the host name it came from (for logs and TLS).
+/// One address to connect to, with the host name it came from (for logs and TLS) and the
+/// TLS policy a connection to it follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub name: String,
     pub addr: SocketAddr,
+    pub policy: HostPolicy,
+}
+
+impl Target {
+    /// A target under the domain's configured TLS settings.
+    pub fn configured(name: &str, addr: SocketAddr) -> Self {
+        Target {
+            name: name.to_string(),
+            addr,
+            policy: HostPolicy::configured("configured"),
+        }
+    }
 }
 
 impl std::fmt::Display for Target {
@@ -78,6 +94,8 @@ pub struct MxHost {
     pub preference: u16,
     pub name: String,
     pub addrs: Vec<IpAddr>,
+    /// DNSSEC proved the host's addresses.
+    pub secure: bool,
 }
 
 /// Why there is nowhere to deliver now.
@@ -131,34 +149,48 @@ pub fn select(
 /// Most addresses tried per delivery attempt.
 const MAX_TARGETS: usize = 10;
 
-/// Looks up where `route` delivers now.
+/// Looks up where `route` delivers now; `mode` is the route's TLS mode (`dane` and `auto`
+/// look up, validated, what DANE needs and choose each host's policy).
 pub async fn resolve(
     route: &RouteKind,
+    mode: TlsMode,
     dns: &Dns,
     me: &Identity,
     mx_port: u16,
 ) -> Result<Vec<Target>, NoRoute> {
     let hold = |e: crate::dns::DnsFailure| NoRoute::Hold(e.to_string());
-    // A host whose addresses cannot be looked up only drops out of the list (RFC 5321 §5.1);
-    // the route is held when no host is left, naming the first failure.
+    let validated = matches!(mode, TlsMode::Dane | TlsMode::Auto);
+    // A host whose addresses cannot be looked up (or that its policy rules out) only drops
+    // out of the list (RFC 5321 §5.1, RFC 7672 §2.2); the route is held when no host is left,
+    // naming the first failure.
     let mut failed: Option<String> = None;
-    let mut lookup = async |name: &str| match dns.addresses(name).await {
-        Ok(a) => a,
-        Err(e) => {
-            warn!(host = name, error = %e, "cannot look up a mail host's addresses; trying the others");
-            failed.get_or_insert_with(|| e.to_string());
-            Vec::new()
+    let mut lookup = async |name: &str| {
+        let found = if validated {
+            dns.addresses_proven(name).await
+        } else {
+            dns.addresses(name).await.map(|answer| crate::dns::Proven {
+                answer,
+                secure: false,
+            })
+        };
+        match found {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(host = name, error = %e, "cannot look up a mail host's addresses; trying the others");
+                failed.get_or_insert_with(|| e.to_string());
+                crate::dns::Proven {
+                    answer: Vec::new(),
+                    secure: false,
+                }
+            }
         }
     };
     let mut targets = Vec::new();
     match route {
         RouteKind::Static(hosts) => {
             for h in hosts {
-                for ip in lookup(&h.host).await {
-                    targets.push(Target {
-                        name: h.host.clone(),
-                        addr: SocketAddr::new(ip, h.port),
-                    });
+                for ip in lookup(&h.host).await.answer {
+                    targets.push(Target::configured(&h.host, SocketAddr::new(ip, h.port)));
                 }
             }
             if targets.is_empty() {
@@ -168,7 +200,16 @@ pub async fn resolve(
             }
         }
         RouteKind::Mx { domain, backed_up } => {
-            let records = match dns.mx(domain).await.map_err(hold)? {
+            let answer = if validated {
+                dns.mx_proven(domain).await.map_err(hold)?
+            } else {
+                crate::dns::Proven {
+                    answer: dns.mx(domain).await.map_err(hold)?,
+                    secure: false,
+                }
+            };
+            let mx_secure = answer.secure;
+            let records = match answer.answer {
                 MxAnswer::Records(r) => r,
                 MxAnswer::NoMx => vec![(0, domain.clone())],
                 MxAnswer::NullMx => {
@@ -197,15 +238,42 @@ pub async fn resolve(
                 hosts.push(MxHost {
                     preference,
                     name,
-                    addrs,
+                    addrs: addrs.answer,
+                    secure: addrs.secure,
                 });
             }
             let hosts = select(hosts, me, mx_port, &mut |n| fastrand::usize(..n))?;
             for h in hosts {
+                if h.addrs.is_empty() {
+                    continue;
+                }
+                let tlsa = if HostFacts::wants_tlsa(mode, mx_secure, h.secure) {
+                    Some(dns.tlsa(&dane::owner(&h.name, mx_port)).await)
+                } else {
+                    None
+                };
+                let facts = HostFacts {
+                    domain,
+                    host: &h.name,
+                    port: mx_port,
+                    mx_secure,
+                    addresses_secure: h.secure,
+                    tlsa: tlsa.as_ref(),
+                };
+                let chosen = match policy::choose(mode, &facts) {
+                    Ok(p) => p,
+                    Err(reason) => {
+                        warn!(host = %h.name, reason, "not delivering to this MX host");
+                        failed.get_or_insert(reason);
+                        continue;
+                    }
+                };
+                debug!(host = %h.name, policy = %chosen.reason, "outbound TLS policy");
                 for ip in &h.addrs {
                     targets.push(Target {
                         name: h.name.clone(),
                         addr: SocketAddr::new(*ip, mx_port),
+                        policy: chosen.clone(),
                     });
                 }
             }
@@ -229,6 +297,7 @@ mod tests {
             preference: pref,
             name: name.into(),
             addrs: vec![ip.parse().unwrap()],
+            secure: false,
         }
     }
 

@@ -394,6 +394,7 @@ impl Driller {
                 preference,
                 name,
                 addrs,
+                secure: false,
             });
         }
         hosts.sort_by_key(|h| h.preference);
@@ -433,10 +434,7 @@ impl Driller {
         let targets = me
             .addrs
             .iter()
-            .map(|ip| Target {
-                name: me.name.clone(),
-                addr: SocketAddr::new(*ip, self.smtp_port),
-            })
+            .map(|ip| Target::configured(&me.name, SocketAddr::new(*ip, self.smtp_port)))
             .collect();
         Ok((
             targets,

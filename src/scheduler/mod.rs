@@ -53,7 +53,7 @@ pub struct Scheduler {
     settings: Settings,
     /// Domain → route. Domains with the same primaries share one route.
     routes: Mutex<HashMap<String, Arc<Route>>>,
-    /// Opportunistic TLS, for routes made on the fly.
+    /// `auto` TLS (DANE where published, else opportunistic), for routes made on the fly.
     default_tls: ClientTls,
     dns: Arc<Dns>,
     identity: Identity,
@@ -108,7 +108,10 @@ impl Scheduler {
             store,
             settings: Settings::from_config(config),
             routes: Mutex::new(routes),
-            default_tls: ClientTls::new(&TlsPolicy::default())?,
+            default_tls: ClientTls::new(&TlsPolicy {
+                mode: crate::config::TlsMode::Auto,
+                ..TlsPolicy::default()
+            })?,
             dns,
             identity,
             mx_port: config.routing.mx_port,

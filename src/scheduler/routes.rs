@@ -111,7 +111,8 @@ impl Scheduler {
 
     /// The route for a domain. A domain mx2 does not back up gets an MX route of its own: only
     /// mail mx2 generated itself (delivery status notifications) or mail held for a domain since
-    /// removed from the config is addressed there.
+    /// removed from the config is addressed there. Its TLS is `auto` (DANE where the
+    /// destination publishes it, else opportunistic).
     pub(super) fn route_for(&self, domain: &str) -> Arc<Route> {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         routes
@@ -140,6 +141,13 @@ impl Scheduler {
     }
 
     pub(super) async fn targets(&self, route: &Route) -> Result<Vec<Target>, NoRoute> {
-        mx::resolve(&route.kind, &self.dns, &self.identity, self.mx_port).await
+        mx::resolve(
+            &route.kind,
+            route.tls.mode,
+            &self.dns,
+            &self.identity,
+            self.mx_port,
+        )
+        .await
     }
 }

@@ -155,10 +155,7 @@ fn dnsbl_listed_clients_are_refused_naming_the_list() {
     let primary = Primary::start(0);
     let mx2 = Mx2::start_with(
         primary.port,
-        &format!(
-            "dnsbl = [\"bl.test\"]\n[dns]\nnameservers = [\"{}\"]",
-            dns.addr
-        ),
+        &format!("dnsbl = [\"bl.test\"]\n{}", dns.table()),
     );
     let mut listed = TcpStream::connect(("127.0.0.1", mx2.port)).unwrap();
     listed

@@ -18,8 +18,8 @@ fn dns() -> DnsServer {
 
 fn mx2_with_auth(dns: &DnsServer, port: u16, extra: &str) -> Mx2 {
     let tail = format!(
-        "[auth]\nenabled = true\n{extra}\n[dns]\nnameservers = [\"{}\"]\n[routing]\nmx_port = {port}\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{port}\"]\n",
-        dns.addr
+        "[auth]\nenabled = true\n{extra}\n{}\n[routing]\nmx_port = {port}\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{port}\"]\n",
+        dns.table()
     );
     Mx2::start_tail(&tail)
 }

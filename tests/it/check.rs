@@ -44,6 +44,7 @@ fn zones() -> DnsServer {
 fn check(dns: &DnsServer, domain: &str, json: bool) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mx2"));
     cmd.args(["check", domain, "--resolver", &dns.addr.to_string()]);
+    cmd.arg("--trust-anchor").arg(&dns.anchor);
     if json {
         cmd.arg("--json");
     }
@@ -227,6 +228,8 @@ fn live_smtp_checks() {
                 "--ca-file",
             ])
             .arg(&ca)
+            .arg("--trust-anchor")
+            .arg(&dns.anchor)
             .output()
             .unwrap();
         serde_json::from_slice(&out.stdout)
@@ -323,6 +326,8 @@ fn geoip_database_checks() {
                 "--geoip",
             ])
             .arg(&db)
+            .arg("--trust-anchor")
+            .arg(&dns.anchor)
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()

@@ -313,8 +313,8 @@ fn a_pending_domain_is_refused_until_its_txt_challenge_is_published() {
         ("mail.pending.test", Rec::Ip("127.0.0.1")),
     ]);
     let m = Mx2::start_tail(&format!(
-        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\n{}",
-        dns.addr,
+        "{}\ntimeout = \"1s\"\n{}",
+        dns.table(),
         example_domain(primary.port)
     ));
     let body = format!(

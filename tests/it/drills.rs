@@ -34,8 +34,8 @@ fn start(dns: &DnsServer, primary_port: u16, domain_extra: &str, tables: &str) -
             state,
             "",
             &format!(
-                "[dns]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\n{tables}\n[[domain]]\nname = \"{DOMAIN}\"\nprimary = [\"primary.test:{primary_port}\"]\n{domain_extra}\n",
-                dns.addr
+                "{}\ntimeout = \"500ms\"\n{tables}\n[[domain]]\nname = \"{DOMAIN}\"\nprimary = [\"primary.test:{primary_port}\"]\n{domain_extra}\n",
+                dns.table()
             ),
         )
     })

@@ -28,8 +28,8 @@ fn setup(primary_opts: PrimaryOptions, queue_extra: &str, primary_up: bool) -> S
         Primary::start_on("127.0.0.5", port, primary_opts)
     };
     let tail = format!(
-        "{queue_extra}\n[dns]\nnameservers = [\"{}\"]\n[routing]\nmx_port = {port}\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{port}\"]\n",
-        dns.addr
+        "{queue_extra}\n{}\n[routing]\nmx_port = {port}\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{port}\"]\n",
+        dns.table()
     );
     let mx2 = Mx2::start_tail(&tail);
     Setup {

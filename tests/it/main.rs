@@ -10,6 +10,7 @@ mod admin;
 mod auth;
 mod check;
 mod crash;
+mod dane;
 mod domains;
 mod drills;
 mod dsn;

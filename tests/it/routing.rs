@@ -8,8 +8,8 @@ use std::time::Duration;
 /// mx2 routing example.test by MX through `dns`, contacting MX hosts on `mx_port`.
 fn mx2_with_dns(dns: &DnsServer, mx_port: u16) -> Mx2 {
     let tail = format!(
-        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n[routing]\nmx_port = {mx_port}\n[[domain]]\nname = \"example.test\"\nroute = \"mx\"\n",
-        dns.addr
+        "{}\ntimeout = \"2s\"\n[routing]\nmx_port = {mx_port}\n[[domain]]\nname = \"example.test\"\nroute = \"mx\"\n",
+        dns.table()
     );
     Mx2::start_config(|port, state| config_with(port, state, "", &tail))
 }

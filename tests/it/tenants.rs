@@ -99,10 +99,7 @@ const NOT_FOUND: (u16, &str) = (404, r#"{"error":"not found"}"#);
 fn domains_added_at_run_time_take_mail_at_once() {
     let dns = DnsServer::start(&[]);
     let primary = Primary::start(free_port());
-    let mx2 = Mx2::start_with_token(&format!(
-        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\n",
-        dns.addr
-    ));
+    let mx2 = Mx2::start_with_token(&format!("{}\ntimeout = \"500ms\"\n", dns.table()));
     let cfg = mx2.config.clone();
     let to_primary = format!("127.0.0.1:{}", primary.port);
     assert!(rcpt(&mx2, "user@run.test").starts_with("550"));

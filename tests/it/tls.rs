@@ -101,8 +101,8 @@ fn outbound_tls_policies() {
     ]);
     let front = |host: &str, port: u16, tls: &str| {
         let tail = format!(
-            "[dns]\nnameservers = [\"{}\"]\n[[domain]]\nname = \"example.test\"\nprimary = [\"{host}:{port}\"]\n{tls}\n",
-            dns.addr
+            "{}\n[[domain]]\nname = \"example.test\"\nprimary = [\"{host}:{port}\"]\n{tls}\n",
+            dns.table()
         );
         Mx2::start_tail(&tail)
     };

@@ -1,11 +1,15 @@
 //! A tiny authoritative DNS server for tests (UDP on 127.0.0.1), built on hickory-proto's
-//! message encoding. Zones are given as simple records; unknown names get NXDOMAIN.
+//! message encoding. It serves every name as one DNSSEC-signed root zone (RRSIGs, DNSKEY,
+//! NSEC denials, see `dns_zone`), whose key the tests hand to mx2 as its trust anchor
+//! ([`DnsServer::table`]); names under an unsigned delegation ([`DnsServer::start_with`]) are
+//! served unsigned, the delegation proven insecure by a signed NSEC at its apex. Unknown names
+//! get NXDOMAIN.
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TXT};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use super::dns_zone::{Signer, Zone};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -22,29 +26,48 @@ pub enum Rec {
     Cname(&'static str),
     /// Owner is the reversed name, e.g. `2.0.0.127.in-addr.arpa`.
     Ptr(&'static str),
+    /// TLSA: usage, selector, matching type, data. Owner e.g. `_25._tcp.mx.example.test`.
+    Tlsa(u8, u8, u8, Vec<u8>),
     /// Every query for the owner fails with SERVFAIL (a broken zone).
     ServFail,
 }
 
 pub struct DnsServer {
     pub addr: SocketAddr,
-    zone: Arc<Mutex<HashMap<String, Vec<Rec>>>>,
+    /// The zone's key as a trust anchor file (a DNSKEY line for the root).
+    pub anchor: PathBuf,
+    zone: Arc<Mutex<Zone>>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
 }
 
-fn key(name: &str) -> String {
+pub(super) fn key(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 impl DnsServer {
-    /// Serves `records`: (owner name, record).
+    /// Serves `records`: (owner name, record), all signed.
     pub fn start(records: &[(&str, Rec)]) -> DnsServer {
-        let mut zone: HashMap<String, Vec<Rec>> = HashMap::new();
+        Self::start_with(records, &[])
+    }
+
+    /// Serves `records`; names at and under each of `unsigned` (zone apexes such as
+    /// `plain.test`) are an unsigned zone delegated from the signed root.
+    pub fn start_with(records: &[(&str, Rec)], unsigned: &[&str]) -> DnsServer {
+        let mut names: HashMap<String, Vec<Rec>> = HashMap::new();
         for (name, rec) in records {
-            zone.entry(key(name)).or_default().push(rec.clone());
+            names.entry(key(name)).or_default().push(rec.clone());
         }
-        let zone = Arc::new(Mutex::new(zone));
+        let signer = Signer::generate();
+        let dir = tempfile::tempdir().unwrap();
+        let anchor = dir.path().join("anchor.txt");
+        std::fs::write(&anchor, signer.anchor_line()).unwrap();
+        let zone = Arc::new(Mutex::new(Zone {
+            names,
+            unsigned: unsigned.iter().map(|u| key(u)).collect(),
+            signer,
+        }));
         let served = zone.clone();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
@@ -67,22 +90,33 @@ impl DnsServer {
         });
         DnsServer {
             addr,
+            anchor,
             zone,
             stop,
             thread: Some(thread),
+            _dir: dir,
         }
     }
-}
 
-impl DnsServer {
     /// Serves one more record from now on (a record published while the test runs).
     pub fn add(&self, name: &str, rec: Rec) {
         self.zone
             .lock()
             .unwrap()
+            .names
             .entry(key(name))
             .or_default()
             .push(rec);
+    }
+
+    /// The `[dns]` table for mx2: this server, its key as the DNSSEC trust anchor. More
+    /// `[dns]` keys may follow it.
+    pub fn table(&self) -> String {
+        format!(
+            "[dns]\nnameservers = [\"{}\"]\ndnssec_trust_anchor = \"{}\"\n",
+            self.addr,
+            self.anchor.display()
+        )
     }
 }
 
@@ -95,44 +129,19 @@ impl Drop for DnsServer {
     }
 }
 
-fn answer(zone: &HashMap<String, Vec<Rec>>, query: &[u8]) -> Option<Vec<u8>> {
+fn answer(zone: &Zone, query: &[u8]) -> Option<Vec<u8>> {
     let q = Message::from_vec(query).ok()?;
     let question = q.queries.first()?.clone();
     let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
     m.metadata.authoritative = true;
     m.metadata.recursion_desired = q.metadata.recursion_desired;
     m.metadata.recursion_available = true;
-    m.add_query(question.clone());
-    let name = question.name().clone();
-    match zone.get(&key(&name.to_ascii())) {
-        None => m.metadata.response_code = ResponseCode::NXDomain,
-        Some(recs) if recs.iter().any(|r| matches!(r, Rec::ServFail)) => {
-            m.metadata.response_code = ResponseCode::ServFail;
-        }
-        Some(recs) => {
-            for r in recs {
-                let data = match (r, question.query_type()) {
-                    (Rec::Mx(p, host), RecordType::MX) => {
-                        RData::MX(MX::new(*p, Name::from_ascii(format!("{host}.")).ok()?))
-                    }
-                    (Rec::NullMx, RecordType::MX) => RData::MX(MX::new(0, Name::root())),
-                    (Rec::Txt(t), RecordType::TXT) => RData::TXT(TXT::new(vec![t.to_string()])),
-                    (Rec::Cname(t), _) => {
-                        RData::CNAME(CNAME(Name::from_ascii(format!("{t}.")).ok()?))
-                    }
-                    (Rec::Ptr(t), RecordType::PTR) => {
-                        RData::PTR(PTR(Name::from_ascii(format!("{t}.")).ok()?))
-                    }
-                    (Rec::Ip(ip), t) => match (ip.parse::<IpAddr>().ok()?, t) {
-                        (IpAddr::V4(v4), RecordType::A) => RData::A(A(v4)),
-                        (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),
-                        _ => continue,
-                    },
-                    _ => continue,
-                };
-                m.add_answer(Record::from_rdata(name.clone(), 60, data));
-            }
-        }
+    if q.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(4096).set_dnssec_ok(true);
+        m.set_edns(edns);
     }
+    m.add_query(question.clone());
+    zone.answer(question.name(), question.query_type(), &mut m)?;
     m.to_vec().ok()
 }

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod config;
 pub mod dns;
+mod dns_zone;
 pub mod http;
 pub mod mmdb;
 pub mod pg;
