@@ -565,6 +565,60 @@ mod tests {
     }
 
     #[test]
+    fn dane_ee_ignores_name_and_expiry_dane_ta_checks_the_chain_and_name() {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+        let mut expired = CertificateParams::new(vec!["elsewhere.test".to_string()]).unwrap();
+        expired.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        expired.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let ee = CertificateParams::new(vec!["mx.example.test".to_string()])
+            .unwrap()
+            .signed_by(&KeyPair::generate().unwrap(), &ca)
+            .unwrap()
+            .der()
+            .to_vec();
+        let old = expired
+            .signed_by(&KeyPair::generate().unwrap(), &ca)
+            .unwrap()
+            .der()
+            .to_vec();
+        let ca_der = ca.der().to_vec();
+        let sha = |b: &[u8]| {
+            ring::digest::digest(&ring::digest::SHA256, b)
+                .as_ref()
+                .to_vec()
+        };
+        let rec = |usage, data| Tlsa {
+            usage,
+            selector: 0,
+            matching: 1,
+            data,
+        };
+        let names = vec!["mx.example.test".to_string(), "example.test".to_string()];
+        let now = UnixTime::now();
+        // DANE-EE: an expired certificate for another name still matches (RFC 7672 §3.1.1).
+        let ee_rec = [rec(3, sha(&old))];
+        assert!(verify_dane(&ee_rec, &[&old], &names, "h", now).is_ok());
+        let e = verify_dane(&ee_rec, &[&ee], &names, "h", now).unwrap_err();
+        assert_eq!(e, "DANE: h presented a certificate matching no TLSA record");
+        // DANE-TA: the chain must lead to the named anchor and name the host.
+        let ta = [rec(2, sha(&ca_der))];
+        assert!(verify_dane(&ta, &[&ee, &ca_der], &names, "h", now).is_ok());
+        let e = verify_dane(&ta, &[&ee, &ca_der], &["other.test".into()], "h", now).unwrap_err();
+        assert!(
+            e.starts_with("DANE: h presented a certificate that does not chain"),
+            "{e}"
+        );
+        let e = verify_dane(&ta, &[&old, &ca_der], &names, "h", now).unwrap_err();
+        assert!(e.contains("does not chain"), "expired under DANE-TA: {e}");
+        let e = verify_dane(&ta, &[&ee], &names, "h", now).unwrap_err();
+        assert!(e.contains("matching no TLSA record"), "{e}");
+        assert!(verify_dane(&ta, &[], &names, "h", now).is_err());
+    }
+
+    #[test]
     fn certificate_reloads_when_the_files_change_and_survives_bad_ones() {
         let dir = tempfile::tempdir().unwrap();
         let (c, k) = write_pair(dir.path(), "one.test");

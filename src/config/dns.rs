@@ -93,3 +93,63 @@ impl Ctx<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{MINIMAL, parse};
+
+    #[test]
+    fn dnssec_defaults_to_the_iana_root_and_takes_a_trust_anchor_file() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.dns.dnssec, Dnssec::Validate { trust_anchor: None });
+        let off = parse(&format!("[dns]\ndnssec = \"off\"\n{MINIMAL}")).unwrap();
+        assert_eq!(off.dns.dnssec, Dnssec::Off);
+
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("anchor.txt");
+        std::fs::write(
+            &good,
+            ". 3600 IN DNSKEY 257 3 15 l02Woi0iS8Aa25FQkUd9RMzZHJpBoRQwAQEX1SxZJA4=\n",
+        )
+        .unwrap();
+        let with = |path: &std::path::Path, extra: &str| {
+            parse(&format!(
+                "[dns]\n{extra}dnssec_trust_anchor = \"{}\"\n{MINIMAL}",
+                path.display()
+            ))
+        };
+        assert_eq!(
+            with(&good, "").unwrap().dns.dnssec,
+            Dnssec::Validate {
+                trust_anchor: Some(good.clone())
+            }
+        );
+        let e = with(&good, "dnssec = \"off\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("test.toml:3:") && e.contains("remove one of them"),
+            "{e}"
+        );
+        let missing = dir.path().join("missing.txt");
+        let e = with(&missing, "").unwrap_err().to_string();
+        assert!(
+            e.contains("missing.txt: cannot read the trust anchor"),
+            "{e}"
+        );
+        let junk = dir.path().join("junk.txt");
+        std::fs::write(&junk, "not a zone file at all\n").unwrap();
+        let e = with(&junk, "").unwrap_err().to_string();
+        assert!(
+            e.contains("junk.txt: not a DNSSEC trust anchor file"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.txt");
+        std::fs::write(&empty, "; nothing\n").unwrap();
+        let e = with(&empty, "").unwrap_err().to_string();
+        assert!(e.contains("holds no DNSKEY record"), "{e}");
+        let e = parse(&format!("[dns]\ndnssec = \"maybe\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use \"validate\" or \"off\""), "{e}");
+    }
+}

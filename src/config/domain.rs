@@ -339,6 +339,47 @@ mod tests {
     use crate::config::tests::{MINIMAL, parse};
 
     #[test]
+    fn tls_modes_dane_and_auto_are_for_mx_routes() {
+        let mx = |tls: &str| {
+            parse(&format!(
+                "[[domain]]\nname = \"a.test\"\nroute = \"mx\"\n{tls}\n"
+            ))
+        };
+        let mode = |tls: &str| mx(tls).unwrap().domains[0].tls.mode;
+        assert_eq!(
+            mode(""),
+            TlsMode::Auto,
+            "auto is the default for route = mx"
+        );
+        assert_eq!(mode("tls = \"dane\""), TlsMode::Dane);
+        assert_eq!(mode("tls = \"opportunistic\""), TlsMode::Opportunistic);
+        // A pin keeps the old default (opportunistic, pinned).
+        let pin = format!("tls_pin = \"sha256:{}\"", "00".repeat(32));
+        assert_eq!(mode(&pin), TlsMode::Opportunistic);
+        let e = mx(&format!("tls = \"dane\"\n{pin}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml:5:") && e.contains("tls_pin does not go with tls = \"dane\""),
+            "{e}"
+        );
+        // Static primaries keep opportunistic as their default and refuse per-MX modes.
+        assert_eq!(
+            parse(MINIMAL).unwrap().domains[0].tls.mode,
+            TlsMode::Opportunistic
+        );
+        let e = parse(&format!("{MINIMAL}tls = \"auto\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml:4:") && e.contains("needs route = \"mx\""),
+            "{e}"
+        );
+        let e = mx("tls = \"mta\"").unwrap_err().to_string();
+        assert!(e.contains("\"dane\" or \"auto\""), "{e}");
+    }
+
+    #[test]
     fn bad_primary_and_duplicates_are_reported() {
         let e = parse("[[domain]]\nname = \"a.test\"\nprimary = [\"host:99999\"]\n")
             .unwrap_err()
