@@ -1,7 +1,9 @@
 //! `mx2 check DOMAIN`: audits a domain's MX setup before a disaster does — MX records and
-//! preferences, CNAME and IP-literal targets, addresses, reverse DNS, and whether primary and
-//! backup really sit in different networks. Lookups go through [`Dns`]; the verdicts are pure.
+//! preferences, CNAME and IP-literal targets, addresses, reverse DNS, whether primary and
+//! backup really sit in different networks, and DANE ([`dane`]). Lookups go through [`Dns`];
+//! the verdicts are pure.
 
+pub mod dane;
 pub mod diversity;
 pub mod geoip;
 pub mod mta_sts;
@@ -186,8 +188,11 @@ pub async fn run(domain: &str, dns: &Dns, opts: &Options) -> Report {
             None,
         );
     }
+    let helo = "mx2-check.invalid";
+    let dane_port = opts.smtp_port.unwrap_or(25);
+    dane::run(&mut r, dns, dane_port, opts.smtp_port.is_some(), helo).await;
     if let Some(port) = opts.smtp_port {
-        smtp::run(&mut r, port, opts.ca_file.as_deref(), "mx2-check.invalid").await;
+        smtp::run(&mut r, port, opts.ca_file.as_deref(), helo).await;
         mta_sts::run(&mut r, dns, opts.ca_file.as_deref()).await;
     }
     match &opts.geoip {

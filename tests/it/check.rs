@@ -354,3 +354,68 @@ fn geoip_database_checks() {
         "{together}"
     );
 }
+
+/// The DANE part of a check's text (its findings naming TLSA, with their fixes), the port
+/// masked.
+fn dane_lines(text: &str, port: u16) -> String {
+    let mut out = Vec::new();
+    let mut keep = false;
+    for line in text.lines() {
+        if !line.starts_with("    fix:") {
+            keep = line.contains("TLSA");
+        }
+        if keep {
+            out.push(line);
+        }
+    }
+    out.join("\n").replace(&port.to_string(), "PORT")
+}
+
+#[test]
+fn dane_checks_match_the_certificate_against_the_tlsa_records() {
+    let pki = common::pki::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = common::Primary::start(0);
+    let leaf = pki.leaf(dir.path(), "mx", &["mx.good-dane.test", "mx.bad-dane.test"]);
+    let tail = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[[domain]]\nname = \"good-dane.test\"\nprimary = [\"127.0.0.1:{}\"]\n",
+        leaf.cert.display(),
+        leaf.key.display(),
+        primary.port
+    );
+    let host = common::Mx2::start_tail(&tail);
+    let der = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_file(&leaf.cert).unwrap()
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.tbs_certificate.subject_pki.raw)
+        .as_ref()
+        .to_vec();
+    let mut wrong = digest.clone();
+    wrong[31] ^= 1;
+    let p = host.port;
+    let good_owner = format!("_{p}._tcp.mx.good-dane.test");
+    let bad_owner = format!("_{p}._tcp.mx.bad-dane.test");
+    let dns = DnsServer::start(&[
+        ("good-dane.test", Rec::Mx(10, "mx.good-dane.test")),
+        ("mx.good-dane.test", Rec::Ip("127.0.0.1")),
+        (good_owner.as_str(), Rec::Tlsa(3, 1, 1, digest)),
+        ("bad-dane.test", Rec::Mx(10, "mx.bad-dane.test")),
+        ("mx.bad-dane.test", Rec::Ip("127.0.0.1")),
+        (bad_owner.as_str(), Rec::Tlsa(3, 1, 1, wrong)),
+    ]);
+    for (domain, snapshot) in [
+        ("good-dane.test", "dane_all_good"),
+        ("bad-dane.test", "dane_tlsa_mismatch"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mx2"))
+            .args(["check", domain, "--smtp", "--smtp-port", &p.to_string()])
+            .args(["--resolver", &dns.addr.to_string(), "--trust-anchor"])
+            .arg(&dns.anchor)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        insta::assert_snapshot!(snapshot, dane_lines(&text, p));
+    }
+}
