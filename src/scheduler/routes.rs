@@ -30,7 +30,15 @@ pub(super) fn routes_for(config: &Config) -> Result<HashMap<String, Arc<Route>>,
             },
         };
         let mut key = Route::key_of(&kind);
-        if d.tls != TlsPolicy::default() {
+        // The route's name stays `mx:DOMAIN` (or its hosts) under the default policy for its kind.
+        let default_tls = match d.route {
+            DomainRoute::Mx => TlsPolicy {
+                mode: crate::config::TlsMode::Auto,
+                ..TlsPolicy::default()
+            },
+            DomainRoute::Primary(_) => TlsPolicy::default(),
+        };
+        if d.tls != default_tls {
             key.push_str(&format!("|{:?}", d.tls));
         }
         if let Some(a) = &d.auth {
