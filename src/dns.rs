@@ -9,6 +9,7 @@ use crate::config::Dnssec;
 use crate::delivery::dane::Tlsa;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
@@ -223,7 +224,7 @@ impl Dns {
             Err(e) if e.is_no_records_found() => Ok(insecure(MxAnswer::NoMx)),
             Err(e) => Err(DnsFailure {
                 name: domain.to_string(),
-                reason: e.to_string(),
+                reason: reason(&e),
             }),
         }
     }
@@ -245,7 +246,7 @@ impl Dns {
             Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(None),
             Err(e) => Err(DnsFailure {
                 name: name.to_string(),
-                reason: e.to_string(),
+                reason: reason(&e),
             }),
         }
     }
@@ -266,7 +267,7 @@ impl Dns {
             Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
             Err(e) => Err(DnsFailure {
                 name: ip.to_string(),
-                reason: e.to_string(),
+                reason: reason(&e),
             }),
         }
     }
@@ -300,7 +301,7 @@ impl Dns {
             Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
             Err(e) => Err(DnsFailure {
                 name: name.to_string(),
-                reason: e.to_string(),
+                reason: reason(&e),
             }),
         }
     }
@@ -349,7 +350,7 @@ impl Dns {
                     }
                 }
                 Err(e) if e.is_nx_domain() || e.is_no_records_found() => {}
-                Err(e) => failure = Some(e.to_string()),
+                Err(e) => failure = Some(reason(&e)),
             }
         }
         match (out.is_empty(), failure) {
@@ -393,17 +394,29 @@ impl Dns {
             }),
             Err(e) => Err(DnsFailure {
                 name: name.to_string(),
-                reason: e.to_string(),
+                reason: reason(&e),
             }),
         }
     }
 }
 
-/// Whether the answer holds records of `kind` and DNSSEC proved all of them.
+/// Whether the answer holds records of `kind` and DNSSEC proved all of them and every CNAME
+/// that led there.
 fn all_secure(records: &[Record], kind: RecordType) -> bool {
-    let mut of_kind = records
-        .iter()
-        .filter(|r| r.record_type() == kind)
-        .peekable();
-    of_kind.peek().is_some() && of_kind.all(|r| r.proof == Proof::Secure)
+    records.iter().any(|r| r.record_type() == kind)
+        && records
+            .iter()
+            .filter(|r| r.record_type() == kind || r.record_type() == RecordType::CNAME)
+            .all(|r| r.proof == Proof::Secure)
+}
+
+/// A failed lookup in words; a bogus answer says what it may mean.
+fn reason(e: &NetError) -> String {
+    match e {
+        NetError::Dns(DnsError::DnssecBogus) => "DNSSEC validation failed: the answer is bogus \
+            (forged, or the zone's signatures are broken; if a resolver on the path strips \
+            DNSSEC records, point [dns] nameservers at one that does not)"
+            .to_string(),
+        other => other.to_string(),
+    }
 }

@@ -202,3 +202,46 @@ fn the_same_record_in_an_unsigned_zone_is_not_dane() {
         "opportunistic TLS still used: {hop}"
     );
 }
+
+#[test]
+fn notifications_to_a_senders_mx_follow_its_dane_policy() {
+    let port = free_port();
+    // The sender's MX publishes a TLSA record but offers no STARTTLS.
+    let owner = format!("_{port}._tcp.mail.sender.test");
+    let dns = DnsServer::start(&[
+        ("sender.test", Rec::Mx(10, "mail.sender.test")),
+        ("mail.sender.test", Rec::Ip("127.0.0.4")),
+        (owner.as_str(), Rec::Tlsa(3, 1, 1, vec![7; 32])),
+    ]);
+    let sender_mx = Primary::start_on("127.0.0.4", port, PrimaryOptions::default());
+    let primary = Primary::start_on(
+        "127.0.0.1",
+        port,
+        PrimaryOptions::rejecting("5.1.1 <nobody@example.test>: no such user"),
+    );
+    let tail = format!(
+        "{}[routing]\nmx_port = {port}\n[[domain]]\nname = \"example.test\"\nprimary = [\"127.0.0.1:{port}\"]\n",
+        dns.table()
+    );
+    let mx2 = Mx2::start_tail(&tail);
+    let mut c = mx2.client();
+    c.cmd("EHLO client.test");
+    let r = c.send_mail(
+        "alice@sender.test",
+        &["nobody@example.test"],
+        &message("bounced", "x"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    // The bounce is made, then held for the sender's MX with the DANE reason.
+    wait_until_showing(
+        "the notification held by DANE",
+        Duration::from_secs(15),
+        || last_reply(&mx2).contains("DANE: mail.sender.test must use TLS"),
+        || format!("queue: {}\nlog:\n{}", last_reply(&mx2), mx2.log()),
+    );
+    assert_eq!(primary.rcpt_tries("nobody@example.test"), 1);
+    assert!(
+        sender_mx.messages().is_empty(),
+        "the notification went out in plaintext"
+    );
+}
