@@ -234,11 +234,15 @@ impl Client {
         match &target.policy.policy {
             Policy::Configured => c.start_tls(target, tls, tls.mode.opportunistic()).await?,
             Policy::Dane { records, names } => {
-                let dane =
-                    ClientTls::dane(records, names, &name).map_err(|reason| ClientError::Tls {
-                        host: name.clone(),
-                        reason,
-                    })?;
+                let dane = ClientTls::dane(records, names, &name).map_err(|reason| {
+                    dane_failure(
+                        &target.name,
+                        ClientError::Tls {
+                            host: name.clone(),
+                            reason,
+                        },
+                    )
+                })?;
                 // DANE: STARTTLS is mandatory and the certificate must match; whatever fails,
                 // the reason names the policy (RFC 7672 §2.2).
                 c.start_tls(target, &dane, false)
