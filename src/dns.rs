@@ -53,7 +53,76 @@ pub struct Dns {
     fresh: TokioResolver,
     /// The same servers through hickory's DNSSEC validator (None: `dnssec = "off"`). A bogus
     /// answer is an error here, never an insecure one.
-    validating: Option<TokioResolver>,
+    validating: Option<Validating>,
+}
+
+/// The validating resolver and, under `dnssec = "auto"`, whether the name servers give out
+/// DNSSEC data at all: the trust anchor's own DNSKEY set must validate. Servers that strip
+/// signatures (many small resolvers, test DNS servers) would make every validated answer
+/// bogus; then nothing is secure instead, and DANE does not apply (as with Postfix behind a
+/// non-validating resolver). Asked again every [`RECHECK`].
+struct Validating {
+    resolver: TokioResolver,
+    strict: bool,
+    /// The owner name of the trust anchor's DNSKEY records (the root unless a file says).
+    apex: String,
+    /// When last asked, and the answer.
+    known: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+}
+
+/// How long an answer to "do the name servers give out DNSSEC data?" is kept.
+const RECHECK: Duration = Duration::from_secs(300);
+
+impl Validating {
+    /// The resolver DANE's lookups go through: the validating one, unless (`auto`) the name
+    /// servers give out no DNSSEC data.
+    async fn resolver<'a>(&'a self, plain: &'a TokioResolver) -> &'a TokioResolver {
+        if self.strict || self.available().await {
+            &self.resolver
+        } else {
+            plain
+        }
+    }
+
+    async fn available(&self) -> bool {
+        let now = std::time::Instant::now();
+        let last = *self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, ok)) = last
+            && now.duration_since(at) < RECHECK
+        {
+            return ok;
+        }
+        let ok = match self
+            .resolver
+            .lookup(self.apex.as_str(), RecordType::DNSKEY)
+            .await
+        {
+            Ok(lookup) => all_secure(lookup.answers(), RecordType::DNSKEY),
+            Err(_) => false,
+        };
+        if last.is_none_or(|(_, was)| was != ok) {
+            if ok {
+                tracing::info!(zone = %self.apex, "the name servers give out DNSSEC data: DANE's lookups are validated");
+            } else {
+                tracing::warn!(zone = %self.apex, "the name servers give out no DNSSEC data that validates from the trust anchor: nothing is DNSSEC-secure, so DANE does not apply (set [dns] nameservers to a DNSSEC-aware resolver, or dnssec = \"validate\" to hold mail instead)");
+            }
+        }
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, ok));
+        ok
+    }
+}
+
+/// The owner name of the first record in a trust anchor file (`.` without a file).
+fn anchor_apex(path: Option<&std::path::Path>) -> String {
+    path.and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| {
+            text.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with(';'))
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| ".".to_string())
 }
 
 /// The trust anchors a [`Dnssec`] setting names: the file's DNSKEY records, or hickory's
@@ -93,14 +162,17 @@ impl Dns {
     ) -> Result<Self, String> {
         let validating = match dnssec {
             Dnssec::Off => None,
-            Dnssec::Validate { trust_anchor } => {
+            Dnssec::Validate {
+                trust_anchor,
+                strict,
+            } => {
                 let anchors = Arc::new(trust_anchors(trust_anchor.as_deref())?);
-                Some(Self::resolver_for(
-                    nameservers,
-                    timeout,
-                    true,
-                    Some(anchors),
-                )?)
+                Some(Validating {
+                    resolver: Self::resolver_for(nameservers, timeout, true, Some(anchors))?,
+                    strict: *strict,
+                    apex: anchor_apex(trust_anchor.as_deref()),
+                    known: std::sync::Mutex::new(None),
+                })
             }
         };
         Ok(Self {
@@ -173,6 +245,14 @@ impl Dns {
         }
     }
 
+    /// The resolver for the lookups DANE depends on (see [`Validating`]).
+    async fn proving(&self) -> &TokioResolver {
+        match &self.validating {
+            Some(v) => v.resolver(&self.resolver).await,
+            None => &self.resolver,
+        }
+    }
+
     pub async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsFailure> {
         Self::mx_from(&self.resolver, domain)
             .await
@@ -182,7 +262,7 @@ impl Dns {
     /// As [`Dns::mx`], validated: `secure` when DNSSEC proved the MX records (an implicit
     /// MX, null MX or missing domain is never secure: DANE then does not apply).
     pub async fn mx_proven(&self, domain: &str) -> Result<Proven<MxAnswer>, DnsFailure> {
-        Self::mx_from(self.validating.as_ref().unwrap_or(&self.resolver), domain).await
+        Self::mx_from(self.proving().await, domain).await
     }
 
     async fn mx_from(
@@ -316,7 +396,7 @@ impl Dns {
     /// As [`Dns::addresses`], validated: `secure` when DNSSEC proved every address record
     /// (an IP literal is not secure: it names no host a TLSA record could belong to).
     pub async fn addresses_proven(&self, host: &str) -> Result<Proven<Vec<IpAddr>>, DnsFailure> {
-        Self::addresses_from(self.validating.as_ref().unwrap_or(&self.resolver), host).await
+        Self::addresses_from(self.proving().await, host).await
     }
 
     async fn addresses_from(
@@ -370,8 +450,7 @@ impl Dns {
     /// not to be used, RFC 7672 §2.2). Records of a malformed kind are kept for the matcher
     /// to judge unusable.
     pub async fn tlsa(&self, name: &str) -> Result<Proven<Vec<Tlsa>>, DnsFailure> {
-        let resolver = self.validating.as_ref().unwrap_or(&self.resolver);
-        match resolver.tlsa_lookup(Self::fqdn(name)).await {
+        match self.proving().await.tlsa_lookup(Self::fqdn(name)).await {
             Ok(lookup) => Ok(Proven {
                 secure: all_secure(lookup.answers(), RecordType::TLSA),
                 answer: lookup

@@ -254,7 +254,10 @@ pub fn main() -> ExitCode {
                 smtp_port: smtp.then_some(smtp_port),
                 ca_file,
             };
-            let dnssec = crate::config::Dnssec::Validate { trust_anchor };
+            let dnssec = crate::config::Dnssec::Validate {
+                trust_anchor,
+                strict: false,
+            };
             check(&domain, resolver.as_deref(), &dnssec, opts, json)
         }
         Cmd::Config {

@@ -23,8 +23,14 @@ pub struct DnsConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dnssec {
     /// hickory's validator, from the DNSKEY records in `trust_anchor` (None: the IANA root
-    /// keys built into hickory).
-    Validate { trust_anchor: Option<PathBuf> },
+    /// keys built into hickory). `strict` (`"validate"`): always; otherwise (`"auto"`, the
+    /// default) only while the name servers give out DNSSEC data at all (the trust anchor's
+    /// own DNSKEY set validates): behind servers that strip it, nothing is secure and DANE
+    /// does not apply, rather than every MX lookup failing as bogus.
+    Validate {
+        trust_anchor: Option<PathBuf>,
+        strict: bool,
+    },
     /// Nothing is validated: no answer is secure, so DANE never applies.
     Off,
 }
@@ -58,7 +64,11 @@ impl Ctx<'_> {
             nameservers.push(addr);
         }
         let dnssec = match raw.dnssec.as_ref().map(|d| (d, d.get_ref().as_str())) {
-            None | Some((_, "validate")) => {
+            None | Some((_, "auto" | "validate")) => {
+                let strict = raw
+                    .dnssec
+                    .as_ref()
+                    .is_some_and(|d| d.get_ref() == "validate");
                 let trust_anchor = match &raw.dnssec_trust_anchor {
                     None => None,
                     Some(f) => {
@@ -68,7 +78,10 @@ impl Ctx<'_> {
                         Some(path)
                     }
                 };
-                Dnssec::Validate { trust_anchor }
+                Dnssec::Validate {
+                    trust_anchor,
+                    strict,
+                }
             }
             Some((_, "off")) => {
                 if let Some(f) = &raw.dnssec_trust_anchor {
@@ -82,7 +95,9 @@ impl Ctx<'_> {
             Some((d, other)) => {
                 return Err(self.at(
                     d.span(),
-                    &format!("unknown dnssec setting `{other}`: use \"validate\" or \"off\""),
+                    &format!(
+                        "unknown dnssec setting `{other}`: use \"auto\", \"validate\" or \"off\""
+                    ),
                 ));
             }
         };
@@ -102,7 +117,21 @@ mod tests {
     #[test]
     fn dnssec_defaults_to_the_iana_root_and_takes_a_trust_anchor_file() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.dns.dnssec, Dnssec::Validate { trust_anchor: None });
+        assert_eq!(
+            c.dns.dnssec,
+            Dnssec::Validate {
+                trust_anchor: None,
+                strict: false
+            }
+        );
+        let strict = parse(&format!("[dns]\ndnssec = \"validate\"\n{MINIMAL}")).unwrap();
+        assert_eq!(
+            strict.dns.dnssec,
+            Dnssec::Validate {
+                trust_anchor: None,
+                strict: true
+            }
+        );
         let off = parse(&format!("[dns]\ndnssec = \"off\"\n{MINIMAL}")).unwrap();
         assert_eq!(off.dns.dnssec, Dnssec::Off);
 
@@ -122,7 +151,8 @@ mod tests {
         assert_eq!(
             with(&good, "").unwrap().dns.dnssec,
             Dnssec::Validate {
-                trust_anchor: Some(good.clone())
+                trust_anchor: Some(good.clone()),
+                strict: false
             }
         );
         let e = with(&good, "dnssec = \"off\"\n").unwrap_err().to_string();
@@ -150,6 +180,6 @@ mod tests {
         let e = parse(&format!("[dns]\ndnssec = \"maybe\"\n{MINIMAL}"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("use \"validate\" or \"off\""), "{e}");
+        assert!(e.contains("use \"auto\", \"validate\" or \"off\""), "{e}");
     }
 }

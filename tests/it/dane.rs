@@ -78,6 +78,7 @@ fn lookups_in_the_signed_zone_are_secure_and_below_an_unsigned_delegation_insecu
     rt.block_on(async {
         let validate = Dnssec::Validate {
             trust_anchor: Some(dns.anchor.clone()),
+            strict: false,
         };
         let d = Dns::new(&[dns.addr], Duration::from_secs(2), &validate).unwrap();
         let mx = d.mx_proven("example.test").await.unwrap();
@@ -95,10 +96,22 @@ fn lookups_in_the_signed_zone_are_secure_and_below_an_unsigned_delegation_insecu
         let t = d.tlsa("_25._tcp.mx.plain.test").await.unwrap();
         assert!(!t.secure && t.answer.len() == 1, "{t:?}");
 
-        // The IANA root keys do not sign the test zone: its answers are bogus, an error.
-        let iana = Dnssec::Validate { trust_anchor: None };
+        // The IANA root keys do not sign the test zone: strictly validated, its answers are
+        // bogus, an error; under "auto" the root's keys do not validate, so nothing is
+        // secure (and DANE does not apply).
+        let iana = Dnssec::Validate {
+            trust_anchor: None,
+            strict: true,
+        };
         let d = Dns::new(&[dns.addr], Duration::from_secs(2), &iana).unwrap();
         assert!(d.tlsa("_25._tcp.mx.example.test").await.is_err());
+        let auto = Dnssec::Validate {
+            trust_anchor: None,
+            strict: false,
+        };
+        let d = Dns::new(&[dns.addr], Duration::from_secs(2), &auto).unwrap();
+        let t = d.tlsa("_25._tcp.mx.example.test").await.unwrap();
+        assert!(!t.secure && t.answer.len() == 1, "{t:?}");
         // Without validation nothing is secure.
         let d = Dns::new(&[dns.addr], Duration::from_secs(2), &Dnssec::Off).unwrap();
         assert!(!d.mx_proven("example.test").await.unwrap().secure);
@@ -243,5 +256,53 @@ fn notifications_to_a_senders_mx_follow_its_dane_policy() {
     assert!(
         sender_mx.messages().is_empty(),
         "the notification went out in plaintext"
+    );
+}
+
+/// `dnssec = "auto"` (the default) behind name servers whose DNSSEC data does not validate
+/// from the trust anchor (here: the built-in IANA root keys against the tests' own root key,
+/// as behind a resolver that strips signatures): nothing is secure, a TLSA record that
+/// matches nothing is not DANE and the mail is delivered. `dnssec = "validate"` holds it as
+/// bogus instead.
+#[test]
+fn auto_without_usable_dnssec_data_delivers_validate_holds() {
+    let pki = Pki::new();
+    let primary = Primary::start(0);
+    let (host, _dir) = tls_host(&pki, &["mx.example.test"], primary.port);
+    let owner = format!("_{}._tcp.mx.example.test", host.port);
+    let dns = DnsServer::start(&[
+        ("example.test", Rec::Mx(10, "mx.example.test")),
+        ("mx.example.test", Rec::Ip("127.0.0.1")),
+        (owner.as_str(), Rec::Tlsa(3, 1, 1, vec![7; 32])),
+    ]);
+    let with = |dnssec: &str| {
+        Mx2::start_tail(&format!(
+            "[dns]\nnameservers = [\"{}\"]\n{dnssec}[routing]\nmx_port = {}\n[[domain]]\nname = \"example.test\"\nroute = \"mx\"\n",
+            dns.addr, host.port
+        ))
+    };
+    let strict = with("dnssec = \"validate\"\n");
+    send(&strict, "strict");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut reply = String::new();
+    while std::time::Instant::now() < deadline {
+        reply = last_reply(&strict);
+        if !reply.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(reply.contains("bogus"), "{reply}\n{}", strict.log());
+    assert!(primary.messages().is_empty(), "validate must hold the mail");
+    drop(strict);
+
+    let auto = with("");
+    send(&auto, "auto");
+    let got = primary.wait_for(1, Duration::from_secs(15));
+    assert_eq!(got.len(), 1, "log:\n{}", auto.log());
+    assert!(
+        auto.log().contains("DANE does not apply"),
+        "the operator is told: {}",
+        auto.log()
     );
 }
