@@ -64,6 +64,23 @@ pub enum TlsMode {
     Required,
     /// STARTTLS must succeed with a certificate valid for the host name.
     Verify,
+    /// MX routes: the domain's MTA-STS policy when it publishes one (`delivery::mta_sts`),
+    /// else as `Opportunistic`.
+    MtaSts,
+}
+
+impl TlsMode {
+    /// Whether a connection may go on without TLS, or with any certificate, when nothing
+    /// stricter applies (a policy in force is applied by the caller before connecting).
+    pub fn opportunistic(self) -> bool {
+        matches!(self, TlsMode::Opportunistic | TlsMode::MtaSts)
+    }
+
+    /// The mode of a `route = "mx"` domain that sets no `tls`, and of the routes to senders'
+    /// MX hosts (notifications): the published policies, in this order, then opportunistic.
+    pub fn mx_default() -> TlsMode {
+        TlsMode::MtaSts
+    }
 }
 
 /// A domain's outbound TLS settings.
@@ -195,7 +212,7 @@ impl Ctx<'_> {
                 return Err(self.at(b.span(), &format!("unknown bounce policy `{other}`: use \"authenticated\", \"sender\", \"postmaster\" or \"none\"")));
             }
         };
-        let tls = self.tls_policy(&d)?;
+        let tls = self.tls_policy(&d, &route)?;
         let auth = match (&d.auth_user, &d.auth_password_file) {
             (None, None) => None,
             (Some(u), Some(f)) => {
@@ -285,14 +302,20 @@ impl Ctx<'_> {
         })
     }
 
-    /// `tls`, `tls_ca_file` and `tls_pin`.
-    fn tls_policy(&self, d: &RawDomain) -> Result<TlsPolicy, ConfigError> {
+    /// `tls`, `tls_ca_file` and `tls_pin`; an MX route without `tls` follows the domain's
+    /// published policy ([`TlsMode::mx_default`]).
+    fn tls_policy(&self, d: &RawDomain, route: &DomainRoute) -> Result<TlsPolicy, ConfigError> {
         let mode = match d.tls.as_ref().map(|t| (t, t.get_ref().as_str())) {
+            None if *route == DomainRoute::Mx => TlsMode::mx_default(),
             None | Some((_, "opportunistic")) => TlsMode::Opportunistic,
             Some((_, "required")) => TlsMode::Required,
             Some((_, "verify")) => TlsMode::Verify,
+            Some((t, "mta-sts")) if *route != DomainRoute::Mx => {
+                return Err(self.at(t.span(), "tls = \"mta-sts\" applies the policy a domain publishes for its MX hosts: use it with route = \"mx\" (for static primaries use \"verify\" and tls_ca_file)"));
+            }
+            Some((_, "mta-sts")) => TlsMode::MtaSts,
             Some((t, other)) => {
-                return Err(self.at(t.span(), &format!("unknown tls mode `{other}`: use \"opportunistic\", \"required\" or \"verify\"")));
+                return Err(self.at(t.span(), &format!("unknown tls mode `{other}`: use \"opportunistic\", \"required\", \"verify\" or \"mta-sts\"")));
             }
         };
         let pin = match &d.tls_pin {

@@ -3,7 +3,6 @@
 
 use super::auth::Credentials;
 use super::mx::Target;
-use crate::config::TlsMode;
 use crate::queue::body::{BodyReader, CHUNK};
 use crate::smtp::Reply;
 use crate::smtp::reply::ReplyParser;
@@ -90,6 +89,10 @@ pub enum ClientError {
     Tls { host: String, reason: String },
     #[error("{host}: TLS is required for this domain and {reason}")]
     TlsRequired { host: String, reason: String },
+    /// The destination's published policy (MTA-STS) refuses the connection: the reason
+    /// names the policy and why.
+    #[error("{0}")]
+    Policy(String),
     #[error("{host}: protocol error: {detail}")]
     Protocol { host: String, detail: String },
     /// The message's stored content could not be read (the primary is not at fault; the
@@ -145,7 +148,7 @@ impl Client {
             let attempt = match Self::connect_one(target, helo, t, Some(tls)).await {
                 // Plaintext is worth a try only when nothing secret is to be sent.
                 Err(ClientError::Tls { host, reason })
-                    if tls.mode == TlsMode::Opportunistic && auth.is_none() =>
+                    if tls.mode.opportunistic() && auth.is_none() =>
                 {
                     tracing::info!(primary = %host, reason, "TLS handshake failed; retrying without TLS (opportunistic)");
                     Self::connect_one(target, helo, t, None).await
@@ -210,7 +213,7 @@ impl Client {
         c.hello(helo).await?;
         let Some(tls) = tls else { return Ok(c) };
         if !c.caps.starttls {
-            if tls.mode == TlsMode::Opportunistic {
+            if tls.mode.opportunistic() {
                 return Ok(c);
             }
             return Err(ClientError::TlsRequired {
@@ -221,7 +224,7 @@ impl Client {
         c.send(b"STARTTLS\r\n", "STARTTLS").await?;
         let reply = c.read_reply(t.command, "the STARTTLS reply").await?;
         if reply.code != 220 {
-            if tls.mode == TlsMode::Opportunistic {
+            if tls.mode.opportunistic() {
                 return Ok(c);
             }
             return Err(ClientError::TlsRequired {

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod mta_sts;
 pub mod mx;
 pub mod reply;
 

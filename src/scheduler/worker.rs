@@ -12,9 +12,10 @@ use super::Scheduler;
 use super::bounce::Context;
 use super::record;
 use super::route::{Failure, Route, Transition};
+use crate::config::TlsMode;
 use crate::delivery::RecipientResult;
 use crate::delivery::client::{Client, ClientError, Timeouts};
-use crate::delivery::mx::{NoRoute, Target};
+use crate::delivery::mx::{NoRoute, RouteKind, Target};
 use crate::delivery::reply::RemoteReply;
 use crate::delivery::{Outcome, deliver};
 use crate::drill::watch::{self, Handoff};
@@ -58,7 +59,7 @@ impl Scheduler {
                     return;
                 }
             };
-            let mut client = match self.open(&route, &targets, &s.timeouts).await {
+            let mut client = match self.open(&route, &targets, &s.timeouts, true).await {
                 Ok(c) => c,
                 Err(e) => {
                     self.connection_failed(&route, &e.to_string()).await;
@@ -144,12 +145,18 @@ impl Scheduler {
     }
 
     /// A session with the route's primary: its TLS policy and credentials, these timeouts.
+    /// An MX route follows the destination's published policy ([`Scheduler::open_sts`]);
+    /// `delivering` sessions (not probes or callouts) are counted for the TLS reports.
     pub(super) async fn open(
         &self,
         route: &Route,
         targets: &[Target],
         t: &Timeouts,
+        delivering: bool,
     ) -> Result<Client, ClientError> {
+        if let (RouteKind::Mx { domain, .. }, TlsMode::MtaSts) = (&route.kind, route.tls.mode) {
+            return self.open_sts(route, domain, targets, t, delivering).await;
+        }
         Client::connect(
             targets,
             &self.settings.hostname,
