@@ -359,6 +359,33 @@ mod tests {
     }
 
     #[test]
+    fn mx_routes_follow_the_published_policy_unless_told_otherwise() {
+        let mode = |keys: &str| {
+            parse(&format!("[[domain]]\nname = \"a.test\"\n{keys}\n"))
+                .map(|c| c.domains[0].tls.mode)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(mode("route = \"mx\""), Ok(TlsMode::MtaSts));
+        assert_eq!(
+            mode("route = \"mx\"\ntls = \"mta-sts\""),
+            Ok(TlsMode::MtaSts)
+        );
+        assert_eq!(
+            mode("route = \"mx\"\ntls = \"opportunistic\""),
+            Ok(TlsMode::Opportunistic)
+        );
+        assert_eq!(mode("primary = [\"h:25\"]"), Ok(TlsMode::Opportunistic));
+        let e = mode("primary = [\"h:25\"]\ntls = \"mta-sts\"").unwrap_err();
+        assert!(
+            e.contains("route = \"mx\"") && e.contains("test.toml:4:"),
+            "{e}"
+        );
+        let e = mode("route = \"mx\"\ntls = \"dane-ish\"").unwrap_err();
+        assert!(e.contains("\"mta-sts\""), "{e}");
+        assert!(TlsMode::MtaSts.opportunistic() && !TlsMode::Required.opportunistic());
+    }
+
+    #[test]
     fn limits_and_inline_addresses() {
         let c = parse("[[domain]]\nname = \"a.test\"\nprimary = [\"h:25\"]\nmax_queue_bytes = \"20GB\"\nmax_queue_messages = 100000\nlifetime = \"14d\"\nmax_message_size = \"10MB\"\nrecipients_per_minute = 600\nrecipients = \"list\"\nrecipient_addresses = [\"info@a.test\", \"@sub.a.test\"]\n").unwrap();
         let d = &c.domains[0];

@@ -54,3 +54,32 @@ impl Ctx<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{MINIMAL, parse};
+
+    #[test]
+    fn defaults_name_the_host_and_addresses_are_checked() {
+        let c = parse(&format!("hostname = \"mx2.b.test\"\n{MINIMAL}")).unwrap();
+        let r = &c.tls_reports;
+        assert!(!r.enabled);
+        assert_eq!(r.organization, "mx2.b.test");
+        assert_eq!(
+            (r.contact.as_str(), r.from.as_str()),
+            ("postmaster@mx2.b.test", "postmaster@mx2.b.test")
+        );
+        let c = parse(&format!(
+            "[tls_reports]\nenabled = true\norganization = \"B Org\"\nfrom = \"tlsrpt@b.test\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert!(c.tls_reports.enabled && c.tls_reports.from == "tlsrpt@b.test");
+        let e = parse(&format!("[tls_reports]\ncontact = \"not mail\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[tls_reports] contact") && e.contains("test.toml:2:"),
+            "{e}"
+        );
+    }
+}
