@@ -3,7 +3,8 @@
 //! `[delivery] mta_sts_ca_file`), `_mta-sts`, `_smtp._tls` and MX records from the test DNS
 //! server, one TLS primary on loopback behind every MX name. `enforce` holds mail for an MX
 //! host the policy does not list and for a certificate not valid for the MX name, and says
-//! why; `testing` delivers and counts the failure; the cached policy still holds after the
+//! why, for notifications to a sender's MX hosts too; `testing` delivers and counts the
+//! failure; the cached policy still holds after the
 //! policy server is gone and mx2 restarted; the day's TLS report is mailed and parses.
 
 use crate::common::dns::{DnsServer, Rec};
@@ -79,7 +80,7 @@ fn policies_hold_test_report_and_outlive_their_server() {
         port,
         PrimaryOptions {
             tls: Some(pki.server_config(dir.path(), &["mx.good.sts.test"])),
-            ..Default::default()
+            ..PrimaryOptions::rejecting("5.1.1 no such user")
         },
     );
     let mut records = vec![
@@ -93,12 +94,15 @@ fn policies_hold_test_report_and_outlive_their_server() {
         ("wrongcert.sts.test", Rec::Mx(10, "mx.wrongcert.sts.test")),
         ("testing.sts.test", Rec::Mx(10, "mx.testing.sts.test")),
         ("good.sts.test", Rec::Mx(10, "mx.good.sts.test")),
+        // A sender's domain: its notifications go to its MX hosts under its policy.
+        ("strict.sts.test", Rec::Mx(10, "mx.strict.sts.test")),
     ];
     for d in [
         "unlisted.sts.test",
         "wrongcert.sts.test",
         "testing.sts.test",
         "good.sts.test",
+        "strict.sts.test",
     ] {
         let name = |prefix: &str| -> &'static str { format!("{prefix}.{d}").leak() };
         records.push((name("mx"), Rec::Ip("127.0.0.1")));
@@ -111,6 +115,7 @@ fn policies_hold_test_report_and_outlive_their_server() {
         "mta-sts.wrongcert.sts.test",
         "mta-sts.testing.sts.test",
         "mta-sts.good.sts.test",
+        "mta-sts.strict.sts.test",
     ];
     let mut server = PolicyServer::start(
         POLICY_IP,
@@ -120,6 +125,7 @@ fn policies_hold_test_report_and_outlive_their_server() {
             (names[1], &policy("enforce", "mx.wrongcert.sts.test")),
             (names[2], &policy("testing", "mx.testing.sts.test")),
             (names[3], &policy("enforce", "*.good.sts.test")),
+            (names[4], &policy("enforce", "mx.elsewhere.test")),
         ],
     );
     let tail = format!(
@@ -139,6 +145,16 @@ fn policies_hold_test_report_and_outlive_their_server() {
     send(&mx2, "w@wrongcert.sts.test", "wrongcert");
     send(&mx2, "t@testing.sts.test", "testing");
     send(&mx2, "g@good.sts.test", "good");
+    // Refused by the primary: the bounce to the sender's domain is held by that domain's
+    // policy like any other mail.
+    let mut c = mx2.client();
+    c.cmd("EHLO client.test");
+    let r = c.send_mail(
+        "s@strict.sts.test",
+        &["nobody@good.sts.test"],
+        &message("bounced", "to a user the primary does not know"),
+    );
+    assert!(r.starts_with("250"), "{r}");
     // enforce: an MX host the policy does not list, and a certificate for another name.
     wait_held(
         &mx2,
@@ -169,8 +185,13 @@ fn policies_hold_test_report_and_outlive_their_server() {
             .iter()
             .any(|r| r.contains("unlisted") || r.contains("wrongcert"))
     }));
+    wait_held(
+        &mx2,
+        "s@strict.sts.test",
+        "MTA-STS enforce: mx.strict.sts.test not in policy",
+    );
     let fetched = server.served();
-    assert_eq!(fetched, 4, "each policy fetched once, then cached");
+    assert_eq!(fetched, 5, "each policy fetched once, then cached");
 
     // The policy server goes away and mx2 restarts: the cached policies still apply. The
     // counters are moved back a day so that the restarted server reports them.
