@@ -5,7 +5,8 @@
 //! host the policy does not list and for a certificate not valid for the MX name, and says
 //! why, for notifications to a sender's MX hosts too; `testing` delivers and counts the
 //! failure; the cached policy still holds after the
-//! policy server is gone and mx2 restarted; the day's TLS report is mailed and parses.
+//! policy server is gone and mx2 restarted; the day's TLS report is mailed and posted (https:
+//! rua), and parses.
 
 use crate::common::dns::{DnsServer, Rec};
 use crate::common::pki::Pki;
@@ -16,6 +17,8 @@ use std::io::Read;
 use std::time::Duration;
 
 const POLICY_IP: &str = "127.0.0.8";
+/// Where https: reports are posted.
+const REPORTS_IP: &str = "127.0.0.11";
 
 fn policy(mode: &str, mx: &str) -> String {
     format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
@@ -46,6 +49,14 @@ fn wait_held(mx2: &Mx2, rcpt: &str, reason: &str) {
     );
 }
 
+fn gunzip_json(gz: &[u8]) -> serde_json::Value {
+    let mut json = String::new();
+    mail_auth::flate2::read::GzDecoder::new(gz)
+        .read_to_string(&mut json)
+        .expect("gzip");
+    serde_json::from_str(&json).expect("JSON")
+}
+
 /// The TLS report mail's JSON, gunzipped from its `application/tlsrpt+gzip` part.
 fn report_json(mail: &[u8]) -> serde_json::Value {
     let m = MessageParser::default().parse(mail).expect("a mail");
@@ -61,11 +72,7 @@ fn report_json(mail: &[u8]) -> serde_json::Value {
                 .is_some_and(|c| c.subtype() == Some("tlsrpt+gzip"))
         })
         .expect("an application/tlsrpt+gzip part");
-    let mut json = String::new();
-    mail_auth::flate2::read::GzDecoder::new(part.contents())
-        .read_to_string(&mut json)
-        .expect("gzip");
-    serde_json::from_str(&json).expect("JSON")
+    gunzip_json(part.contents())
 }
 
 #[test]
@@ -86,8 +93,9 @@ fn policies_hold_test_report_and_outlive_their_server() {
     let mut records = vec![
         (
             "_smtp._tls.testing.sts.test",
-            Rec::Txt("v=TLSRPTv1; rua=mailto:tlsrpt@reports.test"),
+            Rec::Txt("v=TLSRPTv1; rua=mailto:tlsrpt@reports.test,https://tlsrpt.reports.test/v1"),
         ),
+        ("tlsrpt.reports.test", Rec::Ip(REPORTS_IP)),
         ("reports.test", Rec::Mx(10, "mx.reports.test")),
         ("mx.reports.test", Rec::Ip("127.0.0.1")),
         ("unlisted.sts.test", Rec::Mx(10, "mx.unlisted.sts.test")),
@@ -127,6 +135,11 @@ fn policies_hold_test_report_and_outlive_their_server() {
             (names[3], &policy("enforce", "*.good.sts.test")),
             (names[4], &policy("enforce", "mx.elsewhere.test")),
         ],
+    );
+    let reports = PolicyServer::start(
+        REPORTS_IP,
+        pki.server_config(dir.path(), &["tlsrpt.reports.test"]),
+        &[],
     );
     let tail = format!(
         "[dns]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n[routing]\nmx_port = {port}\n\
@@ -246,4 +259,13 @@ fn policies_hold_test_report_and_outlive_their_server() {
     assert_eq!(f["receiving-mx-hostname"], "mx.testing.sts.test");
     assert_eq!(f["failed-session-count"], 1);
     assert_eq!(server.served(), fetched);
+    // The same report, posted to the https: address.
+    let posts = reports.posts();
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    let (path, content_type, body) = &posts[0];
+    assert_eq!(
+        (path.as_str(), content_type.as_str()),
+        ("/v1", "application/tlsrpt+gzip")
+    );
+    assert_eq!(gunzip_json(body), v);
 }

@@ -1,18 +1,23 @@
 //! A test MTA-STS policy server: HTTPS on `IP:443` (the policy URL has no port; the tests
 //! run as root) with a certificate from the test CA, answering each `Host`'s policy as
-//! text/plain, 404 for others. Stops on `stop` or drop; counts the requests it answered.
+//! text/plain, 404 for others; it also takes POSTs (TLS reports to an https: rua) and keeps
+//! them. Stops on `stop` or drop; counts the policies it served.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
+
+/// A POST received: path, content type, body.
+pub type Post = (String, String, Vec<u8>);
 
 pub struct PolicyServer {
     stop: Arc<AtomicBool>,
     served: Arc<AtomicUsize>,
+    posts: Arc<Mutex<Vec<Post>>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -32,7 +37,8 @@ impl PolicyServer {
             .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicUsize::new(0));
-        let (sp, count) = (stop.clone(), served.clone());
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let (sp, count, got) = (stop.clone(), served.clone(), posts.clone());
         let thread = thread::spawn(move || {
             while !sp.load(Ordering::SeqCst) {
                 let Ok((tcp, _)) = listener.accept() else {
@@ -53,13 +59,38 @@ impl PolicyServer {
                         Ok(n) => req.extend_from_slice(&buf[..n]),
                     }
                 }
-                let text = String::from_utf8_lossy(&req);
-                let host = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Host: "))
-                    .unwrap_or("")
-                    .trim()
-                    .to_string();
+                let end = req
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(req.len(), |i| i + 4);
+                let text = String::from_utf8_lossy(&req[..end]).into_owned();
+                let header = |name: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string()
+                };
+                let host = header("Host: ");
+                if let Some(path) = text.strip_prefix("POST ") {
+                    let want: usize = header("Content-Length: ").parse().unwrap_or(0);
+                    let mut body = req[end..].to_vec();
+                    while body.len() < want {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => body.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let path = path.split(' ').next().unwrap_or("").to_string();
+                    got.lock()
+                        .unwrap()
+                        .push((path, header("Content-Type: "), body));
+                    let _ = s.write_all(
+                        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    let _ = s.flush();
+                    continue;
+                }
                 let resp = match policies.get(&host) {
                     Some(body) if text.starts_with("GET /.well-known/mta-sts.txt ") => {
                         count.fetch_add(1, Ordering::SeqCst);
@@ -80,6 +111,7 @@ impl PolicyServer {
         PolicyServer {
             stop,
             served,
+            posts,
             thread: Some(thread),
         }
     }
@@ -87,6 +119,11 @@ impl PolicyServer {
     /// Policies served so far.
     pub fn served(&self) -> usize {
         self.served.load(Ordering::SeqCst)
+    }
+
+    /// The POSTs received so far.
+    pub fn posts(&self) -> Vec<Post> {
+        self.posts.lock().unwrap().clone()
     }
 
     /// Stops listening (the port is closed when this returns).
