@@ -4,10 +4,8 @@
 //! server, one TLS primary on loopback behind every MX name. `enforce` holds mail for an MX
 //! host the policy does not list and for a certificate not valid for the MX name, and says
 //! why, for notifications to a sender's MX hosts too; `testing` delivers and counts the
-//! failure; the cached policy still holds after the
-//! policy server is gone and mx2 restarted; the day's TLS report is mailed and posted (https:
-//! rua), and parses.
-
+//! failure; the cached policy still holds after the policy server is gone and mx2
+//! restarted; the day's TLS report is mailed and posted (https: rua), and parses.
 use crate::common::dns::{DnsServer, Rec};
 use crate::common::pki::Pki;
 use crate::common::sts::PolicyServer;
