@@ -6,6 +6,7 @@
 //! why, for notifications to a sender's MX hosts too; `testing` delivers and counts the
 //! failure; the cached policy still holds after the policy server is gone and mx2
 //! restarted; the day's TLS report is mailed and posted (https: rua), and parses.
+
 use crate::common::dns::{DnsServer, Rec};
 use crate::common::pki::Pki;
 use crate::common::sts::PolicyServer;
