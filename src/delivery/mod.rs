@@ -2,7 +2,8 @@
 //! domain), turning the primary's replies into per-recipient outcomes (a typed [`reply`]).
 //! Which hosts to try is the route's business: the domain's static `primary` hosts in order,
 //! or its MX records more preferred than this server ([`mx`]); the connection, TLS and AUTH
-//! come from [`client::Client`] and [`auth`].
+//! come from [`client::Client`] and [`auth`]; what an MX domain's MTA-STS policy allows, from
+//! [`mta_sts`].
 
 pub mod auth;
 pub mod client;
