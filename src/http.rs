@@ -1,4 +1,5 @@
-//! A minimal HTTP/1.1 client (http and https, bearer token, size and time limits): GET for
+//! A minimal HTTP/1.1 client (http and https, bearer token, size and time limits, an
+//! expected content type; never follows a redirect): GET for
 //! recipient lists a primary publishes and for MTA-STS policies, POST for alert webhooks,
 //! and both for `mx2`'s commands that talk to the admin API. Not a general-purpose client.
 
@@ -108,6 +109,10 @@ pub struct Request<'a> {
     pub limit: Duration,
     /// Extra trusted CAs for https.
     pub ca_file: Option<&'a std::path::Path>,
+    /// The largest response body taken.
+    pub max_body: usize,
+    /// The media type the response must have (`text/plain` for MTA-STS policies).
+    pub content_type: Option<&'a str>,
 }
 
 impl<'a> Request<'a> {
@@ -121,6 +126,8 @@ impl<'a> Request<'a> {
             dns: None,
             limit,
             ca_file: None,
+            max_body: MAX_BODY,
+            content_type: None,
         }
     }
 }
@@ -135,6 +142,8 @@ pub async fn send(request: Request<'_>) -> Result<Vec<u8>, HttpError> {
         dns,
         limit,
         ca_file,
+        max_body,
+        content_type,
     } = request;
     let err = |reason: String| HttpError {
         method,
@@ -212,18 +221,40 @@ pub async fn send(request: Request<'_>) -> Result<Vec<u8>, HttpError> {
                 break;
             }
             raw.extend_from_slice(&chunk[..n]);
-            if raw.len() > MAX_BODY + 65536 {
-                return Err(err("response too large".into()));
+            if raw.len() > max_body + 65536 {
+                return Err(err(format!("response larger than {max_body} bytes")));
             }
         }
-        parse_response(&raw).map_err(|(status, reason)| HttpError {
+        let body = parse_response(&raw).map_err(|(status, reason)| HttpError {
             status,
             ..err(reason)
-        })
+        })?;
+        if body.len() > max_body {
+            return Err(err(format!("response larger than {max_body} bytes")));
+        }
+        if let Some(want) = content_type {
+            let got = header(&raw, "content-type").unwrap_or_default();
+            let media = got.split(';').next().unwrap_or("").trim();
+            if !media.eq_ignore_ascii_case(want) {
+                return Err(err(format!("Content-Type is `{got}`, not {want}")));
+            }
+        }
+        Ok(body)
     };
     tokio::time::timeout(limit, fetch)
         .await
         .map_err(|_| err("timed out".into()))?
+}
+
+/// The first value of a response header (name in lower case), from the raw response.
+fn header(raw: &[u8], name: &str) -> Option<String> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    String::from_utf8_lossy(&raw[..end])
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
 }
 
 /// Splits a complete HTTP/1.1 response; Ok is the body of a 2xx (a 200 for GET callers

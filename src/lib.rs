@@ -29,3 +29,4 @@ pub mod shutdown;
 pub mod smtp;
 pub mod tasks;
 pub mod tls;
+pub mod tlsrpt;

@@ -1,6 +1,7 @@
-//! Mail mx2 writes itself (alert mails, one-time inbox login codes): plain text from
-//! `postmaster@` the hostname with the null sender (so nothing ever bounces back to mx2),
-//! queued durably like any received mail and delivered by the scheduler.
+//! Mail mx2 writes itself (alert mails, one-time inbox login codes: plain text from
+//! `postmaster@` the hostname; TLS reports, written whole by `tlsrpt`), with the null sender
+//! (so nothing ever bounces back to mx2), queued durably like any received mail and
+//! delivered by the scheduler.
 
 use crate::queue::{NewMessage, NewRecipient, Store, StoreError, new_queue_id, now_ms};
 use crate::scheduler::Scheduler;
@@ -22,10 +23,6 @@ pub async fn queue(
     hostname: &str,
     n: Notice<'_>,
 ) -> Result<String, StoreError> {
-    let domain =
-        n.to.rsplit_once('@')
-            .map(|(_, d)| d.to_ascii_lowercase())
-            .unwrap_or_default();
     let id = new_queue_id();
     let date = crate::date::rfc5322_date(std::time::SystemTime::now());
     let text = n.text.replace("\r\n", "\n").replace('\n', "\r\n");
@@ -36,6 +33,37 @@ pub async fn queue(
         subject = n.subject,
         kind = n.kind,
     );
+    insert(
+        store,
+        scheduler,
+        id,
+        &[n.to.to_string()],
+        body.into_bytes(),
+        hostname,
+    )
+    .await
+}
+
+/// Queues a complete message mx2 wrote (headers and body, CRLF line ends) to `to`, with the
+/// null sender; durable when it returns. Returns its queue id.
+pub async fn queue_message(
+    store: &dyn Store,
+    scheduler: &Scheduler,
+    to: &[String],
+    body: Vec<u8>,
+    hostname: &str,
+) -> Result<String, StoreError> {
+    insert(store, scheduler, new_queue_id(), to, body, hostname).await
+}
+
+async fn insert(
+    store: &dyn Store,
+    scheduler: &Scheduler,
+    id: String,
+    to: &[String],
+    body: Vec<u8>,
+    hostname: &str,
+) -> Result<String, StoreError> {
     let msg = NewMessage {
         id: id.clone(),
         received_at_ms: now_ms(),
@@ -43,12 +71,18 @@ pub async fn queue(
         mail_params: String::new(),
         client: "127.0.0.1".into(),
         helo: hostname.to_string(),
-        recipients: vec![NewRecipient {
-            address: n.to.to_string(),
-            domain,
-            params: String::new(),
-        }],
-        body: body.into_bytes(),
+        recipients: to
+            .iter()
+            .map(|a| NewRecipient {
+                address: a.clone(),
+                domain: a
+                    .rsplit_once('@')
+                    .map(|(_, d)| d.to_ascii_lowercase())
+                    .unwrap_or_default(),
+                params: String::new(),
+            })
+            .collect(),
+        body,
         authenticated: None,
         held: false,
     };

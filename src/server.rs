@@ -185,6 +185,17 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
     // Before delivery and status start: a primary down when mx2 stopped is still down.
     scheduler.restore_health().await;
     let scheduler_task = tokio::spawn(scheduler.clone().run());
+    tokio::spawn(crate::tlsrpt::run(
+        crate::tlsrpt::Sender {
+            store: store.clone(),
+            scheduler: scheduler.clone(),
+            dns: dns.clone(),
+            config: config.tls_reports.clone(),
+            hostname: config.hostname.clone(),
+            ca_file: config.delivery.mta_sts_ca_file.clone(),
+        },
+        shutdown.clone(),
+    ));
     let driller =
         crate::drill::Driller::new(&effective, store.clone(), scheduler.clone(), dns.clone());
     tokio::spawn(crate::drill::schedule::run(

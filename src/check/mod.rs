@@ -22,7 +22,7 @@ pub struct Options {
     pub geoip: Option<std::path::PathBuf>,
     /// Run the live SMTP checks on this port (25 normally).
     pub smtp_port: Option<u16>,
-    /// Extra trusted CA certificates for the STARTTLS check.
+    /// Extra trusted CA certificates for the STARTTLS check and the MTA-STS policy fetch.
     pub ca_file: Option<std::path::PathBuf>,
 }
 
@@ -193,8 +193,9 @@ pub async fn run(domain: &str, dns: &Dns, opts: &Options) -> Report {
     dane::run(&mut r, dns, dane_port, opts.smtp_port.is_some(), helo).await;
     if let Some(port) = opts.smtp_port {
         smtp::run(&mut r, port, opts.ca_file.as_deref(), helo).await;
-        mta_sts::run(&mut r, dns, opts.ca_file.as_deref()).await;
     }
+    mta_sts::run(&mut r, dns, opts.ca_file.as_deref()).await;
+    mta_sts::tls_rpt(&mut r, dns).await;
     match &opts.geoip {
         None => r.add("geoip", Level::Info, "not checked: ASN, organisation, country and distance between the MX hosts (pass --geoip FILE, a MaxMind .mmdb database)", None),
         Some(path) => geoip::run(&mut r, path),

@@ -1,76 +1,51 @@
-//! The MTA-STS check (RFC 8461): when a domain publishes a policy, every MX host — the backup
-//! included — must match one of its `mx:` lines, or enforcing senders refuse to deliver there.
+//! The MTA-STS and TLS-RPT checks: when a domain publishes an MTA-STS policy (RFC 8461),
+//! every MX host — the backup included — must match one of its `mx:` lines, or enforcing
+//! senders refuse to deliver there; a TLS-RPT record (RFC 8460) tells the domain when
+//! senders cannot deliver securely. The policy is fetched and parsed as delivery does
+//! (`delivery::mta_sts`).
 
 use super::report::{Level, Report};
+use crate::delivery::mta_sts;
 use crate::dns::Dns;
+use mail_auth::common::parse::TxtRecordParser;
+use mail_auth::mta_sts::{ReportUri, TlsRpt};
 use std::path::Path;
-use std::time::Duration;
-
-/// Does `host` match an `mx:` pattern (`mail.example.com` or `*.example.com`, one label)?
-pub fn matches(pattern: &str, host: &str) -> bool {
-    let (p, h) = (
-        pattern.trim().trim_end_matches('.').to_ascii_lowercase(),
-        host.trim_end_matches('.').to_ascii_lowercase(),
-    );
-    match p.strip_prefix("*.") {
-        Some(suffix) => h.split_once('.').is_some_and(|(_, rest)| rest == suffix),
-        None => p == h,
-    }
-}
-
-/// The `mode` and `mx` lines of a policy file.
-pub fn parse(policy: &str) -> (Option<String>, Vec<String>) {
-    let mut mode = None;
-    let mut mx = Vec::new();
-    for line in policy.lines() {
-        if let Some((k, v)) = line.split_once(':') {
-            match k.trim() {
-                "mode" => mode = Some(v.trim().to_string()),
-                "mx" => mx.push(v.trim().to_string()),
-                _ => {}
-            }
-        }
-    }
-    (mode, mx)
-}
 
 pub async fn run(r: &mut Report, dns: &Dns, ca_file: Option<&Path>) {
     let domain = r.domain.clone();
-    let txt = dns
-        .txt(&format!("_mta-sts.{domain}"))
-        .await
-        .unwrap_or_default();
-    let Some(record) = txt.iter().find(|t| t.starts_with("v=STSv1")) else {
-        r.add(
-            "mta-sts",
-            Level::Info,
-            "no MTA-STS policy published (_mta-sts TXT record)",
-            None,
-        );
-        return;
+    let id = match mta_sts::record_id(dns, &domain).await {
+        Ok(Some(id)) => id,
+        Ok(None) | Err(_) => {
+            r.add(
+                "mta-sts",
+                Level::Info,
+                "no MTA-STS policy published (_mta-sts TXT record)",
+                None,
+            );
+            return;
+        }
     };
-    let url = format!("https://mta-sts.{domain}/.well-known/mta-sts.txt");
-    let body = match crate::http::get(&url, None, dns, Duration::from_secs(30), ca_file).await {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) => {
+    let url = mta_sts::url(&domain);
+    let policy = match mta_sts::fetch(dns, &domain, ca_file).await {
+        Ok((_, p)) => p,
+        Err((_, e)) => {
             r.add(
                 "mta-sts",
                 Level::Fail,
-                format!("MTA-STS is announced ({record}) but the policy cannot be fetched: {e}"),
+                format!("MTA-STS is announced (id {id}) but the policy cannot be used: {e}"),
                 Some(&format!(
-                    "serve the policy at {url} over HTTPS with a valid certificate"
+                    "serve the policy at {url} over HTTPS with a valid certificate, as text/plain (version, mode, mx and max_age lines)"
                 )),
             );
             return;
         }
     };
-    let (mode, patterns) = parse(&body);
-    let mode = mode.unwrap_or_else(|| "none".into());
-    let enforce = mode == "enforce";
+    let mode = policy.mode.name();
+    let enforce = policy.mode == mta_sts::Mode::Enforce;
     let hosts: Vec<String> = r.mx.iter().map(|h| h.name.clone()).collect();
     let mut all = true;
     for host in hosts {
-        if !patterns.iter().any(|p| matches(p, &host)) {
+        if !policy.allows(&host) {
             all = false;
             r.add(
                 format!("mta-sts.{host}"),
@@ -90,20 +65,44 @@ pub async fn run(r: &mut Report, dns: &Dns, ca_file: Option<&Path>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn patterns_and_policy() {
-        assert!(matches("mail.example.com", "MAIL.example.com."));
-        assert!(matches("*.example.com", "mx2.example.com"));
-        assert!(!matches("*.example.com", "a.b.example.com"));
-        assert!(!matches("*.example.com", "example.com"));
-        let (mode, mx) = parse(
-            "version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.backup.example\r\nmax_age: 86400\r\n",
+/// The `_smtp._tls` record: where senders send their daily TLS reports.
+pub async fn tls_rpt(r: &mut Report, dns: &Dns) {
+    let name = format!("_smtp._tls.{}", r.domain);
+    let fix = format!(
+        "publish `{name} TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@{}\"` to receive senders' daily TLS reports (RFC 8460)",
+        r.domain
+    );
+    let txt = dns.txt(&name).await.unwrap_or_default();
+    let Some(record) = txt.iter().find(|t| t.starts_with("v=TLSRPTv1")) else {
+        r.add(
+            "tls-rpt",
+            Level::Info,
+            "no TLS-RPT record: senders cannot tell the domain when they fail to deliver securely",
+            Some(&fix),
         );
-        assert_eq!(mode.as_deref(), Some("enforce"));
-        assert_eq!(mx, vec!["mail.example.com", "*.backup.example"]);
+        return;
+    };
+    match TlsRpt::parse(record.as_bytes()) {
+        Ok(rpt) => {
+            let to: Vec<&str> = rpt
+                .rua
+                .iter()
+                .map(|u| match u {
+                    ReportUri::Mail(m) | ReportUri::Http(m) => m.as_str(),
+                })
+                .collect();
+            r.add(
+                "tls-rpt",
+                Level::Ok,
+                format!("TLS reports go to {}", to.join(", ")),
+                None,
+            );
+        }
+        Err(_) => r.add(
+            "tls-rpt",
+            Level::Warn,
+            format!("the TLS-RPT record `{record}` cannot be read (it needs a rua= with mailto: or https:)"),
+            Some(&fix),
+        ),
     }
 }

@@ -88,6 +88,13 @@ pub mod delivery {
     pub const DATA_TIMEOUT: Duration = secs(600);
 }
 
+/// `[tls_reports]` (`organization`: the hostname).
+pub mod tls_reports {
+    pub const ENABLED: bool = false;
+    /// `contact` and `from` are this local part at the hostname.
+    pub const LOCAL_PART: &str = "postmaster";
+}
+
 /// `[dns]` (`nameservers`: the system's resolv.conf).
 pub mod dns {
     use super::*;
@@ -261,6 +268,14 @@ mod tests {
         assert_eq!(duration("[delivery] data_timeout"), delivery::DATA_TIMEOUT);
 
         assert_eq!(duration("[dns] timeout"), dns::TIMEOUT);
+        assert_eq!(
+            number::<bool>("[tls_reports] enabled"),
+            tls_reports::ENABLED
+        );
+        assert_eq!(
+            readme("[tls_reports] from"),
+            format!("{}@HOSTNAME", tls_reports::LOCAL_PART)
+        );
         assert_eq!(number::<u16>("[routing] mx_port"), routing::MX_PORT);
 
         let separator = domain::SUBADDRESS_SEPARATOR.to_string();

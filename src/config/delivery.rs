@@ -1,4 +1,5 @@
-//! The `[delivery]` table: concurrency, rate and timeouts of outbound SMTP to the primaries.
+//! The `[delivery]` table: concurrency, rate and timeouts of outbound SMTP to the primaries,
+//! and the extra CA file for MTA-STS.
 //! Parsing and validation only; the delivery code uses the result.
 
 use super::defaults::delivery as default;
@@ -20,6 +21,9 @@ pub struct DeliveryConfig {
     pub greeting_timeout: Duration,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// Extra trusted CAs (PEM) for MTA-STS: the policy servers and, under an `enforce`
+    /// policy, the MX hosts (besides the built-in Mozilla roots).
+    pub mta_sts_ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -33,6 +37,7 @@ pub(super) struct RawDelivery {
     greeting_timeout: Option<HumanDuration>,
     command_timeout: Option<HumanDuration>,
     data_timeout: Option<HumanDuration>,
+    mta_sts_ca_file: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -65,6 +70,7 @@ impl Ctx<'_> {
                 .map_or(default::GREETING_TIMEOUT, |v| v.0),
             command_timeout: d.command_timeout.map_or(default::COMMAND_TIMEOUT, |v| v.0),
             data_timeout: d.data_timeout.map_or(default::DATA_TIMEOUT, |v| v.0),
+            mta_sts_ca_file: d.mta_sts_ca_file.map(|p| self.resolve(p)),
         })
     }
 }

@@ -67,15 +67,34 @@ pub enum TlsMode {
     /// DANE (RFC 7672) per MX host: the host's DNSSEC-secure TLSA records decide, and a host
     /// where DANE does not apply is not used (`route = "mx"` only).
     Dane,
-    /// DANE where it applies to the MX host, else opportunistic: the default for
-    /// `route = "mx"` and for notifications to senders' domains.
+    /// The domain's MTA-STS policy when it publishes one (`delivery::mta_sts`), else as
+    /// `Opportunistic` (`route = "mx"` only).
+    MtaSts,
+    /// Per MX host: DANE where it applies, else the domain's MTA-STS policy, else
+    /// opportunistic: the default for `route = "mx"` and for notifications to senders' domains.
     Auto,
 }
 
 impl TlsMode {
-    /// Whether a failed or missing STARTTLS may fall back to plaintext.
+    /// Whether a connection may go on without TLS, or with any certificate, when nothing
+    /// stricter applies (a policy in force is applied by the caller before connecting).
     pub fn opportunistic(self) -> bool {
-        matches!(self, TlsMode::Opportunistic | TlsMode::Auto)
+        matches!(
+            self,
+            TlsMode::Opportunistic | TlsMode::MtaSts | TlsMode::Auto
+        )
+    }
+
+    /// Whether the domain's published MTA-STS policy is applied.
+    pub fn follows_mta_sts(self) -> bool {
+        matches!(self, TlsMode::MtaSts | TlsMode::Auto)
+    }
+
+    /// The mode of a `route = "mx"` domain that sets no `tls`, and of the routes to senders'
+    /// MX hosts (notifications): the published policies (DANE, then MTA-STS), then
+    /// opportunistic.
+    pub fn mx_default() -> TlsMode {
+        TlsMode::Auto
     }
 }
 
@@ -298,30 +317,33 @@ impl Ctx<'_> {
         })
     }
 
-    /// `tls`, `tls_ca_file` and `tls_pin`. `dane` and `auto` (the default for `route = "mx"`)
-    /// choose per MX host, so they need an MX route and take no pin or CA file.
+    /// `tls`, `tls_ca_file` and `tls_pin`. `dane`, `mta-sts` and `auto` (the default for
+    /// `route = "mx"`, [`TlsMode::mx_default`]) follow what the domain publishes for its MX
+    /// hosts, so they need an MX route and take no pin or CA file.
     fn tls_policy(&self, d: &RawDomain, route: &DomainRoute) -> Result<TlsPolicy, ConfigError> {
         let by_mx = *route == DomainRoute::Mx;
         let mode = match d.tls.as_ref().map(|t| (t, t.get_ref().as_str())) {
-            None if by_mx && d.tls_pin.is_none() && d.tls_ca_file.is_none() => TlsMode::Auto,
+            None if by_mx && d.tls_pin.is_none() && d.tls_ca_file.is_none() => {
+                TlsMode::mx_default()
+            }
             None | Some((_, "opportunistic")) => TlsMode::Opportunistic,
             Some((_, "required")) => TlsMode::Required,
             Some((_, "verify")) => TlsMode::Verify,
-            Some((t, m @ ("dane" | "auto"))) => {
+            Some((t, m @ ("dane" | "auto" | "mta-sts"))) => {
                 if !by_mx {
-                    return Err(self.at(t.span(), &format!("tls = \"{m}\" chooses a policy per MX host: it needs route = \"mx\"; for static primaries use \"opportunistic\", \"required\" or \"verify\" (with tls_pin)")));
+                    return Err(self.at(t.span(), &format!("tls = \"{m}\" follows the policies a domain publishes for its MX hosts: it needs route = \"mx\"; for static primaries use \"opportunistic\", \"required\" or \"verify\" (with tls_pin or tls_ca_file)")));
                 }
                 if let Some(p) = &d.tls_pin {
-                    return Err(self.at(p.span(), &format!("tls_pin does not go with tls = \"{m}\" (DANE's TLSA records name the certificate): remove tls_pin or use tls = \"required\"")));
+                    return Err(self.at(p.span(), &format!("tls_pin does not go with tls = \"{m}\" (the published policy names the certificates): remove tls_pin or use tls = \"required\"")));
                 }
-                if m == "dane" {
-                    TlsMode::Dane
-                } else {
-                    TlsMode::Auto
+                match m {
+                    "dane" => TlsMode::Dane,
+                    "mta-sts" => TlsMode::MtaSts,
+                    _ => TlsMode::Auto,
                 }
             }
             Some((t, other)) => {
-                return Err(self.at(t.span(), &format!("unknown tls mode `{other}`: use \"opportunistic\", \"required\", \"verify\", \"dane\" or \"auto\"")));
+                return Err(self.at(t.span(), &format!("unknown tls mode `{other}`: use \"opportunistic\", \"required\", \"verify\", \"dane\", \"mta-sts\" or \"auto\"")));
             }
         };
         let pin = match &d.tls_pin {
@@ -376,7 +398,7 @@ mod tests {
             "{e}"
         );
         let e = mx("tls = \"mta\"").unwrap_err().to_string();
-        assert!(e.contains("\"dane\" or \"auto\""), "{e}");
+        assert!(e.contains("\"mta-sts\" or \"auto\""), "{e}");
     }
 
     #[test]
@@ -403,6 +425,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("retry_max must not be less"), "{e}");
+    }
+
+    #[test]
+    fn mx_routes_follow_the_published_policy_unless_told_otherwise() {
+        let mode = |keys: &str| {
+            parse(&format!("[[domain]]\nname = \"a.test\"\n{keys}\n"))
+                .map(|c| c.domains[0].tls.mode)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(mode("route = \"mx\""), Ok(TlsMode::Auto));
+        assert_eq!(
+            mode("route = \"mx\"\ntls = \"mta-sts\""),
+            Ok(TlsMode::MtaSts)
+        );
+        assert_eq!(
+            mode("route = \"mx\"\ntls = \"opportunistic\""),
+            Ok(TlsMode::Opportunistic)
+        );
+        assert_eq!(mode("primary = [\"h:25\"]"), Ok(TlsMode::Opportunistic));
+        let e = mode("primary = [\"h:25\"]\ntls = \"mta-sts\"").unwrap_err();
+        assert!(
+            e.contains("route = \"mx\"") && e.contains("test.toml:4:"),
+            "{e}"
+        );
+        let e = mode("route = \"mx\"\ntls = \"dane-ish\"").unwrap_err();
+        assert!(e.contains("\"mta-sts\""), "{e}");
+        assert!(TlsMode::MtaSts.opportunistic() && !TlsMode::Required.opportunistic());
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod secrets;
 mod smtp;
 mod storage;
 mod tls;
+mod tls_reports;
 mod units;
 
 pub use admin::{AdminConfig, AlertsConfig};
@@ -47,6 +48,7 @@ pub use routing::RoutingConfig;
 pub use smtp::SmtpConfig;
 pub use storage::{PgTls, PostgresConfig, StorageConfig};
 pub use tls::TlsFiles;
+pub use tls_reports::TlsReportsConfig;
 
 pub use units::{HumanDuration, Size, parse_duration, parse_pin, parse_size};
 
@@ -95,6 +97,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub admin: AdminConfig,
     pub alerts: AlertsConfig,
+    /// Daily TLS reports to the domains delivered to under a policy (`[tls_reports]`).
+    pub tls_reports: TlsReportsConfig,
     /// The emergency inbox (`[inbox]`).
     pub inbox: InboxConfig,
     pub domains: Vec<DomainConfig>,
@@ -141,6 +145,8 @@ struct RawConfig {
     alerts: admin::RawAlerts,
     #[serde(default)]
     inbox: inbox::RawInbox,
+    #[serde(default)]
+    tls_reports: tls_reports::RawTlsReports,
     #[serde(default)]
     domain: Vec<domain::RawDomain>,
     #[serde(default)]
@@ -244,6 +250,7 @@ impl Ctx<'_> {
         let admin = self.admin(raw.admin)?;
         let alerts = self.alerts(raw.alerts)?;
         let inbox = self.inbox(raw.inbox, tls.is_some())?;
+        let tls_reports = self.tls_reports(raw.tls_reports, &hostname)?;
         let storage = self.storage(raw.storage, &hostname)?;
         Ok(Config {
             admin,
@@ -261,6 +268,7 @@ impl Ctx<'_> {
             auth: raw.auth,
             tls,
             inbox,
+            tls_reports,
             domains,
             storage,
             warnings: self.warnings.take(),

@@ -2,12 +2,14 @@
 //! domain), turning the primary's replies into per-recipient outcomes (a typed [`reply`]).
 //! Which hosts to try is the route's business: the domain's static `primary` hosts in order,
 //! or its MX records more preferred than this server ([`mx`]), each host with its TLS
-//! [`policy`] (DANE from its TLSA records, [`dane`]); the connection, TLS and AUTH come from
-//! [`client::Client`] and [`auth`].
+//! [`policy`] (DANE from its TLSA records, [`dane`]; what an MX domain's MTA-STS policy
+//! allows, [`mta_sts`]); the connection, TLS and AUTH come from [`client::Client`] and
+//! [`auth`].
 
 pub mod auth;
 pub mod client;
 pub mod dane;
+pub mod mta_sts;
 pub mod mx;
 pub mod policy;
 pub mod reply;

@@ -3,7 +3,7 @@
 //! thread that commits, in groups) running `ops` (the statements), `inspect` (operators'
 //! reads, also used by the command line on the file directly), `guard` (the marker that
 //! refuses a damaged queue), `recover` (adopt, reset), `outages` (primary health), `drills`
-//! (fire drill results),
+//! (fire drill results), `sts` (cached MTA-STS policies, TLS-RPT counters),
 //! `registry` (domains and tenants managed at run time), `counts` (the counters behind
 //! stats and depth) and `reclaim` (free space given back to the disk).
 //! Reads use connections of their own, never the writer's.
@@ -20,6 +20,7 @@ mod recover;
 mod registry;
 mod schema;
 mod spool;
+mod sts;
 mod writer;
 
 pub use recover::{Adopted, adopt, reset};
@@ -31,7 +32,8 @@ use super::registry::{Entry, Expect, Written};
 use super::spool::Spooled;
 use super::{
     Depth, DrillSummary, Filter, Job, Listed, NewMessage, OperatorAction, OutageChange,
-    RouteOutages, Shown, Stats, Store, StoreError, StoreFuture, StoredDrill, Update,
+    RouteOutages, Shown, Stats, Store, StoreError, StoreFuture, StoredDrill, StoredStsPolicy,
+    TlsRptCount, Update,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension};
 use schema::{SCHEMA, ensure_identity, open_connection};
@@ -99,6 +101,7 @@ impl Embedded {
         conn.execute_batch(SCHEMA).map_err(backend)?;
         conn.execute_batch(outages::SCHEMA).map_err(backend)?;
         conn.execute_batch(drills::SCHEMA).map_err(backend)?;
+        conn.execute_batch(sts::SCHEMA).map_err(backend)?;
         conn.execute_batch(registry::SCHEMA).map_err(backend)?;
         conn.execute_batch(inbox::SCHEMA).map_err(backend)?;
         spool::prepare(&conn, state_dir)?;
@@ -382,6 +385,31 @@ impl Store for Embedded {
 
     fn drill_summaries(&self) -> StoreFuture<'_, Vec<DrillSummary>> {
         self.report(|c| drills::summaries(c).map_err(backend))
+    }
+
+    fn sts_policy(&self, domain: &str) -> StoreFuture<'_, Option<StoredStsPolicy>> {
+        let domain = domain.to_string();
+        self.report(move |c| sts::policy(c, &domain).map_err(backend))
+    }
+
+    fn sts_put(&self, policy: StoredStsPolicy) -> StoreFuture<'_, ()> {
+        self.send(|r| Op::StsPut(Box::new(policy), r))
+    }
+
+    fn tlsrpt_add(&self, count: TlsRptCount) -> StoreFuture<'_, ()> {
+        self.send(|r| Op::TlsRptAdd(Box::new(count), r))
+    }
+
+    fn tlsrpt_take(&self, before_day: i64) -> StoreFuture<'_, Vec<TlsRptCount>> {
+        // One process owns the file and counters are only ever added for today, so reading
+        // and then dropping the past days loses nothing in between.
+        Box::pin(async move {
+            let counts = self
+                .report(move |c| sts::before(c, before_day).map_err(backend))
+                .await?;
+            self.send(|r| Op::TlsRptForget(before_day, r)).await?;
+            Ok(counts)
+        })
     }
 
     fn registry(&self) -> StoreFuture<'_, Vec<Entry>> {

@@ -302,6 +302,20 @@ pub trait Store: Send + Sync + 'static {
     /// last one passed; ordered by domain.
     fn drill_summaries(&self) -> StoreFuture<'_, Vec<DrillSummary>>;
 
+    // ---- outbound TLS policies (`delivery::mta_sts`) and TLS reports (`tlsrpt`) ----
+
+    /// The cached MTA-STS policy of `domain`, if one was ever stored (expired ones too: the
+    /// caller decides).
+    fn sts_policy(&self, domain: &str) -> StoreFuture<'_, Option<StoredStsPolicy>>;
+    /// Stores (replaces) a domain's policy; durable when it returns.
+    fn sts_put(&self, policy: StoredStsPolicy) -> StoreFuture<'_, ()>;
+    /// Adds `count.count` sessions to the counter of its day, domain, policy type, result
+    /// and MX host.
+    fn tlsrpt_add(&self, count: TlsRptCount) -> StoreFuture<'_, ()>;
+    /// Every counter of a day before `before_day`, removed from the store (one node of a
+    /// cluster gets each counter once), ordered by day and domain.
+    fn tlsrpt_take(&self, before_day: i64) -> StoreFuture<'_, Vec<TlsRptCount>>;
+
     // ---- the emergency inbox (`inbox.rs`): keys are `inbox::mailbox_key`s ----
 
     /// The argon2id hash (PHC string) stored for a mailbox, if any.
@@ -370,6 +384,32 @@ pub struct StoredDrill {
     pub outcome: String,
     pub duration_ms: i64,
     pub result: String,
+}
+
+/// A domain's MTA-STS policy as fetched (RFC 8461), kept until `expires_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredStsPolicy {
+    pub domain: String,
+    /// The `id=` of the `_mta-sts` TXT record it was fetched under.
+    pub id: String,
+    /// The policy file's text.
+    pub policy: String,
+    pub fetched_ms: i64,
+    /// `fetched_ms` plus the policy's `max_age`.
+    pub expires_ms: i64,
+}
+
+/// Sessions counted for a TLS report (RFC 8460): on `day` (days since the epoch, UTC), to
+/// `domain`'s MX host `mx_host` under a policy of `policy_type` (`sts`, `tlsa`), with
+/// `result` (`success` or an RFC 8460 result type such as `certificate-host-mismatch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsRptCount {
+    pub day: i64,
+    pub domain: String,
+    pub policy_type: String,
+    pub result: String,
+    pub mx_host: String,
+    pub count: i64,
 }
 
 /// A domain's drills at a glance (dashboard, metrics, the overdue alert).

@@ -10,7 +10,8 @@
 //! in `registry` ([`registry`]), a domain's mail purged by [`purge`], fire drill results in
 //! `drills` ([`drills`]).
 //! in `registry` ([`registry`]), a domain's mail purged by [`purge`], the emergency inbox's
-//! credentials, UIDs and flags in [`inbox`].
+//! credentials, UIDs and flags in [`inbox`], cached MTA-STS policies and TLS-RPT counters
+//! in [`sts`].
 //! Lease times are the database server's clock, so nodes' clocks cannot disagree about them.
 //! This module owns the SQL; it talks to PostgreSQL and nothing else.
 
@@ -23,6 +24,7 @@ mod outages;
 mod purge;
 mod registry;
 mod schema;
+mod sts;
 mod wake;
 mod writer;
 
@@ -33,7 +35,7 @@ use super::spool::Spooled;
 use super::{
     ClaimedRow, Depth, DrillSummary, Filter, Job, Listed, NewMessage, OperatorAction, OutageChange,
     ProbeTurn, Recipient, RouteOutages, Shown, Stats, Store, StoreError, StoreFuture, StoredDrill,
-    Update, into_jobs,
+    StoredStsPolicy, TlsRptCount, Update, into_jobs,
 };
 use deadpool_postgres::Pool;
 use std::sync::{Arc, Weak};
@@ -573,6 +575,23 @@ impl Store for Postgres {
 
     fn drill_summaries(&self) -> StoreFuture<'_, Vec<DrillSummary>> {
         self.run(|_, c| Box::pin(async move { drills::summaries(c).await }))
+    }
+
+    fn sts_policy(&self, domain: &str) -> StoreFuture<'_, Option<StoredStsPolicy>> {
+        let domain = domain.to_string();
+        self.run(move |_, c| Box::pin(async move { sts::policy(c, &domain).await }))
+    }
+
+    fn sts_put(&self, policy: StoredStsPolicy) -> StoreFuture<'_, ()> {
+        self.run(move |_, c| Box::pin(async move { sts::put(c, &policy).await }))
+    }
+
+    fn tlsrpt_add(&self, count: TlsRptCount) -> StoreFuture<'_, ()> {
+        self.run(move |_, c| Box::pin(async move { sts::add(c, &count).await }))
+    }
+
+    fn tlsrpt_take(&self, before_day: i64) -> StoreFuture<'_, Vec<TlsRptCount>> {
+        self.run(move |_, c| Box::pin(async move { sts::take(c, before_day).await }))
     }
 
     fn registry(&self) -> StoreFuture<'_, Vec<Entry>> {

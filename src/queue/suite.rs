@@ -13,10 +13,12 @@ mod content;
 mod counts;
 mod domains;
 mod inbox;
+mod tls;
 pub use content::spooled_content;
 pub use counts::counters;
 pub use domains::{purge_domain, registry, registry_watch, tenant_view};
 pub use inbox::{inbox_codes, inbox_credentials, inbox_deletes, inbox_mailboxes};
+pub use tls::sts_and_tls_reports;
 
 /// A message with these (address, domain) recipients, received at `received_at_ms`.
 pub fn message(id: &str, rcpts: &[(&str, &str)]) -> NewMessage {

@@ -33,7 +33,7 @@ impl Primaries for Scheduler {
                     Err(NoRoute::Hold(r)) => return CalloutResult::Unknown(r),
                     Err(NoRoute::Fail(r)) => return CalloutResult::DoesNotExist(r.one_line()),
                 };
-                let mut c = match self.open(&route, &targets, &s.probe_timeouts).await {
+                let mut c = match self.open(&route, &targets, &s.probe_timeouts, false).await {
                     Ok(c) => c,
                     Err(e) => return CalloutResult::Unknown(e.to_string()),
                 };

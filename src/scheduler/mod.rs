@@ -8,6 +8,7 @@
 //! - `routes`: the domain → route table; `route`: one route's health and queue;
 //! - `claim`: the claim loop that hands due jobs to routes;
 //! - `worker`: a route's connections delivering its jobs, and what their failures mean;
+//! - `sts`: a connection under the destination's MTA-STS policy, counted for TLS reports;
 //! - `probe`: outages, probing down primaries, health checks, health restored at start;
 //! - `record`: what each recipient becomes after an attempt (pure);
 //! - `commit`: writing those rows and their notifications to the queue, retrying if it fails;
@@ -29,11 +30,12 @@ mod record;
 pub mod route;
 mod routes;
 mod settings;
+mod sts;
 mod worker;
 
 pub use settings::Settings;
 
-use crate::config::{Config, TlsPolicy};
+use crate::config::{Config, TlsMode, TlsPolicy};
 use crate::delivery::mx::Identity;
 use crate::dns::Dns;
 use crate::queue::{Store, now_ms};
@@ -53,8 +55,14 @@ pub struct Scheduler {
     settings: Settings,
     /// Domain → route. Domains with the same primaries share one route.
     routes: Mutex<HashMap<String, Arc<Route>>>,
-    /// `auto` TLS (DANE where published, else opportunistic), for routes made on the fly.
+    /// For routes made on the fly (senders' MX hosts): DANE where published, else their
+    /// MTA-STS policy, else opportunistic TLS.
     default_tls: ClientTls,
+    /// MTA-STS policies (cached in the store) and the certificate check they require.
+    sts: crate::delivery::mta_sts::Policies,
+    sts_tls: ClientTls,
+    /// Counts sessions under a policy for the daily TLS reports.
+    tls_reports: crate::tlsrpt::Recorder,
     dns: Arc<Dns>,
     identity: Identity,
     mx_port: u16,
@@ -104,12 +112,22 @@ impl Scheduler {
     ) -> Result<Arc<Self>, String> {
         let routes = routes::routes_for(config)?;
         let identity = Identity::of(config);
+        let sts_ca = config.delivery.mta_sts_ca_file.clone();
+        let sts_tls = ClientTls::new(&TlsPolicy {
+            mode: TlsMode::Verify,
+            ca_file: sts_ca.clone(),
+            pin: None,
+        })
+        .map_err(|e| format!("[delivery] mta_sts_ca_file: {e}"))?;
         Ok(Arc::new(Self {
+            sts: crate::delivery::mta_sts::Policies::new(dns.clone(), store.clone(), sts_ca),
+            sts_tls,
+            tls_reports: crate::tlsrpt::Recorder::new(store.clone(), config.tls_reports.enabled),
             store,
             settings: Settings::from_config(config),
             routes: Mutex::new(routes),
             default_tls: ClientTls::new(&TlsPolicy {
-                mode: crate::config::TlsMode::Auto,
+                mode: TlsMode::mx_default(),
                 ..TlsPolicy::default()
             })?,
             dns,

@@ -102,7 +102,7 @@ impl Scheduler {
     pub(super) async fn check(&self, route: &Route, refusal_is_an_answer: bool) -> bool {
         let s = &self.settings;
         match self.targets(route).await {
-            Ok(targets) => match self.open(route, &targets, &s.probe_timeouts).await {
+            Ok(targets) => match self.open(route, &targets, &s.probe_timeouts, false).await {
                 Ok(client) => {
                     client.quit().await;
                     true

@@ -9,7 +9,7 @@
 use super::Scheduler;
 use super::concurrency::Concurrency;
 use super::route::Route;
-use crate::config::{Config, DomainConfig, DomainRoute, TlsPolicy};
+use crate::config::{Config, DomainConfig, DomainRoute, TlsMode, TlsPolicy};
 use crate::delivery::auth::Credentials;
 use crate::delivery::mx::{self, NoRoute, RouteKind, Target};
 use crate::tls::ClientTls;
@@ -30,15 +30,15 @@ pub(super) fn routes_for(config: &Config) -> Result<HashMap<String, Arc<Route>>,
             },
         };
         let mut key = Route::key_of(&kind);
-        // The route's name stays `mx:DOMAIN` (or its hosts) under the default policy for its kind.
-        let default_tls = match d.route {
+        // The route's name stays `mx:DOMAIN` under the MX routes' default policy.
+        let usual = match d.route {
             DomainRoute::Mx => TlsPolicy {
-                mode: crate::config::TlsMode::Auto,
+                mode: TlsMode::mx_default(),
                 ..TlsPolicy::default()
             },
             DomainRoute::Primary(_) => TlsPolicy::default(),
         };
-        if d.tls != default_tls {
+        if d.tls != usual {
             key.push_str(&format!("|{:?}", d.tls));
         }
         if let Some(a) = &d.auth {

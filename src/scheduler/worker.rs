@@ -14,7 +14,7 @@ use super::record;
 use super::route::{Failure, Route, Transition};
 use crate::delivery::RecipientResult;
 use crate::delivery::client::{Client, ClientError, Timeouts};
-use crate::delivery::mx::{NoRoute, Target};
+use crate::delivery::mx::{NoRoute, RouteKind, Target};
 use crate::delivery::reply::RemoteReply;
 use crate::delivery::{Outcome, deliver};
 use crate::drill::watch::{self, Handoff};
@@ -58,7 +58,7 @@ impl Scheduler {
                     return;
                 }
             };
-            let mut client = match self.open(&route, &targets, &s.timeouts).await {
+            let mut client = match self.open(&route, &targets, &s.timeouts, true).await {
                 Ok(c) => c,
                 Err(e) => {
                     self.connection_failed(&route, &e.to_string()).await;
@@ -144,12 +144,21 @@ impl Scheduler {
     }
 
     /// A session with the route's primary: its TLS policy and credentials, these timeouts.
+    /// An MX route follows the destination's published policies (DANE per host, chosen with
+    /// the targets; MTA-STS in [`Scheduler::open_sts`]);
+    /// `delivering` sessions (not probes or callouts) are counted for the TLS reports.
     pub(super) async fn open(
         &self,
         route: &Route,
         targets: &[Target],
         t: &Timeouts,
+        delivering: bool,
     ) -> Result<Client, ClientError> {
+        if let RouteKind::Mx { domain, .. } = &route.kind
+            && route.tls.mode.follows_mta_sts()
+        {
+            return self.open_sts(route, domain, targets, t, delivering).await;
+        }
         Client::connect(
             targets,
             &self.settings.hostname,

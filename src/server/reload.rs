@@ -95,6 +95,11 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     check("dns", format!("{:?}", old.dns), format!("{:?}", new.dns));
     check(
+        "tls_reports",
+        format!("{:?}", old.tls_reports),
+        format!("{:?}", new.tls_reports),
+    );
+    check(
         "routing",
         format!("{:?}", old.routing),
         format!("{:?}", new.routing),

@@ -3,6 +3,7 @@
 
 use crate::common;
 use crate::common::dns::{DnsServer, Rec};
+use crate::common::sts::PolicyServer;
 use std::process::Command;
 
 fn zones() -> DnsServer {
@@ -72,6 +73,48 @@ fn verdicts_reasons_and_fixes() {
         assert_eq!(got, code, "{domain}:\n{text}");
         insta::assert_snapshot!(domain.replace('.', "_"), text);
     }
+}
+
+/// The domain's MTA-STS policy (mode enforce, served over HTTPS by a server with the test
+/// CA's certificate) lists the primary only: senders that enforce it never use the backup.
+/// Its TLS-RPT record is found.
+#[test]
+fn backup_missing_from_the_mta_sts_policy() {
+    let pki = common::pki::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki.write_ca(dir.path());
+    let dns = DnsServer::start(&[
+        ("stsmiss.test", Rec::Mx(10, "mx1.good.test")),
+        ("stsmiss.test", Rec::Mx(20, "mx2.backup.test")),
+        ("mx1.good.test", Rec::Ip("192.0.2.10")),
+        ("10.2.0.192.in-addr.arpa", Rec::Ptr("mx1.good.test")),
+        ("mx2.backup.test", Rec::Ip("198.51.100.20")),
+        ("20.100.51.198.in-addr.arpa", Rec::Ptr("mx2.backup.test")),
+        ("_mta-sts.stsmiss.test", Rec::Txt("v=STSv1; id=20261202")),
+        ("mta-sts.stsmiss.test", Rec::Ip("127.0.0.10")),
+        (
+            "_smtp._tls.stsmiss.test",
+            Rec::Txt("v=TLSRPTv1; rua=mailto:tlsrpt@stsmiss.test"),
+        ),
+    ]);
+    let policy = PolicyServer::start(
+        "127.0.0.10",
+        pki.server_config(dir.path(), &["mta-sts.stsmiss.test"]),
+        &[(
+            "mta-sts.stsmiss.test",
+            "version: STSv1\r\nmode: enforce\r\nmx: mx1.good.test\r\nmax_age: 86400\r\n",
+        )],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_mx2"))
+        .args(["check", "stsmiss.test", "--resolver", &dns.addr.to_string()])
+        .arg("--ca-file")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert_eq!(policy.served(), 1, "the policy was fetched:\n{text}");
+    insta::assert_snapshot!("stsmiss_test", text);
 }
 
 #[test]
@@ -186,34 +229,14 @@ fn live_smtp_checks() {
         ("_mta-sts.live.test", Rec::Txt("v=STSv1; id=20261128")),
         ("mta-sts.live.test", Rec::Ip("127.0.0.7")),
     ]);
-    let sts = pki.server_config(dir.path(), &["mta-sts.live.test"]);
-    let policy_server = std::net::TcpListener::bind("127.0.0.7:443")
-        .expect("bind 127.0.0.7:443 (the tests run as root)");
-    std::thread::spawn(move || {
-        for s in policy_server.incoming() {
-            let Ok(tcp) = s else { continue };
-            let Ok(conn) = rustls::ServerConnection::new(sts.clone()) else {
-                continue;
-            };
-            let mut tls = rustls::StreamOwned::new(conn, tcp);
-            let mut req = Vec::new();
-            let mut buf = [0u8; 512];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match std::io::Read::read(&mut tls, &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let body =
-                "version: STSv1\r\nmode: enforce\r\nmx: primary.live.test\r\nmax_age: 86400\r\n";
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = std::io::Write::write_all(&mut tls, resp.as_bytes());
-            let _ = std::io::Write::flush(&mut tls);
-        }
-    });
+    let _policy = PolicyServer::start(
+        "127.0.0.7",
+        pki.server_config(dir.path(), &["mta-sts.live.test"]),
+        &[(
+            "mta-sts.live.test",
+            "version: STSv1\r\nmode: enforce\r\nmx: primary.live.test\r\nmax_age: 86400\r\n",
+        )],
+    );
     let run = |domain: &str| -> serde_json::Value {
         let out = Command::new(env!("CARGO_BIN_EXE_mx2"))
             .args([

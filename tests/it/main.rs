@@ -19,6 +19,7 @@ mod examples;
 mod faults;
 mod inbox;
 mod init;
+mod mta_sts;
 mod postfix;
 mod postgres;
 mod properties;

@@ -172,6 +172,11 @@ async fn conformance_inserted_held() {
 }
 
 #[tokio::test]
+async fn conformance_sts_and_tls_reports() {
+    suite::sts_and_tls_reports(&store("suite").await).await;
+}
+
+#[tokio::test]
 async fn conformance_drills() {
     suite::drills(&store("suite").await).await;
 }
@@ -258,16 +263,18 @@ async fn an_older_queue_gains_the_registry() {
         db,
         "DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; \
          DROP TABLE inbox_credentials; DROP TABLE inbox_mailboxes; DROP TABLE inbox_uids; \
-         DROP TABLE inbox_codes; DROP TABLE inbox_hidden; UPDATE mx2_schema SET version = 2",
+         DROP TABLE inbox_codes; DROP TABLE inbox_hidden; DROP TABLE sts_policies; \
+         DROP TABLE tlsrpt_counts; UPDATE mx2_schema SET version = 2",
     );
     let s = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "6");
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "8");
     suite::registry(&s).await;
     suite::drills(&s).await;
     suite::inbox_credentials(&s).await;
     suite::inbox_codes(&s).await;
+    suite::sts_and_tls_reports(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,8 +292,9 @@ async fn nodes_starting_at_once_migrate_once() {
     let db = url.rsplit('/').next().unwrap();
     assert_eq!(
         Pg::shared().sql(db, "SELECT version FROM mx2_schema"),
-        "6",
-        "step 3: the registry, step 4: drill results, step 5: the inbox, step 6: inbox codes"
+        "8",
+        "step 3: the registry, step 4: drill results, step 5: the inbox, step 6: inbox codes, \
+         step 7: MTA-STS policies, step 8: TLS-RPT counters"
     );
     assert_eq!(Pg::shared().sql(db, "SELECT COUNT(*) FROM mx2_schema"), "1");
 }

@@ -148,6 +148,12 @@ async fn conformance_inserted_held() {
 }
 
 #[tokio::test]
+async fn conformance_sts_and_tls_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::sts_and_tls_reports(&Embedded::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
 async fn conformance_drills() {
     let dir = tempfile::tempdir().unwrap();
     suite::drills(&Embedded::open(dir.path()).unwrap()).await;

@@ -8,12 +8,13 @@
 
 use super::ops::{act, claim, claim_message, insert, make_due, purge_domain, record};
 use super::reclaim::Reclaim;
-use super::{backend, drills, guard, inbox, outages, registry, spool};
+use super::{backend, drills, guard, inbox, outages, registry, spool, sts};
 use crate::queue::inbox::FlagChange;
 use crate::queue::registry::Written;
 use crate::queue::spool::Spooled;
 use crate::queue::{
-    Job, NewMessage, OperatorAction, OutageChange, StoreError, StoredDrill, Update,
+    Job, NewMessage, OperatorAction, OutageChange, StoreError, StoredDrill, StoredStsPolicy,
+    TlsRptCount, Update,
 };
 use rusqlite::{Connection, params};
 use std::sync::Arc;
@@ -39,6 +40,9 @@ pub(super) enum Op {
     HoldNewMail(Vec<String>, Option<i64>, Answer<()>),
     Outage(String, OutageChange, Answer<()>),
     Drill(Box<StoredDrill>, usize, Answer<()>),
+    StsPut(Box<StoredStsPolicy>, Answer<()>),
+    TlsRptAdd(Box<TlsRptCount>, Answer<()>),
+    TlsRptForget(i64, Answer<u64>),
     Registry(registry::Change, Answer<Written>),
     PurgeDomain(String, Answer<u64>),
     InboxCredential(String, Option<String>, Answer<bool>),
@@ -276,7 +280,8 @@ fn execute_failed(op: Op, held: &mut Held) -> Done {
         Op::Act(_, _, _, r) => Done::Count(r, Err(e())),
         Op::ClaimMessage(_, r) => Done::Jobs(r, Err(e())),
         Op::Outage(_, _, r) => Done::Unit(r, Err(e())),
-        Op::Drill(_, _, r) => Done::Unit(r, Err(e())),
+        Op::Drill(_, _, r) | Op::StsPut(_, r) | Op::TlsRptAdd(_, r) => Done::Unit(r, Err(e())),
+        Op::TlsRptForget(_, r) => Done::Count(r, Err(e())),
         Op::Registry(_, r) => Done::Registry(r, Err(e())),
         Op::PurgeDomain(_, r) => Done::Count(r, Err(e())),
         Op::InboxCredential(_, _, r) | Op::InboxUseCode(_, _, _, r) => Done::Bool(r, Err(e())),
@@ -328,6 +333,9 @@ fn execute(c: &Connection, op: Op, held: &mut Held) -> Done {
             Done::Unit(r, outages::record(c, &route, change).map_err(backend))
         }
         Op::Drill(d, keep, r) => Done::Unit(r, drills::record(c, &d, keep).map_err(backend)),
+        Op::StsPut(p, r) => Done::Unit(r, sts::put(c, &p).map_err(backend)),
+        Op::TlsRptAdd(n, r) => Done::Unit(r, sts::add(c, &n).map_err(backend)),
+        Op::TlsRptForget(day, r) => Done::Count(r, sts::forget(c, day).map_err(backend)),
         Op::Registry(change, r) => {
             Done::Registry(r, registry::apply(c, &change).map_err(backend))
         }

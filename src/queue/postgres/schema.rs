@@ -66,6 +66,8 @@ CREATE TABLE primaries (
     super::drills::SCHEMA,
     super::inbox::SCHEMA,
     super::inbox::CODES_SCHEMA,
+    super::sts::SCHEMA,
+    super::sts::REPORT_SCHEMA,
 ];
 
 /// The schema version this mx2 writes.

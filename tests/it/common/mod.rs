@@ -17,6 +17,7 @@ pub mod postfix;
 pub mod primary;
 mod primary_session;
 pub mod runner;
+pub mod sts;
 
 pub use client::{Client, code, message, raw_cmd, read_reply};
 pub use config::{config_with, example_domain, test_config};
