@@ -263,7 +263,7 @@ async fn an_older_queue_gains_the_registry() {
     let s = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "6");
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "7");
     suite::registry(&s).await;
     suite::drills(&s).await;
     suite::inbox_credentials(&s).await;
@@ -285,8 +285,9 @@ async fn nodes_starting_at_once_migrate_once() {
     let db = url.rsplit('/').next().unwrap();
     assert_eq!(
         Pg::shared().sql(db, "SELECT version FROM mx2_schema"),
-        "6",
-        "step 3: the registry, step 4: drill results, step 5: the inbox, step 6: inbox codes"
+        "7",
+        "step 3: the registry, step 4: drill results, step 5: the inbox, step 6: inbox codes, \
+         step 7: the queue counters"
     );
     assert_eq!(Pg::shared().sql(db, "SELECT COUNT(*) FROM mx2_schema"), "1");
 }
