@@ -14,7 +14,7 @@ mod counts;
 mod domains;
 mod inbox;
 pub use content::spooled_content;
-pub use counts::counters;
+pub use counts::{counters, counters_after_failed_writes};
 pub use domains::{purge_domain, registry, registry_watch, tenant_view};
 pub use inbox::{inbox_codes, inbox_credentials, inbox_deletes, inbox_mailboxes};
 

@@ -18,6 +18,7 @@ mod examples;
 mod faults;
 mod inbox;
 mod init;
+mod pg_counts;
 mod postfix;
 mod postgres;
 mod properties;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn config(url: &str, node: &str, lease: Duration) -> PostgresConfig {
+pub(crate) fn config(url: &str, node: &str, lease: Duration) -> PostgresConfig {
     PostgresConfig {
         url: Some(url.to_string()),
         url_file: None,
@@ -32,7 +32,7 @@ async fn store(node: &str) -> Postgres {
 }
 
 /// A store on the database at `url` (leases of five minutes).
-async fn store_at(url: &str, node: &str) -> Postgres {
+pub(crate) async fn store_at(url: &str, node: &str) -> Postgres {
     Postgres::open(&config(url, node, Duration::from_secs(300)))
         .await
         .unwrap()
@@ -65,6 +65,11 @@ async fn conformance_cache() {
 #[tokio::test]
 async fn conformance_counters() {
     suite::counters(&store("suite").await).await;
+}
+
+#[tokio::test]
+async fn conformance_counters_after_failed_writes() {
+    suite::counters_after_failed_writes(&store("suite").await).await;
 }
 
 #[tokio::test]
