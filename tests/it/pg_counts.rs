@@ -123,6 +123,16 @@ async fn two_nodes_writing_at_once_keep_the_counts_exact() {
     wa.await.unwrap();
     wb.await.unwrap();
     exact(&b, db, "outcomes recorded by two nodes").await;
+    assert_eq!(
+        Pg::shared().sql(
+            db,
+            "SELECT COUNT(*) FROM messages m WHERE NOT EXISTS
+                (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.status = 0)"
+        ),
+        "0",
+        "every message whose last recipient was recorded left the queue, even when two \
+         nodes recorded its last two"
+    );
 
     // (Operators' actions on the same messages at once can deadlock, as they could before
     // the counters; that is one transaction rolled back, which the test below covers.)
