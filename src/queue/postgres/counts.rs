@@ -192,15 +192,14 @@ pub(super) async fn fold(c: &mut deadpool_postgres::Object) -> Result<u64, Store
                   summed AS (SELECT domain, SUM(messages) AS m, SUM(recipients) AS r,
                                     SUM(held) AS h, SUM(bytes) AS b
                              FROM gone GROUP BY domain),
-                  upserted AS (INSERT INTO queue_counts (domain, messages, recipients, held, bytes)
-                               SELECT domain, m, r, h, b FROM summed
-                               ON CONFLICT (domain) DO UPDATE SET
-                                   messages = queue_counts.messages + EXCLUDED.messages,
-                                   recipients = queue_counts.recipients + EXCLUDED.recipients,
-                                   held = queue_counts.held + EXCLUDED.held,
-                                   bytes = queue_counts.bytes + EXCLUDED.bytes
-                               RETURNING 1)
-             SELECT (SELECT COUNT(*) FROM gone), (SELECT COUNT(*) FROM upserted)",
+                  added AS (INSERT INTO queue_counts (domain, messages, recipients, held, bytes)
+                            SELECT domain, m, r, h, b FROM summed
+                            ON CONFLICT (domain) DO UPDATE SET
+                                messages = queue_counts.messages + EXCLUDED.messages,
+                                recipients = queue_counts.recipients + EXCLUDED.recipients,
+                                held = queue_counts.held + EXCLUDED.held,
+                                bytes = queue_counts.bytes + EXCLUDED.bytes)
+             SELECT COUNT(*) FROM gone",
             &[],
         )
         .await
