@@ -54,7 +54,13 @@ async fn two_nodes_writing_at_once_keep_the_counts_exact() {
     let db = db_of(&url);
     let a = Arc::new(store_at(&url, "a").await);
     let b = Arc::new(store_at(&url, "b").await);
-    let node = |i: usize| if i % 2 == 0 { a.clone() } else { b.clone() };
+    let node = |i: usize| {
+        if i.is_multiple_of(2) {
+            a.clone()
+        } else {
+            b.clone()
+        }
+    };
     const DOMAINS: [&str; 3] = ["x.test", "y.test", "z.test"];
     let inserts: Vec<_> = (0..120usize)
         .map(|i| {

@@ -170,7 +170,7 @@ INSERT INTO queue_counts (domain, messages, recipients, held, bytes)
 ";
 
 /// The advisory lock a fold holds, so that one node at a time folds ("mx2fold").
-const FOLD_LOCK: i64 = 0x6d78_3266_6f6c_64;
+const FOLD_LOCK: i64 = 0x006d_7832_666f_6c64;
 
 /// Moves the deltas this transaction sees into `queue_counts`, unless another node is
 /// folding right now; returns how many delta rows it folded. The deltas are deleted and
