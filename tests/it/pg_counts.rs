@@ -11,6 +11,14 @@ use mx2::queue::{OperatorAction, Status, Store, Update, suite};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Takes a queue back to before the counters (schema step 7), for tests of older queues.
+pub(crate) const UNDO_COUNTERS: &str =
+    "DROP FUNCTION mx2_count_messages_in, mx2_count_messages_out, mx2_drop_pending,
+         mx2_count_recipients_in, mx2_count_recipients_out, mx2_count_recipients_changed,
+         mx2_count_changes CASCADE;
+     DROP TABLE queue_counts; DROP TABLE queue_deltas; DROP INDEX recipients_domain_message;
+     CREATE INDEX recipients_domain ON recipients (domain) WHERE status = 0;";
+
 /// The store's totals equal its recount, and every domain the counters know of with no
 /// pending recipient holds nothing else either (`depth` would hide such a row).
 async fn exact(s: &Postgres, db: &str, step: &str) {
@@ -329,12 +337,7 @@ async fn an_older_queue_gains_its_counters() {
     }
     Pg::shared().sql(
         db,
-        "DROP FUNCTION mx2_count_messages_in, mx2_count_messages_out, mx2_drop_pending,
-             mx2_count_recipients_in, mx2_count_recipients_out, mx2_count_recipients_changed,
-             mx2_count_changes CASCADE;
-         DROP TABLE queue_counts; DROP TABLE queue_deltas; DROP INDEX recipients_domain_message;
-         CREATE INDEX recipients_domain ON recipients (domain) WHERE status = 0;
-         UPDATE mx2_schema SET version = 6",
+        &format!("{UNDO_COUNTERS} UPDATE mx2_schema SET version = 6"),
     );
     let s = store_at(&url, "a").await;
     assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "7");

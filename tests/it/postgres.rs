@@ -249,7 +249,8 @@ async fn concurrent_registry_changes_number_without_gaps() {
     assert_eq!(b.registry_version().await.unwrap(), 20);
 }
 
-/// A queue of an older mx2 (before the registry, drills and the inbox) gains them at start.
+/// A queue of an older mx2 (before the registry, drills, the inbox and the counters) gains them
+/// at start.
 #[tokio::test]
 async fn an_older_queue_gains_the_registry() {
     let url = Pg::shared().fresh_db();
@@ -261,9 +262,12 @@ async fn an_older_queue_gains_the_registry() {
     let db = url.rsplit('/').next().unwrap();
     Pg::shared().sql(
         db,
-        "DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; \
-         DROP TABLE inbox_credentials; DROP TABLE inbox_mailboxes; DROP TABLE inbox_uids; \
-         DROP TABLE inbox_codes; DROP TABLE inbox_hidden; UPDATE mx2_schema SET version = 2",
+        &format!(
+            "{} DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; \
+             DROP TABLE inbox_credentials; DROP TABLE inbox_mailboxes; DROP TABLE inbox_uids; \
+             DROP TABLE inbox_codes; DROP TABLE inbox_hidden; UPDATE mx2_schema SET version = 2",
+            crate::pg_counts::UNDO_COUNTERS
+        ),
     );
     let s = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
         .await
