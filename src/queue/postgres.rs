@@ -17,6 +17,7 @@
 
 mod connect;
 mod content;
+mod counts;
 mod drills;
 mod inbox;
 mod inspect;
@@ -108,6 +109,13 @@ impl Postgres {
     /// Transactions the group-commit writer committed, and the writes they carried.
     pub fn commits(&self) -> (u64, u64) {
         self.inner.writer.counts()
+    }
+
+    /// Folds the queue counters' deltas now (each node does it every second by itself);
+    /// returns how many delta rows it folded, 0 when another node was folding.
+    pub async fn fold_counts(&self) -> Result<u64, StoreError> {
+        let mut c = self.inner.pool.get().await.map_err(pool_error)?;
+        counts::fold(&mut c).await
     }
 
     /// This node's name in leases.
@@ -348,27 +356,7 @@ impl Store for Postgres {
     }
 
     fn stats(&self) -> StoreFuture<'_, Stats> {
-        self.run(|_, c| {
-            Box::pin(async move {
-                let row = c
-                    .query_one(
-                        "SELECT (SELECT COUNT(*) FROM messages),
-                                (SELECT COALESCE(SUM(size), 0)::bigint FROM messages),
-                                (SELECT COUNT(*) FROM recipients WHERE status = 0)",
-                        &[],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                let n = |i| -> Result<u64, StoreError> {
-                    Ok(u64::try_from(row.try_get::<_, i64>(i).map_err(pg_error)?).unwrap_or(0))
-                };
-                Ok(Stats {
-                    messages: n(0)?,
-                    bytes: n(1)?,
-                    pending_recipients: n(2)?,
-                })
-            })
-        })
+        self.run(|_, c| Box::pin(async move { counts::stats(c).await }))
     }
 
     fn cache_get(&self, key: String) -> StoreFuture<'_, Option<(bool, i64)>> {
@@ -476,7 +464,11 @@ impl Store for Postgres {
     }
 
     fn depth(&self) -> StoreFuture<'_, Vec<Depth>> {
-        self.run(|_, c| Box::pin(async move { inspect::depth(c).await }))
+        self.run(|_, c| Box::pin(async move { counts::depth(c).await }))
+    }
+
+    fn recount(&self) -> StoreFuture<'_, (Stats, Vec<Depth>)> {
+        self.run(|_, c| Box::pin(async move { counts::recount(c).await }))
     }
 
     fn forward_wakeups(&self, wake: Arc<tokio::sync::Notify>) {

@@ -15,7 +15,7 @@ mod domains;
 mod inbox;
 mod tls;
 pub use content::spooled_content;
-pub use counts::counters;
+pub use counts::{counters, counters_after_failed_writes};
 pub use domains::{purge_domain, registry, registry_watch, tenant_view};
 pub use inbox::{inbox_codes, inbox_credentials, inbox_deletes, inbox_mailboxes};
 pub use tls::sts_and_tls_reports;

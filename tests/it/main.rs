@@ -20,6 +20,7 @@ mod faults;
 mod inbox;
 mod init;
 mod mta_sts;
+mod pg_counts;
 mod postfix;
 mod postgres;
 mod properties;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn config(url: &str, node: &str, lease: Duration) -> PostgresConfig {
+pub(crate) fn config(url: &str, node: &str, lease: Duration) -> PostgresConfig {
     PostgresConfig {
         url: Some(url.to_string()),
         url_file: None,
@@ -32,7 +32,7 @@ async fn store(node: &str) -> Postgres {
 }
 
 /// A store on the database at `url` (leases of five minutes).
-async fn store_at(url: &str, node: &str) -> Postgres {
+pub(crate) async fn store_at(url: &str, node: &str) -> Postgres {
     Postgres::open(&config(url, node, Duration::from_secs(300)))
         .await
         .unwrap()
@@ -65,6 +65,11 @@ async fn conformance_cache() {
 #[tokio::test]
 async fn conformance_counters() {
     suite::counters(&store("suite").await).await;
+}
+
+#[tokio::test]
+async fn conformance_counters_after_failed_writes() {
+    suite::counters_after_failed_writes(&store("suite").await).await;
 }
 
 #[tokio::test]
@@ -249,7 +254,8 @@ async fn concurrent_registry_changes_number_without_gaps() {
     assert_eq!(b.registry_version().await.unwrap(), 20);
 }
 
-/// A queue of an older mx2 (before the registry, drills and the inbox) gains them at start.
+/// A queue of an older mx2 (before the registry, drills, the inbox and the counters) gains them
+/// at start.
 #[tokio::test]
 async fn an_older_queue_gains_the_registry() {
     let url = Pg::shared().fresh_db();
@@ -261,15 +267,18 @@ async fn an_older_queue_gains_the_registry() {
     let db = url.rsplit('/').next().unwrap();
     Pg::shared().sql(
         db,
-        "DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; \
-         DROP TABLE inbox_credentials; DROP TABLE inbox_mailboxes; DROP TABLE inbox_uids; \
-         DROP TABLE inbox_codes; DROP TABLE inbox_hidden; DROP TABLE sts_policies; \
-         DROP TABLE tlsrpt_counts; UPDATE mx2_schema SET version = 2",
+        &format!(
+            "{} DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; \
+             DROP TABLE inbox_credentials; DROP TABLE inbox_mailboxes; DROP TABLE inbox_uids; \
+             DROP TABLE inbox_codes; DROP TABLE inbox_hidden; DROP TABLE sts_policies; \
+             DROP TABLE tlsrpt_counts; UPDATE mx2_schema SET version = 2",
+            crate::pg_counts::UNDO_COUNTERS
+        ),
     );
     let s = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "8");
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "9");
     suite::registry(&s).await;
     suite::drills(&s).await;
     suite::inbox_credentials(&s).await;
@@ -292,9 +301,9 @@ async fn nodes_starting_at_once_migrate_once() {
     let db = url.rsplit('/').next().unwrap();
     assert_eq!(
         Pg::shared().sql(db, "SELECT version FROM mx2_schema"),
-        "8",
+        "9",
         "step 3: the registry, step 4: drill results, step 5: the inbox, step 6: inbox codes, \
-         step 7: MTA-STS policies, step 8: TLS-RPT counters"
+         step 7: MTA-STS policies, step 8: TLS-RPT counters, step 9: the queue counters"
     );
     assert_eq!(Pg::shared().sql(db, "SELECT COUNT(*) FROM mx2_schema"), "1");
 }

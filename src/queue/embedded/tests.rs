@@ -130,6 +130,12 @@ async fn conformance_counters() {
 }
 
 #[tokio::test]
+async fn conformance_counters_after_failed_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::counters_after_failed_writes(&Embedded::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
 async fn conformance_spooled_content() {
     let dir = tempfile::tempdir().unwrap();
     suite::spooled_content(&Embedded::open(dir.path()).unwrap(), dir.path()).await;

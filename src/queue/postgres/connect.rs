@@ -1,9 +1,10 @@
 //! Opening the PostgreSQL store: the URL (or the file holding it), TLS to the server
 //! (rustls: `require` or `verify`), the pool, the schema migration under a lock, releasing
-//! this node's claims from its previous run, and starting the writer and the lease renewal.
+//! this node's claims from its previous run, and starting the writer, the lease renewal and
+//! the folding of the queue counters.
 //! Nothing here runs the queue's operations.
 
-use super::{Inner, Postgres, Tls, ms, pg_error, pool_error, renew_leases, schema, writer};
+use super::{Inner, Postgres, Tls, counts, ms, pg_error, pool_error, renew_leases, schema, writer};
 use crate::config::{PgTls, PostgresConfig, TlsMode, TlsPolicy};
 use crate::queue::StoreError;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -14,7 +15,7 @@ use tracing::info;
 impl Postgres {
     /// Connects, brings the schema up to date (under a lock, so several nodes may start at
     /// once), releases this node's claims left by a previous run, and starts the group-commit
-    /// writer and the lease renewal.
+    /// writer, the lease renewal and the counters' folding.
     pub async fn open(config: &PostgresConfig) -> Result<Self, StoreError> {
         let url = match (&config.url, &config.url_file) {
             (Some(u), _) => u.clone(),
@@ -87,6 +88,7 @@ impl Postgres {
             lease_ms: ms(config.lease),
         });
         tokio::spawn(renew_leases(Arc::downgrade(&inner), config.lease / 4));
+        tokio::spawn(counts::keep_folding(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 }

@@ -1,9 +1,10 @@
 //! Operators' queries over the PostgreSQL queue: listings with filters and paging, one
-//! message, depth per domain. The same answers as the embedded store's `embedded::inspect`; a
-//! recipient counts as active while a node's lease on it runs.
+//! message (depth and totals are the maintained counters, [`counts`]). The same answers as the
+//! embedded store's `embedded::inspect`; a recipient counts as active while a node's lease on
+//! it runs.
 
-use super::{NOW_MS, pg_error};
-use crate::queue::{Depth, Filter, Listed, RecipientState, Shown, State, Status, StoreError};
+use super::{NOW_MS, counts, pg_error};
+use crate::queue::{Filter, Listed, RecipientState, Shown, State, Status, StoreError};
 use crate::queue::{domain_key, list_limit};
 use tokio_postgres::Row;
 
@@ -11,35 +12,56 @@ fn count(r: &Row, i: usize) -> Result<u64, tokio_postgres::Error> {
     Ok(u64::try_from(r.try_get::<_, i64>(i)?).unwrap_or(0))
 }
 
-fn active() -> String {
-    format!("bool_or(r.claimed_by IS NOT NULL AND r.lease_until >= {NOW_MS})")
+fn active(r: &str) -> String {
+    format!("bool_or({r}.claimed_by IS NOT NULL AND {r}.lease_until >= {NOW_MS})")
 }
 
-/// The messages a filter selects (parameters $1 to $7), grouped by message: what a listing
-/// shows and a count counts.
-fn matching() -> String {
-    let active = active();
+/// The filter's conditions on one message, `{ID}` its queue id (parameters $2 to $4, $6,
+/// $7). Each is an index lookup by queue id.
+fn conditions(id: &str) -> String {
     format!(
-        "FROM messages m JOIN recipients r ON r.message_id = m.id
-         WHERE r.status = 0
-           AND ($1::text IS NULL OR EXISTS (SELECT 1 FROM recipients x
-                 WHERE x.message_id = m.id AND x.status = 0 AND x.domain = $1))
-           AND (cardinality($7::text[]) = 0 OR EXISTS (SELECT 1 FROM recipients x
-                 WHERE x.message_id = m.id AND x.status = 0 AND x.domain = ANY($7)))
-           AND ($2::text IS NULL OR strpos(lower(m.sender), $2) > 0)
-           AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM recipients x
-                 WHERE x.message_id = m.id AND x.status = 0 AND strpos(lower(x.address), $3) > 0))
-           AND ($4::bigint IS NULL OR m.received_at <= $4)
-           AND ($5::text IS NULL OR m.id > $5)
-         GROUP BY m.id
-         HAVING $6::text IS NULL OR (CASE WHEN bool_or(r.held) THEN 'held'
-                                          WHEN {active} THEN 'active'
-                                          WHEN MAX(r.attempts) > 0 THEN 'deferred'
-                                          ELSE 'queued' END) = $6"
+        "EXISTS (SELECT 1 FROM messages m WHERE m.id = {id}
+               AND ($2::text IS NULL OR strpos(lower(m.sender), $2) > 0)
+               AND ($4::bigint IS NULL OR m.received_at <= $4))
+         AND (cardinality($7::text[]) = 0 OR EXISTS (SELECT 1 FROM recipients x
+               WHERE x.message_id = {id} AND x.status = 0 AND x.domain = ANY($7)))
+         AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM recipients x
+               WHERE x.message_id = {id} AND x.status = 0 AND strpos(lower(x.address), $3) > 0))
+         AND ($6::text IS NULL OR (SELECT CASE WHEN bool_or(x.held) THEN 'held'
+                                               WHEN {active} THEN 'active'
+                                               WHEN MAX(x.attempts) > 0 THEN 'deferred'
+                                               ELSE 'queued' END
+                                   FROM recipients x WHERE x.message_id = {id} AND x.status = 0) = $6)",
+        active = active("x")
     )
 }
 
-/// The filter's values for [`matching`], in order.
+/// The queue ids a filter selects (parameters $1 to $7), oldest first, after $5: walked in
+/// queue-id order through `recipients_domain_message` when the filter names a domain ($1),
+/// else through the messages' primary key, so that a listing stops after its limit instead
+/// of reading the whole queue (as the embedded store's listing does).
+fn selected(f: &Filter) -> String {
+    if f.domain.is_some() {
+        format!(
+            "SELECT DISTINCT d.message_id AS id FROM recipients d
+             WHERE d.domain = $1 AND d.status = 0 AND d.message_id > COALESCE($5, '')
+               AND {}
+             ORDER BY d.message_id",
+            conditions("d.message_id")
+        )
+    } else {
+        format!(
+            "SELECT a.id FROM messages a
+             WHERE a.id > COALESCE($5, '') AND $1::text IS NULL -- ($1 is unused, but typed)
+               AND EXISTS (SELECT 1 FROM recipients x WHERE x.message_id = a.id AND x.status = 0)
+               AND {}
+             ORDER BY a.id",
+            conditions("a.id")
+        )
+    }
+}
+
+/// The filter's values for [`selected`], in order.
 struct Matching {
     domain: Option<String>,
     sender: Option<String>,
@@ -82,17 +104,31 @@ impl Matching {
     }
 }
 
-/// How many messages the filter selects (its limit aside).
+/// How many messages the filter selects (its limit aside). A filter on nothing or on one
+/// domain alone is answered from the counters; any other walks what it selects.
 pub(super) async fn matching_count(
     c: &tokio_postgres::Client,
     f: &Filter,
 ) -> Result<u64, StoreError> {
-    let sql = format!("SELECT COUNT(*) FROM (SELECT m.id {}) t", matching());
+    let only_domain = f.domains.is_empty()
+        && f.sender.is_none()
+        && f.recipient.is_none()
+        && f.received_before_ms.is_none()
+        && f.state.is_none()
+        && f.after.is_none();
+    if only_domain {
+        return match &f.domain {
+            Some(d) => counts::messages_in(c, &domain_key(d)).await,
+            None => counts::stats(c).await.map(|s| s.messages),
+        };
+    }
+    let sql = format!("SELECT COUNT(*) FROM ({}) t", selected(f));
     let m = Matching::of(f);
     let row = c.query_one(&sql, &m.params()).await.map_err(pg_error)?;
     count(&row, 0).map_err(pg_error)
 }
 
+/// A listing: the selected ids first, up to the limit ($8), then their rows.
 pub(super) async fn list(
     c: &tokio_postgres::Client,
     f: &Filter,
@@ -100,9 +136,12 @@ pub(super) async fn list(
     let sql = format!(
         "SELECT m.id, m.received_at, m.sender, m.size, string_agg(r.address, ' ' ORDER BY r.id),
                 MIN(r.next_attempt), MAX(r.last_reply), bool_or(r.held), {}, MAX(r.attempts)
-         {} ORDER BY m.id LIMIT $8",
-        active(),
-        matching()
+         FROM ({} LIMIT $8) s
+         JOIN messages m ON m.id = s.id
+         JOIN recipients r ON r.message_id = m.id AND r.status = 0
+         GROUP BY m.id ORDER BY m.id",
+        active("r"),
+        selected(f)
     );
     let limit = i64::try_from(list_limit(f)).unwrap_or(i64::MAX);
     let m = Matching::of(f);
@@ -186,30 +225,4 @@ pub(super) async fn show(
         head().map_err(pg_error)
     };
     shown().map(Some)
-}
-
-pub(super) async fn depth(c: &tokio_postgres::Client) -> Result<Vec<Depth>, StoreError> {
-    let rows = c
-        .query(
-            "SELECT r.domain, COUNT(DISTINCT r.message_id), COUNT(*), COUNT(*) FILTER (WHERE r.held),
-                (SELECT COALESCE(SUM(m.size), 0)::bigint FROM messages m WHERE m.id IN
-                    (SELECT x.message_id FROM recipients x WHERE x.domain = r.domain AND x.status = 0)),
-                (SELECT MIN(m.received_at) FROM messages m WHERE m.id IN
-                    (SELECT x.message_id FROM recipients x WHERE x.domain = r.domain AND x.status = 0))
-             FROM recipients r WHERE r.status = 0 GROUP BY r.domain ORDER BY r.domain",
-            &[],
-        )
-        .await
-        .map_err(pg_error)?;
-    let depth = |r: &Row| -> Result<Depth, tokio_postgres::Error> {
-        Ok(Depth {
-            domain: r.try_get(0)?,
-            messages: count(r, 1)?,
-            recipients: count(r, 2)?,
-            held: count(r, 3)?,
-            bytes: count(r, 4)?,
-            oldest_ms: r.try_get(5)?,
-        })
-    };
-    rows.iter().map(|r| depth(r).map_err(pg_error)).collect()
 }

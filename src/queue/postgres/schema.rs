@@ -68,6 +68,7 @@ CREATE TABLE primaries (
     super::inbox::CODES_SCHEMA,
     super::sts::SCHEMA,
     super::sts::REPORT_SCHEMA,
+    super::counts::SCHEMA,
 ];
 
 /// The schema version this mx2 writes.

@@ -142,3 +142,55 @@ pub async fn counters(s: &dyn Store) {
         "left: m1 (y.test, still claimed), m4 (w.test) and the two notifications: {depth:?}"
     );
 }
+
+/// Writes that fail part-way, as a node killed mid-transaction would leave them, count for
+/// nothing: a record whose second notification has the id of a message already queued (its
+/// outcome and first notification are rolled back with it), and inserts sent at once with
+/// one of them a duplicate id.
+pub async fn counters_after_failed_writes(s: &dyn Store) {
+    s.insert(message(
+        "m1",
+        &[("a@x.test", "x.test"), ("b@y.test", "y.test")],
+    ))
+    .await
+    .unwrap();
+    s.insert(message("m2", &[("c@x.test", "x.test")]))
+        .await
+        .unwrap();
+    let jobs = s.claim_due(2000, 100).await.unwrap();
+    let before = (s.stats().await.unwrap(), s.depth().await.unwrap());
+    let x = jobs
+        .iter()
+        .find(|j| j.queue_id == "m1" && j.domain == "x.test")
+        .unwrap();
+    let failed = s
+        .record(
+            "m1",
+            vec![done(x.recipients[0].row, Status::Delivered, 0)],
+            vec![
+                message("n1", &[("s@sender.test", "sender.test")]),
+                message("m2", &[("s@sender.test", "sender.test")]),
+            ],
+        )
+        .await;
+    assert!(
+        failed.is_err(),
+        "a notification with a queued message's id fails the record"
+    );
+    same(s, "a failed record").await;
+    assert_eq!(
+        (s.stats().await.unwrap(), s.depth().await.unwrap()),
+        before,
+        "nothing of the failed record counts"
+    );
+    let one = |id: &'static str| s.insert(message(id, &[("d@z.test", "z.test")]));
+    let (m3, m1, m4) = tokio::join!(one("m3"), one("m1"), one("m4"));
+    assert!(
+        m3.is_ok() && m1.is_err() && m4.is_ok(),
+        "{m3:?} {m1:?} {m4:?}"
+    );
+    same(s, "inserts beside a duplicate").await;
+    let z = s.depth().await.unwrap();
+    let z = z.iter().find(|d| d.domain == "z.test").unwrap();
+    assert_eq!((z.messages, z.recipients), (2, 2));
+}
