@@ -17,6 +17,7 @@ mod e2e;
 mod examples;
 mod faults;
 mod inbox;
+mod inbox_web;
 mod init;
 mod postfix;
 mod postgres;
