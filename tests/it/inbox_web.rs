@@ -349,7 +349,10 @@ fn web_inbox_over_https() {
         &[],
     );
     assert_eq!(r.status, 303);
-    assert_eq!(ids(&jo.get("/inbox/").text()), [rich_id.clone()]);
+    assert_eq!(
+        ids(&jo.get("/inbox/").text()),
+        std::slice::from_ref(&rich_id)
+    );
 
     // Every login and read is in the event log.
     let (_, events) = crate::common::http::http(

@@ -92,26 +92,33 @@ impl Web {
     }
 
     /// Message `id` of `key`'s mailbox, or the answer why not.
-    async fn held(&self, key: &str, id: &str) -> Result<Held, Response> {
+    async fn held(&self, key: &str, id: &str) -> Result<Held, Box<Response>> {
         let mailbox = self
             .inbox
             .store
             .inbox_mailbox(key)
             .await
-            .map_err(|e| self.store_down(e))?;
+            .map_err(|e| Box::new(self.store_down(e)))?;
         mailbox
             .messages
             .into_iter()
             .find(|m| m.queue_id == id)
-            .ok_or_else(|| self.not_found())
+            .ok_or_else(|| Box::new(self.not_found()))
     }
 
     /// The content of message `id` of `key`'s mailbox, read now (an event).
-    async fn read(&self, key: &str, id: &str, client: IpAddr) -> Result<(Held, Vec<u8>), Response> {
+    async fn read(
+        &self,
+        key: &str,
+        id: &str,
+        client: IpAddr,
+    ) -> Result<(Held, Vec<u8>), Box<Response>> {
         let m = self.held(key, id).await?;
-        let raw = self.inbox.store.body(id).await.map_err(|e| match e {
-            crate::queue::StoreError::NotFound(_) => self.not_found(),
-            e => self.store_down(e),
+        let raw = self.inbox.store.body(id).await.map_err(|e| {
+            Box::new(match e {
+                crate::queue::StoreError::NotFound(_) => self.not_found(),
+                e => self.store_down(e),
+            })
         })?;
         self.inbox.record_read(key, id, client);
         if !m.seen {
@@ -323,17 +330,17 @@ fn posted(
     w: &Web,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(String, Session, HashMap<String, String>), Response> {
+) -> Result<(String, Session, HashMap<String, String>), Box<Response>> {
     let Some((cookie, s)) = w.session(headers) else {
-        return Err(see_other("/inbox/"));
+        return Err(Box::new(see_other("/inbox/")));
     };
     let fields = form(body);
     if policy::cross_site(headers) || !token_ok(&fields, &s) {
-        return Err(w.problem(
+        return Err(Box::new(w.problem(
             StatusCode::FORBIDDEN,
             "Refused",
             "This form is out of date or was sent from another web site: open the inbox again and retry.",
-        ));
+        )));
     }
     Ok((cookie, s, fields))
 }
@@ -347,7 +354,7 @@ async fn logout(
     let tls = conn.is_some_and(|c| c.tls);
     let (cookie, _, _) = match posted(&w, &headers, &body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     w.sessions.close(&cookie);
     let mut r = see_other("/inbox/");
@@ -368,7 +375,7 @@ async fn view(
     };
     let (m, raw) = match w.read(&s.key, &id, Client::of(conn, None).peer).await {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     // Parsing and sanitizing a large message is work for a blocking thread.
     let Ok(shown) = tokio::task::spawn_blocking(move || message::show(&raw)).await else {
@@ -413,7 +420,7 @@ async fn eml(
     };
     match w.read(&s.key, &id, Client::of(conn, None).peer).await {
         Ok((_, raw)) => download(&message::safe_name(Some(&format!("{id}.eml")), 0), raw),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -428,7 +435,7 @@ async fn attachment(
     };
     let raw = match w.read(&s.key, &id, Client::of(conn, None).peer).await {
         Ok((_, raw)) => raw,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match tokio::task::spawn_blocking(move || message::attachment(&raw, n)).await {
         Ok(Some((name, bytes))) => download(&name, bytes),
@@ -445,10 +452,10 @@ async fn delete(
 ) -> Response {
     let (_, s, _) = match posted(&w, &headers, &body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = w.held(&s.key, &id).await {
-        return r;
+        return *r;
     }
     let client = Client::of(conn, None).peer;
     match w.inbox.delete(&s.key, vec![id], client).await {
