@@ -111,6 +111,15 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         info!(address = %l.local_addr().unwrap_or(addr), implicit_tls = implicit, "listening for IMAP (emergency inbox)");
         inbox_listeners.push((l, implicit));
     }
+    let web_inbox_listener = match config.inbox.web_listen {
+        None => None,
+        Some(addr) => {
+            let l =
+                crate::net::listen(addr).map_err(|source| StartError::Listen { addr, source })?;
+            info!(address = %l.local_addr().unwrap_or(addr), "listening for HTTPS (web inbox at /inbox/)");
+            Some(l)
+        }
+    };
 
     // Bound now, so that it answers as soon as SMTP does.
     let admin_listener = match config.admin.listen {
@@ -239,6 +248,24 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
             proxied,
         )));
     }
+    let web_inbox = inbox.as_ref().map(|i| {
+        crate::inbox::web::Web::new(i.clone(), &config.hostname, config.inbox.idle_timeout)
+    });
+    if let (Some(web), Some(l), Some(acceptor)) =
+        (&web_inbox, web_inbox_listener, core.acceptor.clone())
+    {
+        let limits = admin::listener::Limits {
+            max_connections: config.inbox.max_connections,
+            ..admin::listener::LIMITS
+        };
+        accept_tasks.push(tokio::spawn(admin::listener::run(
+            l,
+            crate::inbox::web::standalone(web.clone()),
+            limits,
+            Some(acceptor),
+            shutdown.clone(),
+        )));
+    }
     if let Some(inbox) = &inbox {
         for (l, implicit) in inbox_listeners {
             accept_tasks.push(tokio::spawn(crate::inbox::listener::run(
@@ -310,6 +337,7 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
             dns: dns.clone(),
             driller,
             inbox_code_validity: config.inbox.code_validity,
+            web_inbox,
         });
         tokio::spawn(admin::serve(l, admin, shutdown.clone()));
     }

@@ -36,7 +36,8 @@ pub fn duration(s: i64) -> String {
     }
 }
 
-fn size(b: u64) -> String {
+/// `512 B`, `1.5 KiB`, `2.0 MiB`.
+pub fn size(b: u64) -> String {
     match b {
         ..1024 => format!("{b} B"),
         1024..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),

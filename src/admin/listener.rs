@@ -9,21 +9,35 @@
 //! - no connection lives longer than [`Limits::lifetime`] (a body trickled in, or an answer
 //!   the client never reads).
 //!
+//! With a TLS acceptor (the web inbox's `[inbox] web_listen`) each connection's handshake
+//! comes first, within the header timeout. Each request carries the connection's [`Local`]
+//! address and its [`Conn`] (peer, TLS or not) as extensions.
+//!
 //! On shutdown it stops accepting and lets each connection finish the request in hand.
 
 use super::guard::Local;
 use crate::shutdown::Shutdown;
+use crate::tls::Stream;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
+
+/// Where a request's connection comes from and whether it is TLS (an extension of every
+/// request).
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
 
 /// The admin listener's bounds.
 #[derive(Debug, Clone, Copy)]
@@ -41,8 +55,14 @@ pub const LIMITS: Limits = Limits {
     lifetime: Duration::from_secs(600),
 };
 
-/// Serves `app` on `listener` within `limits` until shutdown.
-pub async fn run(listener: TcpListener, app: Router, limits: Limits, mut shutdown: Shutdown) {
+/// Serves `app` on `listener` within `limits` until shutdown; with `tls`, HTTPS.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: Shutdown,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut full = false;
     loop {
@@ -59,7 +79,8 @@ pub async fn run(listener: TcpListener, app: Router, limits: Limits, mut shutdow
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
                 full = false;
-                tokio::spawn(connection(tcp, app.clone(), limits, shutdown.clone(), slot));
+                let (app, tls, stop) = (app.clone(), tls.clone(), shutdown.clone());
+                tokio::spawn(connection(tcp, app, limits, tls, stop, slot));
             }
             Err(_) => {
                 if !full {
@@ -104,22 +125,44 @@ async fn connection(
     tcp: TcpStream,
     app: Router,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: Shutdown,
     _slot: OwnedSemaphorePermit,
 ) {
     let local = tcp.local_addr().ok().map(Local);
+    let Ok(peer) = tcp.peer_addr().map(crate::net::canonical) else {
+        return;
+    };
+    let stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(acceptor) => {
+            match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => Stream::Server(Box::new(s)),
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "HTTPS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    let conn_info = Conn {
+        peer,
+        tls: matches!(stream, Stream::Server(_)),
+    };
     let app = TowerToHyperService::new(app);
     let service = service_fn(move |mut req: hyper::Request<Incoming>| {
         if let Some(l) = local {
             req.extensions_mut().insert(l);
         }
+        req.extensions_mut().insert(conn_info);
         app.call(req)
     });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let too_long = tokio::time::sleep(limits.lifetime);
     tokio::pin!(too_long);
@@ -169,7 +212,7 @@ mod tests {
             lifetime: Duration::from_secs(1),
         };
         let (trigger, shutdown) = crate::shutdown::channel();
-        tokio::spawn(run(listener, app, limits, shutdown));
+        tokio::spawn(run(listener, app, limits, None, shutdown));
 
         // Headers in time, then a body that never comes: the lifetime ends it.
         let mut slow = TcpStream::connect(addr).await.unwrap();

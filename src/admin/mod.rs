@@ -5,7 +5,9 @@
 //! (a browser may give it as the password of HTTP Basic auth), or a tenant's token, which
 //! reaches only that tenant's domains and mail ([`access`], [`scope`]). Domains and tenants
 //! managed at run time are [`domains`] and `tenants`; fire drills are `drills`. Slow and idle connections are bounded
-//! ([`listener`]). It reads the queue through the `Store` trait and acts through
+//! ([`listener`]). The web inbox (`crate::inbox::web`) is merged in at `/inbox/`, outside
+//! the token check and the Host and forgery screen: its users log in with their own
+//! credentials and its forms carry a session token. It reads the queue through the `Store` trait and acts through
 //! the scheduler; it never touches SMTP.
 
 pub mod access;
@@ -81,6 +83,9 @@ pub struct Admin {
     pub driller: Arc<crate::drill::Driller>,
     /// How long a one-time inbox login code works (`[inbox] code_validity`).
     pub inbox_code_validity: std::time::Duration,
+    /// The web inbox, served at `/inbox/` outside the token check (its users log in
+    /// themselves), when the inbox is on.
+    pub web_inbox: Option<Arc<crate::inbox::web::Web>>,
 }
 
 /// One primary (route) with what the queue holds for it.
@@ -329,7 +334,8 @@ async fn healthz(State(a): State<Arc<Admin>>) -> Response {
 }
 
 pub fn router(admin: Arc<Admin>) -> Router {
-    Router::new()
+    let web_inbox = admin.web_inbox.clone();
+    let app = Router::new()
         .route("/healthz", axum::routing::get(healthz))
         .route("/metrics", axum::routing::get(metrics::render))
         .route("/", axum::routing::get(dashboard::render))
@@ -343,7 +349,12 @@ pub fn router(admin: Arc<Admin>) -> Router {
             authenticate,
         ))
         .layer(axum::middleware::from_fn_with_state(admin.clone(), screen))
-        .with_state(admin)
+        .with_state(admin);
+    // Merged after the layers: they do not apply to it.
+    match web_inbox {
+        Some(w) => app.merge(crate::inbox::web::routes(w)),
+        None => app,
+    }
 }
 
 /// Serves the admin API on `listener` until shutdown.
@@ -351,7 +362,7 @@ pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, shutdow
     if let Ok(a) = listener.local_addr() {
         info!(address = %a, token = admin.token.is_some(), allowed_hosts = ?admin.allowed_hosts, "admin API, /metrics and dashboard listening");
     }
-    listener::run(listener, router(admin), listener::LIMITS, shutdown).await;
+    listener::run(listener, router(admin), listener::LIMITS, None, shutdown).await;
 }
 
 #[cfg(test)]

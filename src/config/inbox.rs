@@ -1,5 +1,6 @@
-//! The `[inbox]` table: the emergency inbox's IMAP listeners (STARTTLS and implicit TLS, both
-//! off unless given, both needing the `[tls]` certificate), login failure limits and the
+//! The `[inbox]` table: the emergency inbox's IMAP listeners (STARTTLS and implicit TLS) and
+//! the web inbox's HTTPS listener (`web_listen`), all off unless given, all needing the
+//! `[tls]` certificate; login failure limits and the
 //! connection cap, and how long a one-time login code is good for. Which domains have an inbox is the `[[domain]] inbox` key
 //! (`domain.rs`), what a user's delete does its `inbox_delete` (parsed here). Parsing and validation only; `src/inbox/` uses the result.
 
@@ -17,6 +18,8 @@ pub struct InboxConfig {
     pub listen: Option<SocketAddr>,
     /// IMAP over TLS from the first byte (993-style); None: off.
     pub tls_listen: Option<SocketAddr>,
+    /// The web inbox over HTTPS on a listener of its own; None: only on the admin listener.
+    pub web_listen: Option<SocketAddr>,
     /// Failed logins (per address, and per client address) before a lockout.
     pub max_login_failures: u32,
     /// The first lockout; each further failure while locked out doubles it (at most an hour).
@@ -30,9 +33,9 @@ pub struct InboxConfig {
 }
 
 impl InboxConfig {
-    /// Whether any listener is on.
+    /// Whether any listener is on (then the web inbox is on the admin listener too).
     pub fn enabled(&self) -> bool {
-        self.listen.is_some() || self.tls_listen.is_some()
+        self.listen.is_some() || self.tls_listen.is_some() || self.web_listen.is_some()
     }
 }
 
@@ -41,6 +44,7 @@ impl InboxConfig {
 pub(super) struct RawInbox {
     listen: Option<Spanned<String>>,
     tls_listen: Option<Spanned<String>>,
+    web_listen: Option<Spanned<String>>,
     max_login_failures: Option<Spanned<u32>>,
     lockout: Option<Spanned<HumanDuration>>,
     max_connections: Option<Spanned<usize>>,
@@ -52,6 +56,7 @@ impl Ctx<'_> {
     pub(super) fn inbox(&self, raw: RawInbox, has_tls: bool) -> Result<InboxConfig, ConfigError> {
         let listen = self.inbox_address(raw.listen.as_ref(), "143", has_tls)?;
         let tls_listen = self.inbox_address(raw.tls_listen.as_ref(), "993", has_tls)?;
+        let web_listen = self.inbox_address(raw.web_listen.as_ref(), "443", has_tls)?;
         let max_login_failures = match raw.max_login_failures {
             Some(v) if *v.get_ref() == 0 => {
                 return Err(self.at(
@@ -92,6 +97,7 @@ impl Ctx<'_> {
         Ok(InboxConfig {
             listen,
             tls_listen,
+            web_listen,
             max_login_failures,
             lockout,
             max_connections: self.positive(raw.max_connections, default::MAX_CONNECTIONS)?,
@@ -137,7 +143,7 @@ impl Ctx<'_> {
         if !has_tls {
             return Err(self.at(
                 v.span(),
-                "the inbox needs a certificate (IMAP logins carry passwords): add a [tls] table with cert and key",
+                "the inbox needs a certificate (its logins carry passwords): add a [tls] table with cert and key",
             ));
         }
         Ok(Some(addr))
@@ -180,11 +186,17 @@ mod tests {
     #[test]
     fn listeners_and_limits() {
         let c = parse(
-            "[tls]\ncert = \"c\"\nkey = \"k\"\n[inbox]\nlisten = \"127.0.0.1:1143\"\ntls_listen = \"[::1]:1993\"\nmax_login_failures = 3\nlockout = \"2m\"\ncode_validity = \"5m\"\n",
+            "[tls]\ncert = \"c\"\nkey = \"k\"\n[inbox]\nlisten = \"127.0.0.1:1143\"\ntls_listen = \"[::1]:1993\"\nweb_listen = \"127.0.0.1:8443\"\nmax_login_failures = 3\nlockout = \"2m\"\ncode_validity = \"5m\"\n",
         )
         .unwrap();
         assert_eq!(c.inbox.listen, Some("127.0.0.1:1143".parse().unwrap()));
         assert_eq!(c.inbox.tls_listen, Some("[::1]:1993".parse().unwrap()));
+        assert_eq!(c.inbox.web_listen, Some("127.0.0.1:8443".parse().unwrap()));
+        let e = parse("[inbox]\nweb_listen = \"127.0.0.1:8443\"\n").unwrap_err();
+        assert!(
+            e.contains("key `inbox.web_listen`") && e.contains("[tls]"),
+            "{e}"
+        );
         assert_eq!(c.inbox.max_login_failures, 3);
         assert_eq!(c.inbox.lockout.as_secs(), 120);
         assert_eq!(c.inbox.code_validity.as_secs(), 300);

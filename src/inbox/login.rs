@@ -1,13 +1,15 @@
 //! One login attempt, the same for IMAP and the web inbox: the lockout first, then the
 //! password against the address's argon2id hash (or the dummy, `auth.rs`), then, if the
 //! password has a code's shape, a one-time code (`codes.rs`, used up by this login). A
-//! failure counts towards the lockout; a success ends it. Logging and the event log are the
-//! caller's (it knows the protocol).
+//! failure counts towards the lockout; a success ends it. [`Inbox::record_login`] puts the
+//! outcome in the log and the event log (the caller says how it went).
 
 use super::{Inbox, auth, codes};
+use crate::events::{self, Kind};
 use crate::queue::inbox::key_domain;
 use std::net::IpAddr;
 use std::time::Instant;
+use tracing::{info, warn};
 
 /// How a login succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,5 +79,21 @@ impl Inbox {
                 self.lockout.failed(key, client, now).map(|l| l.for_secs),
             )),
         }
+    }
+
+    /// A login's outcome, in the log and the event log: `client` is the peer's address,
+    /// `detail` how it went (e.g. `one-time code`, or the refusal's [`Refused::detail`]).
+    pub fn record_login(&self, key: &str, client: IpAddr, ok: bool, detail: &str) {
+        if ok {
+            info!(address = key, %client, detail, "inbox login");
+        } else {
+            warn!(address = key, %client, detail, "inbox login failed");
+        }
+        events::get().record(Kind::InboxLogin {
+            address: key.to_string(),
+            client: client.to_string(),
+            ok,
+            detail: detail.to_string(),
+        });
     }
 }

@@ -5,7 +5,8 @@
 //! protocol states and commands; `mailbox.rs` a session's view of `INBOX` (sequence numbers,
 //! sets, changes, SEARCH); `fetch.rs` renders FETCH items from a stored message; `auth.rs`
 //! the argon2id hashes and the login lockout; `codes.rs` one-time login codes; `login.rs` one
-//! login attempt (lockout, password, code), shared by IMAP and the web inbox. Mail is read from the queue store
+//! login attempt (lockout, password, code), shared by IMAP and the web inbox; `web/` the
+//! web inbox (HTML pages at `/inbox/`). Mail is read from the queue store
 //! (`Store::inbox_mailbox`, `Store::body`), never copied; `\Seen` and `\Flagged` are kept
 //! per user in the store and never change what is delivered.
 
@@ -17,14 +18,18 @@ pub mod listener;
 pub mod login;
 pub mod mailbox;
 pub mod session;
+pub mod web;
 
 use crate::config::InboxConfig;
+use crate::events::{self, Kind};
 use crate::queue::Store;
 use crate::queue::inbox::DeletePolicy;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
+use tracing::info;
 
 /// What every inbox session shares.
 pub struct Inbox {
@@ -83,6 +88,34 @@ impl Inbox {
     /// New mail may have arrived.
     pub fn arrived(&self) {
         self.arrivals.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A user read a message (IMAP FETCH of its content, the web inbox's view or download):
+    /// in the log and the event log.
+    pub fn record_read(&self, key: &str, queue_id: &str, client: IpAddr) {
+        info!(address = %key, %queue_id, %client, "inbox message read");
+        events::get().record(Kind::InboxRead {
+            address: key.to_string(),
+            queue_id: queue_id.to_string(),
+        });
+    }
+
+    /// A user's delete of messages `ids` from mailbox `key`: they leave the user's inbox
+    /// and, with the domain's `inbox_delete = "do_not_deliver"`, the user's recipient is
+    /// dropped from the queue.
+    pub async fn delete(
+        &self,
+        key: &str,
+        ids: Vec<String>,
+        client: IpAddr,
+    ) -> Result<(), crate::queue::StoreError> {
+        let policy = self
+            .delete_policy(crate::queue::inbox::key_domain(key))
+            .unwrap_or_default();
+        let drop = policy == DeletePolicy::DoNotDeliver;
+        self.store.inbox_delete(key, ids.clone(), drop).await?;
+        info!(address = %key, %client, messages = ?ids, not_delivered = drop, "inbox delete");
+        Ok(())
     }
 }
 

@@ -10,8 +10,7 @@ use super::driver::{Closed, Driver, Input};
 use super::login::{Refused, Via};
 use super::mailbox::{self, View};
 use super::{Inbox, fetch};
-use crate::events::{self, Kind};
-use crate::queue::inbox::{DeletePolicy, FlagChange, mailbox_key};
+use crate::queue::inbox::{FlagChange, mailbox_key};
 use crate::tls::Stream;
 use imap_next::imap_types::ToStatic;
 use imap_next::imap_types::auth::{AuthMechanism, AuthenticateData};
@@ -29,7 +28,7 @@ use imap_next::server::Event;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 enum State {
     NotAuthenticated,
@@ -413,17 +412,7 @@ impl Session {
     }
 
     fn record_login(&self, key: &str, ok: bool, detail: &str) {
-        if ok {
-            info!(address = key, client = %self.client, "inbox login");
-        } else {
-            warn!(address = key, client = %self.client, detail, "inbox login failed");
-        }
-        events::get().record(Kind::InboxLogin {
-            address: key.to_string(),
-            client: self.client.to_string(),
-            ok,
-            detail: detail.to_string(),
-        });
+        self.inbox.record_login(key, self.client, ok, detail);
     }
 
     fn key(&self) -> Option<&str> {
@@ -660,11 +649,7 @@ impl Session {
                     )
                 })
             {
-                info!(address = %key, queue_id = %m.queue_id, client = %self.client, "inbox message read");
-                events::get().record(Kind::InboxRead {
-                    address: key.clone(),
-                    queue_id: m.queue_id.clone(),
-                });
+                self.inbox.record_read(&key, &m.queue_id, self.client);
             }
             drop(raw);
             if let Ok(items) = Vec1::try_from(items) {
@@ -818,17 +803,7 @@ impl Session {
         if ids.is_empty() {
             return Ok(());
         }
-        let policy = self
-            .inbox
-            .delete_policy(crate::queue::inbox::key_domain(key))
-            .unwrap_or_default();
-        let drop = policy == DeletePolicy::DoNotDeliver;
-        self.inbox
-            .store
-            .inbox_delete(key, ids.clone(), drop)
-            .await?;
-        info!(address = %key, client = %self.client, messages = ?ids, not_delivered = drop, "inbox delete");
-        Ok(())
+        self.inbox.delete(key, ids, self.client).await
     }
 
     async fn search(

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 const CLIENT: &str = include_str!("inbox/client.py");
 
-struct Inbox {
-    mx2: Mx2,
+pub(crate) struct Inbox {
+    pub(crate) mx2: Mx2,
     imaps: u16,
     imap: u16,
-    ca: PathBuf,
+    pub(crate) ca: PathBuf,
     script: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -33,7 +33,7 @@ fn start(primary_port: u16, storage: &str, max_failures: u32) -> Inbox {
 }
 
 /// The same with more `[inbox]` keys and more tables after the domains.
-fn start_with(
+pub(crate) fn start_with(
     primary_port: u16,
     storage: &str,
     max_failures: u32,
@@ -65,7 +65,7 @@ fn start_with(
 
 impl Inbox {
     /// `mx2 inbox passwd ADDRESS --password-stdin`.
-    fn passwd(&self, address: &str, password: &str) {
+    pub(crate) fn passwd(&self, address: &str, password: &str) {
         let mut child = Command::new(mx2_binary())
             .args(["inbox", "passwd", address, "--password-stdin", "--config"])
             .arg(&self.mx2.config)

@@ -18,6 +18,7 @@ mod e2e;
 mod examples;
 mod faults;
 mod inbox;
+mod inbox_web;
 mod init;
 mod mta_sts;
 mod pg_counts;
