@@ -198,6 +198,11 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         shutdown.clone(),
     ));
     tokio::spawn(registry.clone().run(shutdown.clone()));
+    tokio::spawn(crate::inbox::keep::purge(
+        store.clone(),
+        crate::inbox::keep::purge_every(config.inbox.keep_after_delivery),
+        shutdown.clone(),
+    ));
     let core = Core {
         admission,
         limits: ConnectionLimits::new(limit_settings(&config)),
@@ -377,6 +382,11 @@ impl Core {
         self.admission
             .set_limits(config.domains.iter().map(|d| (d.name.clone(), d.limits)));
         self.driller.configure(config);
+        crate::inbox::keep::configure(
+            &*self.store,
+            crate::inbox::keep::plan(config, self.inbox.is_some()),
+        )
+        .await;
         if let Some(inbox) = &self.inbox {
             inbox.set_domains(
                 config

@@ -5,7 +5,8 @@
 //! protocol states and commands; `mailbox.rs` a session's view of `INBOX` (sequence numbers,
 //! sets, changes, SEARCH); `fetch.rs` renders FETCH items from a stored message; `auth.rs`
 //! the argon2id hashes and the login lockout; `codes.rs` one-time login codes; `login.rs` one
-//! login attempt (lockout, password, code), shared by IMAP and the web inbox. Mail is read from the queue store
+//! login attempt (lockout, password, code), shared by IMAP and the web inbox; `keep.rs`
+//! delivered mail kept for `keep_after_delivery` and its purge. Mail is read from the queue store
 //! (`Store::inbox_mailbox`, `Store::body`), never copied; `\Seen` and `\Flagged` are kept
 //! per user in the store and never change what is delivered.
 
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod codes;
 pub mod driver;
 pub mod fetch;
+pub mod keep;
 pub mod listener;
 pub mod login;
 pub mod mailbox;

@@ -452,7 +452,12 @@ impl Session {
             Err(e) => return Ok(status_no(tag, code("UNAVAILABLE"), &e.to_string())),
         };
         let s = drv.server();
-        s.enqueue_data(Data::Flags(vec![Flag::Seen, Flag::Flagged, Flag::Deleted]));
+        s.enqueue_data(Data::Flags(vec![
+            Flag::Seen,
+            Flag::Flagged,
+            Flag::Deleted,
+            fetch::delivered(),
+        ]));
         s.enqueue_data(Data::Exists(view.exists()));
         s.enqueue_data(Data::Recent(0));
         let perm = vec![

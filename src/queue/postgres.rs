@@ -19,6 +19,7 @@ mod content;
 mod drills;
 mod inbox;
 mod inspect;
+mod kept;
 mod outages;
 mod purge;
 mod registry;
@@ -350,8 +351,9 @@ impl Store for Postgres {
             Box::pin(async move {
                 let row = c
                     .query_one(
-                        "SELECT (SELECT COUNT(*) FROM messages),
-                                (SELECT COALESCE(SUM(size), 0)::bigint FROM messages),
+                        "SELECT (SELECT COUNT(*) FROM messages WHERE kept_until IS NULL),
+                                (SELECT COALESCE(SUM(size), 0)::bigint FROM messages
+                                 WHERE kept_until IS NULL),
                                 (SELECT COUNT(*) FROM recipients WHERE status = 0)",
                         &[],
                     )
@@ -647,6 +649,14 @@ impl Store for Postgres {
         self.run(move |_, c| {
             Box::pin(async move { inbox::delete(c, &key, &ids, drop_recipients).await })
         })
+    }
+
+    fn inbox_keep(&self, keep: Vec<(String, i64)>) -> StoreFuture<'_, ()> {
+        self.run(move |_, c| Box::pin(async move { kept::set(c, &keep).await }))
+    }
+
+    fn inbox_purge(&self, now_ms: i64, limit: usize) -> StoreFuture<'_, u64> {
+        self.run(move |_, c| Box::pin(async move { kept::purge(c, now_ms, limit).await }))
     }
 
     fn inbox_candidates(&self, domain: &str) -> StoreFuture<'_, Vec<Candidate>> {

@@ -16,7 +16,9 @@ mod inbox;
 pub use content::spooled_content;
 pub use counts::counters;
 pub use domains::{purge_domain, registry, registry_watch, tenant_view};
-pub use inbox::{inbox_codes, inbox_credentials, inbox_deletes, inbox_mailboxes};
+pub use inbox::{
+    inbox_codes, inbox_credentials, inbox_deletes, inbox_keeps_delivered, inbox_mailboxes,
+};
 
 /// A message with these (address, domain) recipients, received at `received_at_ms`.
 pub fn message(id: &str, rcpts: &[(&str, &str)]) -> NewMessage {

@@ -139,7 +139,13 @@ fn base64(s: &str) -> Vec<u8> {
 /// The whole story for one store (`storage`: its `[storage]` table, empty for SQLite).
 fn scenario(storage: &str) {
     let primary_port = free_port();
-    let ib = start(primary_port, storage, 3);
+    let ib = start_with(
+        primary_port,
+        storage,
+        3,
+        "keep_after_delivery = \"6s\"\n",
+        "",
+    );
     ib.passwd("Jo@Example.TEST", "jo-secret");
     ib.passwd("al@example.test", "al-secret");
     let report = ib.send("jo+news@example.test", "Quarterly");
@@ -309,16 +315,90 @@ fn scenario(storage: &str) {
         "{events}"
     );
 
-    // The primary comes back: what jo read is delivered all the same.
+    // The primary comes back: what jo read is delivered all the same, once.
     let primary = Primary::start(primary_port);
-    let got = primary.wait_for(5, Duration::from_secs(20));
-    assert!(
-        got.iter()
-            .any(|m| m.body.ends_with(&report) && m.rcpts.iter().any(|r| r.contains("jo+news"))),
-        "the read message reaches the primary"
+    let got = primary.wait_and_settle(5, Duration::from_secs(20), Duration::from_secs(1));
+    let copies = got
+        .iter()
+        .filter(|m| m.body.ends_with(&report) && m.rcpts.iter().any(|r| r.contains("jo+news")))
+        .count();
+    assert_eq!(copies, 1, "the read message reaches the primary once");
+    assert_eq!(got.len(), 5, "nothing delivered twice");
+
+    // For keep_after_delivery (6 s here) jo still sees it all, marked delivered.
+    let kept = ib.py("login", ib.imaps, "jo@example.test", "jo-secret");
+    assert_eq!(
+        kept["exists"], 3,
+        "delivered mail stays in the inbox: {kept}"
     );
-    let gone = ib.py("login", ib.imaps, "jo@example.test", "jo-secret");
-    assert_eq!(gone["exists"], 0, "delivered mail leaves the inbox: {gone}");
+    let flags = kept["flags"].as_array().unwrap();
+    assert!(
+        flags.len() == 3
+            && flags
+                .iter()
+                .all(|f| f.as_str().unwrap().contains("$Delivered")),
+        "{kept}"
+    );
+    assert!(
+        flags[0].as_str().unwrap().contains("\\Seen"),
+        "what jo set is kept: {kept}"
+    );
+    assert_eq!(kept["delivered"].as_array().unwrap().len(), 3, "{kept}");
+    // Kept, it is no queued mail: not in the queue's view or counts.
+    let id = queue_id_of(&fetched);
+    let admin = ib.mx2.admin_url();
+    let (code, _) =
+        crate::common::http::http("GET", &format!("{admin}/api/v1/queue/{id}"), None, None);
+    assert_eq!(code, 404, "{id} is not in the queue");
+    let (_, status) =
+        crate::common::http::http("GET", &format!("{admin}/api/v1/status"), None, None);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["queue"]["messages"], 0, "not queued mail: {status}");
+
+    // Then it leaves the inbox, and the purge takes the four kept messages from the store.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = ib.py("login", ib.imaps, "jo@example.test", "jo-secret");
+        if v["exists"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still shown: {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let purged = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("kept for the inbox removed"))
+            .filter_map(|l| {
+                l.split("messages=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum::<u64>()
+    };
+    while purged(&ib.mx2.log()) < 4 {
+        assert!(Instant::now() < deadline, "not purged:\n{}", ib.mx2.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        primary.messages().len(),
+        5,
+        "and it was never delivered again"
+    );
+}
+
+/// The queue id in the first `Received:` line mx2 wrote (`… with ESMTP id ID`).
+fn queue_id_of(message: &[u8]) -> String {
+    let text = String::from_utf8_lossy(message);
+    let at = text.find(" id ").expect("a Received: line with an id") + 4;
+    text[at..]
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[test]

@@ -58,6 +58,11 @@ async fn conformance_inbox() {
 }
 
 #[tokio::test]
+async fn conformance_inbox_keep() {
+    suite::inbox_keeps_delivered(&store("suite").await).await;
+}
+
+#[tokio::test]
 async fn conformance_cache() {
     suite::cache(&store("suite").await).await;
 }

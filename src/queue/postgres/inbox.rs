@@ -3,7 +3,7 @@
 //! node serves any user and `\Seen` is the cluster's. UIDs are assigned under a row lock on
 //! the mailbox, so two nodes never give one UID twice.
 
-use super::pg_error;
+use super::{NOW_MS, pg_error};
 use crate::queue::StoreError;
 use crate::queue::inbox::{Candidate, FlagChange, Stored, new_uid_validity, rows_of};
 
@@ -121,8 +121,17 @@ pub(super) async fn set_credential(
 pub(super) async fn candidates(c: &Client, domain: &str) -> Result<Vec<Candidate>, StoreError> {
     let rows = c
         .query(
-            "SELECT r.address, m.id, m.received_at, m.size FROM recipients r
-             JOIN messages m ON m.id = r.message_id WHERE r.domain = $1 AND r.status = 0",
+            &format!(
+                "SELECT r.address, m.id, m.received_at, m.size, r.status FROM recipients r
+                 JOIN messages m ON m.id = r.message_id
+                 WHERE r.domain = $1 AND r.status = 0
+                 UNION ALL
+                 SELECT r.address, m.id, m.received_at, m.size, r.status FROM recipients r
+                 JOIN messages m ON m.id = r.message_id
+                 WHERE r.domain = $1 AND r.status = 1
+                   AND EXISTS (SELECT 1 FROM inbox_keep k WHERE k.domain = $1)
+                   AND (m.kept_until IS NULL OR m.kept_until > {NOW_MS})"
+            ),
             &[&domain],
         )
         .await
@@ -134,6 +143,7 @@ pub(super) async fn candidates(c: &Client, domain: &str) -> Result<Vec<Candidate
                 queue_id: r.try_get(1)?,
                 received_at_ms: r.try_get(2)?,
                 size: r.try_get::<_, i64>(3)?.max(0) as u64,
+                delivered: r.try_get::<_, i32>(4)? == 1,
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()

@@ -66,6 +66,7 @@ CREATE TABLE primaries (
     super::drills::SCHEMA,
     super::inbox::SCHEMA,
     super::inbox::CODES_SCHEMA,
+    super::kept::SCHEMA,
 ];
 
 /// The schema version this mx2 writes.
