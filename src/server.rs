@@ -298,6 +298,7 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
             dns: dns.clone(),
             driller,
             inbox_code_validity: config.inbox.code_validity,
+            inbox: inbox.clone(),
         });
         tokio::spawn(admin::serve(l, admin, shutdown.clone()));
     }

@@ -81,6 +81,8 @@ pub struct Admin {
     pub driller: Arc<crate::drill::Driller>,
     /// How long a one-time inbox login code works (`[inbox] code_validity`).
     pub inbox_code_validity: std::time::Duration,
+    /// The emergency inbox, when on: which domains have one (invites go only there).
+    pub inbox: Option<Arc<crate::inbox::Inbox>>,
 }
 
 /// One primary (route) with what the queue holds for it.

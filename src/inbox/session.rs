@@ -421,6 +421,7 @@ impl Session {
         events::get().record(Kind::InboxLogin {
             address: key.to_string(),
             client: self.client.to_string(),
+            protocol: "imap".into(),
             ok,
             detail: detail.to_string(),
         });
@@ -669,6 +670,8 @@ impl Session {
                 events::get().record(Kind::InboxRead {
                     address: key.clone(),
                     queue_id: m.queue_id.clone(),
+                    client: self.client.to_string(),
+                    protocol: "imap".into(),
                 });
             }
             drop(raw);
@@ -833,6 +836,13 @@ impl Session {
             .inbox_delete(key, ids.clone(), drop)
             .await?;
         info!(address = %key, client = %self.client, messages = ?ids, not_delivered = drop, "inbox delete");
+        events::get().record(Kind::InboxDelete {
+            address: key.to_string(),
+            queue_ids: ids,
+            not_delivered: drop,
+            client: self.client.to_string(),
+            protocol: "imap".into(),
+        });
         Ok(())
     }
 

@@ -85,6 +85,25 @@ impl Inbox {
         assert!(text.contains("inbox password"), "{text}");
     }
 
+    /// `mx2 inbox log ARGS --json`: the events.
+    fn log(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let out = Command::new(mx2_binary())
+            .args(["inbox", "log"])
+            .args(args)
+            .args(["--json", "--config"])
+            .arg(&self.mx2.config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "inbox log: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        v["events"].as_array().unwrap().clone()
+    }
+
     /// Runs a step of the imaplib client; its JSON answer.
     fn py(&self, mode: &str, port: u16, user: &str, password: &str) -> serde_json::Value {
         let out = Command::new("python3")
@@ -307,12 +326,45 @@ fn scenario(storage: &str) {
     assert!(answer["done"].as_str().unwrap().contains("OK"), "{answer}");
     assert!(took < Duration::from_secs(2), "{took:?}");
 
-    // Every login and message read is in the event log.
+    // Every login and message read is in the event log and `mx2 inbox log`, by mailbox.
     let url = format!("{}/api/v1/events", ib.mx2.admin_url());
     let (_, events) = crate::common::http::http("GET", &url, None, None);
     assert!(
         events.contains("inbox_login") && events.contains("inbox_read"),
         "{events}"
+    );
+    let jo = ib.log(&["JO+x@example.test"]);
+    let kinds = |events: &[serde_json::Value], kind: &str| {
+        events.iter().filter(|e| e["event"] == kind).count()
+    };
+    assert!(
+        jo.iter().all(|e| e["address"] == "jo@example.test"),
+        "only jo's: {jo:?}"
+    );
+    assert!(kinds(&jo, "inbox_read") >= 2, "{jo:?}");
+    let refused = jo
+        .iter()
+        .find(|e| e["event"] == "inbox_login" && e["ok"] == false)
+        .expect("al's password for jo, refused");
+    assert_eq!(
+        (refused["client"].as_str(), refused["protocol"].as_str()),
+        (Some("127.0.0.1"), Some("imap")),
+        "{refused}"
+    );
+    assert!(
+        jo.iter()
+            .any(|e| e["event"] == "inbox_login" && e["ok"] == true)
+    );
+    assert_eq!(kinds(&jo, "inbox_password"), 1, "mx2 inbox passwd: {jo:?}");
+    let al = ib.log(&["al@example.test"]);
+    assert!(!al.is_empty() && al.iter().all(|e| e["address"] == "al@example.test"));
+    let domain = ib.log(&["--domain", "example.test"]);
+    assert_eq!(domain.len(), jo.len() + al.len(), "{domain:?}");
+    assert!(
+        ib.log(&["--domain", "other.test"])
+            .iter()
+            .all(|e| e["address"].as_str().unwrap().ends_with("@other.test")),
+        "jo@other.test's refused login only"
     );
 
     // The primary comes back: what jo read is delivered all the same, once.
@@ -455,6 +507,36 @@ fn one_time_codes() {
     let (ok, answer, text) = invite("jo.private@alt.test");
     assert!(ok, "{text}");
     assert_eq!(answer["address"], "jo@example.test", "{answer}");
+    let refused = Command::new(mx2_binary())
+        .args([
+            "inbox",
+            "invite",
+            "jo@other.test",
+            "--to",
+            "jo.private@alt.test",
+            "--config",
+        ])
+        .arg(&ib.mx2.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("other.test has no emergency inbox")
+            && err.contains("inbox = true"),
+        "an invite for a domain without an inbox is refused: {err}"
+    );
+    let invites: Vec<_> = ib
+        .log(&["--domain", "example.test"])
+        .into_iter()
+        .filter(|e| e["event"] == "inbox_invite")
+        .collect();
+    assert_eq!(invites.len(), 1, "{invites:?}");
+    assert_eq!(invites[0]["to"], "jo.private@alt.test");
+    assert!(
+        ib.log(&["--domain", "other.test"]).is_empty(),
+        "the refused invite is no event"
+    );
     // The code is the line of the mail shaped `xxxxx-xxxxx-xxxxx-xxxxx`.
     let code_in = |m: &Received| {
         let mail = String::from_utf8_lossy(&m.body).into_owned();
@@ -552,6 +634,21 @@ fn deletes_follow_inbox_delete() {
         assert_eq!(d["expunged"].as_array().unwrap().len(), n as usize, "{d}");
         assert_eq!(d["after"], 0, "{user}: deleted from the inbox: {d}");
     }
+
+    let deletes: Vec<_> = ib
+        .log(&["jo@drop.test"])
+        .into_iter()
+        .filter(|e| e["event"] == "inbox_delete")
+        .collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert_eq!(deletes[0]["not_delivered"], true);
+    assert_eq!(deletes[0]["queue_ids"].as_array().unwrap().len(), 2);
+    let kept = ib.log(&["jo@example.test"]);
+    assert!(
+        kept.iter()
+            .any(|e| e["event"] == "inbox_delete" && e["not_delivered"] == false),
+        "{kept:?}"
+    );
 
     let primary = Primary::start(primary_port);
     // Two deliveries are due; anything more would arrive while settling.
