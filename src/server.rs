@@ -398,6 +398,15 @@ impl Core {
             );
         }
         let (scope, shutdown) = self.shutdown.child();
+        if self.inbox.is_some() {
+            tokio::spawn(crate::inbox::published::run(
+                self.store.clone(),
+                self.dns.clone(),
+                crate::inbox::published::sources(config),
+                config.recipients.reload_interval,
+                shutdown.clone(),
+            ));
+        }
         let recipients = Arc::new(Recipients::new(
             config
                 .domains

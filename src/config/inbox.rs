@@ -232,6 +232,30 @@ mod tests {
     }
 
     #[test]
+    fn credentials_url_needs_the_inbox_and_http() {
+        let domain = |keys: &str| {
+            parse(&format!(
+                "[[domain]]\nname = \"b.test\"\nprimary = [\"h:25\"]\n{keys}"
+            ))
+        };
+        let c = domain("inbox = true\ninbox_credentials_url = \"https://h/users\"\n").unwrap();
+        assert_eq!(
+            c.domains[1].inbox_credentials_url.as_deref(),
+            Some("https://h/users")
+        );
+        let e = domain("inbox_credentials_url = \"https://h/users\"\n").unwrap_err();
+        assert!(
+            e.contains("inbox_credentials_url needs inbox = true"),
+            "{e}"
+        );
+        let e = domain("inbox = true\ninbox_credentials_url = \"ftp://h/users\"\n").unwrap_err();
+        assert!(
+            e.contains("inbox_credentials_url must start with http:// or https://"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn keep_after_delivery() {
         use std::time::Duration;
         let keep = |v: &str| parse(&format!("[inbox]\nkeep_after_delivery = \"{v}\"\n"));

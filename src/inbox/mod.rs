@@ -6,7 +6,8 @@
 //! sets, changes, SEARCH); `fetch.rs` renders FETCH items from a stored message; `auth.rs`
 //! the argon2id hashes and the login lockout; `codes.rs` one-time login codes; `login.rs` one
 //! login attempt (lockout, password, code), shared by IMAP and the web inbox; `keep.rs`
-//! delivered mail kept for `keep_after_delivery` and its purge. Mail is read from the queue store
+//! delivered mail kept for `keep_after_delivery` and its purge; `published.rs` credentials
+//! lists published by the primaries. Mail is read from the queue store
 //! (`Store::inbox_mailbox`, `Store::body`), never copied; `\Seen` and `\Flagged` are kept
 //! per user in the store and never change what is delivered.
 
@@ -18,6 +19,7 @@ pub mod keep;
 pub mod listener;
 pub mod login;
 pub mod mailbox;
+pub mod published;
 pub mod session;
 
 use crate::config::InboxConfig;

@@ -463,6 +463,11 @@ impl Store for Embedded {
         self.send(|r| Op::InboxKeep(keep, r))
     }
 
+    fn inbox_publish(&self, domain: &str, entries: Vec<(String, String)>) -> StoreFuture<'_, ()> {
+        let domain = super::domain_key(domain);
+        self.send(|r| Op::InboxPublish(domain, entries, r))
+    }
+
     fn inbox_purge(&self, now_ms: i64, limit: usize) -> StoreFuture<'_, u64> {
         self.send(|r| Op::InboxPurge(now_ms, limit, r))
     }

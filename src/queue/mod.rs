@@ -304,9 +304,14 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- the emergency inbox (`inbox.rs`): keys are `inbox::mailbox_key`s ----
 
-    /// The argon2id hash (PHC string) stored for a mailbox, if any.
+    /// The argon2id hash (PHC string) a mailbox logs in with, if any: the one stored for it
+    /// (`mx2 inbox passwd`) first, else the one its primary published (`inbox_publish`).
     fn inbox_credential(&self, key: &str) -> StoreFuture<'_, Option<String>>;
-    /// Stores (`Some`) or removes (`None`) a mailbox's credential; true when one was there.
+    /// Replaces the credentials list `domain`'s primary published (`(mailbox key, hash)`
+    /// pairs): the last good copy, used while the primary is down. Durable.
+    fn inbox_publish(&self, domain: &str, entries: Vec<(String, String)>) -> StoreFuture<'_, ()>;
+    /// Stores (`Some`) or removes (`None`) a mailbox's own credential (never a published
+    /// one); true when one was there.
     fn inbox_set_credential(&self, key: &str, hash: Option<String>) -> StoreFuture<'_, bool>;
     /// Keeps the hash of a one-time login code for a mailbox until `expires_at_ms`; drops
     /// every expired code. Durable.

@@ -655,6 +655,11 @@ impl Store for Postgres {
         self.run(move |_, c| Box::pin(async move { kept::set(c, &keep).await }))
     }
 
+    fn inbox_publish(&self, domain: &str, entries: Vec<(String, String)>) -> StoreFuture<'_, ()> {
+        let domain = super::domain_key(domain);
+        self.run(move |_, c| Box::pin(async move { inbox::publish(c, &domain, &entries).await }))
+    }
+
     fn inbox_purge(&self, now_ms: i64, limit: usize) -> StoreFuture<'_, u64> {
         self.run(move |_, c| Box::pin(async move { kept::purge(c, now_ms, limit).await }))
     }

@@ -765,3 +765,100 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
         .map(|c| c.unwrap())
         .collect()
 }
+
+/// A credentials list the primary publishes (`inbox_credentials_url`): its users log in
+/// with the primary's hashes; a password set with `mx2 inbox passwd` wins; the last good
+/// copy stays in the store, so logins work after a restart while the list is unreachable;
+/// a new copy replaces it (a user taken off the list can no longer log in).
+#[test]
+fn credentials_published_by_the_primary() {
+    let hash = |p: &str| mx2::inbox::auth::hash_password(p).unwrap();
+    let list = format!(
+        "# users of pub.test\njo@pub.test {}\nBob+x@PUB.test {}\nnot a line\n",
+        hash("jo-primary"),
+        hash("bob-primary")
+    );
+    let server = crate::common::http::ListServer::start(&list, "l1st");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "l1st").unwrap();
+    let mut ib = start_with(
+        free_port(),
+        "",
+        10,
+        "",
+        &format!(
+            "[recipients]\nreload_interval = \"1s\"\n[[domain]]\nname = \"pub.test\"\nprimary = [\"127.0.0.1:{}\"]\ninbox = true\ninbox_credentials_url = \"http://127.0.0.1:{}/inbox-users\"\ninbox_credentials_url_token_file = \"{}\"\n",
+            free_port(),
+            server.port,
+            token.display()
+        ),
+    );
+    let loads = |ib: &Inbox| {
+        ib.mx2
+            .log()
+            .matches("inbox credentials list loaded")
+            .count()
+    };
+    assert!(
+        poll_until(Duration::from_secs(10), || loads(&ib) > 0),
+        "{}",
+        ib.mx2.log()
+    );
+    assert!(
+        ib.mx2.log().contains("skipped=1"),
+        "the bad line is reported"
+    );
+    ib.send("jo@pub.test", "ForJo");
+    let jo = ib.py("login", ib.imaps, "jo@pub.test", "jo-primary");
+    assert_eq!(
+        (jo["result"].as_str(), jo["exists"].as_u64()),
+        (Some("OK"), Some(1)),
+        "{jo}"
+    );
+    let bob = ib.py("login", ib.imaps, "bob@pub.test", "bob-primary");
+    assert_eq!(bob["result"], "OK", "address keyed like a mailbox: {bob}");
+    let wrong = ib.py("login", ib.imaps, "jo@pub.test", "bob-primary");
+    assert_eq!(wrong["result"], "NO", "{wrong}");
+
+    // A password set here is checked first.
+    ib.passwd("jo@pub.test", "jo-local");
+    assert_eq!(
+        ib.py("login", ib.imaps, "jo@pub.test", "jo-local")["result"],
+        "OK"
+    );
+    assert_eq!(
+        ib.py("login", ib.imaps, "jo@pub.test", "jo-primary")["result"],
+        "NO",
+        "the stored password wins"
+    );
+
+    // The primary goes down with its list; mx2 restarts: the last good copy still serves.
+    *server.body.lock().unwrap() = None;
+    ib.mx2.kill9();
+    ib.mx2.spawn();
+    assert!(
+        poll_until(Duration::from_secs(10), || ib
+            .mx2
+            .log()
+            .contains("inbox credentials list not fetched")),
+        "{}",
+        ib.mx2.log()
+    );
+    let bob = ib.py("login", ib.imaps, "bob@pub.test", "bob-primary");
+    assert_eq!(
+        bob["result"], "OK",
+        "the last good copy, from the store: {bob}"
+    );
+
+    // A new copy without bob replaces it.
+    let before = loads(&ib);
+    *server.body.lock().unwrap() = Some(format!("jo@pub.test {}\n", hash("jo-primary")));
+    assert!(
+        poll_until(Duration::from_secs(10), || loads(&ib) > before),
+        "{}",
+        ib.mx2.log()
+    );
+    let bob = ib.py("login", ib.imaps, "bob@pub.test", "bob-primary");
+    assert_eq!(bob["result"], "NO", "off the list: {bob}");
+}

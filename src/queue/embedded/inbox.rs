@@ -38,6 +38,12 @@ CREATE TABLE IF NOT EXISTS inbox_codes (
     address TEXT NOT NULL,
     expires_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS inbox_published (
+    address TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbox_published_domain ON inbox_published (domain);
 CREATE TABLE IF NOT EXISTS inbox_keep (
     domain TEXT PRIMARY KEY,
     keep_ms INTEGER NOT NULL
@@ -136,10 +142,30 @@ pub(super) fn use_code(
     Ok(gone > 0)
 }
 
+/// The hash a mailbox logs in with: its own (`mx2 inbox passwd`) first, else the one its
+/// primary published.
 pub(super) fn credential(c: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    c.prepare_cached("SELECT hash FROM inbox_credentials WHERE address = ?1")?
-        .query_row([key], |r| r.get(0))
-        .optional()
+    c.prepare_cached(
+        "SELECT COALESCE((SELECT hash FROM inbox_credentials WHERE address = ?1),
+                         (SELECT hash FROM inbox_published WHERE address = ?1))",
+    )?
+    .query_row([key], |r| r.get(0))
+}
+
+/// See [`crate::queue::Store::inbox_publish`].
+pub(super) fn publish(
+    c: &Connection,
+    domain: &str,
+    entries: &[(String, String)],
+) -> rusqlite::Result<()> {
+    c.execute("DELETE FROM inbox_published WHERE domain = ?1", [domain])?;
+    let mut st = c.prepare_cached(
+        "INSERT OR REPLACE INTO inbox_published (address, domain, hash) VALUES (?1, ?2, ?3)",
+    )?;
+    for (key, hash) in entries {
+        st.execute(params![key, domain, hash])?;
+    }
+    Ok(())
 }
 
 pub(super) fn set_credential(
@@ -148,7 +174,11 @@ pub(super) fn set_credential(
     hash: Option<&str>,
     now_ms: i64,
 ) -> rusqlite::Result<bool> {
-    let had = credential(c, key)?.is_some();
+    let had = c
+        .prepare_cached("SELECT 1 FROM inbox_credentials WHERE address = ?1")?
+        .query_row([key], |_| Ok(()))
+        .optional()?
+        .is_some();
     match hash {
         Some(h) => c.execute(
             "INSERT INTO inbox_credentials (address, hash, changed_at) VALUES (?1, ?2, ?3)

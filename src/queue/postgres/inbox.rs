@@ -83,15 +83,42 @@ pub(super) async fn use_code(
     Ok(gone > 0)
 }
 
+/// The hash a mailbox logs in with: its own first, else the one its primary published.
 pub(super) async fn credential(c: &Client, key: &str) -> Result<Option<String>, StoreError> {
     let row = c
-        .query_opt(
-            "SELECT hash FROM inbox_credentials WHERE address = $1",
+        .query_one(
+            "SELECT COALESCE((SELECT hash FROM inbox_credentials WHERE address = $1),
+                             (SELECT hash FROM inbox_published WHERE address = $1))",
             &[&key],
         )
         .await
         .map_err(pg_error)?;
-    row.map(|r| r.try_get(0)).transpose().map_err(pg_error)
+    row.try_get(0).map_err(pg_error)
+}
+
+/// See [`crate::queue::Store::inbox_publish`].
+pub(super) async fn publish(
+    c: &mut Client,
+    domain: &str,
+    entries: &[(String, String)],
+) -> Result<(), StoreError> {
+    let (keys, hashes): (Vec<&str>, Vec<&str>) = entries
+        .iter()
+        .map(|(k, h)| (k.as_str(), h.as_str()))
+        .unzip();
+    let tx = c.transaction().await.map_err(pg_error)?;
+    tx.execute("DELETE FROM inbox_published WHERE domain = $1", &[&domain])
+        .await
+        .map_err(pg_error)?;
+    tx.execute(
+        "INSERT INTO inbox_published (address, domain, hash)
+         SELECT a, $1, h FROM unnest($2::text[], $3::text[]) AS t(a, h)
+         ON CONFLICT (address) DO UPDATE SET domain = excluded.domain, hash = excluded.hash",
+        &[&domain, &keys, &hashes],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)
 }
 
 pub(super) async fn set_credential(

@@ -10,7 +10,8 @@ use crate::queue::StoreError;
 use deadpool_postgres::Transaction;
 
 /// Migration step 7: the column, its index, delivered recipients by domain (what the inbox
-/// reads), and the domains that keep.
+/// reads), and the domains that keep; with them the inbox's other new table, the
+/// credentials lists the primaries published (`inbox.rs`).
 pub(super) const SCHEMA: &str = "
 ALTER TABLE messages ADD COLUMN kept_until BIGINT;
 CREATE INDEX messages_kept ON messages (kept_until) WHERE kept_until IS NOT NULL;
@@ -19,6 +20,12 @@ CREATE TABLE inbox_keep (
     domain TEXT PRIMARY KEY,
     keep_ms BIGINT NOT NULL
 );
+CREATE TABLE inbox_published (
+    address TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX inbox_published_domain ON inbox_published (domain);
 ";
 
 /// Keeps those of `ids` with no pending recipient and a delivered one in a domain that

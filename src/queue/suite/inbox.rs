@@ -26,6 +26,43 @@ pub async fn inbox_credentials(s: &dyn Store) {
     assert!(s.inbox_set_credential("jo@x.test", None).await.unwrap());
     assert!(!s.inbox_set_credential("jo@x.test", None).await.unwrap());
     assert_eq!(s.inbox_credential("jo@x.test").await.unwrap(), None);
+
+    // A list the primary published: used where no password was set here, replaced whole.
+    let entry = |k: &str, h: &str| (k.to_string(), h.to_string());
+    s.inbox_publish(
+        "X.test",
+        vec![entry("jo@x.test", "p1"), entry("cy@x.test", "p2")],
+    )
+    .await
+    .unwrap();
+    s.inbox_publish("y.test", vec![entry("jo@y.test", "p3")])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.inbox_credential("cy@x.test").await.unwrap().as_deref(),
+        Some("p2")
+    );
+    s.inbox_set_credential("jo@x.test", Some("mine".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.inbox_credential("jo@x.test").await.unwrap().as_deref(),
+        Some("mine"),
+        "a password set here wins"
+    );
+    assert!(
+        !s.inbox_set_credential("cy@x.test", None).await.unwrap(),
+        "a published hash is not this store's to remove"
+    );
+    s.inbox_publish("x.test", vec![entry("jo@x.test", "p1")])
+        .await
+        .unwrap();
+    assert_eq!(s.inbox_credential("cy@x.test").await.unwrap(), None);
+    assert_eq!(
+        s.inbox_credential("jo@y.test").await.unwrap().as_deref(),
+        Some("p3"),
+        "another domain's list stays"
+    );
 }
 
 /// A one-time code works once, for its mailbox only, and not after it expired; adding a
