@@ -249,7 +249,8 @@ async fn concurrent_registry_changes_number_without_gaps() {
     assert_eq!(b.registry_version().await.unwrap(), 20);
 }
 
-/// A queue of an older mx2 (before the registry, drills and the inbox) gains them at start.
+/// A queue of an older mx2 (before the registry, drills, the inbox and kept mail) gains them
+/// at start.
 #[tokio::test]
 async fn an_older_queue_gains_the_registry() {
     let url = Pg::shared().fresh_db();
@@ -263,16 +264,19 @@ async fn an_older_queue_gains_the_registry() {
         db,
         "DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; \
          DROP TABLE inbox_credentials; DROP TABLE inbox_mailboxes; DROP TABLE inbox_uids; \
-         DROP TABLE inbox_codes; DROP TABLE inbox_hidden; UPDATE mx2_schema SET version = 2",
+         DROP TABLE inbox_codes; DROP TABLE inbox_hidden; DROP TABLE inbox_keep; \
+         DROP TABLE inbox_published; DROP INDEX recipients_delivered; \
+         ALTER TABLE messages DROP COLUMN kept_until; UPDATE mx2_schema SET version = 2",
     );
     let s = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "6");
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "7");
     suite::registry(&s).await;
     suite::drills(&s).await;
     suite::inbox_credentials(&s).await;
     suite::inbox_codes(&s).await;
+    suite::inbox_keeps_delivered(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,8 +294,8 @@ async fn nodes_starting_at_once_migrate_once() {
     let db = url.rsplit('/').next().unwrap();
     assert_eq!(
         Pg::shared().sql(db, "SELECT version FROM mx2_schema"),
-        "6",
-        "step 3: the registry, step 4: drill results, step 5: the inbox, step 6: inbox codes"
+        "7",
+        "step 3: the registry, step 4: drill results, step 5: the inbox, step 6: inbox codes, step 7: kept mail and published credentials"
     );
     assert_eq!(Pg::shared().sql(db, "SELECT COUNT(*) FROM mx2_schema"), "1");
 }
