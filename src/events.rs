@@ -2,7 +2,9 @@
 //! and each primary's outage timeline (down at, back at, how much was held, how long the
 //! drain took), plus a broadcast channel that the alerting task listens on. Events are
 //! recorded by the scheduler, the admin monitor and the emergency inbox (logins, messages
-//! read); a leaf module that calls nobody.
+//! read, deletes, password changes, invites); the inbox's are also kept in a longer log of
+//! their own (`inbox_log`, `mx2 inbox log`), so a busy queue does not push them out. A leaf
+//! module that calls nobody.
 
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -13,6 +15,8 @@ use tokio::sync::broadcast;
 const RECENT: usize = 200;
 /// Outages kept per primary, here and in the store.
 pub const OUTAGES_KEPT: usize = 20;
+/// The emergency inbox's events kept for its log.
+pub const INBOX_KEPT: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -49,15 +53,35 @@ pub enum Kind {
         domain: String,
         since_s: Option<u64>,
     },
-    /// A login to the emergency inbox (`address` is the mailbox key), good or refused.
+    /// A login to the emergency inbox (`address` is the mailbox key), good or refused;
+    /// `protocol` is `imap` or `web`.
     InboxLogin {
         address: String,
         client: String,
+        protocol: String,
         ok: bool,
         detail: String,
     },
     /// A user read a held message in the emergency inbox.
-    InboxRead { address: String, queue_id: String },
+    InboxRead {
+        address: String,
+        queue_id: String,
+        client: String,
+        protocol: String,
+    },
+    /// A user deleted messages in the emergency inbox; `not_delivered`: their recipients
+    /// were dropped (`inbox_delete = "do_not_deliver"`).
+    InboxDelete {
+        address: String,
+        queue_ids: Vec<String>,
+        not_delivered: bool,
+        client: String,
+        protocol: String,
+    },
+    /// An operator set (`set`), replaced (`changed`) or removed (`removed`) an inbox password.
+    InboxPassword { address: String, change: String },
+    /// An operator had a one-time login code mailed to `to`.
+    InboxInvite { address: String, to: String },
 }
 
 impl Kind {
@@ -135,9 +159,45 @@ impl Kind {
                 detail,
                 ..
             } => format!("inbox: login as {address} from {client} refused ({detail})"),
-            Kind::InboxRead { address, queue_id } => {
-                format!("inbox: {address} read message {queue_id}")
+            Kind::InboxRead {
+                address,
+                queue_id,
+                client,
+                protocol,
+            } => format!("inbox: {address} read message {queue_id} ({protocol} from {client})"),
+            Kind::InboxDelete {
+                address,
+                queue_ids,
+                not_delivered,
+                client,
+                protocol,
+            } => format!(
+                "inbox: {address} deleted {} ({protocol} from {client}){}",
+                queue_ids.join(", "),
+                if *not_delivered {
+                    "; not delivered to them"
+                } else {
+                    ""
+                }
+            ),
+            Kind::InboxPassword { address, change } => {
+                format!("inbox: password of {address} {change}")
             }
+            Kind::InboxInvite { address, to } => {
+                format!("inbox: one-time login code for {address} mailed to {to}")
+            }
+        }
+    }
+
+    /// The mailbox an emergency inbox event is about; None for other events.
+    pub fn inbox_address(&self) -> Option<&str> {
+        match self {
+            Kind::InboxLogin { address, .. }
+            | Kind::InboxRead { address, .. }
+            | Kind::InboxDelete { address, .. }
+            | Kind::InboxPassword { address, .. }
+            | Kind::InboxInvite { address, .. } => Some(address),
+            _ => None,
         }
     }
 
@@ -148,10 +208,7 @@ impl Kind {
             | Kind::QueueOpen { domain }
             | Kind::DrillFailed { domain, .. }
             | Kind::DrillOverdue { domain, .. } => Some(domain),
-            Kind::InboxLogin { address, .. } | Kind::InboxRead { address, .. } => {
-                address.rsplit_once('@').map(|(_, d)| d)
-            }
-            _ => None,
+            _ => self.inbox_address().map(crate::queue::inbox::key_domain),
         }
     }
 }
@@ -175,6 +232,7 @@ pub struct Outage {
 
 pub struct Events {
     recent: Mutex<VecDeque<Event>>,
+    inbox: Mutex<VecDeque<Event>>,
     outages: Mutex<HashMap<String, VecDeque<Outage>>>,
     tx: broadcast::Sender<Event>,
 }
@@ -183,6 +241,7 @@ impl Default for Events {
     fn default() -> Self {
         Self {
             recent: Mutex::new(VecDeque::new()),
+            inbox: Mutex::new(VecDeque::new()),
             outages: Mutex::new(HashMap::new()),
             tx: broadcast::channel(256).0,
         }
@@ -228,6 +287,13 @@ impl Events {
             }
         }
         let event = Event { at_ms, kind };
+        if event.kind.inbox_address().is_some() {
+            let mut inbox = lock(&self.inbox);
+            inbox.push_back(event.clone());
+            if inbox.len() > INBOX_KEPT {
+                inbox.pop_front();
+            }
+        }
         {
             let mut recent = lock(&self.recent);
             recent.push_back(event.clone());
@@ -251,6 +317,17 @@ impl Events {
     /// Recent events, newest first.
     pub fn recent(&self) -> Vec<Event> {
         lock(&self.recent).iter().rev().cloned().collect()
+    }
+
+    /// The emergency inbox's events that `keep` selects, newest first, at most `limit`.
+    pub fn inbox_log(&self, keep: impl Fn(&Event) -> bool, limit: usize) -> Vec<Event> {
+        lock(&self.inbox)
+            .iter()
+            .rev()
+            .filter(|e| keep(e))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// A primary's outages, oldest first.
@@ -335,6 +412,57 @@ mod tests {
             rx.try_recv().unwrap().kind,
             Kind::PrimaryDown { .. }
         ));
+    }
+
+    #[test]
+    fn inbox_events_have_a_log_of_their_own() {
+        let e = Events::default();
+        let read = |address: &str, id: &str| Kind::InboxRead {
+            address: address.into(),
+            queue_id: id.into(),
+            client: "192.0.2.1".into(),
+            protocol: "imap".into(),
+        };
+        e.record_at(1, read("jo@a.test", "q1"));
+        for i in 0..RECENT {
+            e.record_at(
+                2 + i as i64,
+                Kind::QueueOpen {
+                    domain: "a.test".into(),
+                },
+            );
+        }
+        e.record_at(
+            1000,
+            Kind::InboxPassword {
+                address: "al@b.test".into(),
+                change: "set".into(),
+            },
+        );
+        assert!(
+            e.recent()
+                .iter()
+                .all(|x| !matches!(x.kind, Kind::InboxRead { .. })),
+            "pushed out of the recent events"
+        );
+        let all = e.inbox_log(|_| true, 10);
+        assert_eq!(all.len(), 2, "but kept in the inbox's log");
+        assert_eq!(all[0].at_ms, 1000, "newest first");
+        let a = e.inbox_log(|x| x.kind.domain() == Some("a.test"), 10);
+        assert_eq!(a.len(), 1);
+        assert_eq!(
+            a[0].kind.text(),
+            "inbox: jo@a.test read message q1 (imap from 192.0.2.1)"
+        );
+        assert_eq!(e.inbox_log(|_| true, 1).len(), 1);
+        for i in 0..INBOX_KEPT {
+            e.record_at(2000 + i as i64, read("jo@a.test", "q"));
+        }
+        assert_eq!(
+            e.inbox_log(|_| true, usize::MAX).len(),
+            INBOX_KEPT,
+            "bounded"
+        );
     }
 
     #[test]

@@ -224,6 +224,11 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
         shutdown.clone(),
     ));
     tokio::spawn(registry.clone().run(shutdown.clone()));
+    tokio::spawn(crate::inbox::keep::purge(
+        store.clone(),
+        crate::inbox::keep::purge_every(config.inbox.keep_after_delivery),
+        shutdown.clone(),
+    ));
     let core = Core {
         admission,
         limits: ConnectionLimits::new(limit_settings(&config)),
@@ -338,6 +343,7 @@ pub async fn serve(config: Config, path: &Path) -> Result<(), StartError> {
             driller,
             inbox_code_validity: config.inbox.code_validity,
             web_inbox,
+            inbox: inbox.clone(),
         });
         tokio::spawn(admin::serve(l, admin, shutdown.clone()));
     }
@@ -422,6 +428,11 @@ impl Core {
         self.admission
             .set_limits(config.domains.iter().map(|d| (d.name.clone(), d.limits)));
         self.driller.configure(config);
+        crate::inbox::keep::configure(
+            &*self.store,
+            crate::inbox::keep::plan(config, self.inbox.is_some()),
+        )
+        .await;
         if let Some(inbox) = &self.inbox {
             inbox.set_domains(
                 config
@@ -432,6 +443,15 @@ impl Core {
             );
         }
         let (scope, shutdown) = self.shutdown.child();
+        if self.inbox.is_some() {
+            tokio::spawn(crate::inbox::published::run(
+                self.store.clone(),
+                self.dns.clone(),
+                crate::inbox::published::sources(config),
+                config.recipients.reload_interval,
+                shutdown.clone(),
+            ));
+        }
         let recipients = Arc::new(Recipients::new(
             config
                 .domains

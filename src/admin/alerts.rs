@@ -159,7 +159,12 @@ impl Alerter {
                     queue(tx, payload(h, "drained", &primary, ev.at_ms, &detail));
                 }
             }
-            Kind::Reload { .. } | Kind::InboxLogin { .. } | Kind::InboxRead { .. } => {}
+            Kind::Reload { .. }
+            | Kind::InboxLogin { .. }
+            | Kind::InboxRead { .. }
+            | Kind::InboxDelete { .. }
+            | Kind::InboxPassword { .. }
+            | Kind::InboxInvite { .. } => {}
             Kind::QueueFull { ref domain, .. }
             | Kind::QueueOpen { ref domain }
             | Kind::DrillFailed { ref domain, .. }

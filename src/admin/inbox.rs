@@ -2,7 +2,8 @@
 //! `mx2 inbox passwd` uses). `PUT` stores an argon2id hash for the address's mailbox
 //! (hashed by the caller: the password itself never crosses the API), `DELETE` removes it.
 //! `POST …/{address}/invite` mails a one-time login code to an alternate address
-//! (`mx2 inbox invite`); only its hash is kept.
+//! (`mx2 inbox invite`); only its hash is kept. Each is an event. `GET /api/v1/inbox/log`
+//! is the inbox's event log (`mx2 inbox log`), by address or domain.
 //! Operators only (a tenant's token gets 404, `access.rs`).
 
 use super::Admin;
@@ -15,7 +16,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
@@ -24,6 +25,66 @@ pub fn routes() -> Router<Arc<Admin>> {
     Router::new()
         .route("/api/v1/inbox/users/{address}", put(set).delete(remove))
         .route("/api/v1/inbox/users/{address}/invite", post(invite))
+        .route("/api/v1/inbox/log", get(log))
+}
+
+/// Events a log answer holds unless `limit` says otherwise.
+const DEFAULT_LOG: usize = 1000;
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct LogQuery {
+    address: Option<String>,
+    domain: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The inbox's events, newest first, each with its line of text; `address` (any case or
+/// `+tag`: its mailbox) or `domain` narrows them.
+async fn log(
+    query: Result<axum::extract::Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(axum::extract::Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query: use address=user@domain, domain=example.com and limit=N (all optional)",
+        );
+    };
+    let address = match q.address.as_deref().map(key) {
+        None => None,
+        Some(Ok(k)) => Some(k),
+        Some(Err(r)) => return *r,
+    };
+    let domain = q.domain.as_deref().map(crate::queue::domain_key);
+    let limit = q
+        .limit
+        .unwrap_or(DEFAULT_LOG)
+        .min(crate::events::INBOX_KEPT);
+    let events = crate::events::get().inbox_log(
+        |e| {
+            address
+                .as_deref()
+                .is_none_or(|a| e.kind.inbox_address() == Some(a))
+                && domain.as_deref().is_none_or(|d| e.kind.domain() == Some(d))
+        },
+        limit,
+    );
+    let events: Vec<serde_json::Value> = events
+        .into_iter()
+        .map(|e| {
+            let text = e.kind.text();
+            let mut v = serde_json::to_value(e).unwrap_or_default();
+            v["text"] = text.into();
+            v
+        })
+        .collect();
+    Json(json!({ "events": events })).into_response()
+}
+
+/// Records an operator's change to an inbox user.
+fn record(kind: crate::events::Kind) {
+    tracing::info!(event = %kind.text(), "inbox user changed");
+    crate::events::get().record(kind);
 }
 
 #[derive(serde::Deserialize)]
@@ -68,7 +129,13 @@ async fn set(
         );
     }
     match a.store.inbox_set_credential(&key, Some(b.hash)).await {
-        Ok(replaced) => Json(json!({ "address": key, "replaced": replaced })).into_response(),
+        Ok(replaced) => {
+            record(crate::events::Kind::InboxPassword {
+                address: key.clone(),
+                change: if replaced { "changed" } else { "set" }.into(),
+            });
+            Json(json!({ "address": key, "replaced": replaced })).into_response()
+        }
         Err(e) => store_error(e),
     }
 }
@@ -79,7 +146,13 @@ async fn remove(State(a): State<Arc<Admin>>, Path(address): Path<String>) -> Res
         Err(r) => return *r,
     };
     match a.store.inbox_set_credential(&key, None).await {
-        Ok(true) => Json(json!({ "address": key, "deleted": true })).into_response(),
+        Ok(true) => {
+            record(crate::events::Kind::InboxPassword {
+                address: key.clone(),
+                change: "removed".into(),
+            });
+            Json(json!({ "address": key, "deleted": true })).into_response()
+        }
         Ok(false) => error(
             StatusCode::NOT_FOUND,
             &format!("{key} has no inbox credentials"),
@@ -104,6 +177,24 @@ async fn invite(
         Ok(b) => b,
         Err(r) => return *r,
     };
+    let domain = key_domain(&key);
+    match &a.inbox {
+        None => {
+            return error(
+                StatusCode::CONFLICT,
+                "the emergency inbox is off: a code could not be used; give [inbox] a listener (listen or tls_listen) and set `inbox = true` for the domain",
+            );
+        }
+        Some(inbox) if !inbox.has_domain(domain) => {
+            return error(
+                StatusCode::CONFLICT,
+                &format!(
+                    "{domain} has no emergency inbox, so the code could not be used: set `inbox = true` in its [[domain]] and reload"
+                ),
+            );
+        }
+        Some(_) => {}
+    }
     let to = b.to.trim();
     // The key's rule also refuses what could break out of the `To:` header.
     let Some(to_key) = mailbox_key(to).filter(|_| !to.contains(['<', '>'])) else {
@@ -148,13 +239,19 @@ async fn invite(
         kind: "inbox-code",
     };
     match crate::notice::queue(&*a.store, &a.scheduler, &a.hostname, notice).await {
-        Ok(queue_id) => Json(json!({
+        Ok(queue_id) => {
+            record(crate::events::Kind::InboxInvite {
+                address: key.clone(),
+                to: to.to_string(),
+            });
+            Json(json!({
             "address": key,
             "to": to,
             "expires_at_ms": expires_at_ms,
             "queue_id": queue_id,
-        }))
-        .into_response(),
+            }))
+            .into_response()
+        }
         Err(e) => store_error(e),
     }
 }

@@ -86,6 +86,8 @@ pub struct Admin {
     /// The web inbox, served at `/inbox/` outside the token check (its users log in
     /// themselves), when the inbox is on.
     pub web_inbox: Option<Arc<crate::inbox::web::Web>>,
+    /// The emergency inbox, when on: which domains have one (invites go only there).
+    pub inbox: Option<Arc<crate::inbox::Inbox>>,
 }
 
 /// One primary (route) with what the queue holds for it.

@@ -2,7 +2,9 @@
 //! on the terminal without echo, or one line from standard input with `--password-stdin`),
 //! hashed here with argon2id and stored through the admin API, so the password itself
 //! never leaves this process; `--delete` removes it. `mx2 inbox invite ADDRESS --to ALT`
-//! has the server mail a one-time login code to an alternate address.
+//! has the server mail a one-time login code to an alternate address. `mx2 inbox log
+//! [ADDRESS|--domain D]` prints the inbox's events (logins, reads, deletes, passwords,
+//! invites).
 
 use super::api::{Target, encode};
 use super::queue::fail;
@@ -41,6 +43,25 @@ pub enum InboxCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The emergency inbox's events, newest first: logins (good or refused, with the
+    /// client's address and the protocol), messages read, deletes, password changes and
+    /// invites. Kept in the server's memory (the last 10,000; a restart forgets them).
+    Log {
+        /// Only this address's mailbox (its case and a +tag do not matter).
+        #[arg(conflicts_with = "domain")]
+        address: Option<String>,
+        /// Only the mailboxes of this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        target: Target,
+        /// Print the API's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The most a password may be (bytes).
@@ -60,19 +81,57 @@ pub fn run(cmd: InboxCmd) -> ExitCode {
             to,
             target,
             json,
+        } => invite(address, to, target, json),
+        InboxCmd::Log {
+            address,
+            domain,
+            limit,
+            target,
+            json,
         } => {
-            let path = format!("/api/v1/inbox/users/{}/invite", encode(&address));
-            let body = serde_json::json!({ "to": to });
-            super::tenant::call(&target, "POST", &path, Some(body), json, |v| {
-                println!(
-                    "{}: a one-time login code is queued for {} (queue id {})",
-                    super::api::text(&v["address"]),
-                    super::api::text(&v["to"]),
-                    super::api::text(&v["queue_id"]),
-                );
-            })
+            let mut path = format!("/api/v1/inbox/log?limit={limit}");
+            if let Some(a) = address {
+                path.push_str(&format!("&address={}", encode(&a)));
+            }
+            if let Some(d) = domain {
+                path.push_str(&format!("&domain={}", encode(&d)));
+            }
+            super::tenant::call(&target, "GET", &path, None, json, print_log)
         }
     }
+}
+
+fn print_log(v: &serde_json::Value) {
+    let events = v["events"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if events.is_empty() {
+        println!("no inbox events (the server keeps them in memory since it started)");
+    }
+    for e in events {
+        let when = e["at_ms"]
+            .as_i64()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map_or_else(
+                || "-".into(),
+                |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            );
+        println!("{when}  {}", super::api::text(&e["text"]));
+    }
+}
+
+fn invite(address: String, to: String, target: Target, json: bool) -> ExitCode {
+    let path = format!("/api/v1/inbox/users/{}/invite", encode(&address));
+    let body = serde_json::json!({ "to": to });
+    super::tenant::call(&target, "POST", &path, Some(body), json, |v| {
+        println!(
+            "{}: a one-time login code is queued for {} (queue id {})",
+            super::api::text(&v["address"]),
+            super::api::text(&v["to"]),
+            super::api::text(&v["queue_id"]),
+        );
+    })
 }
 
 fn passwd(

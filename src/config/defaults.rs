@@ -146,6 +146,9 @@ pub mod inbox {
     pub const MAX_CONNECTIONS: usize = 200;
     pub const IDLE_TIMEOUT: Duration = secs(1800);
     pub const CODE_VALIDITY: Duration = secs(900);
+    pub const KEEP_AFTER_DELIVERY: Duration = secs(3 * 86_400);
+    /// The most `keep_after_delivery` may be.
+    pub const MAX_KEEP_AFTER_DELIVERY: Duration = secs(90 * 86_400);
 }
 
 /// `[alerts]`.
@@ -318,6 +321,10 @@ mod tests {
         assert_eq!(n, inbox::MAX_CONNECTIONS);
         assert_eq!(duration("[inbox] idle_timeout"), inbox::IDLE_TIMEOUT);
         assert_eq!(duration("[inbox] code_validity"), inbox::CODE_VALIDITY);
+        assert_eq!(
+            duration("[inbox] keep_after_delivery"),
+            inbox::KEEP_AFTER_DELIVERY
+        );
         assert_eq!(number::<bool>("[[domain]] inbox"), domain::INBOX);
         assert_eq!(readme("[[domain]] inbox_delete"), "keep_delivering");
     }

@@ -34,6 +34,10 @@ pub struct DomainConfig {
     pub inbox: bool,
     /// What a user's delete in the inbox does.
     pub inbox_delete: crate::queue::inbox::DeletePolicy,
+    /// Where the primary publishes its users' inbox credentials (`address argon2id-hash`
+    /// lines), and the file with the bearer token to fetch them with.
+    pub inbox_credentials_url: Option<String>,
+    pub inbox_credentials_url_token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -155,6 +159,8 @@ pub(super) struct RawDomain {
     standby: Option<bool>,
     inbox: Option<bool>,
     inbox_delete: Option<Spanned<String>>,
+    inbox_credentials_url: Option<Spanned<String>>,
+    inbox_credentials_url_token_file: Option<String>,
     pub(super) recipient_addresses: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) max_queue_messages: Option<Spanned<u64>>,
     pub(super) max_queue_bytes: Option<Spanned<Size>>,
@@ -259,6 +265,18 @@ impl Ctx<'_> {
         let recipients = self.recipient_policy(&d)?;
         let limits = self.domain_limits(&d)?;
         let drill = self.drill(&name, d.drill.as_ref(), d.drill_rcpt.as_ref())?;
+        let inbox = d.inbox.unwrap_or(default::INBOX);
+        let (inbox_credentials_url, inbox_credentials_url_token_file) = self.list_url(
+            d.inbox_credentials_url.as_ref(),
+            d.inbox_credentials_url_token_file.as_ref(),
+            "inbox_credentials_url",
+        )?;
+        if let (Some(u), false) = (&d.inbox_credentials_url, inbox) {
+            return Err(self.at(
+                u.span(),
+                "inbox_credentials_url needs inbox = true in the same [[domain]]",
+            ));
+        }
         Ok(DomainConfig {
             name,
             route,
@@ -269,8 +287,10 @@ impl Ctx<'_> {
             standby: d.standby.unwrap_or(default::STANDBY),
             limits,
             drill,
-            inbox: d.inbox.unwrap_or(default::INBOX),
+            inbox,
             inbox_delete: self.inbox_delete(d.inbox_delete.as_ref())?,
+            inbox_credentials_url,
+            inbox_credentials_url_token_file,
         })
     }
 

@@ -1,7 +1,8 @@
 //! The `[inbox]` table: the emergency inbox's IMAP listeners (STARTTLS and implicit TLS) and
 //! the web inbox's HTTPS listener (`web_listen`), all off unless given, all needing the
-//! `[tls]` certificate; login failure limits and the
-//! connection cap, and how long a one-time login code is good for. Which domains have an inbox is the `[[domain]] inbox` key
+//! `[tls]` certificate; login failure limits and the connection cap, how long a one-time
+//! login code is good for, and how long delivered mail stays in the inbox
+//! (`keep_after_delivery`). Which domains have an inbox is the `[[domain]] inbox` key
 //! (`domain.rs`), what a user's delete does its `inbox_delete` (parsed here). Parsing and validation only; `src/inbox/` uses the result.
 
 use super::defaults::inbox as default;
@@ -30,6 +31,9 @@ pub struct InboxConfig {
     pub idle_timeout: Duration,
     /// How long a one-time login code (`mx2 inbox invite`) is good for.
     pub code_validity: Duration,
+    /// How long the inbox keeps showing a message after its delivery to the primary; zero:
+    /// it leaves the inbox (and the store) when delivered.
+    pub keep_after_delivery: Duration,
 }
 
 impl InboxConfig {
@@ -50,6 +54,7 @@ pub(super) struct RawInbox {
     max_connections: Option<Spanned<usize>>,
     idle_timeout: Option<Spanned<HumanDuration>>,
     code_validity: Option<Spanned<HumanDuration>>,
+    keep_after_delivery: Option<Spanned<String>>,
 }
 
 impl Ctx<'_> {
@@ -103,7 +108,27 @@ impl Ctx<'_> {
             max_connections: self.positive(raw.max_connections, default::MAX_CONNECTIONS)?,
             idle_timeout,
             code_validity,
+            keep_after_delivery: self.keep_after_delivery(raw.keep_after_delivery.as_ref())?,
         })
+    }
+
+    /// `[inbox] keep_after_delivery`: a duration up to 90 days, or `"0"` for off.
+    fn keep_after_delivery(&self, v: Option<&Spanned<String>>) -> Result<Duration, ConfigError> {
+        let Some(v) = v else {
+            return Ok(default::KEEP_AFTER_DELIVERY);
+        };
+        let text = v.get_ref().trim();
+        if text == "0" {
+            return Ok(Duration::ZERO);
+        }
+        match super::units::parse_duration(text) {
+            Ok(d) if d <= default::MAX_KEEP_AFTER_DELIVERY => Ok(d),
+            Ok(_) => Err(self.at(
+                v.span(),
+                "must be at most 90d (delivered mail kept for the inbox takes disk space)",
+            )),
+            Err(e) => Err(self.at(v.span(), &format!("{e}; or \"0\" to turn it off"))),
+        }
     }
 
     /// `[[domain]] inbox_delete`.
@@ -216,5 +241,54 @@ mod tests {
             parse("[[domain]]\nname = \"b.test\"\nprimary = [\"h:25\"]\ninbox_delete = \"drop\"\n")
                 .unwrap_err();
         assert!(e.contains("inbox_delete `drop`: use"), "{e}");
+    }
+
+    #[test]
+    fn credentials_url_needs_the_inbox_and_http() {
+        let domain = |keys: &str| {
+            parse(&format!(
+                "[[domain]]\nname = \"b.test\"\nprimary = [\"h:25\"]\n{keys}"
+            ))
+        };
+        let c = domain("inbox = true\ninbox_credentials_url = \"https://h/users\"\n").unwrap();
+        assert_eq!(
+            c.domains[1].inbox_credentials_url.as_deref(),
+            Some("https://h/users")
+        );
+        let e = domain("inbox_credentials_url = \"https://h/users\"\n").unwrap_err();
+        assert!(
+            e.contains("inbox_credentials_url needs inbox = true"),
+            "{e}"
+        );
+        let e = domain("inbox = true\ninbox_credentials_url = \"ftp://h/users\"\n").unwrap_err();
+        assert!(
+            e.contains("inbox_credentials_url must start with http:// or https://"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn keep_after_delivery() {
+        use std::time::Duration;
+        let keep = |v: &str| parse(&format!("[inbox]\nkeep_after_delivery = \"{v}\"\n"));
+        assert_eq!(
+            parse("").unwrap().inbox.keep_after_delivery,
+            Duration::from_secs(3 * 86_400)
+        );
+        assert_eq!(keep("0").unwrap().inbox.keep_after_delivery, Duration::ZERO);
+        assert_eq!(
+            keep("1s").unwrap().inbox.keep_after_delivery,
+            Duration::from_secs(1)
+        );
+        let e = keep("91d").unwrap_err();
+        assert!(
+            e.contains("key `inbox.keep_after_delivery`: must be at most 90d"),
+            "{e}"
+        );
+        let e = keep("3").unwrap_err();
+        assert!(
+            e.contains("a unit is required") && e.contains("\"0\" to turn it off"),
+            "{e}"
+        );
     }
 }

@@ -83,6 +83,32 @@ impl Ctx<'_> {
         }
     }
 
+    /// A list fetched over HTTP (`recipient_url`, `inbox_credentials_url`) and the file
+    /// holding its bearer token (`KEY_token_file`).
+    pub(super) fn list_url(
+        &self,
+        url: Option<&toml::Spanned<String>>,
+        token_file: Option<&String>,
+        key: &str,
+    ) -> Result<(Option<String>, Option<PathBuf>), ConfigError> {
+        let url = match url {
+            Some(u)
+                if !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://")) =>
+            {
+                return Err(self.at(
+                    u.span(),
+                    &format!("{key} must start with http:// or https://"),
+                ));
+            }
+            u => u.map(|u| u.get_ref().clone()),
+        };
+        let token_file = token_file.map(|p| self.resolve(p));
+        if let Some(f) = &token_file {
+            self.secret_file(Err(&format!("{key}_token_file")), f);
+        }
+        Ok((url, token_file))
+    }
+
     /// A domain's recipient keys.
     pub(super) fn recipient_policy(&self, d: &RawDomain) -> Result<RecipientPolicy, ConfigError> {
         let mut policy = RecipientPolicy::default();
@@ -140,19 +166,11 @@ impl Ctx<'_> {
             }
             policy.addresses = std::sync::Arc::new(addresses);
         }
-        if let Some(u) = &d.recipient_url {
-            if !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://")) {
-                return Err(self.at(
-                    u.span(),
-                    "recipient_url must start with http:// or https://",
-                ));
-            }
-            policy.url = Some(u.get_ref().clone());
-        }
-        policy.url_token_file = d.recipient_url_token_file.as_ref().map(|p| self.resolve(p));
-        if let Some(f) = &policy.url_token_file {
-            self.secret_file(Err("recipient_url_token_file"), f);
-        }
+        (policy.url, policy.url_token_file) = self.list_url(
+            d.recipient_url.as_ref(),
+            d.recipient_url_token_file.as_ref(),
+            "recipient_url",
+        )?;
         if policy.list
             && policy.files.is_empty()
             && policy.url.is_none()

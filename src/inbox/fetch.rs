@@ -6,7 +6,7 @@
 
 use crate::queue::inbox::Held;
 use imap_next::imap_types::body::{BasicFields, Body, BodyStructure, SpecificFields};
-use imap_next::imap_types::core::{AString, IString, Literal, NString, Vec1};
+use imap_next::imap_types::core::{AString, Atom, IString, Literal, NString, Vec1};
 use imap_next::imap_types::datetime::DateTime;
 use imap_next::imap_types::envelope::{Address, Envelope};
 use imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName, Part, Section};
@@ -40,6 +40,14 @@ pub fn marks_seen(names: &[MessageDataItemName]) -> bool {
     })
 }
 
+/// The keyword of a message delivered to the primary, kept for `keep_after_delivery`.
+pub const DELIVERED: &str = "$Delivered";
+
+/// [`DELIVERED`] as a flag.
+pub fn delivered() -> Flag<'static> {
+    Flag::Keyword(Atom::try_from(DELIVERED).unwrap_or_else(|_| unreachable!("a valid atom")))
+}
+
 /// The flags of a message as FETCH shows them.
 pub fn flags(m: &Held) -> Vec<FlagFetch<'static>> {
     let mut f = Vec::new();
@@ -51,6 +59,9 @@ pub fn flags(m: &Held) -> Vec<FlagFetch<'static>> {
     }
     if m.deleted {
         f.push(FlagFetch::Flag(Flag::Deleted));
+    }
+    if m.delivered {
+        f.push(FlagFetch::Flag(delivered()));
     }
     f
 }
@@ -419,6 +430,7 @@ mod tests {
             size: MIXED.len() as u64,
             seen: false,
             flagged: true,
+            delivered: false,
             deleted: false,
         }
     }

@@ -82,16 +82,18 @@ impl Inbox {
     }
 
     /// A login's outcome, in the log and the event log: `client` is the peer's address,
-    /// `detail` how it went (e.g. `one-time code`, or the refusal's [`Refused::detail`]).
-    pub fn record_login(&self, key: &str, client: IpAddr, ok: bool, detail: &str) {
+    /// `protocol` `imap` or `web`, `detail` how it went (e.g. `one-time code`, or the
+    /// refusal's [`Refused::detail`]).
+    pub fn record_login(&self, key: &str, client: IpAddr, protocol: &str, ok: bool, detail: &str) {
         if ok {
-            info!(address = key, %client, detail, "inbox login");
+            info!(address = key, %client, protocol, detail, "inbox login");
         } else {
-            warn!(address = key, %client, detail, "inbox login failed");
+            warn!(address = key, %client, protocol, detail, "inbox login failed");
         }
         events::get().record(Kind::InboxLogin {
             address: key.to_string(),
             client: client.to_string(),
+            protocol: protocol.to_string(),
             ok,
             detail: detail.to_string(),
         });

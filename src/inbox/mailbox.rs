@@ -76,6 +76,7 @@ impl View {
             if let Some(n) = flags.remove(&m.uid) {
                 m.seen = n.seen;
                 m.flagged = n.flagged;
+                m.delivered = n.delivered;
             }
         }
         self.messages
@@ -199,6 +200,12 @@ pub fn matches(
             matches(a, seq, m, view, content)? || matches(b, seq, m, view, content)?
         }
         SearchKey::Not(k) => !matches(k, seq, m, view, content)?,
+        SearchKey::Keyword(k) => {
+            m.delivered && k.as_ref().eq_ignore_ascii_case(super::fetch::DELIVERED)
+        }
+        SearchKey::Unkeyword(k) => {
+            !(m.delivered && k.as_ref().eq_ignore_ascii_case(super::fetch::DELIVERED))
+        }
         other => return Err(format!("search key {other:?} is not supported here")),
     })
 }
@@ -224,6 +231,7 @@ mod tests {
             size: 100,
             seen,
             flagged: false,
+            delivered: false,
             deleted: false,
         }
     }

@@ -6,7 +6,9 @@
 //! sets, changes, SEARCH); `fetch.rs` renders FETCH items from a stored message; `auth.rs`
 //! the argon2id hashes and the login lockout; `codes.rs` one-time login codes; `login.rs` one
 //! login attempt (lockout, password, code), shared by IMAP and the web inbox; `web/` the
-//! web inbox (HTML pages at `/inbox/`). Mail is read from the queue store
+//! web inbox (HTML pages at `/inbox/`); `keep.rs` delivered mail kept for
+//! `keep_after_delivery` and its purge; `published.rs` credentials lists published by the
+//! primaries. Mail is read from the queue store
 //! (`Store::inbox_mailbox`, `Store::body`), never copied; `\Seen` and `\Flagged` are kept
 //! per user in the store and never change what is delivered.
 
@@ -14,9 +16,11 @@ pub mod auth;
 pub mod codes;
 pub mod driver;
 pub mod fetch;
+pub mod keep;
 pub mod listener;
 pub mod login;
 pub mod mailbox;
+pub mod published;
 pub mod session;
 pub mod web;
 
@@ -92,11 +96,13 @@ impl Inbox {
 
     /// A user read a message (IMAP FETCH of its content, the web inbox's view or download):
     /// in the log and the event log.
-    pub fn record_read(&self, key: &str, queue_id: &str, client: IpAddr) {
-        info!(address = %key, %queue_id, %client, "inbox message read");
+    pub fn record_read(&self, key: &str, queue_id: &str, client: IpAddr, protocol: &str) {
+        info!(address = %key, %queue_id, %client, protocol, "inbox message read");
         events::get().record(Kind::InboxRead {
             address: key.to_string(),
             queue_id: queue_id.to_string(),
+            client: client.to_string(),
+            protocol: protocol.to_string(),
         });
     }
 
@@ -108,13 +114,21 @@ impl Inbox {
         key: &str,
         ids: Vec<String>,
         client: IpAddr,
+        protocol: &str,
     ) -> Result<(), crate::queue::StoreError> {
         let policy = self
             .delete_policy(crate::queue::inbox::key_domain(key))
             .unwrap_or_default();
         let drop = policy == DeletePolicy::DoNotDeliver;
         self.store.inbox_delete(key, ids.clone(), drop).await?;
-        info!(address = %key, %client, messages = ?ids, not_delivered = drop, "inbox delete");
+        info!(address = %key, %client, protocol, messages = ?ids, not_delivered = drop, "inbox delete");
+        events::get().record(Kind::InboxDelete {
+            address: key.to_string(),
+            queue_ids: ids,
+            not_delivered: drop,
+            client: client.to_string(),
+            protocol: protocol.to_string(),
+        });
         Ok(())
     }
 }

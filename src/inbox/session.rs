@@ -412,7 +412,8 @@ impl Session {
     }
 
     fn record_login(&self, key: &str, ok: bool, detail: &str) {
-        self.inbox.record_login(key, self.client, ok, detail);
+        self.inbox
+            .record_login(key, self.client, "imap", ok, detail);
     }
 
     fn key(&self) -> Option<&str> {
@@ -441,7 +442,12 @@ impl Session {
             Err(e) => return Ok(status_no(tag, code("UNAVAILABLE"), &e.to_string())),
         };
         let s = drv.server();
-        s.enqueue_data(Data::Flags(vec![Flag::Seen, Flag::Flagged, Flag::Deleted]));
+        s.enqueue_data(Data::Flags(vec![
+            Flag::Seen,
+            Flag::Flagged,
+            Flag::Deleted,
+            fetch::delivered(),
+        ]));
         s.enqueue_data(Data::Exists(view.exists()));
         s.enqueue_data(Data::Recent(0));
         let perm = vec![
@@ -649,7 +655,8 @@ impl Session {
                     )
                 })
             {
-                self.inbox.record_read(&key, &m.queue_id, self.client);
+                self.inbox
+                    .record_read(&key, &m.queue_id, self.client, "imap");
             }
             drop(raw);
             if let Ok(items) = Vec1::try_from(items) {
@@ -803,7 +810,7 @@ impl Session {
         if ids.is_empty() {
             return Ok(());
         }
-        self.inbox.delete(key, ids, self.client).await
+        self.inbox.delete(key, ids, self.client, "imap").await
     }
 
     async fn search(

@@ -1,6 +1,6 @@
 //! Keeping recipient lists current: files re-read when they change, URLs fetched every
 //! `reload_interval`, everything on SIGHUP. A list that cannot be read keeps its last good
-//! version in use.
+//! version in use. [`fetch`] is also how the emergency inbox fetches credentials lists.
 
 use super::recipients::{List, Recipients};
 use crate::config::RecipientPolicy;
@@ -62,20 +62,8 @@ impl Lists {
                 && (force || url_due)
             {
                 src.url_fetched = Some(Instant::now());
-                let token = policy
-                    .url_token_file
-                    .as_ref()
-                    .and_then(|f| std::fs::read_to_string(f).ok());
-                match crate::http::get(
-                    url,
-                    token.as_deref(),
-                    &self.dns,
-                    Duration::from_secs(30),
-                    None,
-                )
-                .await
-                {
-                    Ok(body) => src.url_body = Some(String::from_utf8_lossy(&body).into_owned()),
+                match fetch(url, policy.url_token_file.as_deref(), &self.dns).await {
+                    Ok(body) => src.url_body = Some(body),
                     Err(e) => {
                         warn!(domain, error = %e, "recipient list URL not fetched; keeping the last good copy")
                     }
@@ -144,6 +132,18 @@ impl Lists {
             self.refresh(force).await;
         }
     }
+}
+
+/// Fetches a list published over HTTP (`recipient_url`, and the emergency inbox's
+/// `inbox_credentials_url`), with the bearer token in `token_file` if any.
+pub async fn fetch(
+    url: &str,
+    token_file: Option<&std::path::Path>,
+    dns: &Dns,
+) -> Result<String, crate::http::HttpError> {
+    let token = token_file.and_then(|f| std::fs::read_to_string(f).ok());
+    let body = crate::http::get(url, token.as_deref(), dns, Duration::from_secs(30), None).await?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn load(policy: &RecipientPolicy, url_body: Option<&str>) -> Result<Vec<String>, String> {

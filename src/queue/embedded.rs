@@ -484,7 +484,20 @@ impl Store for Embedded {
 
     fn inbox_candidates(&self, domain: &str) -> StoreFuture<'_, Vec<Candidate>> {
         let domain = domain.to_string();
-        self.report(move |c| inbox::candidates(c, &domain).map_err(backend))
+        self.report(move |c| inbox::candidates(c, &domain, super::now_ms()).map_err(backend))
+    }
+
+    fn inbox_keep(&self, keep: Vec<(String, i64)>) -> StoreFuture<'_, ()> {
+        self.send(|r| Op::InboxKeep(keep, r))
+    }
+
+    fn inbox_publish(&self, domain: &str, entries: Vec<(String, String)>) -> StoreFuture<'_, ()> {
+        let domain = super::domain_key(domain);
+        self.send(|r| Op::InboxPublish(domain, entries, r))
+    }
+
+    fn inbox_purge(&self, now_ms: i64, limit: usize) -> StoreFuture<'_, u64> {
+        self.send(|r| Op::InboxPurge(now_ms, limit, r))
     }
 
     fn inbox_stored(&self, key: &str) -> StoreFuture<'_, Option<Stored>> {

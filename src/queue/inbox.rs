@@ -2,8 +2,10 @@
 //! (argon2id hashes), each address's mailbox of held mail with stable IMAP UIDs (assigned in
 //! queue-id order, one UIDVALIDITY per address, kept across restarts), and the `\Seen` and
 //! `\Flagged` flags a user set. Never a copy of the mail: a mailbox lists the messages the
-//! queue holds for the address, read from the queue itself. Types and the address rule only;
-//! the backends hold the SQL.
+//! queue holds for the address, read from the queue itself, and, for
+//! `[inbox] keep_after_delivery`, those delivered to the primary that the queue keeps for the
+//! inbox until then (a message is *kept*: no recipient pending, never deliverable again, not
+//! counted as queued). Types and the address rule only; the backends hold the SQL.
 
 /// One message of an address's mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +16,9 @@ pub struct Held {
     pub size: u64,
     pub seen: bool,
     pub flagged: bool,
+    /// Delivered to the primary (IMAP keyword `$Delivered`): shown until
+    /// `keep_after_delivery` has passed.
+    pub delivered: bool,
     /// `\Deleted`, as the session set it (never stored: EXPUNGE acts on it, and a session
     /// that ends without one forgets it).
     pub deleted: bool,
@@ -43,6 +48,8 @@ pub struct Candidate {
     pub queue_id: String,
     pub received_at_ms: i64,
     pub size: u64,
+    /// This recipient's row is delivered (the message is kept for the inbox).
+    pub delivered: bool,
 }
 
 /// The mailbox an address reads: domain lower-cased (no trailing dot), local part
@@ -120,6 +127,7 @@ pub(crate) fn view(candidates: Vec<Candidate>, stored: Stored) -> Mailbox {
                 size: c.size,
                 seen,
                 flagged,
+                delivered: c.delivered,
                 deleted: false,
             })
         })
@@ -137,10 +145,11 @@ pub fn key_domain(key: &str) -> &str {
     key.rsplit_once('@').map_or("", |(_, d)| d)
 }
 
-/// The candidates whose address is `key`'s mailbox, each message once, in queue-id order.
+/// The candidates whose address is `key`'s mailbox, each message once, in queue-id order;
+/// a message is delivered to the mailbox only when every one of its addresses is.
 pub(crate) fn select(key: &str, mut candidates: Vec<Candidate>) -> Vec<Candidate> {
     candidates.retain(|c| mailbox_key(&c.address).as_deref() == Some(key));
-    candidates.sort_by(|a, b| a.queue_id.cmp(&b.queue_id));
+    candidates.sort_by(|a, b| (&a.queue_id, a.delivered).cmp(&(&b.queue_id, b.delivered)));
     candidates.dedup_by(|a, b| a.queue_id == b.queue_id);
     candidates
 }
@@ -175,23 +184,31 @@ mod tests {
 
     #[test]
     fn selection_keeps_one_mailbox() {
-        let c = |a: &str, id: &str| Candidate {
+        let c = |a: &str, id: &str, delivered: bool| Candidate {
             address: a.into(),
             queue_id: id.into(),
             received_at_ms: 0,
             size: 1,
+            delivered,
         };
         let got = select(
             "jo@x.test",
             vec![
-                c("other@x.test", "1"),
-                c("JO+t@x.test", "3"),
-                c("jo@x.test", "2"),
-                c("jo@X.test", "3"),
-                c("jot@x.test", "4"),
+                c("other@x.test", "1", false),
+                c("JO+t@x.test", "3", true),
+                c("jo@x.test", "2", true),
+                c("jo@X.test", "3", false),
+                c("jot@x.test", "4", false),
             ],
         );
-        let ids: Vec<_> = got.iter().map(|c| c.queue_id.as_str()).collect();
-        assert_eq!(ids, ["2", "3"]);
+        let ids: Vec<_> = got
+            .iter()
+            .map(|c| (c.queue_id.as_str(), c.delivered))
+            .collect();
+        assert_eq!(
+            ids,
+            [("2", true), ("3", false)],
+            "3 is still pending for jo+t"
+        );
     }
 }

@@ -179,7 +179,7 @@ pub trait Store: Send + Sync + 'static {
     /// Records outcomes, releases claims, and queues the delivery status notifications those
     /// outcomes call for, all in one durable step (a message never leaves the queue before
     /// its notifications are in it). Returns true when the message left the queue because
-    /// every recipient is final.
+    /// every recipient is final (removed, or kept for the inbox: see [`Store::inbox_keep`]).
     fn record(
         &self,
         id: &str,
@@ -318,9 +318,14 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- the emergency inbox (`inbox.rs`): keys are `inbox::mailbox_key`s ----
 
-    /// The argon2id hash (PHC string) stored for a mailbox, if any.
+    /// The argon2id hash (PHC string) a mailbox logs in with, if any: the one stored for it
+    /// (`mx2 inbox passwd`) first, else the one its primary published (`inbox_publish`).
     fn inbox_credential(&self, key: &str) -> StoreFuture<'_, Option<String>>;
-    /// Stores (`Some`) or removes (`None`) a mailbox's credential; true when one was there.
+    /// Replaces the credentials list `domain`'s primary published (`(mailbox key, hash)`
+    /// pairs): the last good copy, used while the primary is down. Durable.
+    fn inbox_publish(&self, domain: &str, entries: Vec<(String, String)>) -> StoreFuture<'_, ()>;
+    /// Stores (`Some`) or removes (`None`) a mailbox's own credential (never a published
+    /// one); true when one was there.
     fn inbox_set_credential(&self, key: &str, hash: Option<String>) -> StoreFuture<'_, bool>;
     /// Keeps the hash of a one-time login code for a mailbox until `expires_at_ms`; drops
     /// every expired code. Durable.
@@ -339,7 +344,19 @@ pub trait Store: Send + Sync + 'static {
         ids: Vec<String>,
         drop_recipients: bool,
     ) -> StoreFuture<'_, ()>;
-    /// Every message with a pending recipient in `domain` (addresses as received).
+    /// The domains whose delivered mail the inbox keeps showing, each with for how long
+    /// (ms, more than 0), replacing what was set before (`[inbox] keep_after_delivery`). A
+    /// message whose last pending recipient becomes final with a delivered recipient in one
+    /// of them is *kept* instead of removed: its content stays, no recipient is pending
+    /// (never claimed or delivered again), it is out of `stats`, `depth` and listings, and
+    /// the inbox shows it as delivered until its time is up. Durable.
+    fn inbox_keep(&self, keep: Vec<(String, i64)>) -> StoreFuture<'_, ()>;
+    /// Removes up to `limit` kept messages whose time is up at `now_ms` (content, spool
+    /// file, recipients); returns how many.
+    fn inbox_purge(&self, now_ms: i64, limit: usize) -> StoreFuture<'_, u64>;
+    /// Every message with a pending recipient in `domain` (addresses as received), and, if
+    /// the domain keeps delivered mail, every delivered recipient there of a message not
+    /// removed and whose keeping has not run out.
     #[doc(hidden)]
     fn inbox_candidates(&self, domain: &str) -> StoreFuture<'_, Vec<inbox::Candidate>>;
     /// What is stored of a mailbox (None: never opened).
@@ -356,8 +373,8 @@ pub trait Store: Send + Sync + 'static {
         uids: Vec<u32>,
         change: inbox::FlagChange,
     ) -> StoreFuture<'_, ()>;
-    /// A mailbox: every message with a pending recipient whose address is `key`'s, in UID
-    /// order, new ones given UIDs first (durably, in queue-id order).
+    /// A mailbox: every message with a pending (or kept, delivered) recipient whose address
+    /// is `key`'s, in UID order, new ones given UIDs first (durably, in queue-id order).
     fn inbox_mailbox(&self, key: &str) -> StoreFuture<'_, inbox::Mailbox> {
         let key = key.to_string();
         Box::pin(async move {

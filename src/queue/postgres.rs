@@ -21,6 +21,7 @@ mod counts;
 mod drills;
 mod inbox;
 mod inspect;
+mod kept;
 mod outages;
 mod purge;
 mod registry;
@@ -658,6 +659,19 @@ impl Store for Postgres {
         self.run(move |_, c| {
             Box::pin(async move { inbox::delete(c, &key, &ids, drop_recipients).await })
         })
+    }
+
+    fn inbox_keep(&self, keep: Vec<(String, i64)>) -> StoreFuture<'_, ()> {
+        self.run(move |_, c| Box::pin(async move { kept::set(c, &keep).await }))
+    }
+
+    fn inbox_publish(&self, domain: &str, entries: Vec<(String, String)>) -> StoreFuture<'_, ()> {
+        let domain = super::domain_key(domain);
+        self.run(move |_, c| Box::pin(async move { inbox::publish(c, &domain, &entries).await }))
+    }
+
+    fn inbox_purge(&self, now_ms: i64, limit: usize) -> StoreFuture<'_, u64> {
+        self.run(move |_, c| Box::pin(async move { kept::purge(c, now_ms, limit).await }))
     }
 
     fn inbox_candidates(&self, domain: &str) -> StoreFuture<'_, Vec<Candidate>> {

@@ -17,7 +17,9 @@ mod tls;
 pub use content::spooled_content;
 pub use counts::{counters, counters_after_failed_writes};
 pub use domains::{purge_domain, registry, registry_watch, tenant_view};
-pub use inbox::{inbox_codes, inbox_credentials, inbox_deletes, inbox_mailboxes};
+pub use inbox::{
+    inbox_codes, inbox_credentials, inbox_deletes, inbox_keeps_delivered, inbox_mailboxes,
+};
 pub use tls::sts_and_tls_reports;
 
 /// A message with these (address, domain) recipients, received at `received_at_ms`.

@@ -85,6 +85,25 @@ impl Inbox {
         assert!(text.contains("inbox password"), "{text}");
     }
 
+    /// `mx2 inbox log ARGS --json`: the events.
+    fn log(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let out = Command::new(mx2_binary())
+            .args(["inbox", "log"])
+            .args(args)
+            .args(["--json", "--config"])
+            .arg(&self.mx2.config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "inbox log: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        v["events"].as_array().unwrap().clone()
+    }
+
     /// Runs a step of the imaplib client; its JSON answer.
     fn py(&self, mode: &str, port: u16, user: &str, password: &str) -> serde_json::Value {
         let out = Command::new("python3")
@@ -139,7 +158,13 @@ fn base64(s: &str) -> Vec<u8> {
 /// The whole story for one store (`storage`: its `[storage]` table, empty for SQLite).
 fn scenario(storage: &str) {
     let primary_port = free_port();
-    let ib = start(primary_port, storage, 3);
+    let ib = start_with(
+        primary_port,
+        storage,
+        3,
+        "keep_after_delivery = \"6s\"\n",
+        "",
+    );
     ib.passwd("Jo@Example.TEST", "jo-secret");
     ib.passwd("al@example.test", "al-secret");
     let report = ib.send("jo+news@example.test", "Quarterly");
@@ -301,24 +326,131 @@ fn scenario(storage: &str) {
     assert!(answer["done"].as_str().unwrap().contains("OK"), "{answer}");
     assert!(took < Duration::from_secs(2), "{took:?}");
 
-    // Every login and message read is in the event log.
+    // Every login and message read is in the event log and `mx2 inbox log`, by mailbox.
     let url = format!("{}/api/v1/events", ib.mx2.admin_url());
     let (_, events) = crate::common::http::http("GET", &url, None, None);
     assert!(
         events.contains("inbox_login") && events.contains("inbox_read"),
         "{events}"
     );
-
-    // The primary comes back: what jo read is delivered all the same.
-    let primary = Primary::start(primary_port);
-    let got = primary.wait_for(5, Duration::from_secs(20));
+    let jo = ib.log(&["JO+x@example.test"]);
+    let kinds = |events: &[serde_json::Value], kind: &str| {
+        events.iter().filter(|e| e["event"] == kind).count()
+    };
     assert!(
-        got.iter()
-            .any(|m| m.body.ends_with(&report) && m.rcpts.iter().any(|r| r.contains("jo+news"))),
-        "the read message reaches the primary"
+        jo.iter().all(|e| e["address"] == "jo@example.test"),
+        "only jo's: {jo:?}"
     );
-    let gone = ib.py("login", ib.imaps, "jo@example.test", "jo-secret");
-    assert_eq!(gone["exists"], 0, "delivered mail leaves the inbox: {gone}");
+    assert!(kinds(&jo, "inbox_read") >= 2, "{jo:?}");
+    let refused = jo
+        .iter()
+        .find(|e| e["event"] == "inbox_login" && e["ok"] == false)
+        .expect("al's password for jo, refused");
+    assert_eq!(
+        (refused["client"].as_str(), refused["protocol"].as_str()),
+        (Some("127.0.0.1"), Some("imap")),
+        "{refused}"
+    );
+    assert!(
+        jo.iter()
+            .any(|e| e["event"] == "inbox_login" && e["ok"] == true)
+    );
+    assert_eq!(kinds(&jo, "inbox_password"), 1, "mx2 inbox passwd: {jo:?}");
+    let al = ib.log(&["al@example.test"]);
+    assert!(!al.is_empty() && al.iter().all(|e| e["address"] == "al@example.test"));
+    let domain = ib.log(&["--domain", "example.test"]);
+    assert_eq!(domain.len(), jo.len() + al.len(), "{domain:?}");
+    assert!(
+        ib.log(&["--domain", "other.test"])
+            .iter()
+            .all(|e| e["address"].as_str().unwrap().ends_with("@other.test")),
+        "jo@other.test's refused login only"
+    );
+
+    // The primary comes back: what jo read is delivered all the same, once.
+    let primary = Primary::start(primary_port);
+    let got = primary.wait_and_settle(5, Duration::from_secs(20), Duration::from_secs(1));
+    let copies = got
+        .iter()
+        .filter(|m| m.body.ends_with(&report) && m.rcpts.iter().any(|r| r.contains("jo+news")))
+        .count();
+    assert_eq!(copies, 1, "the read message reaches the primary once");
+    assert_eq!(got.len(), 5, "nothing delivered twice");
+
+    // For keep_after_delivery (6 s here) jo still sees it all, marked delivered.
+    let kept = ib.py("login", ib.imaps, "jo@example.test", "jo-secret");
+    assert_eq!(
+        kept["exists"], 3,
+        "delivered mail stays in the inbox: {kept}"
+    );
+    let flags = kept["flags"].as_array().unwrap();
+    assert!(
+        flags.len() == 3
+            && flags
+                .iter()
+                .all(|f| f.as_str().unwrap().contains("$Delivered")),
+        "{kept}"
+    );
+    assert!(
+        flags[0].as_str().unwrap().contains("\\Seen"),
+        "what jo set is kept: {kept}"
+    );
+    assert_eq!(kept["delivered"].as_array().unwrap().len(), 3, "{kept}");
+    // Kept, it is no queued mail: not in the queue's view or counts.
+    let id = queue_id_of(&fetched);
+    let admin = ib.mx2.admin_url();
+    let (code, _) =
+        crate::common::http::http("GET", &format!("{admin}/api/v1/queue/{id}"), None, None);
+    assert_eq!(code, 404, "{id} is not in the queue");
+    let (_, status) =
+        crate::common::http::http("GET", &format!("{admin}/api/v1/status"), None, None);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["queue"]["messages"], 0, "not queued mail: {status}");
+
+    // Then it leaves the inbox, and the purge takes the four kept messages from the store.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = ib.py("login", ib.imaps, "jo@example.test", "jo-secret");
+        if v["exists"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still shown: {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let purged = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("kept for the inbox removed"))
+            .filter_map(|l| {
+                l.split("messages=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum::<u64>()
+    };
+    while purged(&ib.mx2.log()) < 4 {
+        assert!(Instant::now() < deadline, "not purged:\n{}", ib.mx2.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        primary.messages().len(),
+        5,
+        "and it was never delivered again"
+    );
+}
+
+/// The queue id in the first `Received:` line mx2 wrote (`… with ESMTP id ID`).
+fn queue_id_of(message: &[u8]) -> String {
+    let text = String::from_utf8_lossy(message);
+    let at = text.find(" id ").expect("a Received: line with an id") + 4;
+    text[at..]
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -375,6 +507,36 @@ fn one_time_codes() {
     let (ok, answer, text) = invite("jo.private@alt.test");
     assert!(ok, "{text}");
     assert_eq!(answer["address"], "jo@example.test", "{answer}");
+    let refused = Command::new(mx2_binary())
+        .args([
+            "inbox",
+            "invite",
+            "jo@other.test",
+            "--to",
+            "jo.private@alt.test",
+            "--config",
+        ])
+        .arg(&ib.mx2.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("other.test has no emergency inbox")
+            && err.contains("inbox = true"),
+        "an invite for a domain without an inbox is refused: {err}"
+    );
+    let invites: Vec<_> = ib
+        .log(&["--domain", "example.test"])
+        .into_iter()
+        .filter(|e| e["event"] == "inbox_invite")
+        .collect();
+    assert_eq!(invites.len(), 1, "{invites:?}");
+    assert_eq!(invites[0]["to"], "jo.private@alt.test");
+    assert!(
+        ib.log(&["--domain", "other.test"]).is_empty(),
+        "the refused invite is no event"
+    );
     // The code is the line of the mail shaped `xxxxx-xxxxx-xxxxx-xxxxx`.
     let code_in = |m: &Received| {
         let mail = String::from_utf8_lossy(&m.body).into_owned();
@@ -472,6 +634,21 @@ fn deletes_follow_inbox_delete() {
         assert_eq!(d["expunged"].as_array().unwrap().len(), n as usize, "{d}");
         assert_eq!(d["after"], 0, "{user}: deleted from the inbox: {d}");
     }
+
+    let deletes: Vec<_> = ib
+        .log(&["jo@drop.test"])
+        .into_iter()
+        .filter(|e| e["event"] == "inbox_delete")
+        .collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert_eq!(deletes[0]["not_delivered"], true);
+    assert_eq!(deletes[0]["queue_ids"].as_array().unwrap().len(), 2);
+    let kept = ib.log(&["jo@example.test"]);
+    assert!(
+        kept.iter()
+            .any(|e| e["event"] == "inbox_delete" && e["not_delivered"] == false),
+        "{kept:?}"
+    );
 
     let primary = Primary::start(primary_port);
     // Two deliveries are due; anything more would arrive while settling.
@@ -587,4 +764,101 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
     rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .map(|c| c.unwrap())
         .collect()
+}
+
+/// A credentials list the primary publishes (`inbox_credentials_url`): its users log in
+/// with the primary's hashes; a password set with `mx2 inbox passwd` wins; the last good
+/// copy stays in the store, so logins work after a restart while the list is unreachable;
+/// a new copy replaces it (a user taken off the list can no longer log in).
+#[test]
+fn credentials_published_by_the_primary() {
+    let hash = |p: &str| mx2::inbox::auth::hash_password(p).unwrap();
+    let list = format!(
+        "# users of pub.test\njo@pub.test {}\nBob+x@PUB.test {}\nnot a line\n",
+        hash("jo-primary"),
+        hash("bob-primary")
+    );
+    let server = crate::common::http::ListServer::start(&list, "l1st");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "l1st").unwrap();
+    let mut ib = start_with(
+        free_port(),
+        "",
+        10,
+        "",
+        &format!(
+            "[recipients]\nreload_interval = \"1s\"\n[[domain]]\nname = \"pub.test\"\nprimary = [\"127.0.0.1:{}\"]\ninbox = true\ninbox_credentials_url = \"http://127.0.0.1:{}/inbox-users\"\ninbox_credentials_url_token_file = \"{}\"\n",
+            free_port(),
+            server.port,
+            token.display()
+        ),
+    );
+    let loads = |ib: &Inbox| {
+        ib.mx2
+            .log()
+            .matches("inbox credentials list loaded")
+            .count()
+    };
+    assert!(
+        poll_until(Duration::from_secs(10), || loads(&ib) > 0),
+        "{}",
+        ib.mx2.log()
+    );
+    assert!(
+        ib.mx2.log().contains("skipped=1"),
+        "the bad line is reported"
+    );
+    ib.send("jo@pub.test", "ForJo");
+    let jo = ib.py("login", ib.imaps, "jo@pub.test", "jo-primary");
+    assert_eq!(
+        (jo["result"].as_str(), jo["exists"].as_u64()),
+        (Some("OK"), Some(1)),
+        "{jo}"
+    );
+    let bob = ib.py("login", ib.imaps, "bob@pub.test", "bob-primary");
+    assert_eq!(bob["result"], "OK", "address keyed like a mailbox: {bob}");
+    let wrong = ib.py("login", ib.imaps, "jo@pub.test", "bob-primary");
+    assert_eq!(wrong["result"], "NO", "{wrong}");
+
+    // A password set here is checked first.
+    ib.passwd("jo@pub.test", "jo-local");
+    assert_eq!(
+        ib.py("login", ib.imaps, "jo@pub.test", "jo-local")["result"],
+        "OK"
+    );
+    assert_eq!(
+        ib.py("login", ib.imaps, "jo@pub.test", "jo-primary")["result"],
+        "NO",
+        "the stored password wins"
+    );
+
+    // The primary goes down with its list; mx2 restarts: the last good copy still serves.
+    *server.body.lock().unwrap() = None;
+    ib.mx2.kill9();
+    ib.mx2.spawn();
+    assert!(
+        poll_until(Duration::from_secs(10), || ib
+            .mx2
+            .log()
+            .contains("inbox credentials list not fetched")),
+        "{}",
+        ib.mx2.log()
+    );
+    let bob = ib.py("login", ib.imaps, "bob@pub.test", "bob-primary");
+    assert_eq!(
+        bob["result"], "OK",
+        "the last good copy, from the store: {bob}"
+    );
+
+    // A new copy without bob replaces it.
+    let before = loads(&ib);
+    *server.body.lock().unwrap() = Some(format!("jo@pub.test {}\n", hash("jo-primary")));
+    assert!(
+        poll_until(Duration::from_secs(10), || loads(&ib) > before),
+        "{}",
+        ib.mx2.log()
+    );
+    let bob = ib.py("login", ib.imaps, "bob@pub.test", "bob-primary");
+    assert_eq!(bob["result"], "NO", "off the list: {bob}");
 }

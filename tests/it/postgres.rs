@@ -58,6 +58,11 @@ async fn conformance_inbox() {
 }
 
 #[tokio::test]
+async fn conformance_inbox_keep() {
+    suite::inbox_keeps_delivered(&store("suite").await).await;
+}
+
+#[tokio::test]
 async fn conformance_cache() {
     suite::cache(&store("suite").await).await;
 }
@@ -254,7 +259,7 @@ async fn concurrent_registry_changes_number_without_gaps() {
     assert_eq!(b.registry_version().await.unwrap(), 20);
 }
 
-/// A queue of an older mx2 (before the registry, drills, the inbox and the counters) gains them
+/// A queue of an older mx2 (before the registry, drills, the inbox, the counters and kept mail) gains them
 /// at start.
 #[tokio::test]
 async fn an_older_queue_gains_the_registry() {
@@ -268,22 +273,24 @@ async fn an_older_queue_gains_the_registry() {
     Pg::shared().sql(
         db,
         &format!(
-            "{} DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; \
+            "{} {} DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; \
              DROP TABLE inbox_credentials; DROP TABLE inbox_mailboxes; DROP TABLE inbox_uids; \
              DROP TABLE inbox_codes; DROP TABLE inbox_hidden; DROP TABLE sts_policies; \
              DROP TABLE tlsrpt_counts; UPDATE mx2_schema SET version = 2",
+            crate::pg_counts::UNDO_KEPT,
             crate::pg_counts::UNDO_COUNTERS
         ),
     );
     let s = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "9");
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "10");
     suite::registry(&s).await;
     suite::drills(&s).await;
     suite::inbox_credentials(&s).await;
     suite::inbox_codes(&s).await;
     suite::sts_and_tls_reports(&s).await;
+    suite::inbox_keeps_delivered(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,9 +308,10 @@ async fn nodes_starting_at_once_migrate_once() {
     let db = url.rsplit('/').next().unwrap();
     assert_eq!(
         Pg::shared().sql(db, "SELECT version FROM mx2_schema"),
-        "9",
+        "10",
         "step 3: the registry, step 4: drill results, step 5: the inbox, step 6: inbox codes, \
-         step 7: MTA-STS policies, step 8: TLS-RPT counters, step 9: the queue counters"
+         step 7: MTA-STS policies, step 8: TLS-RPT counters, step 9: the queue counters, \
+         step 10: kept mail and published credentials"
     );
     assert_eq!(Pg::shared().sql(db, "SELECT COUNT(*) FROM mx2_schema"), "1");
 }

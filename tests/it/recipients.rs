@@ -2,7 +2,6 @@
 //! learning from deliveries, and standby mode.
 
 use crate::common::*;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 fn mx2_for(primary_port: u16, domain_extra: &str, top_extra: &str) -> Mx2 {
@@ -71,33 +70,7 @@ fn list_from_a_file_is_authoritative_and_reloads() {
 
 /// Serves `body` to every GET (checking the bearer token) until the test ends.
 fn http_server(body: &'static str, token: &'static str) -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let ok =
-                String::from_utf8_lossy(&req).contains(&format!("Authorization: Bearer {token}"));
-            let resp = if ok {
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".into()
-            };
-            let _ = s.write_all(resp.as_bytes());
-        }
-    });
-    port
+    crate::common::http::ListServer::start(body, token).port
 }
 
 #[test]

@@ -120,7 +120,7 @@ impl Web {
                 e => self.store_down(e),
             })
         })?;
-        self.inbox.record_read(key, id, client);
+        self.inbox.record_read(key, id, client, "web");
         if !m.seen {
             let seen = FlagChange {
                 seen: Some(true),
@@ -303,7 +303,7 @@ async fn login(
                 Via::Password => "web",
                 Via::Code => "web, one-time code",
             };
-            w.inbox.record_login(&key, client.peer, true, how);
+            w.inbox.record_login(&key, client.peer, "web", true, how);
             let (cookie, _) = w.sessions.open(&key, Instant::now());
             let mut r = see_other("/inbox/");
             if let Ok(v) = HeaderValue::from_str(&policy::set_cookie(&cookie, client.tls)) {
@@ -313,7 +313,8 @@ async fn login(
         }
         Err(r) => {
             let detail = format!("web: {}", r.detail());
-            w.inbox.record_login(&key, client.peer, false, &detail);
+            w.inbox
+                .record_login(&key, client.peer, "web", false, &detail);
             match r {
                 Refused::Locked(secs) => refuse(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -458,7 +459,7 @@ async fn delete(
         return *r;
     }
     let client = Client::of(conn, None).peer;
-    match w.inbox.delete(&s.key, vec![id], client).await {
+    match w.inbox.delete(&s.key, vec![id], client, "web").await {
         Ok(()) => see_other("/inbox/"),
         Err(e) => w.store_down(e),
     }

@@ -116,7 +116,7 @@ pub(super) fn ensure(c: &Connection) -> rusqlite::Result<()> {
          DELETE FROM domain_counts;
          INSERT INTO domain_counts (domain, messages, recipients, held, bytes) {RECOUNT_DOMAINS};
          INSERT INTO queue_totals (id, messages, bytes)
-             SELECT 1, COUNT(*), COALESCE(SUM(size), 0) FROM messages;
+             SELECT 1, COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE kept_until IS NULL;
          COMMIT;",
         triggers = triggers()
     ))
@@ -187,7 +187,7 @@ pub(crate) fn stats(c: &Connection) -> rusqlite::Result<Stats> {
 /// before the counters: what the counters must always equal.
 pub(crate) fn recount(c: &Connection) -> rusqlite::Result<(Stats, Vec<Depth>)> {
     let (messages, bytes): (i64, i64) = c.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages",
+        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE kept_until IS NULL",
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;

@@ -1,6 +1,9 @@
 //! The emergency inbox's tables in the embedded queue: credentials, mailboxes (UIDVALIDITY,
-//! next UID) and the UID and flags of each (mailbox, message). Reads run on a reading
-//! connection; the changes are run by the writer inside its transaction.
+//! next UID) and the UID and flags of each (mailbox, message), and the keeping of delivered
+//! mail (`inbox_keep`: per domain for how long; `messages.kept_until`: until when a message
+//! with no pending recipient stays for the inbox, its triggers taking it out of the queue's
+//! totals). Reads run on a reading connection; the changes are run by the writer inside its
+//! transaction.
 
 use crate::queue::inbox::{Candidate, FlagChange, Stored, new_uid_validity, rows_of};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -35,7 +38,81 @@ CREATE TABLE IF NOT EXISTS inbox_codes (
     address TEXT NOT NULL,
     expires_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS inbox_published (
+    address TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbox_published_domain ON inbox_published (domain);
+CREATE TABLE IF NOT EXISTS inbox_keep (
+    domain TEXT PRIMARY KEY,
+    keep_ms INTEGER NOT NULL
+);
 ";
+
+/// After the migrations (which add `messages.kept_until`) and the counters: a kept message
+/// leaves `queue_totals` when it is kept, and its removal (which the counters' own trigger
+/// takes off again) gives back what that took.
+pub(super) const KEEP_SCHEMA: &str = "
+CREATE INDEX IF NOT EXISTS messages_kept ON messages (kept_until) WHERE kept_until IS NOT NULL;
+CREATE TRIGGER IF NOT EXISTS count_message_kept AFTER UPDATE OF kept_until ON messages
+WHEN OLD.kept_until IS NULL AND NEW.kept_until IS NOT NULL BEGIN
+    UPDATE queue_totals SET messages = messages - 1, bytes = bytes - NEW.size WHERE id = 1;
+END;
+CREATE TRIGGER IF NOT EXISTS count_kept_delete AFTER DELETE ON messages
+WHEN OLD.kept_until IS NOT NULL BEGIN
+    UPDATE queue_totals SET messages = messages + 1, bytes = bytes + OLD.size WHERE id = 1;
+END;
+";
+
+/// Keeps message `id`, none of whose recipients is pending, if one of them was delivered in
+/// a domain that keeps delivered mail; true when it is (or already was) kept.
+pub(super) fn keep(c: &Connection, id: &str, now_ms: i64) -> rusqlite::Result<bool> {
+    let (kept, keep_ms): (Option<i64>, Option<i64>) = c
+        .prepare_cached(
+            "SELECT m.kept_until, (SELECT MAX(k.keep_ms) FROM recipients r
+                 JOIN inbox_keep k ON k.domain = r.domain
+                 WHERE r.message_id = m.id AND +r.status = 1)
+             FROM messages m WHERE m.id = ?1",
+        )?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((None, None));
+    if kept.is_some() {
+        return Ok(true);
+    }
+    let Some(keep_ms) = keep_ms else {
+        return Ok(false);
+    };
+    c.prepare_cached("UPDATE messages SET kept_until = ?2 WHERE id = ?1")?
+        .execute(params![id, now_ms.saturating_add(keep_ms)])?;
+    Ok(true)
+}
+
+/// See [`crate::queue::Store::inbox_keep`].
+pub(super) fn set_keep(c: &Connection, keep: &[(String, i64)]) -> rusqlite::Result<()> {
+    c.execute("DELETE FROM inbox_keep", [])?;
+    let mut st =
+        c.prepare_cached("INSERT OR REPLACE INTO inbox_keep (domain, keep_ms) VALUES (?1, ?2)")?;
+    for (domain, ms) in keep.iter().filter(|(_, ms)| *ms > 0) {
+        st.execute(params![crate::queue::domain_key(domain), ms])?;
+    }
+    Ok(())
+}
+
+/// See [`crate::queue::Store::inbox_purge`].
+pub(super) fn purge(c: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<u64> {
+    let ids = c
+        .prepare_cached(
+            "SELECT id FROM messages INDEXED BY messages_kept WHERE kept_until <= ?1 LIMIT ?2",
+        )?
+        .query_map(params![now_ms, limit as i64], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for id in &ids {
+        super::ops::remove(c, id)?;
+    }
+    Ok(ids.len() as u64)
+}
 
 pub(super) fn add_code(
     c: &Connection,
@@ -65,10 +142,30 @@ pub(super) fn use_code(
     Ok(gone > 0)
 }
 
+/// The hash a mailbox logs in with: its own (`mx2 inbox passwd`) first, else the one its
+/// primary published.
 pub(super) fn credential(c: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    c.prepare_cached("SELECT hash FROM inbox_credentials WHERE address = ?1")?
-        .query_row([key], |r| r.get(0))
-        .optional()
+    c.prepare_cached(
+        "SELECT COALESCE((SELECT hash FROM inbox_credentials WHERE address = ?1),
+                         (SELECT hash FROM inbox_published WHERE address = ?1))",
+    )?
+    .query_row([key], |r| r.get(0))
+}
+
+/// See [`crate::queue::Store::inbox_publish`].
+pub(super) fn publish(
+    c: &Connection,
+    domain: &str,
+    entries: &[(String, String)],
+) -> rusqlite::Result<()> {
+    c.execute("DELETE FROM inbox_published WHERE domain = ?1", [domain])?;
+    let mut st = c.prepare_cached(
+        "INSERT OR REPLACE INTO inbox_published (address, domain, hash) VALUES (?1, ?2, ?3)",
+    )?;
+    for (key, hash) in entries {
+        st.execute(params![key, domain, hash])?;
+    }
+    Ok(())
 }
 
 pub(super) fn set_credential(
@@ -77,7 +174,11 @@ pub(super) fn set_credential(
     hash: Option<&str>,
     now_ms: i64,
 ) -> rusqlite::Result<bool> {
-    let had = credential(c, key)?.is_some();
+    let had = c
+        .prepare_cached("SELECT 1 FROM inbox_credentials WHERE address = ?1")?
+        .query_row([key], |_| Ok(()))
+        .optional()?
+        .is_some();
     match hash {
         Some(h) => c.execute(
             "INSERT INTO inbox_credentials (address, hash, changed_at) VALUES (?1, ?2, ?3)
@@ -89,17 +190,25 @@ pub(super) fn set_credential(
     Ok(had)
 }
 
-pub(super) fn candidates(c: &Connection, domain: &str) -> rusqlite::Result<Vec<Candidate>> {
+pub(super) fn candidates(
+    c: &Connection,
+    domain: &str,
+    now_ms: i64,
+) -> rusqlite::Result<Vec<Candidate>> {
     let mut st = c.prepare_cached(
-        "SELECT r.address, m.id, m.received_at, m.size FROM recipients r
-         JOIN messages m ON m.id = r.message_id WHERE r.domain = ?1 AND r.status = 0",
+        "SELECT r.address, m.id, m.received_at, m.size, r.status FROM recipients r
+         JOIN messages m ON m.id = r.message_id
+         WHERE r.domain = ?1 AND (r.status = 0 OR (r.status = 1
+             AND EXISTS (SELECT 1 FROM inbox_keep k WHERE k.domain = ?1)
+             AND (m.kept_until IS NULL OR m.kept_until > ?2)))",
     )?;
-    let rows = st.query_map([domain], |r| {
+    let rows = st.query_map(params![domain, now_ms], |r| {
         Ok(Candidate {
             address: r.get(0)?,
             queue_id: r.get(1)?,
             received_at_ms: r.get(2)?,
             size: r.get::<_, i64>(3)?.max(0) as u64,
+            delivered: r.get::<_, i64>(4)? == 1,
         })
     })?;
     rows.collect()

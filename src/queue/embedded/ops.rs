@@ -124,7 +124,8 @@ pub(super) fn record(
     remove_if_done(c, id)
 }
 
-/// Removes a message none of whose recipients is pending any more; true when it did.
+/// Removes a message none of whose recipients is pending any more, or keeps it for the
+/// emergency inbox (`super::inbox::keep`); true when it did either.
 pub(super) fn remove_if_done(c: &Connection, id: &str) -> rusqlite::Result<bool> {
     let pending: i64 = c
         .prepare_cached(PENDING_OF_MESSAGE)?
@@ -132,11 +133,14 @@ pub(super) fn remove_if_done(c: &Connection, id: &str) -> rusqlite::Result<bool>
     if pending > 0 {
         return Ok(false);
     }
+    if super::inbox::keep(c, id, crate::queue::now_ms())? {
+        return Ok(true);
+    }
     remove(c, id)
 }
 
 /// Removes a message from the queue, recipients and body; true when it was there.
-fn remove(c: &Connection, id: &str) -> rusqlite::Result<bool> {
+pub(super) fn remove(c: &Connection, id: &str) -> rusqlite::Result<bool> {
     c.prepare_cached("DELETE FROM recipients WHERE message_id = ?1")?
         .execute([id])?;
     let n = c

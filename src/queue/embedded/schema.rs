@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS messages (
     helo TEXT NOT NULL,
     size INTEGER NOT NULL,
     body BLOB NOT NULL,
-    auth INTEGER
+    auth INTEGER,
+    kept_until INTEGER
 );
 CREATE TABLE IF NOT EXISTS recipients (
     id INTEGER PRIMARY KEY,
@@ -122,12 +123,14 @@ pub(super) fn ensure_identity(c: &Connection) -> rusqlite::Result<guard::Marker>
 }
 /// Brings a queue file written by an older mx2 up to the current schema: columns added
 /// since the first release, each with its definition, then the maintained counters
-/// ([`counts`](super::counts), built once for a queue that has none).
+/// ([`counts`](super::counts), built once for a queue that has none) and the inbox's kept
+/// messages' index and triggers.
 pub(crate) fn migrate(c: &Connection) -> rusqlite::Result<()> {
-    const ADDED: [(&str, &str, &str); 3] = [
+    const ADDED: [(&str, &str, &str); 4] = [
         ("recipients", "warned", "INTEGER NOT NULL DEFAULT 0"),
         ("messages", "auth", "INTEGER"),
         ("recipients", "held", "INTEGER NOT NULL DEFAULT 0"),
+        ("messages", "kept_until", "INTEGER"),
     ];
     for (table, column, definition) in ADDED {
         let present: i64 = c
@@ -141,5 +144,6 @@ pub(crate) fn migrate(c: &Connection) -> rusqlite::Result<()> {
             ))?;
         }
     }
-    super::counts::ensure(c)
+    super::counts::ensure(c)?;
+    c.execute_batch(super::inbox::KEEP_SCHEMA)
 }

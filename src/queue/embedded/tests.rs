@@ -176,6 +176,12 @@ async fn conformance_inbox() {
 }
 
 #[tokio::test]
+async fn conformance_inbox_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::inbox_keeps_delivered(&Embedded::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
 async fn conformance_cache() {
     let dir = tempfile::tempdir().unwrap();
     suite::cache(&Embedded::open(dir.path()).unwrap()).await;

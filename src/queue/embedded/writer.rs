@@ -51,6 +51,9 @@ pub(super) enum Op {
     InboxDelete(String, Vec<String>, bool, Answer<()>),
     InboxUseCode(String, String, i64, Answer<bool>),
     InboxFlags(String, Vec<u32>, FlagChange, Answer<()>),
+    InboxKeep(Vec<(String, i64)>, Answer<()>),
+    InboxPublish(String, Vec<(String, String)>, Answer<()>),
+    InboxPurge(i64, usize, Answer<u64>),
 }
 
 /// Domains whose new mail is held (their primary is down), and for how long (ms).
@@ -288,7 +291,10 @@ fn execute_failed(op: Op, held: &mut Held) -> Done {
         Op::InboxAssign(_, _, _, r)
         | Op::InboxFlags(_, _, _, r)
         | Op::InboxAddCode(_, _, _, r)
-        | Op::InboxDelete(_, _, _, r) => Done::Unit(r, Err(e())),
+        | Op::InboxDelete(_, _, _, r)
+        | Op::InboxKeep(_, r)
+        | Op::InboxPublish(_, _, r) => Done::Unit(r, Err(e())),
+        Op::InboxPurge(_, _, r) => Done::Count(r, Err(e())),
         // Not a change to the file: it takes effect whatever the transaction does.
         Op::HoldNewMail(domains, for_ms, r) => Done::Unit(r, hold(held, domains, for_ms)),
     }
@@ -360,6 +366,13 @@ fn execute(c: &Connection, op: Op, held: &mut Held) -> Done {
         }
         Op::InboxUseCode(key, hash, now, r) => {
             Done::Bool(r, inbox::use_code(c, &key, &hash, now).map_err(backend))
+        }
+        Op::InboxKeep(keep, r) => Done::Unit(r, inbox::set_keep(c, &keep).map_err(backend)),
+        Op::InboxPublish(domain, entries, r) => {
+            Done::Unit(r, inbox::publish(c, &domain, &entries).map_err(backend))
+        }
+        Op::InboxPurge(now, limit, r) => {
+            Done::Count(r, inbox::purge(c, now, limit).map_err(backend))
         }
     }
 }

@@ -331,8 +331,9 @@ pub(super) async fn messages_in(
 pub(super) async fn recount(c: &tokio_postgres::Client) -> Result<(Stats, Vec<Depth>), StoreError> {
     let row = c
         .query_one(
-            "SELECT (SELECT COUNT(*) FROM messages),
-                    (SELECT COALESCE(SUM(size), 0)::bigint FROM messages),
+            "SELECT (SELECT COUNT(*) FROM messages WHERE kept_until IS NULL),
+                    (SELECT COALESCE(SUM(size), 0)::bigint FROM messages
+                     WHERE kept_until IS NULL),
                     (SELECT COUNT(*) FROM recipients WHERE status = 0)",
             &[],
         )

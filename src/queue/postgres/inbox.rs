@@ -3,7 +3,7 @@
 //! node serves any user and `\Seen` is the cluster's. UIDs are assigned under a row lock on
 //! the mailbox, so two nodes never give one UID twice.
 
-use super::pg_error;
+use super::{NOW_MS, pg_error};
 use crate::queue::StoreError;
 use crate::queue::inbox::{Candidate, FlagChange, Stored, new_uid_validity, rows_of};
 
@@ -83,15 +83,42 @@ pub(super) async fn use_code(
     Ok(gone > 0)
 }
 
+/// The hash a mailbox logs in with: its own first, else the one its primary published.
 pub(super) async fn credential(c: &Client, key: &str) -> Result<Option<String>, StoreError> {
     let row = c
-        .query_opt(
-            "SELECT hash FROM inbox_credentials WHERE address = $1",
+        .query_one(
+            "SELECT COALESCE((SELECT hash FROM inbox_credentials WHERE address = $1),
+                             (SELECT hash FROM inbox_published WHERE address = $1))",
             &[&key],
         )
         .await
         .map_err(pg_error)?;
-    row.map(|r| r.try_get(0)).transpose().map_err(pg_error)
+    row.try_get(0).map_err(pg_error)
+}
+
+/// See [`crate::queue::Store::inbox_publish`].
+pub(super) async fn publish(
+    c: &mut Client,
+    domain: &str,
+    entries: &[(String, String)],
+) -> Result<(), StoreError> {
+    let (keys, hashes): (Vec<&str>, Vec<&str>) = entries
+        .iter()
+        .map(|(k, h)| (k.as_str(), h.as_str()))
+        .unzip();
+    let tx = c.transaction().await.map_err(pg_error)?;
+    tx.execute("DELETE FROM inbox_published WHERE domain = $1", &[&domain])
+        .await
+        .map_err(pg_error)?;
+    tx.execute(
+        "INSERT INTO inbox_published (address, domain, hash)
+         SELECT a, $1, h FROM unnest($2::text[], $3::text[]) AS t(a, h)
+         ON CONFLICT (address) DO UPDATE SET domain = excluded.domain, hash = excluded.hash",
+        &[&domain, &keys, &hashes],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)
 }
 
 pub(super) async fn set_credential(
@@ -121,8 +148,17 @@ pub(super) async fn set_credential(
 pub(super) async fn candidates(c: &Client, domain: &str) -> Result<Vec<Candidate>, StoreError> {
     let rows = c
         .query(
-            "SELECT r.address, m.id, m.received_at, m.size FROM recipients r
-             JOIN messages m ON m.id = r.message_id WHERE r.domain = $1 AND r.status = 0",
+            &format!(
+                "SELECT r.address, m.id, m.received_at, m.size, r.status FROM recipients r
+                 JOIN messages m ON m.id = r.message_id
+                 WHERE r.domain = $1 AND r.status = 0
+                 UNION ALL
+                 SELECT r.address, m.id, m.received_at, m.size, r.status FROM recipients r
+                 JOIN messages m ON m.id = r.message_id
+                 WHERE r.domain = $1 AND r.status = 1
+                   AND EXISTS (SELECT 1 FROM inbox_keep k WHERE k.domain = $1)
+                   AND (m.kept_until IS NULL OR m.kept_until > {NOW_MS})"
+            ),
             &[&domain],
         )
         .await
@@ -134,6 +170,7 @@ pub(super) async fn candidates(c: &Client, domain: &str) -> Result<Vec<Candidate
                 queue_id: r.try_get(1)?,
                 received_at_ms: r.try_get(2)?,
                 size: r.try_get::<_, i64>(3)?.max(0) as u64,
+                delivered: r.try_get::<_, i32>(4)? == 1,
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()

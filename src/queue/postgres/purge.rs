@@ -39,18 +39,30 @@ pub(super) async fn purge_domain(
     Ok(ids.len() as u64)
 }
 
-/// Removes those of `ids` left with no pending recipient; body chunks and final recipients
-/// go with each message (ON DELETE CASCADE).
+/// Takes those of `ids` left with no pending recipient out of the queue: kept for the
+/// inbox (`kept.rs`), or removed, body chunks and final recipients going with each message
+/// (ON DELETE CASCADE). Returns how many left (kept ones included).
 pub(super) async fn remove_done(
     tx: &deadpool_postgres::Transaction<'_>,
     ids: &[String],
-) -> Result<(), StoreError> {
-    tx.execute(
-        "DELETE FROM messages m WHERE m.id = ANY($1)
-         AND NOT EXISTS (SELECT 1 FROM recipients x WHERE x.message_id = m.id AND x.status = 0)",
-        &[&ids],
-    )
-    .await
-    .map_err(pg_error)?;
-    Ok(())
+) -> Result<u64, StoreError> {
+    super::kept::keep(tx, ids).await?;
+    let st = tx
+        .prepare_cached(
+            "WITH done AS (SELECT m.id, m.kept_until FROM messages m WHERE m.id = ANY($1)
+                 AND NOT EXISTS (SELECT 1 FROM recipients x
+                                 WHERE x.message_id = m.id AND x.status = 0)),
+             gone AS (DELETE FROM messages WHERE id IN
+                 (SELECT id FROM done WHERE kept_until IS NULL) RETURNING id)
+             SELECT COUNT(*) FROM done",
+        )
+        .await
+        .map_err(pg_error)?;
+    let n: i64 = tx
+        .query_one(&st, &[&ids])
+        .await
+        .map_err(pg_error)?
+        .try_get(0)
+        .map_err(pg_error)?;
+    Ok(n.max(0) as u64)
 }

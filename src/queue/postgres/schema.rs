@@ -69,6 +69,7 @@ CREATE TABLE primaries (
     super::sts::SCHEMA,
     super::sts::REPORT_SCHEMA,
     super::counts::SCHEMA,
+    super::kept::SCHEMA,
 ];
 
 /// The schema version this mx2 writes.

@@ -387,15 +387,8 @@ async fn record(
         insert(tx, m).await?;
     }
     let due = !notifications.is_empty() || updates.iter().any(|u| u.status == Status::Pending);
-    // The message leaves the queue when no recipient is pending any more; recipients and
-    // body chunks go with it (ON DELETE CASCADE).
-    let st = tx
-        .prepare_cached(
-            "DELETE FROM messages WHERE id = $1
-             AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = $1 AND status = 0)",
-        )
-        .await
-        .map_err(pg_error)?;
-    let n = tx.execute(&st, &[&id]).await.map_err(pg_error)?;
+    // The message leaves the queue when no recipient is pending any more: kept for the
+    // inbox, or removed with its recipients and body chunks (ON DELETE CASCADE).
+    let n = super::purge::remove_done(tx, &[id.to_string()]).await?;
     Ok((n > 0, due))
 }

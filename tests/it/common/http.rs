@@ -1,5 +1,6 @@
 //! HTTP helpers: a blocking HTTP/1.1 request to a local server (the admin API, `/metrics`),
-//! chunked bodies joined. Loopback only; never parses JSON (the tests do).
+//! chunked bodies joined; and a list server, standing in for a primary that publishes a
+//! list over HTTP. Loopback only; never parses JSON (the tests do).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -72,4 +73,46 @@ pub fn http_with(
         body.to_string()
     };
     (status, body)
+}
+
+/// A primary's list over HTTP: serves its body to every GET with the bearer token (401
+/// without), or `503` while `body` is None, until the test ends.
+pub struct ListServer {
+    pub port: u16,
+    pub body: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl ListServer {
+    pub fn start(body: &str, token: &'static str) -> ListServer {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(Some(body.to_string())));
+        let served = shared.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let ok = String::from_utf8_lossy(&req)
+                    .contains(&format!("Authorization: Bearer {token}"));
+                let body = served.lock().unwrap().clone();
+                let resp = match (ok, body) {
+                    (false, _) => "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".into(),
+                    (true, None) => "HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n".into(),
+                    (true, Some(body)) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    ),
+                };
+                let _ = s.write_all(resp.as_bytes());
+            }
+        });
+        ListServer { port, body: shared }
+    }
 }

@@ -54,6 +54,12 @@ elif mode == "login":
         out["exists"] = int(data[0])
         typ, data = m.search(None, "ALL")
         out["all"] = data[0].decode().split()
+        out["flags"] = []
+        if out["exists"]:
+            typ, data = m.fetch("1:*", "(FLAGS)")
+            out["flags"] = [d.decode() for d in data if d]
+        typ, data = m.search(None, "KEYWORD", "$Delivered")
+        out["delivered"] = data[0].decode().split()
         m.logout()
     except imaplib.IMAP4.error as e:
         out["result"] = "NO"
