@@ -392,6 +392,7 @@ async fn view(
         received_at_ms: m.received_at_ms,
         shown: &shown,
         delete_drops: drops,
+        delivered: m.delivered,
     })
 }
 

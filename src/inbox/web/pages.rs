@@ -67,6 +67,8 @@ pub struct Row {
     pub subject: String,
     pub size: String,
     pub unread: bool,
+    /// Already delivered to the primary (kept for `keep_after_delivery`).
+    pub delivered: bool,
 }
 
 impl Row {
@@ -78,6 +80,7 @@ impl Row {
             subject: summary.subject,
             size: size(m.size),
             unread: !m.seen,
+            delivered: m.delivered,
         }
     }
 }
@@ -151,6 +154,7 @@ struct Message<'a> {
     text: Option<&'a str>,
     attachments: Vec<AttachmentRow>,
     delete_note: &'a str,
+    delivered: bool,
 }
 
 pub struct MessagePage<'a> {
@@ -162,6 +166,8 @@ pub struct MessagePage<'a> {
     pub shown: &'a Shown,
     /// The domain's `inbox_delete = "do_not_deliver"`.
     pub delete_drops: bool,
+    /// Already delivered to the primary (kept for `keep_after_delivery`).
+    pub delivered: bool,
 }
 
 pub fn message(p: MessagePage<'_>) -> Response {
@@ -191,7 +197,10 @@ pub fn message(p: MessagePage<'_>) -> Response {
                     size: size(a.size),
                 })
                 .collect(),
-            delete_note: if p.delete_drops {
+            delivered: p.delivered,
+            delete_note: if p.delivered {
+                "removes it from this inbox (it has been delivered already)"
+            } else if p.delete_drops {
                 "removes it here and it will NOT be delivered to your mail server"
             } else {
                 "removes it from this inbox only; it is still delivered to your mail server"
@@ -238,5 +247,35 @@ mod tests {
             "past the end: the last page"
         );
         assert_eq!(paging(120, 0), (0..50, 1, 3));
+    }
+
+    #[test]
+    fn delivered_mail_is_marked_in_the_list() {
+        let row = |delivered| Row {
+            id: "q1".into(),
+            date: "today".into(),
+            from: "a@b".into(),
+            subject: "hello".into(),
+            size: "1 KB".into(),
+            unread: false,
+            delivered,
+        };
+        let render = |rows| {
+            List {
+                hostname: "mx2.test",
+                address: "u@example.test",
+                csrf: "t",
+                prev: None,
+                next: None,
+                rows,
+                total: 1,
+                page: 1,
+                pages: 1,
+            }
+            .render()
+            .unwrap()
+        };
+        assert!(render(vec![row(true)]).contains("class=\"meta delivered\">delivered<"));
+        assert!(!render(vec![row(false)]).contains("delivered<"));
     }
 }
