@@ -5,14 +5,13 @@
 
 use super::report::{Level, Report};
 use crate::config::TlsPolicy;
-use crate::delivery::client::{Client, ClientError, Timeouts};
+use crate::delivery::client::{Client, ClientError};
 use crate::delivery::dane;
 use crate::delivery::mx::Target;
 use crate::delivery::policy::{HostPolicy, Policy};
 use crate::dns::Dns;
 use crate::tls::ClientTls;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 /// The DANE checks for every MX host in the report; `smtp`: also connect and match.
 pub async fn run(r: &mut Report, dns: &Dns, port: u16, smtp: bool, helo: &str) {
@@ -127,12 +126,7 @@ async fn matches_live(
     policy: &HostPolicy,
     helo: &str,
 ) {
-    let t = Timeouts {
-        connect: Duration::from_secs(10),
-        greeting: Duration::from_secs(30),
-        command: Duration::from_secs(30),
-        data: Duration::from_secs(30),
-    };
+    let t = super::smtp::timeouts();
     let Ok(tls) = ClientTls::new(&TlsPolicy::default()) else {
         return;
     };

@@ -11,14 +11,19 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Runs the live checks against every MX address in the report.
-pub async fn run(r: &mut Report, port: u16, ca_file: Option<&Path>, helo: &str) {
-    let t = Timeouts {
+/// The timeouts of a check's SMTP session (generous: a check waits for slow hosts).
+pub(super) fn timeouts() -> Timeouts {
+    Timeouts {
         connect: Duration::from_secs(10),
         greeting: Duration::from_secs(30),
         command: Duration::from_secs(30),
         data: Duration::from_secs(30),
-    };
+    }
+}
+
+/// Runs the live checks against every MX address in the report.
+pub async fn run(r: &mut Report, port: u16, ca_file: Option<&Path>, helo: &str) {
+    let t = timeouts();
     let Ok(tls) = ClientTls::new(&TlsPolicy::default()) else {
         return;
     };
