@@ -13,7 +13,7 @@ use std::time::Duration;
 
 /// Takes a queue back to before kept mail (schema step 10), for tests of older queues.
 pub(crate) const UNDO_KEPT: &str = "DROP TABLE inbox_keep; DROP TABLE inbox_published;
-     DROP INDEX recipients_delivered; DROP FUNCTION mx2_count_messages_kept CASCADE;
+     DROP INDEX recipients_delivered; DROP FUNCTION mx2_count_message_kept CASCADE;
      ALTER TABLE messages DROP COLUMN kept_until;";
 
 /// Takes a queue back to before the counters (schema step 9; run [`UNDO_KEPT`] first), for
@@ -346,7 +346,7 @@ async fn an_older_queue_gains_its_counters() {
         &format!("{UNDO_KEPT} {UNDO_COUNTERS} UPDATE mx2_schema SET version = 8"),
     );
     let s = store_at(&url, "a").await;
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "10");
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "11");
     exact(&s, db, "building the counters").await;
     let depth = s.depth().await.unwrap();
     let x = domain(&depth, "x.test").unwrap();

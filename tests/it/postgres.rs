@@ -284,7 +284,7 @@ async fn an_older_queue_gains_the_registry() {
     let s = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "10");
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "11");
     suite::registry(&s).await;
     suite::drills(&s).await;
     suite::inbox_credentials(&s).await;
@@ -308,10 +308,10 @@ async fn nodes_starting_at_once_migrate_once() {
     let db = url.rsplit('/').next().unwrap();
     assert_eq!(
         Pg::shared().sql(db, "SELECT version FROM mx2_schema"),
-        "10",
+        "11",
         "step 3: the registry, step 4: drill results, step 5: the inbox, step 6: inbox codes, \
          step 7: MTA-STS policies, step 8: TLS-RPT counters, step 9: the queue counters, \
-         step 10: kept mail and published credentials"
+         step 10: kept mail and published credentials, step 11: leaner counting triggers"
     );
     assert_eq!(Pg::shared().sql(db, "SELECT COUNT(*) FROM mx2_schema"), "1");
 }

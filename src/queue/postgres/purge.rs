@@ -41,11 +41,14 @@ pub(super) async fn purge_domain(
 
 /// Takes those of `ids` left with no pending recipient out of the queue: kept for the
 /// inbox (`kept.rs`), or removed, body chunks and final recipients going with each message
-/// (ON DELETE CASCADE). Returns how many left (kept ones included).
+/// (ON DELETE CASCADE). Returns the ids that left (kept ones included).
 pub(super) async fn remove_done(
     tx: &deadpool_postgres::Transaction<'_>,
     ids: &[String],
-) -> Result<u64, StoreError> {
+) -> Result<Vec<String>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     super::kept::keep(tx, ids).await?;
     let st = tx
         .prepare_cached(
@@ -54,15 +57,15 @@ pub(super) async fn remove_done(
                                  WHERE x.message_id = m.id AND x.status = 0)),
              gone AS (DELETE FROM messages WHERE id IN
                  (SELECT id FROM done WHERE kept_until IS NULL) RETURNING id)
-             SELECT COUNT(*) FROM done",
+             SELECT id FROM done",
         )
         .await
         .map_err(pg_error)?;
-    let n: i64 = tx
-        .query_one(&st, &[&ids])
+    tx.query(&st, &[&ids])
         .await
         .map_err(pg_error)?
-        .try_get(0)
-        .map_err(pg_error)?;
-    Ok(n.max(0) as u64)
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(pg_error)
 }

@@ -70,6 +70,7 @@ CREATE TABLE primaries (
     super::sts::REPORT_SCHEMA,
     super::counts::SCHEMA,
     super::kept::SCHEMA,
+    super::counts::LEANER,
 ];
 
 /// The schema version this mx2 writes.

@@ -1,8 +1,9 @@
 //! Group commit for the PostgreSQL store: acceptances, delivery outcomes and cache entries
 //! are handed to one writer task, which gathers whatever is waiting into one transaction and
-//! answers every caller once it has committed. Up to `writers` transactions run at once on
-//! pooled connections; while they do, the next batch gathers. A batch that fails is run again
-//! one write per transaction, so one bad write does not fail the others.
+//! answers every caller once it has committed. Two batches commit at once on pooled
+//! connections; while they do, the next batch gathers. A large message's copy commits on its
+//! own (at most `writers` transactions in all). A batch that fails is run again one write per
+//! transaction, so one bad write does not fail the others.
 
 use super::{CHANNEL, CHUNK, content, pg_error, pool_error};
 use crate::queue::spool::Spooled;
@@ -92,6 +93,17 @@ impl Writer {
     }
 }
 
+/// Batches committing at once. Two: while one commits, the next gathers and runs. More
+/// made the drain slower, not faster (`bench/scale` on PostgreSQL, 2 cores: 495 msg/s with
+/// 8 at once, 711 with 2): each batch's statements then carried fewer writes each, and the
+/// transactions competed for the same CPU. A large message's copy (`InsertSpooled`, chunk
+/// by chunk) takes long, so it commits on its own, apart from the batches, and never holds
+/// one of these two up.
+const BATCHES_AT_ONCE: usize = 2;
+
+/// Takes writes from the channel and commits them: batches of whatever is waiting, at most
+/// [`BATCHES_AT_ONCE`] at a time, and large messages' copies one per transaction; all of
+/// them together on at most `writers` connections.
 async fn run(
     mut rx: mpsc::UnboundedReceiver<Queued>,
     pool: Pool,
@@ -100,8 +112,26 @@ async fn run(
     counts: Arc<Counts>,
 ) {
     let slots = Arc::new(Semaphore::new(writers));
+    let batches = Arc::new(Semaphore::new(BATCHES_AT_ONCE.min(writers)));
+    let alone = |q: Queued| {
+        let (pool, node, counts, slots) =
+            (pool.clone(), node.clone(), counts.clone(), slots.clone());
+        tokio::spawn(async move {
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
+            commit_batch(&pool, &node, vec![q], &counts).await;
+        });
+    };
     while let Some(first) = rx.recv().await {
-        // Wait for a free connection first: meanwhile more writes queue up and join.
+        if matches!(first.write, Write::InsertSpooled(..)) {
+            alone(first);
+            continue;
+        }
+        // Wait for a turn first: meanwhile more writes queue up and join.
+        let Ok(turn) = batches.clone().acquire_owned().await else {
+            return;
+        };
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
@@ -109,6 +139,7 @@ async fn run(
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
+                Ok(q) if matches!(q.write, Write::InsertSpooled(..)) => alone(q),
                 Ok(q) => {
                     bytes += q.write.weight();
                     batch.push(q);
@@ -119,7 +150,7 @@ async fn run(
         let (pool, node, counts) = (pool.clone(), node.clone(), counts.clone());
         tokio::spawn(async move {
             commit_batch(&pool, &node, batch, &counts).await;
-            drop(slot);
+            drop((slot, turn));
         });
     }
 }
@@ -164,6 +195,13 @@ async fn transaction(
 ) -> Result<Vec<bool>, StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(pg_error)?;
+    // The writer's statements take arrays of whatever length a batch has: PostgreSQL would
+    // plan them anew for every call (a custom plan each time, since the generic one looks
+    // dearer for arrays of unknown length), and that planning was most of their cost. They
+    // are index lookups per element for any length, so the generic plan is the right one.
+    tx.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        .await
+        .map_err(pg_error)?;
     let mut results = Vec::with_capacity(writes.len());
     // Messages of one chunk, the common case, go in together: three statements in all.
     let small: Vec<&NewMessage> = writes
@@ -186,11 +224,8 @@ async fn transaction(
                 content::insert_spooled(&tx, m, s).await?;
                 (false, true)
             }
-            Write::Record {
-                id,
-                updates,
-                notifications,
-            } => record(&tx, node, id, updates, notifications).await?,
+            // Recorded all together below.
+            Write::Record { .. } => (false, false),
             Write::CachePut {
                 key,
                 exists,
@@ -211,6 +246,33 @@ async fn transaction(
         };
         wake |= due;
         results.push(removed);
+    }
+    let records: Vec<(usize, RecordRef)> = writes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match w {
+            Write::Record {
+                id,
+                updates,
+                notifications,
+            } => Some((
+                i,
+                RecordRef {
+                    id,
+                    updates,
+                    notifications,
+                },
+            )),
+            _ => None,
+        })
+        .collect();
+    if !records.is_empty() {
+        let refs: Vec<RecordRef> = records.iter().map(|(_, r)| r.clone()).collect();
+        let outcomes = record_all(&tx, node, &refs).await?;
+        for ((i, _), (removed, due)) in records.iter().zip(outcomes) {
+            results[*i] = removed;
+            wake |= due;
+        }
     }
     if wake {
         tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])
@@ -338,57 +400,113 @@ async fn insert_envelopes(
     Ok(())
 }
 
-/// Delivery outcomes for recipients this node holds, with the notifications they call for.
-/// Returns (message removed, something became due). Outcomes for recipients whose lease
+/// A record write's parts, borrowed from the batch.
+#[derive(Clone)]
+struct RecordRef<'a> {
+    id: &'a str,
+    updates: &'a [Update],
+    notifications: &'a [NewMessage],
+}
+
+/// Delivery outcomes for recipients this node holds, with the notifications they call for,
+/// for every record of a batch in a few statements (one update, the notifications, one
+/// removal), so that the counting triggers (`counts.rs`) run once per batch, not once per
+/// message. Returns, per record, (message removed, something became due); "removed" is
+/// told to the last record of a message in the batch. Outcomes for recipients whose lease
 /// another node has taken over are dropped, and so are their notifications: that node
 /// delivers them now.
-async fn record(
+async fn record_all(
     tx: &Transaction<'_>,
     node: &str,
-    id: &str,
-    updates: &[Update],
-    notifications: &[NewMessage],
-) -> Result<(bool, bool), StoreError> {
+    records: &[RecordRef<'_>],
+) -> Result<Vec<(bool, bool)>, StoreError> {
     let st = tx
         .prepare_cached(
             "UPDATE recipients r SET status = u.status, claimed_by = NULL, lease_until = NULL,
                     attempts = r.attempts + u.attempted, next_attempt = u.next_attempt,
                     last_reply = COALESCE(u.last_reply, r.last_reply), warned = r.warned OR u.warned
-             FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::text[], $6::bool[])
-                  AS u(id, status, attempted, next_attempt, last_reply, warned)
-             WHERE r.id = u.id AND r.message_id = $7 AND r.claimed_by = $8",
+             FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::text[], $6::bool[],
+                         $7::text[])
+                  AS u(id, status, attempted, next_attempt, last_reply, warned, message_id)
+             WHERE r.id = ANY($1) AND r.id = u.id AND r.message_id = u.message_id
+               AND r.claimed_by = $8
+             RETURNING r.id",
         )
         .await
         .map_err(pg_error)?;
-    let rows: Vec<i64> = updates.iter().map(|u| u.row).collect();
-    let statuses: Vec<i32> = updates.iter().map(|u| u.status as i32).collect();
-    let attempted: Vec<i32> = updates.iter().map(|u| i32::from(u.attempted)).collect();
-    let next: Vec<i64> = updates.iter().map(|u| u.next_attempt_ms).collect();
-    let replies: Vec<Option<&str>> = updates.iter().map(|u| u.last_reply.as_deref()).collect();
-    let warned: Vec<bool> = updates.iter().map(|u| u.warned).collect();
-    let applied = tx
-        .execute(
+    let all = || {
+        records
+            .iter()
+            .flat_map(|r| r.updates.iter().map(move |u| (r.id, u)))
+    };
+    let rows: Vec<i64> = all().map(|(_, u)| u.row).collect();
+    let statuses: Vec<i32> = all().map(|(_, u)| u.status as i32).collect();
+    let attempted: Vec<i32> = all().map(|(_, u)| i32::from(u.attempted)).collect();
+    let next: Vec<i64> = all().map(|(_, u)| u.next_attempt_ms).collect();
+    let replies: Vec<Option<&str>> = all().map(|(_, u)| u.last_reply.as_deref()).collect();
+    let warned: Vec<bool> = all().map(|(_, u)| u.warned).collect();
+    let ids: Vec<&str> = all().map(|(id, _)| id).collect();
+    let applied: std::collections::HashSet<i64> = if rows.is_empty() {
+        Default::default()
+    } else {
+        tx.query(
             &st,
             &[
-                &rows, &statuses, &attempted, &next, &replies, &warned, &id, &node,
+                &rows, &statuses, &attempted, &next, &replies, &warned, &ids, &node,
             ],
         )
         .await
-        .map_err(pg_error)?;
-    if applied == 0 && !updates.is_empty() {
-        warn!(
-            queue_id = id,
-            node,
-            "delivery results not recorded: this node's lease ran out and another node took the recipients over (a duplicate is possible)"
-        );
-        return Ok((false, false));
+        .map_err(pg_error)?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(pg_error)?
+    };
+    // A record none of whose outcomes applied lost its lease: it changes nothing.
+    let live: Vec<bool> = records
+        .iter()
+        .map(|r| r.updates.is_empty() || r.updates.iter().any(|u| applied.contains(&u.row)))
+        .collect();
+    let mut small = Vec::new();
+    for (r, _) in records.iter().zip(&live).filter(|(_, live)| **live) {
+        for m in r.notifications {
+            if m.body.len() <= CHUNK {
+                small.push(m);
+            } else {
+                insert(tx, m).await?;
+            }
+        }
     }
-    for m in notifications {
-        insert(tx, m).await?;
+    if !small.is_empty() {
+        insert_small(tx, &small).await?;
     }
-    let due = !notifications.is_empty() || updates.iter().any(|u| u.status == Status::Pending);
-    // The message leaves the queue when no recipient is pending any more: kept for the
+    // A message leaves the queue when no recipient is pending any more: kept for the
     // inbox, or removed with its recipients and body chunks (ON DELETE CASCADE).
-    let n = super::purge::remove_done(tx, &[id.to_string()]).await?;
-    Ok((n > 0, due))
+    let mut touched: Vec<String> = records
+        .iter()
+        .zip(&live)
+        .filter(|(_, live)| **live)
+        .map(|(r, _)| r.id.to_string())
+        .collect();
+    touched.sort_unstable();
+    touched.dedup();
+    let left = super::purge::remove_done(tx, &touched).await?;
+    let mut out = Vec::with_capacity(records.len());
+    for (i, (r, live)) in records.iter().zip(&live).enumerate() {
+        if !live {
+            warn!(
+                queue_id = r.id,
+                node,
+                "delivery results not recorded: this node's lease ran out and another node took the recipients over (a duplicate is possible)"
+            );
+            out.push((false, false));
+            continue;
+        }
+        let last_of_message = !records[i + 1..].iter().any(|later| later.id == r.id);
+        let removed = last_of_message && left.iter().any(|id| id == r.id);
+        let due =
+            !r.notifications.is_empty() || r.updates.iter().any(|u| u.status == Status::Pending);
+        out.push((removed, due));
+    }
+    Ok(out)
 }
