@@ -75,9 +75,14 @@ pub async fn receive(
     };
     let size = message.body.len() as u64 + spooled.as_ref().map_or(0, |s| s.len);
     if let Some(auth) = &inbound.mail_auth {
-        let content = match &spooled {
-            None => authres::Content::Whole(&message.body),
-            Some(_) => authres::Content::Unread { size },
+        let read_back = match &spooled {
+            Some(file) if size <= authres::CHECK_MAX => whole(&message.body, file).await,
+            _ => None,
+        };
+        let content = match (&spooled, &read_back) {
+            (None, _) => authres::Content::Whole(&message.body),
+            (Some(_), Some(whole)) => authres::Content::Whole(whole),
+            (Some(_), None) => authres::Content::Unread { size },
         };
         let ev = auth
             .evaluate(peer.ip(), &message.helo, &message.sender, content)
@@ -128,6 +133,24 @@ pub async fn receive(
     }
     conn.buffer_reply(&session.committed(&id, result));
     true
+}
+
+/// A spooled message small enough for sender authentication, whole: its trace headers and
+/// its spool file (synced already), held only while it is checked. None when the file
+/// cannot be read; the message is then judged as too large to read.
+async fn whole(head: &[u8], file: &crate::queue::spool::Spooled) -> Option<Vec<u8>> {
+    match tokio::fs::read(&file.path).await {
+        Ok(content) => {
+            let mut whole = Vec::with_capacity(head.len() + content.len());
+            whole.extend_from_slice(head);
+            whole.extend_from_slice(&content);
+            Some(whole)
+        }
+        Err(e) => {
+            warn!(queue_id = %file.id, error = %e, "cannot read the spooled message back for DKIM and DMARC; judged by SPF alone");
+            None
+        }
+    }
 }
 
 /// Reads the content from the connection. None: the connection is finished.

@@ -11,8 +11,12 @@ use super::data::Decoder;
 use crate::queue::spool::{Spool, SpoolWriter, Spooled};
 use crate::queue::{QueueId, StoreError, new_queue_id};
 
-/// The most content of one transaction held in memory: larger content is spooled.
-pub const INLINE_MAX: usize = 1 << 20;
+/// The most content of one transaction held in memory: larger content is spooled. 256 KiB:
+/// two hundred sessions receiving large messages at once hold at most ~50 MiB of content
+/// between them before their files take over (1 MiB each made that 200 MiB, most of mx2's
+/// memory in `bench/scale`'s 200 × 50 MiB case). Nearly all mail is smaller and still goes
+/// into the store in one write.
+pub const INLINE_MAX: usize = 256 << 10;
 
 /// The spool file of the transaction in progress, once its content outgrew memory.
 #[derive(Debug, Default)]

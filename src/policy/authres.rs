@@ -2,9 +2,9 @@
 //! Authentication-Results header (RFC 8601) mx2 prepends, and whether the sender passed SPF or
 //! DKIM (for the `authenticated` bounce policy).
 //!
-//! DKIM and DMARC need the whole message, which mx2 holds in memory only while it is small:
-//! content that was spooled (over [`crate::inbound::spooling::INLINE_MAX`]) is judged by SPF
-//! alone, and the header says that DKIM and DMARC were not evaluated, and why
+//! DKIM and DMARC need the whole message in memory: a message of up to [`CHECK_MAX`] bytes
+//! is checked whole (read back from its spool file when it was spooled); a larger one is
+//! judged by SPF alone, and the header says that DKIM and DMARC were not evaluated, and why
 //! (docs/decisions.md #29).
 
 use crate::dns::Dns;
@@ -16,6 +16,10 @@ use mail_auth::{
     SpfResult,
 };
 use std::net::IpAddr;
+
+/// The largest message whose DKIM signatures and DMARC policy are checked; larger ones are
+/// not read into memory.
+pub const CHECK_MAX: u64 = 1 << 20;
 
 /// What sender authentication gets to read of the message.
 #[derive(Debug, Clone, Copy)]
@@ -87,7 +91,7 @@ impl MailAuth {
                 return Evaluation {
                     header: format!(
                         "Authentication-Results: {text};\r\n\tdkim=none (not verified: message of {size} bytes is over the {} bytes mx2 checks);\r\n\tdmarc=none (not evaluated: DKIM not verified)\r\n",
-                        crate::inbound::spooling::INLINE_MAX
+                        CHECK_MAX
                     ),
                     authenticated,
                     dmarc_reject: false,
