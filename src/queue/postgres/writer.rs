@@ -9,6 +9,7 @@ use super::{CHANNEL, CHUNK, content, pg_error, pool_error};
 use crate::queue::spool::Spooled;
 use crate::queue::{NewMessage, Status, StoreError, StoreFuture, Update};
 use deadpool_postgres::{Pool, Transaction};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -203,6 +204,8 @@ async fn transaction(
         .await
         .map_err(pg_error)?;
     let mut results = Vec::with_capacity(writes.len());
+    // The batch's records, and where each one's result goes.
+    let (mut records, mut record_at) = (Vec::new(), Vec::new());
     // Messages of one chunk, the common case, go in together: three statements in all.
     let small: Vec<&NewMessage> = writes
         .iter()
@@ -225,7 +228,19 @@ async fn transaction(
                 (false, true)
             }
             // Recorded all together below.
-            Write::Record { .. } => (false, false),
+            Write::Record {
+                id,
+                updates,
+                notifications,
+            } => {
+                record_at.push(results.len());
+                records.push(RecordRef {
+                    id,
+                    updates,
+                    notifications,
+                });
+                (false, false)
+            }
             Write::CachePut {
                 key,
                 exists,
@@ -247,30 +262,10 @@ async fn transaction(
         wake |= due;
         results.push(removed);
     }
-    let records: Vec<(usize, RecordRef)> = writes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, w)| match w {
-            Write::Record {
-                id,
-                updates,
-                notifications,
-            } => Some((
-                i,
-                RecordRef {
-                    id,
-                    updates,
-                    notifications,
-                },
-            )),
-            _ => None,
-        })
-        .collect();
     if !records.is_empty() {
-        let refs: Vec<RecordRef> = records.iter().map(|(_, r)| r.clone()).collect();
-        let outcomes = record_all(&tx, node, &refs).await?;
-        for ((i, _), (removed, due)) in records.iter().zip(outcomes) {
-            results[*i] = removed;
+        let outcomes = record_all(&tx, node, &records).await?;
+        for (i, (removed, due)) in record_at.into_iter().zip(outcomes) {
+            results[i] = removed;
             wake |= due;
         }
     }
@@ -401,7 +396,6 @@ async fn insert_envelopes(
 }
 
 /// A record write's parts, borrowed from the batch.
-#[derive(Clone)]
 struct RecordRef<'a> {
     id: &'a str,
     updates: &'a [Update],
@@ -446,7 +440,7 @@ async fn record_all(
     let replies: Vec<Option<&str>> = all().map(|(_, u)| u.last_reply.as_deref()).collect();
     let warned: Vec<bool> = all().map(|(_, u)| u.warned).collect();
     let ids: Vec<&str> = all().map(|(id, _)| id).collect();
-    let applied: std::collections::HashSet<i64> = if rows.is_empty() {
+    let applied: HashSet<i64> = if rows.is_empty() {
         Default::default()
     } else {
         tx.query(
@@ -490,7 +484,12 @@ async fn record_all(
         .collect();
     touched.sort_unstable();
     touched.dedup();
-    let left = super::purge::remove_done(tx, &touched).await?;
+    let left: HashSet<String> = super::purge::remove_done(tx, &touched)
+        .await?
+        .into_iter()
+        .collect();
+    // The last record of each message in the batch is the one told it left.
+    let last: HashMap<&str, usize> = records.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
     let mut out = Vec::with_capacity(records.len());
     for (i, (r, live)) in records.iter().zip(&live).enumerate() {
         if !live {
@@ -502,8 +501,7 @@ async fn record_all(
             out.push((false, false));
             continue;
         }
-        let last_of_message = !records[i + 1..].iter().any(|later| later.id == r.id);
-        let removed = last_of_message && left.iter().any(|id| id == r.id);
+        let removed = last.get(r.id) == Some(&i) && left.contains(r.id);
         let due =
             !r.notifications.is_empty() || r.updates.iter().any(|u| u.status == Status::Pending);
         out.push((removed, due));
