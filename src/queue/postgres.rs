@@ -8,10 +8,9 @@
 //! fallback that guarantees progress. Primary health is shared in the `primaries` table, and
 //! its outage history in `primary_outages` ([`outages`]); the registry of domains and tenants
 //! in `registry` ([`registry`]), a domain's mail purged by [`purge`], fire drill results in
-//! `drills` ([`drills`]).
-//! in `registry` ([`registry`]), a domain's mail purged by [`purge`], the emergency inbox's
+//! `drills` ([`drills`]), the emergency inbox's
 //! credentials, UIDs and flags in [`inbox`], cached MTA-STS policies and TLS-RPT counters
-//! in [`sts`].
+//! in [`sts`]. Space a drain freed goes back to the disk by [`reclaim`].
 //! Lease times are the database server's clock, so nodes' clocks cannot disagree about them.
 //! This module owns the SQL; it talks to PostgreSQL and nothing else.
 
@@ -24,6 +23,7 @@ mod inspect;
 mod kept;
 mod outages;
 mod purge;
+mod reclaim;
 mod registry;
 mod schema;
 mod sts;
@@ -40,6 +40,7 @@ use super::{
     StoredStsPolicy, TlsRptCount, Update, into_jobs,
 };
 use deadpool_postgres::Pool;
+pub use reclaim::{Reclaimed, VACUUM_LOCK};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
@@ -117,6 +118,18 @@ impl Postgres {
     pub async fn fold_counts(&self) -> Result<u64, StoreError> {
         let mut c = self.inner.pool.get().await.map_err(pool_error)?;
         counts::fold(&mut c).await
+    }
+
+    /// Vacuums the queue's tables now if more than `free_bytes` of them is beyond what is
+    /// queued and what is queued is at most `live_bytes` (each node looks every minute by
+    /// itself, with [`reclaim::FREE_BYTES`] and [`reclaim::LIVE_BYTES`]).
+    pub async fn reclaim_space(
+        &self,
+        free_bytes: u64,
+        live_bytes: u64,
+    ) -> Result<Reclaimed, StoreError> {
+        let c = self.inner.pool.get().await.map_err(pool_error)?;
+        reclaim::run(&c, free_bytes, live_bytes).await
     }
 
     /// This node's name in leases.

@@ -22,6 +22,7 @@ mod inbox_web;
 mod init;
 mod mta_sts;
 mod pg_counts;
+mod pg_reclaim;
 mod postfix;
 mod postgres;
 mod properties;

@@ -1,10 +1,12 @@
 //! Opening the PostgreSQL store: the URL (or the file holding it), TLS to the server
 //! (rustls: `require` or `verify`), the pool, the schema migration under a lock, releasing
-//! this node's claims from its previous run, and starting the writer, the lease renewal and
-//! the folding of the queue counters.
+//! this node's claims from its previous run, and starting the writer, the lease renewal,
+//! the folding of the queue counters and the giving back of free space.
 //! Nothing here runs the queue's operations.
 
-use super::{Inner, Postgres, Tls, counts, ms, pg_error, pool_error, renew_leases, schema, writer};
+use super::{
+    Inner, Postgres, Tls, counts, ms, pg_error, pool_error, reclaim, renew_leases, schema, writer,
+};
 use crate::config::{PgTls, PostgresConfig, TlsMode, TlsPolicy};
 use crate::queue::StoreError;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -89,6 +91,7 @@ impl Postgres {
         });
         tokio::spawn(renew_leases(Arc::downgrade(&inner), config.lease / 4));
         tokio::spawn(counts::keep_folding(Arc::downgrade(&inner)));
+        tokio::spawn(reclaim::keep_reclaiming(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 }
