@@ -432,9 +432,11 @@ impl Client {
     /// before the end of data (the connection must then be dropped).
     pub async fn send_content(&mut self, body: &mut BodyReader) -> Result<(), ClientError> {
         let mut stuffer = DotStuffer::default();
+        // A small message's buffers are its size (plus room to stuff), not a whole chunk.
+        let cap = usize::try_from(body.size).map_or(CHUNK, |n| n.min(CHUNK)) + 1;
         let (mut chunk, mut wire) = (
-            Vec::with_capacity(CHUNK),
-            Vec::with_capacity(CHUNK + CHUNK / 32),
+            Vec::with_capacity(cap),
+            Vec::with_capacity(cap + cap / 32 + 8),
         );
         loop {
             let more = body
@@ -444,13 +446,14 @@ impl Client {
                     host: self.host.clone(),
                     reason: e.to_string(),
                 })?;
-            wire.clear();
-            if more {
-                stuffer.stuff(&chunk, &mut wire);
+            let out = if more {
+                stuffer.stuffed(&chunk, &mut wire)
             } else {
+                wire.clear();
                 stuffer.end(&mut wire);
-            }
-            self.write_content(&wire).await?;
+                &wire[..]
+            };
+            self.write_content(out).await?;
             if !more {
                 return Ok(());
             }
@@ -512,24 +515,47 @@ impl Default for DotStuffer {
 }
 
 impl DotStuffer {
-    /// Appends `chunk`, stuffed, to `out`.
+    /// Appends `chunk`, stuffed, to `out`. Finds the line starts with a dot by searching
+    /// for `\n.` (SIMD, `memchr::memmem`), not byte by byte: a drain of 50 MB messages
+    /// spends its CPU here and in the kernel's copies.
     pub fn stuff(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if self.at_line_start && chunk.first() == Some(&b'.') {
+            out.push(b'.');
+        }
         let mut start = 0;
-        for (i, &b) in chunk.iter().enumerate() {
-            if self.at_line_start && b == b'.' {
-                out.extend_from_slice(&chunk[start..i]);
-                out.push(b'.');
-                start = i;
-            }
-            self.at_line_start = b == b'\n';
+        for i in memchr::memmem::find_iter(chunk, b"\n.") {
+            // The line feed stays with what came before; the dot gets another in front.
+            out.extend_from_slice(&chunk[start..=i]);
+            out.push(b'.');
+            start = i + 1;
         }
         out.extend_from_slice(&chunk[start..]);
-        match chunk {
-            [] => {}
-            [b] => self.tail = [self.tail[1], *b],
-            [.., a, b] => self.tail = [*a, *b],
+        self.saw(chunk);
+    }
+
+    /// `chunk` as it goes on the wire: `chunk` itself when no line in it starts with a dot
+    /// (the common case: nothing copied), else stuffed into `out` (cleared first).
+    pub fn stuffed<'a>(&mut self, chunk: &'a [u8], out: &'a mut Vec<u8>) -> &'a [u8] {
+        let leading = self.at_line_start && chunk.first() == Some(&b'.');
+        if leading || memchr::memmem::find(chunk, b"\n.").is_some() {
+            out.clear();
+            self.stuff(chunk, out);
+            return out;
         }
-        self.empty &= chunk.is_empty();
+        self.saw(chunk);
+        chunk
+    }
+
+    /// Moves the state past `chunk` (whether a line starts next, the content's last bytes).
+    fn saw(&mut self, chunk: &[u8]) {
+        let Some(&last) = chunk.last() else { return };
+        self.at_line_start = last == b'\n';
+        self.tail = match chunk {
+            [b] => [self.tail[1], *b],
+            [.., a, b] => [*a, *b],
+            [] => self.tail,
+        };
+        self.empty = false;
     }
 
     /// Appends the end of data: CRLF unless the content ended with one, then `.` CRLF.
@@ -558,6 +584,68 @@ mod tests {
                 s.end(&mut out);
                 assert_eq!(out, dot_stuff(body), "cut at {cut} and {cut2}");
             }
+        }
+    }
+
+    /// The byte-by-byte rule, for comparison: a dot that starts a line gets another.
+    fn stuffed_slowly(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at_line_start = true;
+        for &b in body {
+            if at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            at_line_start = b == b'\n';
+        }
+        if !body.is_empty() && !body.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    /// Random content rich in dots and line ends, cut at random places, stuffed chunk by
+    /// chunk (appended, or handed back as it goes on the wire): the same bytes as the
+    /// byte-by-byte rule.
+    #[test]
+    fn stuffing_matches_the_rule_on_random_content_and_cuts() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..500 {
+            let len = next(300) as usize;
+            let body: Vec<u8> = (0..len)
+                .map(|_| [b'.', b'\n', b'\r', b'a'][next(4) as usize])
+                .collect();
+            let mut s = DotStuffer::default();
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < body.len() {
+                let end = (at + 1 + next(40) as usize).min(body.len());
+                if next(2) == 0 {
+                    s.stuff(&body[at..end], &mut out);
+                } else {
+                    let mut wire = Vec::new();
+                    let piece = s.stuffed(&body[at..end], &mut wire).to_vec();
+                    out.extend_from_slice(&piece);
+                }
+                if next(3) == 0 {
+                    s.stuff(&[], &mut out);
+                }
+                at = end;
+            }
+            s.end(&mut out);
+            assert_eq!(
+                out,
+                stuffed_slowly(&body),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
         }
     }
 

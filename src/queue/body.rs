@@ -4,8 +4,11 @@
 use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// How much of the content one read asks for at most (the size of a delivery's buffer).
-pub const CHUNK: usize = 64 << 10;
+/// How much of the content one read asks for at most (the size of a delivery's buffer for
+/// a message at least this large; smaller ones get a buffer their size). 256 KiB: with 64 KiB
+/// a drain of 50 MB messages from spool files spent its time handing small reads to the
+/// blocking pool and waiting on the disk in small requests (BENCHMARKS.md).
+pub const CHUNK: usize = 256 << 10;
 
 /// A message's stored content, read in order from the start.
 pub struct BodyReader {
