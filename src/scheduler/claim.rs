@@ -76,10 +76,7 @@ impl Scheduler {
         let route = self.route_for(&job.domain);
         match route.push(job) {
             Pushed::Queued => {}
-            Pushed::StartWorker => {
-                let me = self.clone();
-                self.tasks.spawn(async move { me.worker(route).await });
-            }
+            Pushed::StartWorker => self.start_worker(route),
             Pushed::Down(job) => {
                 self.hold(&route, vec![job], "held: the primary is down")
                     .await

@@ -41,6 +41,30 @@ struct State {
     delivered: VecDeque<Instant>,
 }
 
+impl State {
+    /// Counts one more worker if the concurrency allows it and a job is waiting for it.
+    fn one_more_worker(&mut self) -> bool {
+        let more = self.workers < self.concurrency.allowed() && self.workers < self.queue.len();
+        if more {
+            self.workers += 1;
+        }
+        more
+    }
+
+    /// Remembers a delivery for the drain rate.
+    fn record_delivery(&mut self, now: Instant) {
+        while self.delivered.len() >= RATE_SAMPLES
+            || self
+                .delivered
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > RATE_WINDOW)
+        {
+            self.delivered.pop_front();
+        }
+        self.delivered.push_back(now);
+    }
+}
+
 /// The window over which the drain rate is measured.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// Deliveries remembered for the rate (beyond this the rate reads low).
@@ -153,8 +177,7 @@ impl Route {
             return Pushed::Down(job);
         }
         s.queue.push_back(job);
-        if s.workers < s.concurrency.allowed() && s.workers < s.queue.len() {
-            s.workers += 1;
+        if s.one_more_worker() {
             Pushed::StartWorker
         } else {
             Pushed::Queued
@@ -187,19 +210,16 @@ impl Route {
         Failure::Down(t, jobs)
     }
 
-    /// A message went through: the route may grow.
-    pub fn success(&self, now: Instant) {
+    /// A message went through: the route may grow. True when the caller should start one
+    /// more worker: the concurrency grew and jobs are waiting (after an outage the whole
+    /// backlog may be queued while only the initial workers run; waiting for the next push
+    /// to grow kept a drain of large messages at two connections throughout).
+    pub fn success(&self, now: Instant) -> bool {
         let mut s = self.lock();
         s.stale = false;
         s.concurrency.success(now);
-        while s.delivered.len() >= RATE_SAMPLES
-            || s.delivered
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > RATE_WINDOW)
-        {
-            s.delivered.pop_front();
-        }
-        s.delivered.push_back(now);
+        s.record_delivery(now);
+        s.up && s.one_more_worker()
     }
 
     /// A health check ran.
@@ -364,6 +384,30 @@ mod tests {
             ClientTls::new(&Default::default()).unwrap(),
             Concurrency::new(2, 2),
         )
+    }
+
+    /// The backlog is queued while the concurrency is at its start; as deliveries succeed
+    /// and the concurrency grows, the route asks for more workers without another push.
+    #[test]
+    fn workers_grow_with_successes_while_jobs_wait() {
+        let r = route();
+        r.lock().concurrency = Concurrency::new(1, 3);
+        assert_eq!(r.push(job("a")), Pushed::StartWorker);
+        assert_eq!(r.push(job("b")), Pushed::Queued);
+        assert_eq!(r.push(job("c")), Pushed::Queued);
+        assert!(r.next_job().is_some());
+        assert!(
+            r.success(Instant::now()),
+            "1 -> 2 allowed, two jobs waiting"
+        );
+        assert_eq!(r.workers(), 2);
+        assert!(!r.success(Instant::now()), "2.5 allowed: no more");
+        assert!(!r.success(Instant::now()), "2.9");
+        assert!(
+            !r.success(Instant::now()),
+            "3 allowed, but only two jobs wait for the two workers"
+        );
+        assert_eq!(r.workers(), 2);
     }
 
     #[test]

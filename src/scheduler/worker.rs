@@ -42,6 +42,12 @@ fn drill_handoff(job: &Job, client: &Client, results: &[RecipientResult]) -> Opt
 }
 
 impl Scheduler {
+    /// Starts one more worker on `route` (the route has counted it).
+    pub(super) fn start_worker(self: &Arc<Self>, route: Arc<Route>) {
+        let me = self.clone();
+        self.tasks.spawn(async move { me.worker(route).await });
+    }
+
     /// One connection's worth of deliveries on `route`, reconnecting after
     /// `messages_per_connection` messages; exits when the route's queue is empty.
     pub(super) async fn worker(self: Arc<Self>, route: Arc<Route>) {
@@ -94,8 +100,10 @@ impl Scheduler {
                 };
                 match deliver(&mut client, &job, &mut body).await {
                     Ok(results) => {
-                        if results.iter().any(|r| r.outcome == Outcome::Delivered) {
-                            route.success(std::time::Instant::now());
+                        if results.iter().any(|r| r.outcome == Outcome::Delivered)
+                            && route.success(std::time::Instant::now())
+                        {
+                            self.start_worker(route.clone());
                         }
                         let cx = Context {
                             relayed_without_dsn: !client.caps.dsn,
