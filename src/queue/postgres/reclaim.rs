@@ -32,11 +32,6 @@ const AFTER_LITTLE: Duration = Duration::from_secs(3600);
 /// The advisory lock a vacuum holds, so that one node at a time runs it ("mx2vacu").
 pub const VACUUM_LOCK: i64 = 0x006d_7832_7661_6375;
 
-/// The tables' size in bytes: heap and TOAST, without indexes (plain `VACUUM` cannot shrink
-/// an index's file; it makes its empty pages reusable).
-const SIZE: &str = "SELECT (pg_table_size('messages') + pg_table_size('bodies')
-                            + pg_table_size('recipients'))::bigint";
-
 /// What one look found and did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reclaimed {
@@ -87,9 +82,12 @@ pub(super) async fn run(
     Ok(Reclaimed::Vacuumed(size, table_size(c).await?))
 }
 
+/// The tables' size in bytes: heap and TOAST, without indexes (plain `VACUUM` cannot shrink
+/// an index's file; it makes its empty pages reusable).
 async fn table_size(c: &tokio_postgres::Client) -> Result<u64, StoreError> {
+    let sum = TABLES.map(|t| format!("pg_table_size('{t}')")).join(" + ");
     let n: i64 = c
-        .query_one(SIZE, &[])
+        .query_one(&format!("SELECT ({sum})::bigint"), &[])
         .await
         .and_then(|r| r.try_get(0))
         .map_err(pg_error)?;
