@@ -4,7 +4,8 @@
 use super::auth::Credentials;
 use super::mx::Target;
 use super::policy::Policy;
-use crate::queue::body::{BodyReader, CHUNK};
+use super::sendfile;
+use crate::queue::body::{BodyReader, CHUNK, FileRange};
 use crate::smtp::Reply;
 use crate::smtp::reply::ReplyParser;
 use crate::tls::{ClientTls, Stream};
@@ -431,6 +432,11 @@ impl Client {
     /// chunk's write within the data timeout. A content read error abandons the transaction
     /// before the end of data (the connection must then be dropped).
     pub async fn send_content(&mut self, body: &mut BodyReader) -> Result<(), ClientError> {
+        if matches!(self.stream, Stream::Plain(_))
+            && let Some((head, range)) = body.take_dot_free_file()
+        {
+            return self.send_head_and_file(head, range).await;
+        }
         let mut stuffer = DotStuffer::default();
         // A small message's buffers are its size (plus room to stuff), not a whole chunk.
         let cap = usize::try_from(body.size).map_or(CHUNK, |n| n.min(CHUNK)) + 1;
@@ -458,6 +464,54 @@ impl Client {
                 return Ok(());
             }
         }
+    }
+
+    /// The content as `head` (stuffed as usual) then `range`, which needs no stuffing,
+    /// handed to the kernel with `sendfile` (plain TCP only), then the end of data.
+    async fn send_head_and_file(
+        &mut self,
+        head: Vec<u8>,
+        mut range: FileRange,
+    ) -> Result<(), ClientError> {
+        let content = |host: &str, e: std::io::Error| ClientError::Content {
+            host: host.to_string(),
+            reason: e.to_string(),
+        };
+        let mut stuffer = DotStuffer::default();
+        let mut wire = Vec::new();
+        let out = stuffer.stuffed(&head, &mut wire);
+        self.write_content(out).await?;
+        let last = range
+            .last_bytes()
+            .await
+            .map_err(|e| content(&self.host, e))?;
+        let Stream::Plain(tcp) = &self.stream else {
+            return Err(ClientError::protocol(
+                &self.host.clone(),
+                "the connection is no longer plain TCP".into(),
+            ));
+        };
+        match sendfile::send(tcp, &mut range, self.t.data).await {
+            Ok(()) => {}
+            Err(sendfile::Failed::File(e)) => return Err(content(&self.host, e)),
+            Err(sendfile::Failed::Connection(e)) => {
+                return Err(if e.kind() == std::io::ErrorKind::TimedOut {
+                    ClientError::Timeout {
+                        host: self.host.clone(),
+                        what: "sending the message",
+                    }
+                } else {
+                    ClientError::Lost {
+                        host: self.host.clone(),
+                        what: "sending the message",
+                    }
+                });
+            }
+        }
+        stuffer.saw(&last);
+        wire.clear();
+        stuffer.end(&mut wire);
+        self.write_content(&wire).await
     }
 
     async fn write_content(&mut self, wire: &[u8]) -> Result<(), ClientError> {

@@ -13,6 +13,7 @@ pub mod mta_sts;
 pub mod mx;
 pub mod policy;
 pub mod reply;
+pub mod sendfile;
 
 use crate::queue::Job;
 use crate::queue::body::BodyReader;

@@ -1,7 +1,9 @@
 //! A stored message's content as a stream: [`BodyReader`] hands the content out in chunks, so
 //! that delivering, exporting or quoting a message never needs it whole in memory.
 
+use std::os::unix::fs::FileExt;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// How much of the content one read asks for at most (the size of a delivery's buffer for
@@ -14,14 +16,94 @@ pub const CHUNK: usize = 256 << 10;
 pub struct BodyReader {
     /// The content's length in bytes.
     pub size: u64,
-    reader: Pin<Box<dyn AsyncRead + Send>>,
+    source: Source,
+}
+
+/// Where the content comes from.
+enum Source {
+    /// Any reader (database chunks, content in memory).
+    Stream(Pin<Box<dyn AsyncRead + Send>>),
+    /// A head held in memory, then a byte range of a file, read straight into the caller's
+    /// buffer on the blocking pool (no second buffer, no second copy: see [`FileRange`]).
+    File {
+        head: std::io::Cursor<Vec<u8>>,
+        file: FileRange,
+    },
+}
+
+/// `len` bytes of `file` from `offset`, read in order.
+pub struct FileRange {
+    pub file: Arc<std::fs::File>,
+    pub offset: u64,
+    pub len: u64,
+    /// No line in the range starts with a dot, nor does the range: on the wire as it is.
+    pub dot_free: bool,
+}
+
+impl FileRange {
+    /// Up to `max` bytes of what is left into `buf` (cleared first), on the blocking pool.
+    /// A file that ends before the range does is an error, not a short message.
+    /// The range's last two bytes (fewer if it is shorter), on the blocking pool.
+    pub async fn last_bytes(&self) -> std::io::Result<Vec<u8>> {
+        let n = self.len.min(2);
+        let (file, at) = (self.file.clone(), self.offset + self.len - n);
+        tokio::task::spawn_blocking(move || {
+            let mut b = vec![0u8; n as usize];
+            file.read_exact_at(&mut b, at).map(|()| b)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    async fn read(&mut self, buf: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
+        buf.clear();
+        let want = usize::try_from(self.len).map_or(max, |n| n.min(max));
+        if want == 0 {
+            return Ok(0);
+        }
+        let (file, offset) = (self.file.clone(), self.offset);
+        let mut owned = std::mem::take(buf);
+        let (owned, got) = tokio::task::spawn_blocking(move || {
+            owned.resize(want, 0);
+            let mut filled = 0;
+            while filled < want {
+                match file.read_at(&mut owned[filled..], offset + filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        owned.clear();
+                        return (owned, Err(e));
+                    }
+                }
+            }
+            owned.truncate(filled);
+            (owned, Ok(filled))
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        *buf = owned;
+        let got = got?;
+        if got < want {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the content's file ends {} bytes early",
+                    self.len - got as u64
+                ),
+            ));
+        }
+        self.offset += got as u64;
+        self.len -= got as u64;
+        Ok(got)
+    }
 }
 
 impl BodyReader {
     pub fn new(size: u64, reader: impl AsyncRead + Send + 'static) -> Self {
         Self {
             size,
-            reader: Box::pin(reader),
+            source: Source::Stream(Box::pin(reader)),
         }
     }
 
@@ -30,33 +112,63 @@ impl BodyReader {
         Self::new(content.len() as u64, std::io::Cursor::new(content))
     }
 
+    /// `head`, then the range `file` of a file.
+    pub fn from_file(head: Vec<u8>, file: FileRange) -> Self {
+        Self {
+            size: head.len() as u64 + file.len,
+            source: Source::File {
+                head: std::io::Cursor::new(head),
+                file,
+            },
+        }
+    }
+
+    /// The content as its head and a file range that goes on the wire as it is stored (no
+    /// dot-stuffing), when it is so stored and nothing was read yet: a delivery over plain
+    /// TCP hands the range to the kernel. The reader is then used up.
+    pub fn take_dot_free_file(&mut self) -> Option<(Vec<u8>, FileRange)> {
+        match &self.source {
+            Source::File { head, file } if file.dot_free && head.position() == 0 => {}
+            _ => return None,
+        }
+        let empty = Source::Stream(Box::pin(tokio::io::empty()));
+        match std::mem::replace(&mut self.source, empty) {
+            Source::File { head, file } => Some((head.into_inner(), file)),
+            Source::Stream(_) => None,
+        }
+    }
+
     /// The next chunk of content into `buf` (cleared first, at most [`CHUNK`] bytes); false
     /// at the end.
     pub async fn next_chunk(&mut self, buf: &mut Vec<u8>) -> std::io::Result<bool> {
         buf.clear();
-        let n = (&mut self.reader)
-            .take(CHUNK as u64)
-            .read_to_end(buf)
-            .await?;
+        let n = match &mut self.source {
+            Source::Stream(r) => r.take(CHUNK as u64).read_to_end(buf).await?,
+            Source::File { head, file } => match head.take(CHUNK as u64).read_to_end(buf).await? {
+                0 => file.read(buf, CHUNK).await?,
+                n => n,
+            },
+        };
         Ok(n > 0)
     }
 
     /// The first `max` bytes of the content at most (a notification quotes no more).
     pub async fn prefix(mut self, max: usize) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        (&mut self.reader)
-            .take(max as u64)
-            .read_to_end(&mut out)
-            .await?;
+        let (mut out, mut buf) = (Vec::new(), Vec::new());
+        while out.len() < max && self.next_chunk(&mut buf).await? {
+            let n = buf.len().min(max - out.len());
+            out.extend_from_slice(&buf[..n]);
+        }
         Ok(out)
     }
-}
 
-impl BodyReader {
     /// The whole content in memory (operators' exports, tests: one message at a time).
     pub async fn into_vec(mut self) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(usize::try_from(self.size).unwrap_or(0));
-        self.reader.read_to_end(&mut out).await?;
+        let mut buf = Vec::new();
+        while self.next_chunk(&mut buf).await? {
+            out.extend_from_slice(&buf);
+        }
         Ok(out)
     }
 }

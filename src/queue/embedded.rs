@@ -121,6 +121,7 @@ impl Embedded {
             guard,
             marker,
             watchers: watchers.clone(),
+            remover: spool::Remover::start(),
         };
         let thread = std::thread::Builder::new()
             .name("mx2-store-writer".into())
@@ -247,7 +248,7 @@ impl Store for Embedded {
         let id = id.to_string();
         let dir = self.state_dir();
         let key = id.clone();
-        let head = self.read(move |c| spool::head(c, &key).map_err(backend));
+        let head = self.read(move |c| spool::head_for_delivery(c, &key).map_err(backend));
         Box::pin(async move {
             let (head, len) = head
                 .await?

@@ -64,6 +64,7 @@ impl Spool {
             file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             path,
             len: 0,
+            dots: DotLines::default(),
         })
     }
 }
@@ -75,6 +76,29 @@ pub struct SpoolWriter {
     path: PathBuf,
     file: Option<BufWriter<tokio::fs::File>>,
     len: u64,
+    dots: DotLines,
+}
+
+/// Whether some line of the content written so far starts with a dot (the content's start
+/// counts as a line start): content with none goes on the wire as it is stored, with no
+/// dot-stuffing, so a delivery can hand the file to the kernel (`sendfile`).
+#[derive(Debug, Default, Clone, Copy)]
+struct DotLines {
+    seen: bool,
+    /// The last byte written (none yet: the next byte starts a line).
+    last: Option<u8>,
+}
+
+impl DotLines {
+    fn write(&mut self, bytes: &[u8]) {
+        let Some(&last) = bytes.last() else { return };
+        if !self.seen {
+            let line_start = self.last.is_none_or(|b| b == b'\n');
+            self.seen =
+                (line_start && bytes[0] == b'.') || memchr::memmem::find(bytes, b"\n.").is_some();
+        }
+        self.last = Some(last);
+    }
 }
 
 impl SpoolWriter {
@@ -98,6 +122,7 @@ impl SpoolWriter {
         };
         file.write_all(bytes).await?;
         self.len += bytes.len() as u64;
+        self.dots.write(bytes);
         Ok(())
     }
 
@@ -122,6 +147,7 @@ impl SpoolWriter {
             id: std::mem::take(&mut self.id),
             path: std::mem::take(&mut self.path),
             len: self.len,
+            dot_free: !self.dots.seen,
             committed: false,
         })
     }
@@ -143,6 +169,9 @@ pub struct Spooled {
     pub path: PathBuf,
     /// The content's length in bytes.
     pub len: u64,
+    /// No line of the content starts with a dot (nor does the content): it goes on the wire
+    /// as it is, unstuffed.
+    pub dot_free: bool,
     committed: bool,
 }
 
@@ -196,5 +225,43 @@ mod tests {
         assert!(path.exists());
         drop(w);
         assert!(!path.exists(), "an abandoned file goes");
+    }
+
+    /// Writes `parts` one call each; whether the finished file is free of dot lines.
+    async fn dot_free(parts: &[&[u8]]) -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Spool::new(dir.path())
+            .create(&"m".to_string())
+            .await
+            .unwrap();
+        for p in parts {
+            w.write(p).await.unwrap();
+        }
+        w.finish().await.unwrap().dot_free
+    }
+
+    #[tokio::test]
+    async fn notes_whether_any_line_starts_with_a_dot_across_writes() {
+        assert!(dot_free(&[b"a.b\r\n", b"c .\r\n", b"", b"x"]).await);
+        assert!(dot_free(&[]).await, "no content, no dot line");
+        assert!(
+            !dot_free(&[b".first line"]).await,
+            "the content's start is a line start"
+        );
+        assert!(!dot_free(&[b"", b".first line"]).await);
+        assert!(!dot_free(&[b"a\r\n.b"]).await);
+        assert!(
+            !dot_free(&[b"a\r\n", b".b"]).await,
+            "a line feed ends one write"
+        );
+        assert!(
+            !dot_free(&[b"a\r\n", b"", b".b"]).await,
+            "an empty write between"
+        );
+        assert!(!dot_free(&[b"a\r\n.", b"b\r\n"]).await);
+        assert!(
+            !dot_free(&[b"a\r\n.b", b"c\r\nd"]).await,
+            "once seen, it stays"
+        );
     }
 }

@@ -22,6 +22,19 @@ pub use inbox::{
 };
 pub use tls::sts_and_tls_reports;
 
+/// Whether the file at `path` is gone within 10 s (the embedded store removes a deleted
+/// message's spool file on a thread of its own, soon after the commit).
+pub async fn gone_soon(path: &std::path::Path) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while path.exists() {
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    true
+}
+
 /// A message with these (address, domain) recipients, received at `received_at_ms`.
 pub fn message(id: &str, rcpts: &[(&str, &str)]) -> NewMessage {
     NewMessage {

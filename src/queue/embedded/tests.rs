@@ -46,6 +46,7 @@ fn a_batch_rolled_back_by_a_full_disk_answers_what_the_file_holds() {
         guard,
         marker,
         watchers: Default::default(),
+        remover: super::spool::Remover::start(),
     };
     let mut answers = Vec::new();
     let batch = ["before", "big", "after"]

@@ -117,6 +117,7 @@ pub(super) struct Writer {
     pub(super) guard: guard::Guard,
     pub(super) marker: guard::Marker,
     pub(super) watchers: Arc<registry::Watchers>,
+    pub(super) remover: spool::Remover,
 }
 
 pub(super) fn writer_loop(
@@ -239,7 +240,7 @@ fn run_transaction(w: &mut Writer, batch: Vec<Op>, held: &mut Held) -> Vec<Op> {
         Err(e) => tracing::error!(error = %e, "queue commit failed"),
     }
     if commit.is_ok() {
-        spool::sweep(&w.conn);
+        spool::sweep(&w.conn, &w.remover);
     }
     // Before the callers hear of it: once a change is acknowledged, its watchers know.
     if commit.is_ok() && done.iter().any(Done::changed_registry) {

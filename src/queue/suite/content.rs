@@ -94,5 +94,5 @@ pub async fn spooled_content(s: &dyn Store, state_dir: &Path) {
         s.body_reader("big1").await,
         Err(StoreError::NotFound(_))
     ));
-    assert!(!crate::queue::spool::dir(state_dir).join("big1").exists());
+    assert!(super::gone_soon(&crate::queue::spool::dir(state_dir).join("big1")).await);
 }
