@@ -1,8 +1,9 @@
 //! A message's content in the `bodies` table, in and out as a stream: a spooled message's
 //! content goes from its spool file into chunk rows of [`CHUNK`] bytes one at a time, inside
 //! the transaction that commits the message; a delivery reads it back one chunk row at a
-//! time, each fetched when the previous one is used up, on a pooled connection taken for
-//! that one query. Neither ever holds more than one chunk of a message.
+//! time, the next one fetched (by a task of its own, on a pooled connection taken for that
+//! one query) while the last is sent. Receiving holds one chunk of a message, delivering
+//! two.
 
 use super::{CHUNK, pg_error, pool_error};
 use crate::queue::body::BodyReader;
@@ -12,7 +13,7 @@ use deadpool_postgres::{Pool, Transaction};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 /// The content's length of a spooled message: its trace headers, then the file.
@@ -123,9 +124,12 @@ pub(super) async fn reader(pool: Pool, id: String) -> Result<BodyReader, StoreEr
     ))
 }
 
-type Fetch = Pin<Box<dyn Future<Output = io::Result<Vec<u8>>> + Send>>;
+/// A chunk row being fetched, by a task of its own so that it goes on while the caller
+/// sends the chunk before it.
+type Fetch = tokio::task::JoinHandle<io::Result<Vec<u8>>>;
 
-/// Reads chunk rows in order, fetching the next one only when the last is used up.
+/// Reads chunk rows in order, one row ahead: as a chunk is handed out, the next one is
+/// already being fetched (at most two chunks held per reader).
 struct Chunks {
     pool: Pool,
     id: String,
@@ -164,6 +168,21 @@ async fn fetch(pool: Pool, id: String, seq: i32) -> io::Result<Vec<u8>> {
     row.try_get(0).map_err(|e| failed(pg_error(e)))
 }
 
+impl Chunks {
+    /// Starts fetching row `next`.
+    fn fetch_next(&self) -> Fetch {
+        tokio::spawn(fetch(self.pool.clone(), self.id.clone(), self.next))
+    }
+}
+
+impl Drop for Chunks {
+    fn drop(&mut self) {
+        if let Some(f) = self.fetching.take() {
+            f.abort();
+        }
+    }
+}
+
 impl AsyncRead for Chunks {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -190,17 +209,22 @@ impl AsyncRead for Chunks {
                 }
                 return Poll::Ready(Ok(()));
             }
-            let (pool, id, seq) = (&this.pool, &this.id, this.next);
-            let f = this
-                .fetching
-                .get_or_insert_with(|| Box::pin(fetch(pool.clone(), id.clone(), seq)));
-            let chunk = ready!(f.as_mut().poll(cx));
-            this.fetching = None;
-            let chunk = chunk?;
+            let mut f = match this.fetching.take() {
+                Some(f) => f,
+                None => this.fetch_next(),
+            };
+            let Poll::Ready(chunk) = Pin::new(&mut f).poll(cx) else {
+                this.fetching = Some(f);
+                return Poll::Pending;
+            };
+            let chunk = chunk.map_err(io::Error::other)??;
             this.next += 1;
             this.read += chunk.len() as u64;
             this.current = chunk;
             this.at = 0;
+            if this.next < this.chunks {
+                this.fetching = Some(this.fetch_next());
+            }
         }
     }
 }
