@@ -2,22 +2,26 @@
 //! `sendfile(2)`: the kernel moves it from the page cache to the socket, with no copy
 //! through mx2 (a drain of large messages from the embedded store's spool files).
 //!
-//! The calls run on the blocking pool, one step of at most [`STEP`] bytes each, since the
-//! file's pages may have to come from the disk. The socket stays non-blocking: when it is
-//! full, the step waits for room with `poll(2)` on its own duplicate of the socket, within
-//! the data timeout. tokio's readiness of the socket is never used for this, so no wake-up
-//! can be lost between the two (an earlier version waited on it and could hang).
+//! Each call runs on the blocking pool, at most [`STEP`] bytes, since the file's pages may
+//! have to come from the disk; the socket stays non-blocking, so a call never waits for the
+//! primary and a slow primary holds no blocking thread. A full socket ends the call with
+//! `EAGAIN`; the wait for room is then async, on a registration of a duplicate of the
+//! socket (`AsyncFd`), whose readiness is cleared only for the event seen before the call
+//! (tokio clears by event tick), so a wake-up arriving meanwhile is not lost. An earlier
+//! version cleared the stream's own readiness after the call (`try_io`), which can drop
+//! such a wake-up, and a drain hung.
 
 use crate::queue::body::FileRange;
-use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 
-/// The most one step hands over before the next is scheduled.
+/// The most one call hands over.
 pub const STEP: u64 = 8 << 20;
 
 /// Why sending the range failed.
@@ -30,34 +34,61 @@ pub enum Failed {
     File(io::Error),
 }
 
+/// A duplicate of the connection's socket, shared with the blocking pool; open as long as
+/// one clone of the `Arc` lives.
+struct Socket(Arc<OwnedFd>);
+
+impl AsRawFd for Socket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// Sends all of `range` to `tcp`; each wait for room in the socket within `timeout`.
 pub async fn send(tcp: &TcpStream, range: &mut FileRange, timeout: Duration) -> Result<(), Failed> {
-    let out = Arc::new(rustix::io::dup(tcp).map_err(|e| Failed::Connection(e.into()))?);
+    let dup = Arc::new(rustix::io::dup(tcp).map_err(|e| Failed::Connection(e.into()))?);
+    // SAFETY: the descriptor stays open, the same one, for as long as the `AsyncFd` lives:
+    // it is owned by the `Arc` the `AsyncFd` holds a clone of, and `Socket::as_raw_fd`
+    // always returns it.
+    let socket =
+        unsafe { AsyncFd::register_with_interest(Socket(dup.clone()), Interest::WRITABLE) }
+            .map_err(|e| Failed::Connection(io::Error::other(e.to_string())))?;
     while range.len > 0 {
-        let (out, file, at) = (out.clone(), range.file.clone(), range.offset);
+        let mut room = match tokio::time::timeout(timeout, socket.writable()).await {
+            Err(_) => {
+                return Err(Failed::Connection(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no room in the connection within the data timeout",
+                )));
+            }
+            Ok(Err(e)) => return Err(Failed::Connection(e)),
+            Ok(Ok(room)) => room,
+        };
+        let (out, file, at) = (dup.clone(), range.file.clone(), range.offset);
         let count = range.len.min(STEP) as usize;
-        let sent = tokio::task::spawn_blocking(move || step(&out, &file, at, count, timeout))
+        let sent = tokio::task::spawn_blocking(move || step(&out, &file, at, count))
             .await
             .map_err(|e| Failed::Connection(io::Error::other(e)))??;
-        range.offset += sent as u64;
-        range.len -= sent as u64;
+        match sent {
+            Some(n) => {
+                range.offset += n as u64;
+                range.len -= n as u64;
+            }
+            // Full: wait for the next sign of room (not the one already used).
+            None => room.clear_ready(),
+        }
     }
     Ok(())
 }
 
-/// One `sendfile` of up to `count` bytes of `file` from `at`, waiting for room first when
-/// the socket is full. Returns how many bytes went (at least one).
+/// One `sendfile` of up to `count` bytes of `file` from `at`: how many went (at least
+/// one), or None when the socket is full.
 fn step(
     out: &OwnedFd,
     file: &std::fs::File,
     mut at: u64,
     count: usize,
-    timeout: Duration,
-) -> Result<usize, Failed> {
-    let wait = Timespec {
-        tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
-        tv_nsec: i64::from(timeout.subsec_nanos()),
-    };
+) -> Result<Option<usize>, Failed> {
     loop {
         match rustix::fs::sendfile(out, file, Some(&mut at), count) {
             Ok(0) => {
@@ -66,21 +97,8 @@ fn step(
                     format!("the content's file ends {count} or fewer bytes early"),
                 )));
             }
-            Ok(n) => return Ok(n),
-            Err(Errno::AGAIN) => {
-                let mut fds = [PollFd::new(out, PollFlags::OUT)];
-                match rustix::event::poll(&mut fds, Some(&wait)) {
-                    Ok(0) => {
-                        return Err(Failed::Connection(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "no room in the connection within the data timeout",
-                        )));
-                    }
-                    // Room, or an error the next call reports.
-                    Ok(_) | Err(Errno::INTR) => {}
-                    Err(e) => return Err(Failed::Connection(e.into())),
-                }
-            }
+            Ok(n) => return Ok(Some(n)),
+            Err(Errno::AGAIN) => return Ok(None),
             Err(Errno::INTR) => {}
             Err(
                 e @ (Errno::PIPE
@@ -145,6 +163,53 @@ mod tests {
         drop(ours);
         let got = reader.await.unwrap();
         assert!(got == bytes[100..], "the bytes differ");
+    }
+
+    /// A reader that takes the content in small bursts keeps the socket full most of the
+    /// time: calls end with `EAGAIN` again and again, and every wait must be woken, on six
+    /// connections at once. (The first version's hang, in a drain, was not reproduced by
+    /// this test when tried against that version; this is a check of the waits, not a
+    /// reproduction of that race.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_waits_for_room_are_all_woken() {
+        let (f, bytes) = file(24 << 20);
+        let bytes = Arc::new(bytes);
+        let mut senders = Vec::new();
+        for _ in 0..6 {
+            let (ours, mut theirs) = pair().await;
+            let mut r = range(&f, 0, bytes.len() as u64);
+            let expected = bytes.clone();
+            let reader = tokio::spawn(async move {
+                let (mut got, mut buf) = (Vec::new(), vec![0u8; 64 << 10]);
+                loop {
+                    let n = theirs.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                assert!(got == *expected, "the bytes differ");
+            });
+            senders.push(tokio::spawn(async move {
+                let sent = send(&ours, &mut r, Duration::from_secs(20)).await;
+                drop(ours);
+                sent
+            }));
+            senders.push(reader_as_result(reader));
+        }
+        for s in senders {
+            s.await.unwrap().unwrap();
+        }
+    }
+
+    fn reader_as_result(
+        reader: tokio::task::JoinHandle<()>,
+    ) -> tokio::task::JoinHandle<Result<(), Failed>> {
+        tokio::spawn(async move {
+            reader.await.unwrap();
+            Ok(())
+        })
     }
 
     #[tokio::test]
