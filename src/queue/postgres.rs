@@ -129,7 +129,7 @@ impl Postgres {
         live_bytes: u64,
     ) -> Result<Reclaimed, StoreError> {
         let c = self.inner.pool.get().await.map_err(pool_error)?;
-        reclaim::run(&c, free_bytes, live_bytes).await
+        reclaim::run(c, free_bytes, live_bytes).await
     }
 
     /// This node's name in leases.

@@ -97,10 +97,38 @@ async fn a_drained_queue_gives_its_space_back() {
         .execute("SELECT pg_advisory_unlock($1)", &[&VACUUM_LOCK])
         .await
         .unwrap();
+    drop(other);
 
+    // The server's connections to this database (this query's own included).
+    let backends = || -> u64 {
+        pg.sql(
+            &db,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'"),
+        )
+        .parse()
+        .unwrap()
+    };
+    // Waits (up to 10 s, letting the store's tasks run) until `want` holds of that count.
+    async fn wait_backends(backends: &dyn Fn() -> u64, want: &dyn Fn(u64) -> bool) -> u64 {
+        let t0 = std::time::Instant::now();
+        let mut n = backends();
+        while !want(n) && t0.elapsed() < std::time::Duration::from_secs(10) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            n = backends();
+        }
+        n
+    }
+    // The other node's connection has gone.
+    let ours = wait_backends(&backends, &|n| n <= 2).await;
     let Reclaimed::Vacuumed(before, after) = s.reclaim_space(FREE, LIVE).await.unwrap() else {
         panic!("no vacuum of a drained queue")
     };
+    // The vacuum ran on a connection taken out of the pool, closed when it ended.
+    let left = wait_backends(&backends, &|n| n < ours).await;
+    assert!(
+        left < ours,
+        "the vacuum's connection is closed: {ours} connections before, {left} after"
+    );
     println!("tables: {before} bytes before the vacuum, {after} after");
     assert!(after * 20 < before, "{before} -> {after}");
     assert!(

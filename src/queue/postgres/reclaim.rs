@@ -8,7 +8,10 @@
 //! reads or writes (it takes the lock to truncate only if nobody waits for the table, and
 //! gives it up if somebody does), unlike `VACUUM FULL`, which mx2 never runs. One node at a
 //! time (an advisory lock); a vacuum that gave little back (live rows at a table's end) is
-//! not tried again for [`AFTER_LITTLE`].
+//! not tried again for [`AFTER_LITTLE`]. After a long outage the tables hold gigabytes of
+//! dead rows and the vacuum reads them all, for minutes: it runs on a connection taken out
+//! of the pool (the pool opens another when it needs one; this one closes when the vacuum
+//! ends), so deliveries and commits keep the pool's every connection meanwhile.
 
 use super::{Inner, counts, pg_error, pool_error};
 use crate::queue::StoreError;
@@ -47,18 +50,20 @@ pub enum Reclaimed {
 /// [`LIVE_SHARE`] of the whole) is beyond what is queued, and what is queued is at most
 /// `live_bytes`.
 pub(super) async fn run(
-    c: &deadpool_postgres::Object,
+    pooled: deadpool_postgres::Object,
     free_bytes: u64,
     live_bytes: u64,
 ) -> Result<Reclaimed, StoreError> {
-    let size = table_size(c).await?;
-    let live = counts::stats(c).await?.bytes;
+    let size = table_size(&pooled).await?;
+    let live = counts::stats(&pooled).await?.bytes;
     let worth = size.saturating_sub(live) > free_bytes
         && live <= live_bytes
         && (live as f64) < LIVE_SHARE * size as f64;
     if !worth {
         return Ok(Reclaimed::Left(size));
     }
+    // Out of the pool for as long as the vacuum takes; closed when it is dropped below.
+    let c: &tokio_postgres::Client = &deadpool_postgres::Object::take(pooled);
     // A session lock (VACUUM cannot run in a transaction), released below whatever happens;
     // if this connection dies, the server releases it.
     let mine: bool = c
@@ -105,7 +110,7 @@ pub(super) async fn keep_reclaiming(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         let started = Instant::now();
         let result = match inner.pool.get().await {
-            Ok(c) => run(&c, FREE_BYTES, LIVE_BYTES).await,
+            Ok(c) => run(c, FREE_BYTES, LIVE_BYTES).await,
             Err(e) => Err(pool_error(e)),
         };
         drop(inner);
