@@ -12,7 +12,7 @@ use mx2::dns::Dns;
 use std::time::Duration;
 
 /// The SHA-256 of a PEM certificate's SubjectPublicKeyInfo (a `3 1 1` record's data).
-fn spki_sha256(pem_file: &std::path::Path) -> Vec<u8> {
+pub(crate) fn spki_sha256(pem_file: &std::path::Path) -> Vec<u8> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let der = CertificateDer::from_pem_file(pem_file).unwrap();

@@ -11,6 +11,7 @@ mod auth;
 mod check;
 mod crash;
 mod dane;
+mod dane_sts;
 mod domains;
 mod drills;
 mod dsn;
