@@ -383,7 +383,14 @@ fn web_inbox_over_https() {
     let r = jo.go("/inbox/logout", Some(&[("csrf", token.as_str())]), &[]);
     assert_eq!(r.status, 303);
     assert!(jo.get("/inbox/").text().contains("action=\"/inbox/login\""));
-    assert_eq!(jo.get(&format!("/inbox/m/{rich_id}")).status, 303);
+    for page in ["", "/eml", "/a/0"] {
+        let r = jo.get(&format!("/inbox/m/{rich_id}{page}"));
+        assert_eq!(
+            (r.status, r.header("location").as_deref()),
+            (303, Some("/inbox/")),
+            "{page} without a session"
+        );
+    }
 
     // The lockout is the IMAP side's: after 3 failures even the right password waits.
     let stranger = Browser::new(base, &ib.ca);

@@ -24,7 +24,8 @@ use crate::admin::listener::Conn;
 use crate::queue::inbox::{FlagChange, Held, key_domain, mailbox_key};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -191,6 +192,21 @@ impl Client {
 
     fn may_log_in(&self) -> bool {
         policy::may_take_password(self.tls, self.peer, self.local)
+    }
+}
+
+/// The session of a request that needs one (a page of the mailbox); without a live session
+/// the request is answered with the way back to the login page.
+struct LoggedIn(Session);
+
+impl FromRequestParts<Arc<Web>> for LoggedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, w: &Arc<Web>) -> Result<Self, Response> {
+        match w.session(&parts.headers) {
+            Some((_, s)) => Ok(LoggedIn(s)),
+            None => Err(see_other("/inbox/")),
+        }
     }
 }
 
@@ -367,13 +383,10 @@ async fn logout(
 
 async fn view(
     State(w): State<Arc<Web>>,
+    LoggedIn(s): LoggedIn,
     conn: Option<Extension<Conn>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    let Some((_, s)) = w.session(&headers) else {
-        return see_other("/inbox/");
-    };
     let (m, raw) = match w.read(&s.key, &id, Client::of(conn, None).peer).await {
         Ok(r) => r,
         Err(r) => return *r,
@@ -413,13 +426,10 @@ fn download(name: &str, bytes: Vec<u8>) -> Response {
 
 async fn eml(
     State(w): State<Arc<Web>>,
+    LoggedIn(s): LoggedIn,
     conn: Option<Extension<Conn>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    let Some((_, s)) = w.session(&headers) else {
-        return see_other("/inbox/");
-    };
     match w.read(&s.key, &id, Client::of(conn, None).peer).await {
         Ok((_, raw)) => download(&message::safe_name(Some(&format!("{id}.eml")), 0), raw),
         Err(r) => *r,
@@ -428,13 +438,10 @@ async fn eml(
 
 async fn attachment(
     State(w): State<Arc<Web>>,
+    LoggedIn(s): LoggedIn,
     conn: Option<Extension<Conn>>,
     Path((id, n)): Path<(String, usize)>,
-    headers: HeaderMap,
 ) -> Response {
-    let Some((_, s)) = w.session(&headers) else {
-        return see_other("/inbox/");
-    };
     let raw = match w.read(&s.key, &id, Client::of(conn, None).peer).await {
         Ok((_, raw)) => raw,
         Err(r) => return *r,
