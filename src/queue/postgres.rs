@@ -27,6 +27,7 @@ mod reclaim;
 mod registry;
 mod schema;
 mod sts;
+mod sweep;
 mod wake;
 mod writer;
 
@@ -94,6 +95,16 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
             None => StoreError::Backend(format!("PostgreSQL: {e}")),
         },
     }
+}
+
+/// The first column of each of `rows`.
+fn first_column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    rows: &'a [tokio_postgres::Row],
+) -> Result<Vec<T>, StoreError> {
+    rows.iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(pg_error)
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {

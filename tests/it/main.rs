@@ -24,6 +24,7 @@ mod init;
 mod mta_sts;
 mod pg_counts;
 mod pg_reclaim;
+mod pg_sweep;
 mod postfix;
 mod postgres;
 mod properties;

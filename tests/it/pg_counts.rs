@@ -343,10 +343,13 @@ async fn an_older_queue_gains_its_counters() {
     }
     Pg::shared().sql(
         db,
-        &format!("{UNDO_KEPT} {UNDO_COUNTERS} UPDATE mx2_schema SET version = 8"),
+        &format!(
+            "{} {UNDO_KEPT} {UNDO_COUNTERS} UPDATE mx2_schema SET version = 8",
+            crate::pg_sweep::UNDO_SWEEP
+        ),
     );
     let s = store_at(&url, "a").await;
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "11");
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "12");
     exact(&s, db, "building the counters").await;
     let depth = s.depth().await.unwrap();
     let x = domain(&depth, "x.test").unwrap();

@@ -273,10 +273,11 @@ async fn an_older_queue_gains_the_registry() {
     Pg::shared().sql(
         db,
         &format!(
-            "{} {} DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; \
+            "{} {} {} DROP TABLE registry; DROP TABLE registry_version; DROP TABLE drills; \
              DROP TABLE inbox_credentials; DROP TABLE inbox_mailboxes; DROP TABLE inbox_uids; \
              DROP TABLE inbox_codes; DROP TABLE inbox_hidden; DROP TABLE sts_policies; \
              DROP TABLE tlsrpt_counts; UPDATE mx2_schema SET version = 2",
+            crate::pg_sweep::UNDO_SWEEP,
             crate::pg_counts::UNDO_KEPT,
             crate::pg_counts::UNDO_COUNTERS
         ),
@@ -284,7 +285,7 @@ async fn an_older_queue_gains_the_registry() {
     let s = Postgres::open(&config(&url, "a", Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "11");
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "12");
     suite::registry(&s).await;
     suite::drills(&s).await;
     suite::inbox_credentials(&s).await;
@@ -308,10 +309,11 @@ async fn nodes_starting_at_once_migrate_once() {
     let db = url.rsplit('/').next().unwrap();
     assert_eq!(
         Pg::shared().sql(db, "SELECT version FROM mx2_schema"),
-        "11",
+        "12",
         "step 3: the registry, step 4: drill results, step 5: the inbox, step 6: inbox codes, \
          step 7: MTA-STS policies, step 8: TLS-RPT counters, step 9: the queue counters, \
-         step 10: kept mail and published credentials, step 11: leaner counting triggers"
+         step 10: kept mail and published credentials, step 11: leaner counting triggers, \
+         step 12: removed content deleted in the background"
     );
     assert_eq!(Pg::shared().sql(db, "SELECT COUNT(*) FROM mx2_schema"), "1");
 }

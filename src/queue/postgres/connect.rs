@@ -5,7 +5,8 @@
 //! Nothing here runs the queue's operations.
 
 use super::{
-    Inner, Postgres, Tls, counts, ms, pg_error, pool_error, reclaim, renew_leases, schema, writer,
+    Inner, Postgres, Tls, counts, ms, pg_error, pool_error, reclaim, renew_leases, schema, sweep,
+    writer,
 };
 use crate::config::{PgTls, PostgresConfig, TlsMode, TlsPolicy};
 use crate::queue::StoreError;
@@ -92,6 +93,7 @@ impl Postgres {
         tokio::spawn(renew_leases(Arc::downgrade(&inner), config.lease / 4));
         tokio::spawn(counts::keep_folding(Arc::downgrade(&inner)));
         tokio::spawn(reclaim::keep_reclaiming(Arc::downgrade(&inner)));
+        tokio::spawn(sweep::keep_sweeping(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 }

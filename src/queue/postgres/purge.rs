@@ -3,7 +3,7 @@
 //! messages left with none pending leave the queue. One transaction; it wakes nobody, since
 //! nothing became due.
 
-use super::{NOW_MS, pg_error};
+use super::{NOW_MS, first_column, pg_error};
 use crate::queue::StoreError;
 
 /// Drops the pending recipients in `domain` that no node is delivering (no claim, or a lease
@@ -24,14 +24,8 @@ pub(super) async fn purge_domain(
            AND (claimed_by IS NULL OR lease_until < {NOW_MS})
          RETURNING message_id"
     );
-    let mut ids: Vec<String> = tx
-        .query(&dropped, &[&domain])
-        .await
-        .map_err(pg_error)?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()
-        .map_err(pg_error)?;
+    let rows = tx.query(&dropped, &[&domain]).await.map_err(pg_error)?;
+    let mut ids: Vec<String> = first_column(&rows)?;
     ids.sort_unstable();
     ids.dedup();
     remove_done(&tx, &ids).await?;
@@ -61,11 +55,5 @@ pub(super) async fn remove_done(
         )
         .await
         .map_err(pg_error)?;
-    tx.query(&st, &[&ids])
-        .await
-        .map_err(pg_error)?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()
-        .map_err(pg_error)
+    first_column(&tx.query(&st, &[&ids]).await.map_err(pg_error)?)
 }

@@ -71,6 +71,7 @@ CREATE TABLE primaries (
     super::counts::SCHEMA,
     super::kept::SCHEMA,
     super::counts::LEANER,
+    super::sweep::SCHEMA,
 ];
 
 /// The schema version this mx2 writes.
