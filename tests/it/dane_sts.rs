@@ -13,23 +13,11 @@ use crate::common::pki::Pki;
 use crate::common::sts::PolicyServer;
 use crate::common::*;
 use crate::dane::spki_sha256;
+use crate::mta_sts::{listing, policy};
 use std::time::Duration;
 
 /// Where the policies are served (port 443; no other test binds this address).
 const POLICY_IP: &str = "127.0.0.12";
-
-fn policy(mode: &str, mx: &str) -> String {
-    format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
-}
-
-/// The queue listing (JSON) of the mail to `rcpt`.
-fn listing(mx2: &Mx2, rcpt: &str) -> String {
-    mx2_text(
-        &["queue", "list", "--json", "--recipient", rcpt],
-        &mx2.config,
-    )
-    .1
-}
 
 #[test]
 fn a_failing_dane_validation_holds_mail_that_mta_sts_would_let_through() {

@@ -19,7 +19,7 @@ const POLICY_IP: &str = "127.0.0.8";
 /// Where https: reports are posted.
 const REPORTS_IP: &str = "127.0.0.11";
 
-fn policy(mode: &str, mx: &str) -> String {
+pub(crate) fn policy(mode: &str, mx: &str) -> String {
     format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
 }
 
@@ -31,7 +31,7 @@ fn send(mx2: &Mx2, rcpt: &str, id: &str) {
 }
 
 /// The queue listing (JSON) of the mail to `rcpt`.
-fn listing(mx2: &Mx2, rcpt: &str) -> String {
+pub(crate) fn listing(mx2: &Mx2, rcpt: &str) -> String {
     mx2_text(
         &["queue", "list", "--json", "--recipient", rcpt],
         &mx2.config,
