@@ -1,7 +1,8 @@
 //! The PostgreSQL store gives a drained queue's space back to the disk (a plain `VACUUM`
 //! that truncates the tables' empty tails), against a real server with autovacuum kept off
 //! these tables so that what shrinks them is mx2's own step; and it does not while much is
-//! still queued, nor while another node holds the step's lock.
+//! still queued, nor while another node holds the step's lock, nor while removed content
+//! is still being deleted.
 
 use crate::common::pg::Pg;
 use crate::postgres::store_at;
@@ -119,6 +120,39 @@ async fn a_drained_queue_gives_its_space_back() {
         n
     }
     // The other node's connection has gone.
+    // While removed content is still being deleted, no vacuum. The sweeper is held at its
+    // delete (a SHARE lock on `bodies`), so the note stays; a vacuum would wait for that
+    // lock too, hence the timeout.
+    let (sweep_held, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let held_conn = tokio::spawn(conn);
+    sweep_held
+        .batch_execute("BEGIN; LOCK TABLE bodies IN SHARE MODE")
+        .await
+        .unwrap();
+    pg.sql(&db, "INSERT INTO doomed_bodies VALUES ('pending')");
+    let looked = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.reclaim_space(FREE, LIVE),
+    )
+    .await
+    .expect("the reclaim tried to vacuum while the sweeper had work");
+    assert!(
+        matches!(looked.unwrap(), Reclaimed::Left(_)),
+        "no vacuum while the sweeper has work"
+    );
+    sweep_held.batch_execute("COMMIT").await.unwrap();
+    drop(sweep_held);
+    held_conn.await.unwrap().unwrap();
+    let t0 = std::time::Instant::now();
+    while pg.sql(&db, "SELECT COUNT(*) FROM doomed_bodies") != "0" {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "the sweeper kept the note"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let ours = wait_backends(&backends, &|n| n <= 2).await;
     let Reclaimed::Vacuumed(before, after) = s.reclaim_space(FREE, LIVE).await.unwrap() else {
         panic!("no vacuum of a drained queue")

@@ -8,7 +8,8 @@
 //! reads or writes (it takes the lock to truncate only if nobody waits for the table, and
 //! gives it up if somebody does), unlike `VACUUM FULL`, which mx2 never runs. One node at a
 //! time (an advisory lock); a vacuum that gave little back (live rows at a table's end) is
-//! not tried again for [`AFTER_LITTLE`]. After a long outage the tables hold gigabytes of
+//! not tried again for [`AFTER_LITTLE`], and none runs while removed messages' content is
+//! still being deleted in the background (`sweep.rs`). After a long outage the tables hold gigabytes of
 //! dead rows and the vacuum reads them all, for minutes: it runs on a connection taken out
 //! of the pool (the pool opens another when it needs one; this one closes when the vacuum
 //! ends), so deliveries and commits keep the pool's every connection meanwhile.
@@ -59,7 +60,7 @@ pub(super) async fn run(
     let worth = size.saturating_sub(live) > free_bytes
         && live <= live_bytes
         && (live as f64) < LIVE_SHARE * size as f64;
-    if !worth {
+    if !worth || sweeping(&pooled).await? {
         return Ok(Reclaimed::Left(size));
     }
     // Out of the pool for as long as the vacuum takes; closed when it is dropped below.
@@ -85,6 +86,15 @@ pub(super) async fn run(
     vacuumed?;
     unlocked?;
     Ok(Reclaimed::Vacuumed(size, table_size(c).await?))
+}
+
+/// Whether removed messages' content is still being deleted (`sweep.rs`): a vacuum now
+/// would find those rows still live, give back little, and not be tried again for an hour.
+async fn sweeping(c: &tokio_postgres::Client) -> Result<bool, StoreError> {
+    c.query_one("SELECT EXISTS (SELECT 1 FROM doomed_bodies)", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(pg_error)
 }
 
 /// The tables' size in bytes: heap and TOAST, without indexes (plain `VACUUM` cannot shrink
