@@ -487,7 +487,7 @@ impl Client {
             .map_err(|e| content(&self.host, e))?;
         let Stream::Plain(tcp) = &self.stream else {
             return Err(ClientError::protocol(
-                &self.host.clone(),
+                &self.host,
                 "the connection is no longer plain TCP".into(),
             ));
         };
@@ -495,17 +495,7 @@ impl Client {
             Ok(()) => {}
             Err(sendfile::Failed::File(e)) => return Err(content(&self.host, e)),
             Err(sendfile::Failed::Connection(e)) => {
-                return Err(if e.kind() == std::io::ErrorKind::TimedOut {
-                    ClientError::Timeout {
-                        host: self.host.clone(),
-                        what: "sending the message",
-                    }
-                } else {
-                    ClientError::Lost {
-                        host: self.host.clone(),
-                        what: "sending the message",
-                    }
-                });
+                return Err(self.sending_failed(e.kind() == std::io::ErrorKind::TimedOut));
             }
         }
         stuffer.saw(&last);
@@ -516,15 +506,19 @@ impl Client {
 
     async fn write_content(&mut self, wire: &[u8]) -> Result<(), ClientError> {
         match timeout(self.t.data, self.stream.write_all(wire)).await {
-            Err(_) => Err(ClientError::Timeout {
-                host: self.host.clone(),
-                what: "sending the message",
-            }),
-            Ok(Err(_)) => Err(ClientError::Lost {
-                host: self.host.clone(),
-                what: "sending the message",
-            }),
+            Err(_) => Err(self.sending_failed(true)),
+            Ok(Err(_)) => Err(self.sending_failed(false)),
             Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// Sending the content failed: no room within the data timeout, or the connection lost.
+    fn sending_failed(&self, timed_out: bool) -> ClientError {
+        let (host, what) = (self.host.clone(), "sending the message");
+        if timed_out {
+            ClientError::Timeout { host, what }
+        } else {
+            ClientError::Lost { host, what }
         }
     }
 

@@ -41,8 +41,6 @@ pub struct FileRange {
 }
 
 impl FileRange {
-    /// Up to `max` bytes of what is left into `buf` (cleared first), on the blocking pool.
-    /// A file that ends before the range does is an error, not a short message.
     /// The range's last two bytes (fewer if it is shorter), on the blocking pool.
     pub async fn last_bytes(&self) -> std::io::Result<Vec<u8>> {
         let n = self.len.min(2);
@@ -55,6 +53,8 @@ impl FileRange {
         .map_err(std::io::Error::other)?
     }
 
+    /// Up to `max` bytes of what is left into `buf` (cleared first), on the blocking pool.
+    /// A file that ends before the range does is an error, not a short message.
     async fn read(&mut self, buf: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
         buf.clear();
         let want = usize::try_from(self.len).map_or(max, |n| n.min(max));
@@ -141,23 +141,32 @@ impl BodyReader {
     /// The next chunk of content into `buf` (cleared first, at most [`CHUNK`] bytes); false
     /// at the end.
     pub async fn next_chunk(&mut self, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+        self.next_up_to(buf, CHUNK).await
+    }
+
+    /// [`BodyReader::next_chunk`] of at most `max` bytes.
+    async fn next_up_to(&mut self, buf: &mut Vec<u8>, max: usize) -> std::io::Result<bool> {
         buf.clear();
         let n = match &mut self.source {
-            Source::Stream(r) => r.take(CHUNK as u64).read_to_end(buf).await?,
-            Source::File { head, file } => match head.take(CHUNK as u64).read_to_end(buf).await? {
-                0 => file.read(buf, CHUNK).await?,
+            Source::Stream(r) => r.take(max as u64).read_to_end(buf).await?,
+            Source::File { head, file } => match head.take(max as u64).read_to_end(buf).await? {
+                0 => file.read(buf, max).await?,
                 n => n,
             },
         };
         Ok(n > 0)
     }
 
-    /// The first `max` bytes of the content at most (a notification quotes no more).
+    /// The first `max` bytes of the content at most (a notification quotes no more; the
+    /// inbox's list reads a header's worth), reading no further than that.
     pub async fn prefix(mut self, max: usize) -> std::io::Result<Vec<u8>> {
         let (mut out, mut buf) = (Vec::new(), Vec::new());
-        while out.len() < max && self.next_chunk(&mut buf).await? {
-            let n = buf.len().min(max - out.len());
-            out.extend_from_slice(&buf[..n]);
+        while out.len() < max
+            && self
+                .next_up_to(&mut buf, CHUNK.min(max - out.len()))
+                .await?
+        {
+            out.extend_from_slice(&buf);
         }
         Ok(out)
     }
@@ -203,5 +212,34 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(p, &content[..10]);
+    }
+
+    /// A head, then a file range that is not the whole file.
+    fn head_and_file(head: &[u8], content: &[u8]) -> (tempfile::NamedTempFile, BodyReader) {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"skip").unwrap();
+        f.write_all(content).unwrap();
+        f.write_all(b"after").unwrap();
+        let range = FileRange {
+            file: Arc::new(f.reopen().unwrap()),
+            offset: 4,
+            len: content.len() as u64,
+            dot_free: false,
+        };
+        (f, BodyReader::from_file(head.to_vec(), range))
+    }
+
+    #[tokio::test]
+    async fn a_prefix_of_head_and_file_is_their_first_bytes() {
+        let content: Vec<u8> = (0..(CHUNK * 2)).map(|i| (i % 249) as u8).collect();
+        let whole = [&b"head\r\n"[..], &content].concat();
+        for max in [3, 6, 10, CHUNK + 1, whole.len(), whole.len() + 9] {
+            let (_f, r) = head_and_file(b"head\r\n", &content);
+            let p = r.prefix(max).await.unwrap();
+            assert_eq!(p, &whole[..max.min(whole.len())], "prefix({max})");
+        }
+        let (_f, r) = head_and_file(b"head\r\n", &content);
+        assert_eq!(r.into_vec().await.unwrap(), whole);
     }
 }

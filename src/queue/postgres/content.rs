@@ -1,8 +1,8 @@
 //! A message's content in the `bodies` table, in and out as a stream: a spooled message's
 //! content goes from its spool file into chunk rows of [`CHUNK`] bytes one at a time, inside
 //! the transaction that commits the message; a delivery reads it back one chunk row at a
-//! time, the next one fetched (by a task of its own, on a pooled connection taken for that
-//! one query) while the last is sent. Receiving holds one chunk of a message, delivering
+//! time, from the second row on the next one fetched (by a task of its own, on a pooled
+//! connection taken for that one query) while the last is sent. Receiving holds one chunk of a message, delivering
 //! two.
 
 use super::{CHUNK, pg_error, pool_error};
@@ -128,8 +128,8 @@ pub(super) async fn reader(pool: Pool, id: String) -> Result<BodyReader, StoreEr
 /// sends the chunk before it.
 type Fetch = tokio::task::JoinHandle<io::Result<Vec<u8>>>;
 
-/// Reads chunk rows in order, one row ahead: as a chunk is handed out, the next one is
-/// already being fetched (at most two chunks held per reader).
+/// Reads chunk rows in order, one row ahead from the second row on: as a chunk is handed
+/// out, the next one is already being fetched (at most two chunks held per reader).
 struct Chunks {
     pool: Pool,
     id: String,
@@ -222,7 +222,9 @@ impl AsyncRead for Chunks {
             this.read += chunk.len() as u64;
             this.current = chunk;
             this.at = 0;
-            if this.next < this.chunks {
+            // Read ahead from the second row on: a reader that wants only the start (a
+            // notification's quote, the inbox's list) never asks for a row it drops.
+            if this.next >= 2 && this.next < this.chunks {
                 this.fetching = Some(this.fetch_next());
             }
         }
