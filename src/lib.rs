@@ -9,6 +9,7 @@ pub mod config;
 pub mod date;
 pub mod delivery;
 pub mod dns;
+pub mod download;
 pub mod drill;
 pub mod dsn;
 pub mod events;

@@ -9,7 +9,7 @@ use super::{Admin, actions};
 use crate::queue::{DEFAULT_LIST, Filter, MAX_LIST, State, StoreError};
 use axum::Router;
 use axum::extract::{Path, Query, State as Ctx};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
@@ -189,21 +189,14 @@ async fn export(
             Err(e) => return store_error(e),
         }
     }
-    match a.store.body(&id).await {
-        Ok(body) => (
-            [
-                (header::CONTENT_TYPE, "message/rfc822".to_string()),
-                (
-                    header::CONTENT_DISPOSITION,
-                    format!(
-                        "attachment; filename=\"{}.eml\"",
-                        id.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-                    ),
-                ),
-            ],
-            body,
-        )
-            .into_response(),
+    match a.store.body_reader(&id).await {
+        Ok(reader) => {
+            let name = format!(
+                "{}.eml",
+                id.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            );
+            crate::download::response(reader, "message/rfc822", &name)
+        }
         Err(e) => store_error(e),
     }
 }

@@ -223,6 +223,7 @@ fn check(
 }
 
 pub fn main() -> ExitCode {
+    crate::memory::keep_large_buffers_apart();
     let cli = Cli::parse();
     match cli.command {
         Cmd::Queue { action } => queue::run(action),

@@ -144,6 +144,8 @@ pub mod inbox {
     pub const MAX_LOGIN_FAILURES: u32 = 5;
     pub const LOCKOUT: Duration = secs(60);
     pub const MAX_CONNECTIONS: usize = 200;
+    pub const CONTENT_MEMORY: u64 = 256 << 20;
+    pub const MIN_CONTENT_MEMORY: u64 = 1_000_000;
     pub const IDLE_TIMEOUT: Duration = secs(1800);
     pub const CODE_VALIDITY: Duration = secs(900);
     pub const KEEP_AFTER_DELIVERY: Duration = secs(3 * 86_400);
@@ -319,6 +321,8 @@ mod tests {
         assert_eq!(duration("[inbox] lockout"), inbox::LOCKOUT);
         let n = number::<usize>("[inbox] max_connections");
         assert_eq!(n, inbox::MAX_CONNECTIONS);
+        let size = readme("[inbox] content_memory");
+        assert_eq!(parse_size(&size), Ok(inbox::CONTENT_MEMORY));
         assert_eq!(duration("[inbox] idle_timeout"), inbox::IDLE_TIMEOUT);
         assert_eq!(duration("[inbox] code_validity"), inbox::CODE_VALIDITY);
         assert_eq!(

@@ -1,12 +1,12 @@
 //! The `[inbox]` table: the emergency inbox's IMAP listeners (STARTTLS and implicit TLS) and
 //! the web inbox's HTTPS listener (`web_listen`), all off unless given, all needing the
-//! `[tls]` certificate; login failure limits and the connection cap, how long a one-time
+//! `[tls]` certificate; login failure limits, the connection cap and the memory for messages read whole, how long a one-time
 //! login code is good for, and how long delivered mail stays in the inbox
 //! (`keep_after_delivery`). Which domains have an inbox is the `[[domain]] inbox` key
 //! (`domain.rs`), what a user's delete does its `inbox_delete` (parsed here). Parsing and validation only; `src/inbox/` uses the result.
 
 use super::defaults::inbox as default;
-use super::{ConfigError, Ctx, HumanDuration};
+use super::{ConfigError, Ctx, HumanDuration, Size};
 use crate::queue::inbox::DeletePolicy;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -27,6 +27,9 @@ pub struct InboxConfig {
     pub lockout: Duration,
     /// IMAP connections at once.
     pub max_connections: usize,
+    /// Memory for messages read whole (IMAP FETCH and SEARCH of content, the web inbox's
+    /// message and attachment pages), in bytes: see `src/inbox/budget.rs`.
+    pub content_memory: u64,
     /// How long a session may stay silent (IDLE included) before it is closed.
     pub idle_timeout: Duration,
     /// How long a one-time login code (`mx2 inbox invite`) is good for.
@@ -52,6 +55,7 @@ pub(super) struct RawInbox {
     max_login_failures: Option<Spanned<u32>>,
     lockout: Option<Spanned<HumanDuration>>,
     max_connections: Option<Spanned<usize>>,
+    content_memory: Option<Spanned<Size>>,
     idle_timeout: Option<Spanned<HumanDuration>>,
     code_validity: Option<Spanned<HumanDuration>>,
     keep_after_delivery: Option<Spanned<String>>,
@@ -99,6 +103,16 @@ impl Ctx<'_> {
             Some(v) => v.into_inner().0,
             None => default::CODE_VALIDITY,
         };
+        let content_memory = match raw.content_memory {
+            Some(v) if v.get_ref().0 < default::MIN_CONTENT_MEMORY => {
+                return Err(self.at(
+                    v.span(),
+                    "must be at least 1MB (memory for messages the inbox reads whole)",
+                ));
+            }
+            Some(v) => v.into_inner().0,
+            None => default::CONTENT_MEMORY,
+        };
         Ok(InboxConfig {
             listen,
             tls_listen,
@@ -106,6 +120,7 @@ impl Ctx<'_> {
             max_login_failures,
             lockout,
             max_connections: self.positive(raw.max_connections, default::MAX_CONNECTIONS)?,
+            content_memory,
             idle_timeout,
             code_validity,
             keep_after_delivery: self.keep_after_delivery(raw.keep_after_delivery.as_ref())?,
@@ -204,6 +219,14 @@ mod tests {
         let e = parse("[inbox]\nmax_login_failures = 0\n").unwrap_err();
         assert!(
             e.contains("key `inbox.max_login_failures`: must be at least 1"),
+            "{e}"
+        );
+        assert_eq!(parse("").unwrap().inbox.content_memory, 256 << 20);
+        let c = parse("[inbox]\ncontent_memory = \"64MiB\"\n").unwrap();
+        assert_eq!(c.inbox.content_memory, 64 << 20);
+        let e = parse("[inbox]\ncontent_memory = \"100KB\"\n").unwrap_err();
+        assert!(
+            e.contains("key `inbox.content_memory`: must be at least 1MB"),
             "{e}"
         );
     }

@@ -68,6 +68,14 @@ pub fn verify(password: &[u8], hash: Option<&str>) -> bool {
     matched && counts
 }
 
+/// How many argon2 verifications may run at once: one a core (at most 8). Each takes
+/// 19 MiB and a core for tens of milliseconds; unbounded, 200 logins at once (the inbox's
+/// connection cap) would ask for 3.8 GB and every core, and all of them would pass the
+/// lockout check before the first failure was counted.
+pub fn verifications_at_once() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
+}
+
 /// Makes the dummy hash now (at start), so the first login without a credential does not
 /// pay for it.
 pub fn prepare() {

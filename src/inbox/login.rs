@@ -1,4 +1,5 @@
-//! One login attempt, the same for IMAP and the web inbox: the lockout first, then the
+//! One login attempt, the same for IMAP and the web inbox: the lockout first, then a turn
+//! among the few verifications that run at once and the lockout again, then the
 //! password against the address's argon2id hash (or the dummy, `auth.rs`), then, if the
 //! password has a code's shape, a one-time code (`codes.rs`, used up by this login). A
 //! failure counts towards the lockout; a success ends it. [`Inbox::record_login`] puts the
@@ -57,6 +58,14 @@ impl Inbox {
             None
         };
         let code = (enabled && codes::looks_like(&password)).then(|| codes::hash(&password));
+        // A turn to verify (a few at once), then the lockout again: failures counted while
+        // this login waited may have locked it out.
+        let Ok(_turn) = self.verifying.acquire().await else {
+            return Err(Refused::Wrong(None));
+        };
+        if let Err(l) = self.lockout.check(key, client, Instant::now()) {
+            return Err(Refused::Locked(l.for_secs));
+        }
         // One argon2 verification whether or not there is a hash (see `auth`).
         let good = tokio::task::spawn_blocking(move || auth::verify(&password, hash.as_deref()))
             .await
@@ -76,7 +85,9 @@ impl Inbox {
                 Ok(v)
             }
             None => Err(Refused::Wrong(
-                self.lockout.failed(key, client, now).map(|l| l.for_secs),
+                self.lockout
+                    .failed(key, client, Instant::now())
+                    .map(|l| l.for_secs),
             )),
         }
     }

@@ -5,14 +5,16 @@
 //! protocol states and commands; `mailbox.rs` a session's view of `INBOX` (sequence numbers,
 //! sets, changes, SEARCH); `fetch.rs` renders FETCH items from a stored message; `auth.rs`
 //! the argon2id hashes and the login lockout; `codes.rs` one-time login codes; `login.rs` one
-//! login attempt (lockout, password, code), shared by IMAP and the web inbox; `web/` the
+//! login attempt (lockout, password, code), shared by IMAP and the web inbox; `budget.rs`
+//! the memory for messages read whole (`[inbox] content_memory`); `web/` the
 //! web inbox (HTML pages at `/inbox/`); `keep.rs` delivered mail kept for
 //! `keep_after_delivery` and its purge; `published.rs` credentials lists published by the
 //! primaries. Mail is read from the queue store
-//! (`Store::inbox_mailbox`, `Store::body`), never copied; `\Seen` and `\Flagged` are kept
+//! (`Store::inbox_mailbox`, `Store::body_reader`), never copied; `\Seen` and `\Flagged` are kept
 //! per user in the store and never change what is delivered.
 
 pub mod auth;
+pub mod budget;
 pub mod codes;
 pub mod driver;
 pub mod fetch;
@@ -41,9 +43,13 @@ pub struct Inbox {
     /// Domains with `inbox = true` (the configuration's and the registry's, per generation).
     domains: RwLock<HashMap<String, DeletePolicy>>,
     pub lockout: auth::Lockout,
+    /// Argon2 verifications running ([`auth::verifications_at_once`]).
+    verifying: tokio::sync::Semaphore,
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Memory for messages read whole, shared by every IMAP and web session.
+    pub budget: budget::Budget,
     pub ipv6_prefix: u8,
     /// Bumped whenever new mail may be in the store: idling sessions look again.
     pub arrivals: watch::Sender<u64>,
@@ -61,9 +67,11 @@ impl Inbox {
             store,
             domains: Default::default(),
             lockout: auth::Lockout::new(config.max_login_failures, config.lockout),
+            verifying: tokio::sync::Semaphore::new(auth::verifications_at_once()),
             acceptor,
             idle_timeout: config.idle_timeout,
             max_connections: config.max_connections,
+            budget: budget::Budget::new(config.content_memory),
             ipv6_prefix,
             arrivals: watch::channel(0).0,
         })

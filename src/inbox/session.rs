@@ -9,7 +9,7 @@
 use super::driver::{Closed, Driver, Input};
 use super::login::{Refused, Via};
 use super::mailbox::{self, View};
-use super::{Inbox, fetch};
+use super::{Inbox, budget, fetch};
 use crate::queue::inbox::{FlagChange, mailbox_key};
 use crate::tls::Stream;
 use imap_next::imap_types::ToStatic;
@@ -402,13 +402,15 @@ impl Session {
         }
     }
 
-    /// A message's content when `wanted` (`Some(None)` when not), or `None` when it left the
-    /// queue meanwhile (the next NOOP reports it expunged).
-    async fn content(&self, queue_id: &str, wanted: bool) -> Option<Option<Vec<u8>>> {
+    /// A message's content when `wanted` (`Some(None)` when not), read whole within the
+    /// inbox's content budget (its share is held until the value is dropped), or `None` when
+    /// it left the queue meanwhile (the next NOOP reports it expunged).
+    async fn content(&self, queue_id: &str, wanted: bool) -> Option<Option<budget::Whole>> {
         if !wanted {
             return Some(None);
         }
-        self.inbox.store.body(queue_id).await.ok().map(Some)
+        let reader = self.inbox.store.body_reader(queue_id).await.ok()?;
+        self.inbox.budget.read_whole(reader).await.ok().map(Some)
     }
 
     fn record_login(&self, key: &str, ok: bool, detail: &str) {
@@ -639,7 +641,7 @@ impl Session {
                 m.seen = true;
                 newly_seen.push(m.uid);
             }
-            let mut items = fetch::render(&m, names, raw.as_deref(), uid);
+            let mut items = fetch::render(&m, names, raw.as_ref().map(|w| &w.raw[..]), uid);
             if newly_seen.last() == Some(&m.uid)
                 && !items.iter().any(|i| matches!(i, MessageDataItem::Flags(_)))
             {
@@ -658,15 +660,16 @@ impl Session {
                 self.inbox
                     .record_read(&key, &m.queue_id, self.client, "imap");
             }
-            drop(raw);
             if let Ok(items) = Vec1::try_from(items) {
                 drv.server().enqueue_data(Data::Fetch {
                     seq: nz(seq),
                     items,
                 });
             }
-            // One message's response at a time: memory stays one message's.
+            // One message's response at a time, its content's share of the budget held
+            // until the response is written.
             drv.flush().await?;
+            drop(raw);
         }
         if !newly_seen.is_empty() {
             let change = FlagChange {
@@ -831,9 +834,9 @@ impl Session {
             let Some(raw) = self.content(&m.queue_id, content).await else {
                 continue;
             };
-            let c = raw.as_deref().map(|r| mailbox::Content {
-                raw: r,
-                headers: fetch::search_headers(r),
+            let c = raw.as_ref().map(|w| mailbox::Content {
+                raw: &w.raw,
+                headers: fetch::search_headers(&w.raw),
             });
             match mailbox::matches(&key, seq, m, view, c.as_ref()) {
                 Ok(true) => found.push(nz(if uid { m.uid } else { seq })),

@@ -171,7 +171,7 @@ impl BodyReader {
         Ok(out)
     }
 
-    /// The whole content in memory (operators' exports, tests: one message at a time).
+    /// The whole content in memory (the inbox's reads within its budget, tests).
     pub async fn into_vec(mut self) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(usize::try_from(self.size).unwrap_or(0));
         let mut buf = Vec::new();

@@ -166,8 +166,9 @@ pub trait Store: Send + Sync + 'static {
     fn insert(&self, msg: NewMessage) -> StoreFuture<'_, ()>;
     /// Claims up to `limit` pending, unclaimed recipients due at `now_ms`, grouped into jobs.
     fn claim_due(&self, now_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Job>>;
-    /// The stored content of a message, whole in memory (small messages, tests; delivery
-    /// and notifications read through [`Store::body_reader`]).
+    /// The stored content of a message, whole in memory: for tests and the conformance
+    /// suite. Every path of the server (delivery, notifications, exports, the inbox) reads
+    /// through [`Store::body_reader`].
     fn body(&self, id: &str) -> StoreFuture<'_, Vec<u8>>;
     /// Commits a new message whose content is `msg.body` (its trace headers) followed by the
     /// spool file `content`, synced already; the file is the store's once this returns `Ok`

@@ -19,7 +19,7 @@ const CLIENT: &str = include_str!("inbox/client.py");
 
 pub(crate) struct Inbox {
     pub(crate) mx2: Mx2,
-    imaps: u16,
+    pub(crate) imaps: u16,
     imap: u16,
     pub(crate) ca: PathBuf,
     script: PathBuf,
@@ -40,6 +40,18 @@ pub(crate) fn start_with(
     inbox_keys: &str,
     more: &str,
 ) -> Inbox {
+    start_smtp(primary_port, storage, max_failures, inbox_keys, more, "")
+}
+
+/// The same with more `[smtp]` keys (`max_message_size` replaces the tests' 1 MB).
+pub(crate) fn start_smtp(
+    primary_port: u16,
+    storage: &str,
+    max_failures: u32,
+    inbox_keys: &str,
+    more: &str,
+    smtp_extra: &str,
+) -> Inbox {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let leaf = pki.leaf(dir.path(), "mx2", &["mx2.test", "127.0.0.1"]);
@@ -50,7 +62,7 @@ pub(crate) fn start_with(
         leaf.cert.display(),
         leaf.key.display()
     );
-    let mx2 = Mx2::start_tail(&tail);
+    let mx2 = Mx2::start_config(|port, state| config_with(port, state, smtp_extra, &tail));
     let script = dir.path().join("client.py");
     std::fs::write(&script, CLIENT).unwrap();
     Inbox {
@@ -706,6 +718,47 @@ fn lockout_after_failures() {
     assert_eq!(r["result"], "NO", "locked out: {r}");
     assert!(r["error"].as_str().unwrap().contains("try again in"), "{r}");
     assert!(ib.mx2.log().contains("locked out"), "logged");
+}
+
+/// Thirty wrong passwords for one address at once: only a few are checked (as many as
+/// `max_login_failures`, and those already being checked when the lockout began), the rest
+/// are refused as locked out without a check. Logins take turns at the argon2 verification
+/// (a few at once); before they did, all thirty passed the lockout check together, thirty
+/// guesses where three were allowed, each holding 19 MiB meanwhile.
+#[test]
+fn logins_at_once_stop_at_the_lockout() {
+    const TRIES: usize = 30;
+    const LIMIT: usize = 3;
+    let ib = start(free_port(), "", LIMIT as u32);
+    ib.passwd("jo@example.test", "jo-secret");
+    let url = format!("imaps://127.0.0.1:{}/INBOX", ib.imaps);
+    std::thread::scope(|s| {
+        for n in 0..TRIES {
+            let (ib, url) = (&ib, &url);
+            s.spawn(move || ib.curl(&["--user", &format!("jo@example.test:wrong{n}"), url]));
+        }
+    });
+    let logins: Vec<String> = ib
+        .log(&["jo@example.test"])
+        .iter()
+        .filter(|e| e["event"] == "inbox_login" && e["ok"] == false)
+        .map(|e| e["detail"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let checked = logins
+        .iter()
+        .filter(|d| d.starts_with("wrong password"))
+        .count();
+    let locked = logins
+        .iter()
+        .filter(|d| d.starts_with("locked out"))
+        .count();
+    assert_eq!(checked + locked, TRIES, "{logins:?}");
+    let at_once = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+    eprintln!("{TRIES} logins at once: {checked} checked, {locked} refused as locked out");
+    assert!(
+        (LIMIT..=LIMIT + at_once).contains(&checked),
+        "{checked} passwords checked for a limit of {LIMIT} ({at_once} checks at once): {logins:?}"
+    );
 }
 
 /// A command pipelined behind STARTTLS is dropped, never run inside TLS.

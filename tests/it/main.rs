@@ -19,6 +19,7 @@ mod e2e;
 mod examples;
 mod faults;
 mod inbox;
+mod inbox_memory;
 mod inbox_web;
 mod init;
 mod mta_sts;

@@ -7,13 +7,12 @@
 
 use crate::common::client::Client;
 use crate::common::config::test_config;
+use crate::common::memory::{PeakRss, rss};
 use crate::common::pg::Pg;
 use crate::common::primary::Primary;
 use crate::common::runner::Mx2;
 use crate::common::{exclusive, free_port};
 use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -59,18 +58,6 @@ fn stuffed(content: &[u8]) -> Vec<u8> {
     out
 }
 
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb << 10)
-}
-
 #[test]
 fn twenty_sessions_of_20_mb_each_never_hold_a_message_whole() {
     twenty_sessions_of_20_mb("", &|| 0);
@@ -111,17 +98,7 @@ fn twenty_sessions_of_20_mb(storage: &str, rows_left: &dyn Fn() -> usize) {
     let pid = mx2.pid();
     let before = rss(pid);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (stop, peak) = (stop.clone(), peak.clone());
-        thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                peak.fetch_max(rss(pid), Ordering::SeqCst);
-                thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    let sampler = PeakRss::start(pid);
 
     let port = mx2.port;
     let senders: Vec<_> = (0..SESSIONS)
@@ -152,9 +129,7 @@ fn twenty_sessions_of_20_mb(storage: &str, rows_left: &dyn Fn() -> usize) {
     }
 
     let got = primary.wait_for(SESSIONS, Duration::from_secs(300));
-    stop.store(true, Ordering::SeqCst);
-    sampler.join().unwrap();
-    let peak = peak.load(Ordering::SeqCst);
+    let peak = sampler.stop();
     eprintln!(
         "mx2 RSS ({}): {} MB at start, peak {} MB while receiving and delivering {SESSIONS} × {} MB",
         if storage.is_empty() {

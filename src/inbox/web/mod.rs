@@ -8,7 +8,9 @@
 //! (`Store::inbox_mailbox` of the key they logged in as): a message is looked up in it by
 //! queue id, so another's is "not found". The list is newest first, paged; a message shows
 //! its text, or its HTML sanitized ([`message`]), with its attachments and the whole
-//! message as downloads (`application/octet-stream`, `attachment`); reading is an event,
+//! message as downloads (`application/octet-stream`, `attachment`; the whole message is
+//! streamed from the store, the pages that parse it read it within the inbox's content
+//! budget, [`super::budget`]); reading is an event,
 //! and sets `\Seen` as an IMAP read does; delete follows the domain's `inbox_delete`
 //! ([`Inbox::delete`]). Every answer carries a strict Content-Security-Policy.
 
@@ -18,9 +20,12 @@ pub mod policy;
 pub mod sessions;
 
 use super::Inbox;
+use super::budget::Whole;
 use super::login::{Refused, Via};
 use crate::admin::guard::Local;
 use crate::admin::listener::Conn;
+use crate::queue::StoreError;
+use crate::queue::body::BodyReader;
 use crate::queue::inbox::{FlagChange, Held, key_domain, mailbox_key};
 use axum::Router;
 use axum::body::Bytes;
@@ -84,7 +89,7 @@ impl Web {
         )
     }
 
-    fn store_down(&self, e: crate::queue::StoreError) -> Response {
+    fn store_down(&self, e: StoreError) -> Response {
         self.problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "Try again shortly",
@@ -107,20 +112,20 @@ impl Web {
             .ok_or_else(|| Box::new(self.not_found()))
     }
 
-    /// The content of message `id` of `key`'s mailbox, read now (an event).
+    /// The content of message `id` of `key`'s mailbox, read now (an event, and `\Seen`).
     async fn read(
         &self,
         key: &str,
         id: &str,
         client: IpAddr,
-    ) -> Result<(Held, Vec<u8>), Box<Response>> {
+    ) -> Result<(Held, BodyReader), Box<Response>> {
         let m = self.held(key, id).await?;
-        let raw = self.inbox.store.body(id).await.map_err(|e| {
-            Box::new(match e {
-                crate::queue::StoreError::NotFound(_) => self.not_found(),
-                e => self.store_down(e),
-            })
-        })?;
+        let reader = self
+            .inbox
+            .store
+            .body_reader(id)
+            .await
+            .map_err(|e| Box::new(self.unreadable(e)))?;
         self.inbox.record_read(key, id, client, "web");
         if !m.seen {
             let seen = FlagChange {
@@ -133,7 +138,30 @@ impl Web {
                 .inbox_set_flags(key, vec![m.uid], seen)
                 .await;
         }
-        Ok((m, raw))
+        Ok((m, reader))
+    }
+
+    /// [`Web::read`], the content whole, within the inbox's content budget.
+    async fn read_whole(
+        &self,
+        key: &str,
+        id: &str,
+        client: IpAddr,
+    ) -> Result<(Held, Whole), Box<Response>> {
+        let (m, reader) = self.read(key, id, client).await?;
+        match self.inbox.budget.read_whole(reader).await {
+            Ok(whole) => Ok((m, whole)),
+            Err(e) => Err(Box::new(
+                self.store_down(StoreError::Backend(e.to_string())),
+            )),
+        }
+    }
+
+    fn unreadable(&self, e: StoreError) -> Response {
+        match e {
+            StoreError::NotFound(_) => self.not_found(),
+            e => self.store_down(e),
+        }
     }
 }
 
@@ -387,17 +415,20 @@ async fn view(
     conn: Option<Extension<Conn>>,
     Path(id): Path<String>,
 ) -> Response {
-    let (m, raw) = match w.read(&s.key, &id, Client::of(conn, None).peer).await {
+    let (m, whole) = match w.read_whole(&s.key, &id, Client::of(conn, None).peer).await {
         Ok(r) => r,
         Err(r) => return *r,
     };
-    // Parsing and sanitizing a large message is work for a blocking thread.
-    let Ok(shown) = tokio::task::spawn_blocking(move || message::show(&raw)).await else {
+    // Parsing and sanitizing a large message is work for a blocking thread; the content's
+    // share of the budget is held until the page is made.
+    let Ok((shown, whole)) =
+        tokio::task::spawn_blocking(move || (message::show(&whole.raw), whole)).await
+    else {
         return w.not_found();
     };
     let drops = w.inbox.delete_policy(key_domain(&s.key))
         == Some(crate::queue::inbox::DeletePolicy::DoNotDeliver);
-    pages::message(MessagePage {
+    let page = pages::message(MessagePage {
         hostname: &w.hostname,
         address: &s.key,
         csrf: &s.csrf,
@@ -406,24 +437,12 @@ async fn view(
         shown: &shown,
         delete_drops: drops,
         delivered: m.delivered,
-    })
+    });
+    drop(whole);
+    page
 }
 
-/// A download: the bytes as `application/octet-stream`, saved as `name`.
-fn download(name: &str, bytes: Vec<u8>) -> Response {
-    let disposition = format!("attachment; filename=\"{name}\"");
-    let mut r = bytes.into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&disposition) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
-    r
-}
-
+/// The whole message, streamed from the store (it never needs the content budget).
 async fn eml(
     State(w): State<Arc<Web>>,
     LoggedIn(s): LoggedIn,
@@ -431,7 +450,10 @@ async fn eml(
     Path(id): Path<String>,
 ) -> Response {
     match w.read(&s.key, &id, Client::of(conn, None).peer).await {
-        Ok((_, raw)) => download(&message::safe_name(Some(&format!("{id}.eml")), 0), raw),
+        Ok((_, reader)) => {
+            let name = message::safe_name(Some(&format!("{id}.eml")), 0);
+            crate::download::response(reader, "application/octet-stream", &name)
+        }
         Err(r) => *r,
     }
 }
@@ -442,12 +464,16 @@ async fn attachment(
     conn: Option<Extension<Conn>>,
     Path((id, n)): Path<(String, usize)>,
 ) -> Response {
-    let raw = match w.read(&s.key, &id, Client::of(conn, None).peer).await {
-        Ok((_, raw)) => raw,
+    let whole = match w.read_whole(&s.key, &id, Client::of(conn, None).peer).await {
+        Ok((_, whole)) => whole,
         Err(r) => return *r,
     };
-    match tokio::task::spawn_blocking(move || message::attachment(&raw, n)).await {
-        Ok(Some((name, bytes))) => download(&name, bytes),
+    match tokio::task::spawn_blocking(move || message::attachment(&whole.raw, n)).await {
+        Ok(Some((name, bytes))) => crate::download::response(
+            BodyReader::from_vec(bytes),
+            "application/octet-stream",
+            &name,
+        ),
         _ => w.not_found(),
     }
 }

@@ -22,7 +22,7 @@ pub fn config_with(port: u16, state_dir: &Path, smtp_extra: &str, tail: &str) ->
 state_dir = "{state}"
 [smtp]
 listen = ["127.0.0.1:{port}"]
-max_message_size = "1MB"
+{size}
 shutdown_grace = "5s"
 {greeting}
 {smtp_extra}
@@ -35,6 +35,11 @@ shutdown_grace = "5s"
 {tail}
 "#,
         state = state_dir.display(),
+        size = if smtp_extra.contains("max_message_size") {
+            ""
+        } else {
+            "max_message_size = \"1MB\""
+        },
         // Tests talk at once; the early-talker wait is tested on its own.
         greeting = if smtp_extra.contains("greeting_delay") {
             ""

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dns;
 mod dns_zone;
 pub mod http;
+pub mod memory;
 pub mod mmdb;
 pub mod pg;
 pub mod pki;
