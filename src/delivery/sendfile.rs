@@ -3,7 +3,9 @@
 //! through mx2 (a drain of large messages from the embedded store's spool files).
 //!
 //! Each call runs on the blocking pool, at most [`STEP`] bytes, since the file's pages may
-//! have to come from the disk; the socket stays non-blocking, so a call never waits for the
+//! have to come from the disk, and first asks for the next step's pages
+//! (`POSIX_FADV_WILLNEED`), so the disk reads them while this step is sent; the socket stays
+//! non-blocking, so a call never waits for the
 //! primary and a slow primary holds no blocking thread. A full socket ends the call with
 //! `EAGAIN`; the wait for room is then async, on a registration of a duplicate of the
 //! socket (`AsyncFd`), whose readiness is cleared only for the event seen before the call
@@ -89,6 +91,14 @@ fn step(
     mut at: u64,
     count: usize,
 ) -> Result<Option<usize>, Failed> {
+    // The next step's pages are asked for now, so the disk reads them while this one is
+    // sent (a hint: nothing depends on it).
+    let _ = rustix::fs::fadvise(
+        file,
+        at + count as u64,
+        std::num::NonZeroU64::new(STEP),
+        rustix::fs::Advice::WillNeed,
+    );
     loop {
         match rustix::fs::sendfile(out, file, Some(&mut at), count) {
             Ok(0) => {
