@@ -37,8 +37,12 @@ async fn pump(mut reader: BodyReader, tx: mpsc::Sender<std::io::Result<Bytes>>) 
     loop {
         match reader.next_chunk(&mut buf).await {
             Ok(true) => {
-                let chunk = Bytes::copy_from_slice(&buf);
-                if tx.send(Ok(chunk)).await.is_err() {
+                // The chunk's buffer goes as it is; the next read gets a fresh one.
+                if tx
+                    .send(Ok(Bytes::from(std::mem::take(&mut buf))))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -79,7 +79,8 @@ impl Budget {
     }
 
     /// Units not held by any read now.
-    pub fn free_units(&self) -> u32 {
+    #[cfg(test)]
+    fn free_units(&self) -> u32 {
         u32::try_from(self.permits.available_permits()).unwrap_or(u32::MAX)
     }
 }

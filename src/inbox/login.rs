@@ -61,6 +61,7 @@ impl Inbox {
         // A turn to verify (a few at once), then the lockout again: failures counted while
         // this login waited may have locked it out.
         let Ok(_turn) = self.verifying.acquire().await else {
+            // Never closed; were it, no password would be checked.
             return Err(Refused::Wrong(None));
         };
         if let Err(l) = self.lockout.check(key, client, Instant::now()) {

@@ -90,10 +90,8 @@ fn twenty_sessions_of_20_mb(storage: &str, rows_left: &dyn Fn() -> usize) {
     let primary_port = free_port();
     let primary = Primary::start(primary_port);
     let mx2 = Mx2::start_config(|port, state| {
-        test_config(port, primary_port, state, "").replace(
-            "max_message_size = \"1MB\"",
-            "max_message_size = \"30MB\"\ndata_timeout = \"120s\"",
-        ) + storage
+        let smtp = "max_message_size = \"30MB\"\ndata_timeout = \"120s\"";
+        test_config(port, primary_port, state, smtp) + storage
     });
     let pid = mx2.pid();
     let before = rss(pid);
