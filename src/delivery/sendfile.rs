@@ -13,7 +13,7 @@
 //! version cleared the stream's own readiness after the call (`try_io`), which can drop
 //! such a wake-up, and a drain hung.
 
-use crate::queue::body::FileRange;
+use crate::queue::body::{self, FileRange};
 use rustix::io::Errno;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -93,12 +93,7 @@ fn step(
 ) -> Result<Option<usize>, Failed> {
     // The next step's pages are asked for now, so the disk reads them while this one is
     // sent (a hint: nothing depends on it).
-    let _ = rustix::fs::fadvise(
-        file,
-        at + count as u64,
-        std::num::NonZeroU64::new(STEP),
-        rustix::fs::Advice::WillNeed,
-    );
+    body::ask_ahead(file, at + count as u64, STEP);
     loop {
         match rustix::fs::sendfile(out, file, Some(&mut at), count) {
             Ok(0) => {
@@ -138,12 +133,7 @@ mod tests {
     }
 
     fn range(f: &tempfile::NamedTempFile, offset: u64, len: u64) -> FileRange {
-        FileRange {
-            file: Arc::new(f.reopen().unwrap()),
-            offset,
-            len,
-            dot_free: true,
-        }
+        FileRange::new(Arc::new(f.reopen().unwrap()), offset, len, true)
     }
 
     /// A connected pair: mx2's end and the peer's.

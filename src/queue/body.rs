@@ -31,6 +31,20 @@ enum Source {
     },
 }
 
+/// How far ahead of a reader that goes on past its first read the file's pages are asked for
+/// (`POSIX_FADV_WILLNEED`), whatever the device's own readahead (`read_ahead_kb`, 128 KiB on
+/// most devices): decision 46.
+pub const READ_AHEAD: u64 = 8 << 20;
+
+/// Asks the kernel to read `len` bytes of `file` from `at` into the page cache now, without
+/// waiting for them (a hint: nothing depends on it). Blocking (it allocates the pages and
+/// queues the reads): call it on the blocking pool.
+pub fn ask_ahead(file: &std::fs::File, at: u64, len: u64) {
+    if let Some(len) = std::num::NonZeroU64::new(len) {
+        let _ = rustix::fs::fadvise(file, at, Some(len), rustix::fs::Advice::WillNeed);
+    }
+}
+
 /// `len` bytes of `file` from `offset`, read in order.
 pub struct FileRange {
     pub file: Arc<std::fs::File>,
@@ -38,9 +52,40 @@ pub struct FileRange {
     pub len: u64,
     /// No line in the range starts with a dot, nor does the range: on the wire as it is.
     pub dot_free: bool,
+    /// Where the pages asked for ahead end; None before the first read (a reader that
+    /// stops after one read, such as a notification's quote, asks for nothing ahead).
+    asked_to: Option<u64>,
 }
 
 impl FileRange {
+    pub fn new(file: Arc<std::fs::File>, offset: u64, len: u64, dot_free: bool) -> Self {
+        Self {
+            file,
+            offset,
+            len,
+            dot_free,
+            asked_to: None,
+        }
+    }
+
+    /// What to ask for ahead of a read of `want` bytes from here: from where the last
+    /// request ended, up to [`READ_AHEAD`] past this read, once this read comes within half
+    /// of that of the last request's end; none on the first read.
+    fn ahead_of(&mut self, want: u64) -> Option<(u64, u64)> {
+        let end = self.offset + want;
+        let Some(asked) = self.asked_to else {
+            self.asked_to = Some(end);
+            return None;
+        };
+        if end + READ_AHEAD / 2 <= asked {
+            return None;
+        }
+        let from = asked.max(end);
+        let to = (end + READ_AHEAD).min(self.offset + self.len);
+        self.asked_to = Some(to.max(asked));
+        (to > from).then_some((from, to - from))
+    }
+
     /// The range's last two bytes (fewer if it is shorter), on the blocking pool.
     pub async fn last_bytes(&self) -> std::io::Result<Vec<u8>> {
         let n = self.len.min(2);
@@ -62,8 +107,12 @@ impl FileRange {
             return Ok(0);
         }
         let (file, offset) = (self.file.clone(), self.offset);
+        let ahead = self.ahead_of(want as u64);
         let mut owned = std::mem::take(buf);
         let (owned, got) = tokio::task::spawn_blocking(move || {
+            if let Some((at, len)) = ahead {
+                ask_ahead(&file, at, len);
+            }
             owned.resize(want, 0);
             let mut filled = 0;
             while filled < want {
@@ -214,6 +263,52 @@ mod tests {
         assert_eq!(p, &content[..10]);
     }
 
+    /// The pages asked for ahead of a reader: none for a first read (a reader that stops
+    /// there asks for nothing), then up to [`READ_AHEAD`] past each read once it comes
+    /// within half of that of the last request's end, each byte once, never past the range.
+    #[test]
+    fn read_ahead_follows_a_reader_that_goes_on() {
+        let f = tempfile::tempfile().unwrap();
+        let total = 3 * READ_AHEAD + 12_345;
+        let mut r = FileRange::new(Arc::new(f), 100, total, false);
+        let mut asked: Vec<(u64, u64)> = Vec::new();
+        let mut first = true;
+        while r.len > 0 {
+            let want = r.len.min(CHUNK as u64);
+            let ahead = r.ahead_of(want);
+            if first {
+                assert_eq!(ahead, None, "nothing ahead of the first read");
+                first = false;
+            }
+            if let Some((at, len)) = ahead {
+                assert!(at >= r.offset + want, "ahead of this read");
+                assert!(at + len <= 100 + total, "within the range");
+                assert!(len <= READ_AHEAD);
+                if let Some(&(pa, pl)) = asked.last() {
+                    assert_eq!(at, pa + pl, "each byte asked for once, in order");
+                }
+                asked.push((at, len));
+            }
+            // Whatever this read reaches was asked for, or is the part the kernel reads
+            // for the read itself (the first two reads).
+            if asked.len() > 1 {
+                let (pa, pl) = *asked.last().unwrap();
+                assert!(pa + pl >= r.offset + want);
+            }
+            r.offset += want;
+            r.len -= want;
+        }
+        let (first_at, _) = asked[0];
+        let (last_at, last_len) = *asked.last().unwrap();
+        assert_eq!(
+            first_at,
+            100 + 2 * CHUNK as u64,
+            "from the end of the second read"
+        );
+        assert_eq!(last_at + last_len, 100 + total, "up to the range's end");
+        assert!(asked.len() > 2, "in several requests: {asked:?}");
+    }
+
     /// A head, then a file range that is not the whole file.
     fn head_and_file(head: &[u8], content: &[u8]) -> (tempfile::NamedTempFile, BodyReader) {
         use std::io::Write;
@@ -221,12 +316,12 @@ mod tests {
         f.write_all(b"skip").unwrap();
         f.write_all(content).unwrap();
         f.write_all(b"after").unwrap();
-        let range = FileRange {
-            file: Arc::new(f.reopen().unwrap()),
-            offset: 4,
-            len: content.len() as u64,
-            dot_free: false,
-        };
+        let range = FileRange::new(
+            Arc::new(f.reopen().unwrap()),
+            4,
+            content.len() as u64,
+            false,
+        );
         (f, BodyReader::from_file(head.to_vec(), range))
     }
 

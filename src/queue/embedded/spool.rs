@@ -329,12 +329,7 @@ pub(super) async fn reader(
     let file = open(state_dir, id, tail.len).await?;
     Ok(BodyReader::from_file(
         head,
-        FileRange {
-            file: std::sync::Arc::new(file),
-            offset: 0,
-            len: tail.len,
-            dot_free: tail.dot_free,
-        },
+        FileRange::new(std::sync::Arc::new(file), 0, tail.len, tail.dot_free),
     ))
 }
 
