@@ -349,7 +349,7 @@ async fn an_older_queue_gains_its_counters() {
         ),
     );
     let s = store_at(&url, "a").await;
-    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "12");
+    assert_eq!(Pg::shared().sql(db, "SELECT version FROM mx2_schema"), "13");
     exact(&s, db, "building the counters").await;
     let depth = s.depth().await.unwrap();
     let x = domain(&depth, "x.test").unwrap();

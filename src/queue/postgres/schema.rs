@@ -72,6 +72,7 @@ CREATE TABLE primaries (
     super::kept::SCHEMA,
     super::counts::LEANER,
     super::sweep::SCHEMA,
+    super::content::UNCOMPRESSED,
 ];
 
 /// The schema version this mx2 writes.
