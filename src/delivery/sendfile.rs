@@ -68,7 +68,8 @@ pub async fn send(tcp: &TcpStream, range: &mut FileRange, timeout: Duration) -> 
         };
         let (out, file, at) = (dup.clone(), range.file.clone(), range.offset);
         let count = range.len.min(STEP) as usize;
-        let sent = tokio::task::spawn_blocking(move || step(&out, &file, at, count))
+        let ahead = (range.len - count as u64).min(STEP);
+        let sent = tokio::task::spawn_blocking(move || step(&out, &file, at, count, ahead))
             .await
             .map_err(|e| Failed::Connection(io::Error::other(e)))??;
         match sent {
@@ -83,17 +84,18 @@ pub async fn send(tcp: &TcpStream, range: &mut FileRange, timeout: Duration) -> 
     Ok(())
 }
 
-/// One `sendfile` of up to `count` bytes of `file` from `at`: how many went (at least
-/// one), or None when the socket is full.
+/// One `sendfile` of up to `count` bytes of `file` from `at`, the `ahead` bytes after them
+/// asked for first: how many went (at least one), or None when the socket is full.
 fn step(
     out: &OwnedFd,
     file: &std::fs::File,
     mut at: u64,
     count: usize,
+    ahead: u64,
 ) -> Result<Option<usize>, Failed> {
     // The next step's pages are asked for now, so the disk reads them while this one is
     // sent (a hint: nothing depends on it).
-    body::ask_ahead(file, at + count as u64, STEP);
+    body::ask_ahead(file, at + count as u64, ahead);
     loop {
         match rustix::fs::sendfile(out, file, Some(&mut at), count) {
             Ok(0) => {

@@ -32,16 +32,28 @@ enum Source {
 }
 
 /// How far ahead of a reader that goes on past its first read the file's pages are asked for
-/// (`POSIX_FADV_WILLNEED`), whatever the device's own readahead (`read_ahead_kb`, 128 KiB on
-/// most devices): decision 46.
+/// (`POSIX_FADV_WILLNEED`): decision 46.
 pub const READ_AHEAD: u64 = 8 << 20;
+
+/// The most one `POSIX_FADV_WILLNEED` call asks for. The kernel reads no more per call than
+/// the larger of the file's readahead window and the device's largest request (128–256 KiB
+/// and 512–1280 KiB on most devices), and drops the rest: asked for in pieces this size, the
+/// whole of [`READ_AHEAD`] is read on such devices too.
+const PIECE: u64 = 512 << 10;
 
 /// Asks the kernel to read `len` bytes of `file` from `at` into the page cache now, without
 /// waiting for them (a hint: nothing depends on it). Blocking (it allocates the pages and
 /// queues the reads): call it on the blocking pool.
-pub fn ask_ahead(file: &std::fs::File, at: u64, len: u64) {
-    if let Some(len) = std::num::NonZeroU64::new(len) {
-        let _ = rustix::fs::fadvise(file, at, Some(len), rustix::fs::Advice::WillNeed);
+pub fn ask_ahead(file: &std::fs::File, mut at: u64, len: u64) {
+    let end = at.saturating_add(len);
+    while at < end {
+        let n = (end - at).min(PIECE);
+        if let Some(n) = std::num::NonZeroU64::new(n)
+            && rustix::fs::fadvise(file, at, Some(n), rustix::fs::Advice::WillNeed).is_err()
+        {
+            return;
+        }
+        at += n;
     }
 }
 
@@ -83,7 +95,7 @@ impl FileRange {
         let from = asked.max(end);
         let to = (end + READ_AHEAD).min(self.offset + self.len);
         self.asked_to = Some(to.max(asked));
-        (to > from).then_some((from, to - from))
+        (to > from).then(|| (from, to - from))
     }
 
     /// The range's last two bytes (fewer if it is shorter), on the blocking pool.

@@ -19,9 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 /// Schema step 13: chunk rows are stored out of line without compression. Most of a large
 /// message is base64 of data already compressed (images, archives, PDFs), which pglz works
 /// through to the end of every 1 MiB chunk before giving up: a third of the server's CPU
-/// time while 50 MB messages came in (BENCHMARKS.md, 2026-12-03 08:15); text that would
-/// compress is small, and the queue holds it only until the primary takes it. Rows written
-/// before keep their form.
+/// time while 50 MB messages came in (BENCHMARKS.md, 2026-12-03 08:15). Text that would
+/// compress takes its full size, for as long as the queue holds it (decision 50). Rows
+/// written before keep their form.
 pub(super) const UNCOMPRESSED: &str = "ALTER TABLE bodies ALTER COLUMN chunk SET STORAGE EXTERNAL;";
 
 /// The content's length of a spooled message: its trace headers, then the file.

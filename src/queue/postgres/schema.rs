@@ -7,7 +7,7 @@ use super::pg_error;
 use crate::queue::StoreError;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Migration steps; step N brings the schema from version N to N + 1. Append only.
 const MIGRATIONS: &[&str] = &[
@@ -104,35 +104,72 @@ pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<()
             Err(e) => return Err(pg_error(e)),
         }
     }
-    let tx = client.transaction().await.map_err(pg_error)?;
-    tx.batch_execute("LOCK TABLE mx2_schema IN ACCESS EXCLUSIVE MODE")
-        .await
-        .map_err(pg_error)?;
+    // A step that changes a table waits for the queries and any VACUUM on it, and while it
+    // waits every other node's queries on that table wait behind it: a step gives up after
+    // LOCK_WAIT, lets them through, and the whole migration is tried again.
+    let mut waits = 0;
+    loop {
+        match migrate_once(client).await {
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) && waits < LOCK_RETRIES => {
+                waits += 1;
+                warn!(
+                    error = %e,
+                    try_ = waits,
+                    "PostgreSQL queue schema: a table is busy (a long query or VACUUM); trying again"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(pg_error(e)),
+            Ok(Err(refused)) => return Err(refused),
+            Ok(Ok(())) => return Ok(()),
+        }
+    }
+}
+
+/// How long one migration step may wait for a table's lock.
+const LOCK_WAIT: &str = "10s";
+
+/// How many times a migration that found a table busy is tried again (about five minutes).
+const LOCK_RETRIES: u32 = 30;
+
+/// One try of the migration, in one transaction; the outer error is PostgreSQL's, the
+/// inner a refusal (a newer schema).
+async fn migrate_once(
+    client: &mut deadpool_postgres::Object,
+) -> Result<Result<(), StoreError>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '{LOCK_WAIT}'; LOCK TABLE mx2_schema IN ACCESS EXCLUSIVE MODE"
+    ))
+    .await?;
     let found = tx
         .query_opt("SELECT version FROM mx2_schema", &[])
-        .await
-        .map_err(pg_error)?
+        .await?
         .map(|r| r.try_get::<_, i32>(0))
-        .transpose()
-        .map_err(pg_error)?;
+        .transpose()?;
     let version = found.unwrap_or(0);
     if version > VERSION {
-        return Err(StoreError::Backend(format!(
+        return Ok(Err(StoreError::Backend(format!(
             "the PostgreSQL queue has schema version {version}, written by a newer mx2; this one knows up to {VERSION}"
-        )));
+        ))));
     }
-    for (step, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        tx.batch_execute(sql).await.map_err(pg_error)?;
-        info!(version = step + 1, "PostgreSQL queue schema migrated");
+    for sql in MIGRATIONS.iter().skip(version as usize) {
+        tx.batch_execute(sql).await?;
     }
     if found.is_none() {
         tx.execute("INSERT INTO mx2_schema (version) VALUES ($1)", &[&VERSION])
-            .await
-            .map_err(pg_error)?;
+            .await?;
     } else if version < VERSION {
         tx.execute("UPDATE mx2_schema SET version = $1", &[&VERSION])
-            .await
-            .map_err(pg_error)?;
+            .await?;
     }
-    tx.commit().await.map_err(pg_error)
+    tx.commit().await?;
+    if version < VERSION {
+        info!(
+            from = version,
+            to = VERSION,
+            "PostgreSQL queue schema migrated"
+        );
+    }
+    Ok(Ok(()))
 }
