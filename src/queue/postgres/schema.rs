@@ -114,10 +114,19 @@ pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<()
                 waits += 1;
                 warn!(
                     error = %e,
-                    try_ = waits,
+                    attempt = waits,
                     "PostgreSQL queue schema: a table is busy (a long query or VACUUM); trying again"
                 );
                 tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                return Err(StoreError::Backend(format!(
+                    "cannot upgrade the PostgreSQL queue's schema to version {VERSION}: a table \
+                     stayed busy for {} tries of {LOCK_WAIT} ({e}); find what holds it \
+                     (SELECT pid, query FROM pg_stat_activity WHERE state <> 'idle'), \
+                     let it finish or end it, and start mx2 again",
+                    LOCK_RETRIES + 1
+                )));
             }
             Err(e) => return Err(pg_error(e)),
             Ok(Err(refused)) => return Err(refused),
